@@ -1,0 +1,151 @@
+"""The generic health check (contract §1.3): an HTTP status code from path, query and snapshot.
+
+Load balancers call these paths every few seconds; the answer comes from the
+snapshot alone, so it stays fast when PostgreSQL or etcd do not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from hasup.api import status as st
+
+OK = 200
+UNAVAILABLE = 503
+
+# PostgreSQL's memory units, as Patroni's lag parameter takes them (1024-based).
+_LAG_UNITS = {"B": 1, "kB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+_LAG_RE = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*([A-Za-z]*)\s*$")
+
+
+def parse_lag(value: str | None) -> int | None:
+    """Bytes of tolerated lag; None (unlimited) when absent or unparsable."""
+    if value is None:
+        return None
+    m = _LAG_RE.match(value)
+    if not m:
+        return None
+    unit = m.group(2) or "B"
+    if unit not in _LAG_UNITS:
+        return None
+    number = m.group(1)
+    if "." in number:
+        return int(round(float(number) * _LAG_UNITS[unit]))
+    return int(number) * _LAG_UNITS[unit]
+
+
+def _first(query: Mapping[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
+
+
+def _replica_code(query: Mapping[str, list[str]], snap: st.Snap, status: Mapping[str, Any],
+                  fresh: Mapping[str, Any] | None) -> int:
+    xlog = status.get("xlog") or {}
+    replayed = xlog.get("replayed_location") or 0
+    # The leader's position: the last optime it published, or what our walreceiver
+    # already holds (a lower bound of it), whichever is further.
+    leader_optime = max((fresh or {}).get("optime") or 0, xlog.get("received_location") or 0)
+    lag = parse_lag(_first(query, "lag"))
+    lagging = lag is not None and leader_optime > replayed + lag
+    wanted_state = _first(query, "replication_state")
+    identity = snap.get("identity") or {}
+    if (identity.get("noloadbalance") or lagging or status.get("role") != "replica"
+            or status.get("state") != "running"
+            or (wanted_state is not None and status.get("replication_state") != wanted_state)):
+        return UNAVAILABLE
+    return OK
+
+
+def _leader_codes(snap: st.Snap, status: Mapping[str, Any], fresh: Mapping[str, Any] | None,
+                  now: float) -> tuple[int, int, int]:
+    """(leader, primary, standby_leader) codes."""
+    role = status.get("role")
+    if fresh is None and st.is_paused(snap):
+        # Paused and etcd out of reach: nothing moves, so PostgreSQL's own role is the truth.
+        leader = OK if role in ("primary", "standby_leader") else UNAVAILABLE
+        return (leader, OK if role == "primary" else UNAVAILABLE,
+                OK if role == "standby_leader" else UNAVAILABLE)
+    if st.holds_lock(snap, now):
+        if st.is_standby_cluster(st.cluster_view(snap)):
+            standby = OK if role in ("replica", "standby_leader") else UNAVAILABLE
+            return OK, UNAVAILABLE, standby
+        return OK, OK, UNAVAILABLE
+    return UNAVAILABLE, UNAVAILABLE, UNAVAILABLE
+
+
+def _tags_match(query: Mapping[str, list[str]], snap: st.Snap) -> bool:
+    tags = st.effective_tags(snap)
+    for key, values in query.items():
+        if not key.startswith("tag_") or not values:
+            continue
+        name = key[4:]
+        if name not in tags:
+            return False
+        configured = tags[name]
+        expected = configured if isinstance(configured, str) else str(configured).lower()
+        if values[0] != expected:
+            return False
+    return True
+
+
+def code_for(path: str, query: Mapping[str, list[str]], snap: st.Snap, status: Mapping[str, Any],
+             now: float) -> int:
+    """health_code with the status document already built (GET needs both)."""
+    if path == "/":
+        path = "/primary"
+    fresh = st.fresh_view(snap, now)
+    leader, primary, standby_leader = _leader_codes(snap, status, fresh, now)
+    replica = _replica_code(query, snap, status, fresh)
+
+    leader_path = True
+    if "standby_leader" in path or "standby-leader" in path:
+        code = standby_leader
+    elif "leader" in path:
+        code = leader
+    elif "master" in path or "primary" in path or "read-write" in path:
+        code = primary
+    else:
+        leader_path = False
+        code = _other_path_code(path, status, fresh, snap, replica, primary, standby_leader)
+
+    if not leader_path and code == OK and not _tags_match(query, snap):
+        code = UNAVAILABLE
+    return code
+
+
+def _other_path_code(path: str, status: Mapping[str, Any], fresh: Mapping[str, Any] | None,
+                     snap: st.Snap, replica: int, primary: int, standby_leader: int) -> int:
+    if "replica" in path:
+        return replica
+    if "read-only" in path and "sync" not in path and "quorum" not in path:
+        return OK if OK in (primary, standby_leader) else replica
+    if "health" in path:
+        return OK if status.get("state") == "running" else UNAVAILABLE
+    if fresh is None:
+        return UNAVAILABLE
+    name = (snap.get("identity") or {}).get("name")
+    listed = name in st.sync_members(fresh)
+    quorum = st.quorum_mode(fresh)
+    sync_member, quorum_member = listed and not quorum, listed and quorum
+    if path in ("/sync", "/synchronous") and sync_member:
+        return replica
+    if path == "/quorum" and quorum_member:
+        return replica
+    if path in ("/async", "/asynchronous") and not sync_member and not quorum_member:
+        return replica
+    if path == "/read-only-quorum":
+        return OK if OK in (primary, standby_leader) else (replica if quorum_member else UNAVAILABLE)
+    if path in ("/read-only-sync", "/read-only-synchronous"):
+        return OK if OK in (primary, standby_leader) else (replica if sync_member else UNAVAILABLE)
+    return UNAVAILABLE
+
+
+def health_code(path: str, query: Mapping[str, list[str]], snap: st.Snap, now: float) -> int:
+    """200 or 503 for a GET/HEAD/OPTIONS on path, as Patroni's generic health check answers.
+
+    now is monotonic; it decides whether the leader lock and the etcd view still count.
+    """
+    return code_for(path, query, snap, st.build_status(snap, now), now)

@@ -1,0 +1,86 @@
+"""The `hasup` command: run the supervisor for a configuration, or only check that configuration."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from hasup import PATRONI_COMPAT_VERSION, __version__
+from hasup.config import ConfigError, load_config, take_environment
+
+# A configuration that cannot boot exits 2, so systemd does not restart into the same failure.
+EXIT_BAD_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hasup",
+        description="PostgreSQL high-availability supervisor, reading Patroni-style configuration.",
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default="",
+        metavar="CONFIG",
+        help="YAML file, or directory of *.yml/*.yaml files merged in name order; "
+        "without it, the configuration comes from HASUP_*/PATRONI_* environment variables",
+    )
+    parser.add_argument(
+        "--validate-config",
+        action="store_true",
+        help="check the configuration, print every problem (exit 2) or nothing (exit 0), and exit",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"hasup {__version__} (Patroni {PATRONI_COMPAT_VERSION} compatible)",
+    )
+    return parser
+
+
+def _print_lines(lines: Sequence[str], prefix: str = "") -> None:
+    for line in lines:
+        print(f"{prefix}{line}", file=sys.stderr)
+
+
+def validate(path: str) -> int:
+    """Exit status for `--validate-config`: 0 and only warnings when usable, else 2 and every problem."""
+    try:
+        _, warnings = load_config(path)
+    except ConfigError as exc:
+        _print_lines(exc.problems)
+        return EXIT_BAD_CONFIG
+    _print_lines(warnings, prefix="warning: ")
+    return 0
+
+
+def start(path: str) -> int:
+    """Load the configuration and run the supervisor until it exits."""
+    # Taken out of os.environ first, so PostgreSQL and hooks never inherit passwords from it;
+    # reloads read the saved copy (see hasup.config.take_environment).
+    env = take_environment(os.environ)
+    try:
+        config, warnings = load_config(path, env)
+    except ConfigError as exc:
+        _print_lines(exc.problems)
+        return EXIT_BAD_CONFIG
+    from hasup.supervisor import run  # imported late: only the daemon needs it
+
+    # Absolute, because the supervisor re-reads it on SIGHUP whatever its working directory is then.
+    return run(config, os.path.abspath(path) if path else path, warnings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed its message
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BAD_CONFIG)
+    if args.validate_config:
+        return validate(args.config)
+    return start(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,656 @@
+"""Patroni-style YAML configuration: the typed settings, and the loader that validates them.
+
+`load_config` reads a YAML file (or a directory of them), merges the HASUP_/PATRONI_ environment
+variables over it, checks every key hasup uses and returns a `Config` plus warning lines; every
+problem is reported at once in one `ConfigError`. `parse_dynamic` reads the cluster-wide settings
+kept in etcd's `config` key leniently, the way a running node must; `initial_dcs_config` is what a
+bootstrapping node writes there. Value converters and name tables live in `hasup.config_schema`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+from hasup.config_schema import (
+    BASEBACKUP_FORBIDDEN,
+    BOOTSTRAP_USED,
+    DCS_PG_USED,
+    DCS_USED,
+    DEFAULT_ETCD_PORT,
+    DYNAMIC_BOOLS,
+    DYNAMIC_INT_MINIMUMS,
+    ETCD_USED,
+    IGNORED,
+    INITDB_FORBIDDEN,
+    LEGACY_NAMES,
+    LOG_USED,
+    OTHER_DCS,
+    PG_USED,
+    PLACEHOLDER_NAME,
+    RESTAPI_USED,
+    TAGS_UNUSED,
+    TOP_DYNAMIC_ONLY,
+    TOP_USED,
+    UNSAFE_REASONS,
+    UNSUPPORTED,
+    WATCHDOG_USED,
+    Invalid,
+    Reader,
+    SourceError,
+    apply_timing_rule,
+    at_least,
+    deep_merge,
+    env_names,
+    env_overrides,
+    etcd_endpoint,
+    etcd_host_list,
+    host_port,
+    join_key,
+    leaf,
+    lenient,
+    parse_yaml,
+    read_sources,
+    render_options,
+    shown,
+    to_bool,
+    to_int,
+    to_log_level,
+    to_mapping,
+    to_pg_listen,
+    to_protocol,
+    to_str,
+    to_str_list,
+    to_sync_mode,
+    to_watchdog_mode,
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. `problems` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str | None = None
+    sslmode: str | None = None
+
+    def __repr__(self) -> str:  # never show the password
+        return f"Credentials(username={self.username!r}, password={'******' if self.password else None})"
+
+
+@dataclass(frozen=True)
+class RestApiConfig:
+    listen: str  # host:port
+    connect_address: str  # host:port
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    @property
+    def api_url(self) -> str:
+        scheme = "https" if self.certfile else "http"
+        return f"{scheme}://{self.connect_address}/patroni"
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    hosts: tuple[tuple[str, int], ...]  # from host, hosts (list or comma string) or url
+    protocol: str = "http"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class UserSpec:
+    password: str | None = field(default=None, repr=False)
+    options: tuple[str, ...] = ()  # e.g. ("createrole", "createdb")
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    dcs: dict[str, Any]  # initial dynamic configuration, as given (validated)
+    initdb: tuple[str, ...]  # rendered initdb arguments, e.g. ("--data-checksums", "--encoding=UTF8")
+    pg_hba: tuple[str, ...]
+    users: dict[str, UserSpec]
+    post_bootstrap: str | None
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    listen: str  # host[,host2]:port
+    connect_address: str  # host:port
+    data_dir: str
+    bin_dir: str  # "" = look up PATH
+    config_dir: str  # defaults to data_dir
+    pgpass: str
+    superuser: Credentials
+    replication: Credentials
+    rewind: Credentials  # defaults to superuser
+    parameters: dict[str, Any]  # local postgresql.parameters
+    pg_hba: tuple[str, ...] | None
+    pg_ctl_timeout: int = 60
+    use_pg_rewind: bool | None = None  # None: take the dynamic config's value
+    custom_conf: str | None = None
+    database: str = "postgres"
+    basebackup: tuple[str, ...] = ()  # rendered options, e.g. ("--checkpoint=fast",)
+
+    @property
+    def listen_hosts(self) -> list[str]:
+        return self.listen.rsplit(":", 1)[0].split(",")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def conn_url(self) -> str:
+        return f"postgres://{self.connect_address}/{self.database}"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+    traceback_level: str = "ERROR"
+    format: str = "%(asctime)s %(levelname)s: %(message)s"
+    dateformat: str | None = None
+    dir: str | None = None
+    file_num: int = 4
+    file_size: int = 25000000
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    mode: str = "automatic"  # off, automatic, required
+    device: str = "/dev/watchdog"
+    safety_margin: int = 5
+    driver: str = "default"
+
+
+@dataclass(frozen=True)
+class Tags:
+    nofailover: bool = False
+    failover_priority: int = 1
+    noloadbalance: bool = False
+    clonefrom: bool = False
+    nosync: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)  # every tag as configured (published in member keys)
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """Settings that live in etcd's `config` key once bootstrapped."""
+
+    ttl: int = 30
+    loop_wait: int = 10
+    retry_timeout: int = 10
+    maximum_lag_on_failover: int = 1048576
+    max_timelines_history: int = 0
+    primary_start_timeout: int = 300
+    primary_stop_timeout: int = 0
+    check_timeline: bool = False
+    synchronous_mode: bool = False
+    synchronous_mode_strict: bool = False
+    failsafe_mode: bool = False
+    pause: bool = False
+    use_pg_rewind: bool = False
+    use_slots: bool = True
+    parameters: dict[str, Any] = field(default_factory=dict)  # postgresql.parameters (dynamic)
+    pg_hba: tuple[str, ...] | None = None  # postgresql.pg_hba (dynamic); a local pg_hba wins
+    standby_cluster: dict[str, Any] | None = None  # set (non-empty) means this is a standby cluster
+
+
+@dataclass(frozen=True)
+class Config:
+    scope: str
+    namespace: str  # normalised: leading and trailing slash removed, e.g. "service"
+    name: str
+    restapi: RestApiConfig
+    etcd: EtcdConfig
+    bootstrap: BootstrapConfig
+    postgresql: PostgresConfig
+    tags: Tags
+    log: LogConfig
+    watchdog: WatchdogConfig
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the merged YAML + env, for reload/ConfigChanged
+
+
+# -- reading sections ---------------------------------------------------------------------
+
+_DYNAMIC_DEFAULTS = DynamicConfig()
+_NO_STRINGS: tuple[str, ...] = ()
+
+
+def _refuse_unsafe(r: Reader, section: Mapping[str, Any], prefix: str) -> None:
+    """A safety setting hasup cannot honour yet is an error when set; a falsy value is fine."""
+    for key, reason in UNSAFE_REASONS.items():
+        value = section.get(key)
+        if value is None:
+            continue
+        path = join_key(prefix, key)
+        convert: Callable[[Any], Any] = to_bool
+        if key == "synchronous_mode":
+            convert = to_sync_mode
+        elif key == "standby_cluster":
+            convert = to_mapping
+        if r.convert(path, value, convert):
+            r.problem(path, f"{UNSUPPORTED}; {reason}")
+
+
+def _identity(r: Reader, top: Mapping[str, Any]) -> tuple[str | None, str | None, str]:
+    name = r.require(top, "name", to_str)
+    if name == PLACEHOLDER_NAME:
+        r.problem("name", "this name is reserved for Patroni's internal use")
+    scope = r.require(top, "scope", to_str)
+    # Stored without leading/trailing slashes; "/" alone means the etcd root, as in Patroni.
+    namespace = "/".join(part for part in r.get(top, "namespace", to_str, "/service").split("/") if part)
+    return name, scope, namespace
+
+
+def _restapi(r: Reader, top: Mapping[str, Any]) -> RestApiConfig | None:
+    sec = r.section(top, "restapi")
+    listen = r.require(sec, "restapi.listen", host_port(allow_empty_host=True))
+    connect_address = r.require(sec, "restapi.connect_address", host_port())
+    auth = r.section(sec, "restapi.authentication")
+    username = r.get(auth, "restapi.authentication.username", to_str, None)
+    password = r.get(auth, "restapi.authentication.password", to_str, None)
+    if (username is None) != (password is None):
+        missing, other = ("password", "username") if password is None else ("username", "password")
+        r.problem(f"restapi.authentication.{missing}", f"required when restapi.authentication.{other} is set")
+    certfile = r.get(sec, "restapi.certfile", to_str, None)
+    keyfile = r.get(sec, "restapi.keyfile", to_str, None)
+    if keyfile and not certfile:
+        r.problem("restapi.keyfile", "needs restapi.certfile")
+    r.ignore_rest(auth, "restapi.authentication", ("username", "password"))
+    r.ignore_rest(sec, "restapi", RESTAPI_USED)
+    if listen is None or connect_address is None:
+        return None
+    return RestApiConfig(listen, connect_address, username, password, certfile, keyfile)
+
+
+_Endpoints = tuple[tuple[tuple[str, int], ...], str | None, str | None, str | None]  # hosts, scheme, user, pw
+
+
+def _etcd(r: Reader, top: Mapping[str, Any]) -> EtcdConfig | None:
+    for dcs in OTHER_DCS:
+        if dcs in top:
+            r.problem(dcs, "hasup supports only the etcd (v2) DCS")
+    if "etcd" not in top:
+        if not any(dcs in top for dcs in OTHER_DCS):
+            r.problem("etcd", "required")
+        return None
+    sec = r.section(top, "etcd")
+    port = r.get(sec, "etcd.port", at_least(1), DEFAULT_ETCD_PORT)
+    protocol = r.get(sec, "etcd.protocol", to_protocol, "http")
+    username = r.get(sec, "etcd.username", to_str, None)
+    password = r.get(sec, "etcd.password", to_str, None)
+    r.ignore_rest(sec, "etcd", ETCD_USED)
+    found = _etcd_endpoints(r, sec, port)
+    if found is None:
+        return None
+    hosts, scheme, url_username, url_password = found
+    return EtcdConfig(hosts, scheme or protocol, username or url_username, password or url_password)
+
+
+def _etcd_endpoints(r: Reader, sec: Mapping[str, Any], port: int) -> _Endpoints | None:
+    given = [key for key in ("hosts", "url", "host") if sec.get(key) not in (None, "", [])]
+    if not given:
+        unsupported = {"srv", "srv_suffix", "proxy"} & set(sec)
+        note = " (etcd.srv and etcd.proxy are not supported by hasup yet)" if unsupported else ""
+        r.problem("etcd", f"one of host, hosts or url is required{note}")
+        return None
+    for other in given[1:]:
+        r.warn(f"etcd.{other}", f"ignored because etcd.{given[0]} is set")
+    if given[0] == "url":
+        return _etcd_url(r, sec["url"])
+    if given[0] == "hosts":
+        entries = r.convert("etcd.hosts", sec["hosts"], etcd_host_list)
+        if not entries:
+            if entries is not None:
+                r.problem("etcd.hosts", "must list at least one host:port")
+            return None
+        labelled = [(f"etcd.hosts[{i}]", entry) for i, entry in enumerate(entries)]
+    else:
+        labelled = [("etcd.host", sec["host"])]
+    endpoints = [r.convert(path, value, lambda v: etcd_endpoint(v, port)) for path, value in labelled]
+    valid = [e for e in endpoints if e is not None]
+    schemes = {scheme for scheme, _, _ in valid if scheme}
+    if len(schemes) > 1:
+        r.problem(labelled[0][0].partition("[")[0], "mixes http:// and https:// endpoints")
+    if len(valid) != len(endpoints) or len(schemes) > 1:
+        return None
+    return tuple((host, p) for _, host, p in valid), next(iter(schemes), None), None, None
+
+
+def _parse_etcd_url(value: Any) -> SplitResult:
+    parts = urlsplit(to_str(value).strip())
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        raise Invalid("expected http(s)://host[:port]", value) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid("expected http(s)://host[:port]", value)
+    return parts
+
+
+def _etcd_url(r: Reader, value: Any) -> _Endpoints | None:
+    parts = r.convert("etcd.url", value, _parse_etcd_url)
+    if parts is None:
+        return None
+    host = parts.hostname or ""  # never empty: _parse_etcd_url checked it
+    return ((host, parts.port or DEFAULT_ETCD_PORT),), parts.scheme, parts.username, parts.password
+
+
+def _check_dcs(r: Reader, dcs: Mapping[str, Any], prefix: str) -> None:
+    """Strict checks of the initial dynamic configuration; the dict itself is kept as given."""
+    _refuse_unsafe(r, dcs, prefix)
+    for key, minimum in DYNAMIC_INT_MINIMUMS.items():
+        convert = to_int if minimum is None else at_least(minimum)
+        for name in (key, LEGACY_NAMES.get(key)):
+            if name:
+                r.get(dcs, f"{prefix}.{name}", convert, None)
+    for key in DYNAMIC_BOOLS:
+        r.get(dcs, f"{prefix}.{key}", to_bool, None)
+    pg = r.section(dcs, f"{prefix}.postgresql")
+    r.get(pg, f"{prefix}.postgresql.use_pg_rewind", to_bool, None)
+    r.get(pg, f"{prefix}.postgresql.use_slots", to_bool, None)
+    r.get(pg, f"{prefix}.postgresql.parameters", to_mapping, None)
+    r.get(pg, f"{prefix}.postgresql.pg_hba", to_str_list, None)
+    r.ignore_rest(pg, f"{prefix}.postgresql", DCS_PG_USED)
+    r.ignore_rest(dcs, prefix, DCS_USED)
+
+
+def _options(r: Reader, section: Mapping[str, Any], path: str, forbidden: frozenset[str]) -> tuple[str, ...]:
+    value = section.get(leaf(path))
+    if value is None:
+        return ()
+    options, problems = render_options(value, forbidden)
+    for where, message in problems:
+        r.problem(path + where, message)
+    return options
+
+
+def _users(r: Reader, users: Mapping[str, Any]) -> dict[str, UserSpec]:
+    result = {}
+    for name, spec in users.items():
+        path = f"bootstrap.users.{name}"
+        fields = r.convert(path, spec, to_mapping)
+        if fields is None:
+            continue
+        password = r.get(fields, f"{path}.password", to_str, None)
+        options = r.get(fields, f"{path}.options", to_str_list, _NO_STRINGS)
+        r.ignore_rest(fields, path, ("password", "options"))
+        result[str(name)] = UserSpec(password, options)
+    return result
+
+
+def _bootstrap(r: Reader, top: Mapping[str, Any]) -> BootstrapConfig:
+    sec = r.section(top, "bootstrap")
+    dcs = r.section(sec, "bootstrap.dcs")
+    _check_dcs(r, dcs, "bootstrap.dcs")
+    method = r.get(sec, "bootstrap.method", to_str, "initdb")
+    if method != "initdb":
+        # Ignoring a custom method would create an empty cluster where a restore was asked for.
+        r.problem("bootstrap.method", f"only 'initdb' is supported by this hasup version, got {shown(method)}")
+    initdb = _options(r, sec, "bootstrap.initdb", INITDB_FORBIDDEN)
+    pg_hba = r.get(sec, "bootstrap.pg_hba", to_str_list, _NO_STRINGS)
+    users = _users(r, r.section(sec, "bootstrap.users"))
+    post_bootstrap = r.get(sec, "bootstrap.post_bootstrap", to_str, None)
+    if post_bootstrap is None:
+        post_bootstrap = r.get(sec, "bootstrap.post_init", to_str, None)
+    elif sec.get("post_init") is not None:
+        r.warn("bootstrap.post_init", "ignored because bootstrap.post_bootstrap is set")
+    r.ignore_rest(sec, "bootstrap", BOOTSTRAP_USED)
+    return BootstrapConfig(dict(dcs), initdb, pg_hba, users, post_bootstrap)
+
+
+def _credentials(r: Reader, auth: Mapping[str, Any], role: str) -> Credentials | None:
+    path = f"postgresql.authentication.{role}"
+    sec = r.section(auth, path)
+    username = r.require(sec, f"{path}.username", to_str)
+    password = r.get(sec, f"{path}.password", to_str, None)
+    sslmode = r.get(sec, f"{path}.sslmode", to_str, None)
+    r.ignore_rest(sec, path, ("username", "password", "sslmode"))
+    return None if username is None else Credentials(username, password, sslmode)
+
+
+def _authentication(
+    r: Reader, sec: Mapping[str, Any]
+) -> tuple[Credentials | None, Credentials | None, Credentials | None]:
+    auth = r.section(sec, "postgresql.authentication")
+    superuser = _credentials(r, auth, "superuser")
+    replication = _credentials(r, auth, "replication")
+    rewind = _credentials(r, auth, "rewind") if auth.get("rewind") is not None else superuser
+    r.ignore_rest(auth, "postgresql.authentication", ("superuser", "replication", "rewind"))
+    return superuser, replication, rewind
+
+
+def _postgresql(r: Reader, top: Mapping[str, Any]) -> PostgresConfig | None:
+    sec = r.section(top, "postgresql")
+    listen = r.require(sec, "postgresql.listen", to_pg_listen)
+    connect_address = r.require(sec, "postgresql.connect_address", host_port())
+    data_dir = r.require(sec, "postgresql.data_dir", to_str)
+    config_dir = r.get(sec, "postgresql.config_dir", to_str, "") or data_dir or ""
+    superuser, replication, rewind = _authentication(r, sec)
+    # Built even when a required key is missing, so every other key is still checked and reported.
+    settings = PostgresConfig(
+        listen=listen or "",
+        connect_address=connect_address or "",
+        data_dir=data_dir or "",
+        bin_dir=r.get(sec, "postgresql.bin_dir", to_str, ""),
+        config_dir=config_dir,
+        pgpass=os.path.expanduser(r.get(sec, "postgresql.pgpass", to_str, "~/pgpass")),
+        superuser=superuser or Credentials(""),
+        replication=replication or Credentials(""),
+        rewind=rewind or Credentials(""),
+        parameters=r.get(sec, "postgresql.parameters", to_mapping, {}),
+        pg_hba=r.get(sec, "postgresql.pg_hba", to_str_list, None),
+        pg_ctl_timeout=r.get(sec, "postgresql.pg_ctl_timeout", at_least(1), 60),
+        use_pg_rewind=r.get(sec, "postgresql.use_pg_rewind", to_bool, None),
+        custom_conf=r.get(sec, "postgresql.custom_conf", to_str, None),
+        database=r.get(sec, "postgresql.database", to_str, "postgres"),
+        basebackup=_options(r, sec, "postgresql.basebackup", BASEBACKUP_FORBIDDEN),
+    )
+    r.ignore_rest(sec, "postgresql", PG_USED, dynamic_only=("use_slots",))
+    required = (listen, connect_address, data_dir, superuser, replication, rewind)
+    return None if any(v is None for v in required) else settings
+
+
+def _tags(r: Reader, top: Mapping[str, Any]) -> Tags:
+    sec = r.section(top, "tags")
+    nofailover = r.get(sec, "tags.nofailover", to_bool, False)
+    failover_priority = r.get(sec, "tags.failover_priority", at_least(0), 1)
+    if nofailover and sec.get("failover_priority") is not None and failover_priority > 0:
+        r.warn("tags.failover_priority", "contradicts tags.nofailover: true; nofailover wins")
+    for key in TAGS_UNUSED:
+        if key in sec:
+            r.warn(f"tags.{key}", IGNORED)
+    return Tags(
+        nofailover=nofailover,
+        failover_priority=failover_priority,
+        noloadbalance=r.get(sec, "tags.noloadbalance", to_bool, False),
+        clonefrom=r.get(sec, "tags.clonefrom", to_bool, False),
+        nosync=r.get(sec, "tags.nosync", to_bool, False),
+        raw=dict(sec),
+    )
+
+
+def _log(r: Reader, top: Mapping[str, Any]) -> LogConfig:
+    sec = r.section(top, "log")
+    default = LogConfig()
+    log_format = sec.get("format")
+    if log_format is not None and not isinstance(log_format, str):
+        # Patroni's json logger takes a list of fields here; hasup writes plain lines only.
+        r.warn("log.format", "only a format string is supported by hasup yet; using the default")
+        log_format = None
+    r.ignore_rest(sec, "log", LOG_USED)
+    return LogConfig(
+        level=r.get(sec, "log.level", to_log_level, default.level),
+        traceback_level=r.get(sec, "log.traceback_level", to_log_level, default.traceback_level),
+        format=log_format or default.format,
+        dateformat=r.get(sec, "log.dateformat", to_str, None),
+        dir=r.get(sec, "log.dir", to_str, None),
+        file_num=r.get(sec, "log.file_num", at_least(0), default.file_num),
+        file_size=r.get(sec, "log.file_size", at_least(0), default.file_size),
+    )
+
+
+def _watchdog(r: Reader, top: Mapping[str, Any]) -> WatchdogConfig:
+    sec = r.section(top, "watchdog")
+    default = WatchdogConfig()
+    # YAML reads `mode: off` as false, so a present-but-false value must not fall to the default.
+    mode = default.mode if "mode" not in sec else r.convert("watchdog.mode", sec["mode"], to_watchdog_mode)
+    if mode == "required":
+        r.problem(
+            "watchdog.mode",
+            f"'required' is {UNSUPPORTED}; refusing to start rather than promise a watchdog it cannot guarantee",
+        )
+    r.ignore_rest(sec, "watchdog", WATCHDOG_USED)
+    return WatchdogConfig(
+        mode=mode or default.mode,
+        device=r.get(sec, "watchdog.device", to_str, default.device),
+        safety_margin=r.get(sec, "watchdog.safety_margin", at_least(-1), default.safety_margin),
+        driver=r.get(sec, "watchdog.driver", to_str, default.driver),
+    )
+
+
+def build_config(raw: Mapping[str, Any]) -> tuple[Config, list[str]]:
+    """Validate a merged raw configuration; every problem is collected before ConfigError is raised."""
+    r = Reader()
+    r.ignore_rest(raw, "", TOP_USED, dynamic_only=TOP_DYNAMIC_ONLY)
+    name, scope, namespace = _identity(r, raw)
+    _refuse_unsafe(r, raw, "")
+    restapi = _restapi(r, raw)
+    etcd = _etcd(r, raw)
+    bootstrap = _bootstrap(r, raw)
+    postgresql = _postgresql(r, raw)
+    tags, log, watchdog = _tags(r, raw), _log(r, raw), _watchdog(r, raw)
+    if r.problems or name is None or scope is None or restapi is None or etcd is None or postgresql is None:
+        raise ConfigError(r.problems or ["configuration: incomplete"])
+    _, timing = parse_dynamic(bootstrap.dcs)  # only the timing rule can still warn after strict checks
+    config = Config(scope, namespace, name, restapi, etcd, bootstrap, postgresql, tags, log, watchdog, dict(raw))
+    return config, r.warnings + [f"bootstrap.dcs: {line}" for line in timing]
+
+
+# -- the dynamic configuration (etcd `config` key) -----------------------------------------
+
+
+def _dynamic_int(source: Mapping[str, Any], key: str, notes: list[str]) -> int:
+    legacy = LEGACY_NAMES.get(key)
+    name = legacy if legacy and source.get(key) is None and source.get(legacy) is not None else key
+    value = lenient(source, name, to_int, getattr(_DYNAMIC_DEFAULTS, key), notes)
+    minimum = DYNAMIC_INT_MINIMUMS[key]
+    if minimum is not None and value < minimum:
+        notes.append(f"{name}: {value} is below the minimum {minimum}; using {minimum}")
+        value = minimum
+    return value
+
+
+def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
+    """The cluster-wide settings from etcd's `config` key (same shape as bootstrap.dcs).
+
+    Never fails: bad values fall back to their defaults and low ones are raised, each with a warning.
+    """
+    notes: list[str] = []
+    if not isinstance(raw, Mapping):
+        return DynamicConfig(), [f"config: expected a mapping, got {shown(raw)}; using the defaults"]
+    ints = {key: _dynamic_int(raw, key, notes) for key in DYNAMIC_INT_MINIMUMS}
+    ints["loop_wait"], ints["retry_timeout"], timing = apply_timing_rule(
+        ints["ttl"], ints["loop_wait"], ints["retry_timeout"]
+    )
+    if timing:
+        notes.append(timing)
+    flags = {key: lenient(raw, key, to_bool, False, notes) for key in DYNAMIC_BOOLS}
+    flags["failsafe_mode"] = lenient(raw, "failsafe_mode", to_bool, False, notes)
+    flags["synchronous_mode"] = lenient(raw, "synchronous_mode", lambda v: bool(to_sync_mode(v)), False, notes)
+    flags["synchronous_mode_strict"] = lenient(raw, "synchronous_mode_strict", to_bool, False, notes)
+    standby: dict[str, Any] = lenient(raw, "standby_cluster", to_mapping, {}, notes)
+    pg: dict[str, Any] = lenient(raw, "postgresql", to_mapping, {}, notes)
+    on = [key for key in (*UNSAFE_REASONS,) if (standby if key == "standby_cluster" else flags[key])]
+    notes.extend(f"{key}: set in the cluster configuration, but {UNSUPPORTED}" for key in on)
+    dynamic = DynamicConfig(
+        ttl=ints["ttl"],
+        loop_wait=ints["loop_wait"],
+        retry_timeout=ints["retry_timeout"],
+        maximum_lag_on_failover=ints["maximum_lag_on_failover"],
+        max_timelines_history=ints["max_timelines_history"],
+        primary_start_timeout=ints["primary_start_timeout"],
+        primary_stop_timeout=ints["primary_stop_timeout"],
+        check_timeline=flags["check_timeline"],
+        synchronous_mode=flags["synchronous_mode"],
+        synchronous_mode_strict=flags["synchronous_mode_strict"],
+        failsafe_mode=flags["failsafe_mode"],
+        pause=flags["pause"],
+        use_pg_rewind=lenient(pg, "postgresql.use_pg_rewind", to_bool, False, notes),
+        use_slots=lenient(pg, "postgresql.use_slots", to_bool, True, notes),
+        parameters=lenient(pg, "postgresql.parameters", to_mapping, {}, notes),
+        pg_hba=lenient(pg, "postgresql.pg_hba", to_str_list, None, notes),
+        standby_cluster=standby or None,
+    )
+    return dynamic, notes
+
+
+def initial_dcs_config(cfg: Config) -> dict[str, Any]:
+    """What a bootstrapping node writes to etcd's `config` key: bootstrap.dcs as given, with the
+    timing settings filled in and adjusted, so every node reads the values actually in force."""
+    dynamic, _ = parse_dynamic(cfg.bootstrap.dcs)
+    result = copy.deepcopy(cfg.bootstrap.dcs)
+    for key in ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover"):
+        result[key] = getattr(dynamic, key)
+    return result
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+# Variables taken out of the process environment by `take_environment`; reloads read them here.
+_taken_environment: dict[str, str] | None = None
+
+
+def take_environment(environ: MutableMapping[str, str]) -> dict[str, str]:
+    """Remove hasup's configuration variables from `environ` and remember them.
+
+    PostgreSQL, its tools and hook scripts inherit the daemon's environment, and passwords given
+    as variables must not reach them. Later `load_config(path)` calls (reloads) use the saved copy.
+    """
+    global _taken_environment
+    taken = {name: environ.pop(name) for name in env_names(environ)}
+    _taken_environment = {**(_taken_environment or {}), **taken}
+    return dict(_taken_environment)
+
+
+def _environment(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    if env is not None:
+        return env
+    return _taken_environment if _taken_environment is not None else os.environ
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
+    """Read, merge and validate the configuration at `path` (a file or a directory).
+
+    `env` defaults to the variables `take_environment` saved, else `os.environ`.
+    Returns the config and warning lines; raises ConfigError listing every problem.
+    """
+    try:
+        raw = read_sources(path, _environment(env))
+    except SourceError as exc:
+        raise ConfigError(exc.problems) from None
+    return build_config(raw)
+
+
+def load_config_text(text: str, env: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
+    """Like `load_config` for YAML text; `env` defaults to no variables at all (for tests and tools)."""
+    try:
+        raw = parse_yaml(text, "<text>")
+    except SourceError as exc:
+        raise ConfigError(exc.problems) from None
+    return build_config(deep_merge(raw, env_overrides(env or {}), drop_none=False))

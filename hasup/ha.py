@@ -1,0 +1,282 @@
+"""The HA policy: one pure function from what election sees to what should happen.
+
+decide() does no I/O.  The election worker gathers its inputs (the etcd
+cluster, the postgres worker's latest PgState, peers' /patroni answers when
+the leader is gone) and executes the actions it returns, in order.  An
+action that takes or keeps the lock and fails stops the list; the next
+cycle then starts at once and sees the new truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hasup.dcs.model import Cluster, Member
+from hasup.ipc import PgState
+
+# -- actions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    pass
+
+
+@dataclass(frozen=True)
+class AcquireLock(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class RefreshLock(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class ReleaseLock(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class ClaimInitialize(Action):
+    """Win the bootstrap race (create-only `initialize` = "")."""
+
+
+@dataclass(frozen=True)
+class PublishInitialize(Action):
+    sysid: str
+
+
+@dataclass(frozen=True)
+class RunBootstrap(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class RunCreateReplica(Action):
+    source: str  # member name
+
+
+@dataclass(frozen=True)
+class RunStart(Action):
+    as_primary: bool
+    leader: str | None = None
+
+
+@dataclass(frozen=True)
+class RunPromote(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class RunFollow(Action):
+    leader: str | None  # None: stay/become a replica of nobody for now
+
+
+@dataclass(frozen=True)
+class RunStop(Action):
+    mode: str
+
+
+@dataclass(frozen=True)
+class WriteHistory(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class WriteStatus(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class Fatal(Action):
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]
+    reason: str
+
+
+# -- inputs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """This node's fixed facts."""
+
+    name: str
+    nofailover: bool = False
+    failover_priority: int = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    ttl: int
+    loop_wait: int
+    retry_timeout: int
+    maximum_lag_on_failover: int
+    check_timeline: bool = False
+    use_pg_rewind: bool = False
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """A peer's /patroni answer, as used in the leader race (None entries: unreachable)."""
+
+    name: str
+    role: str
+    state: str
+    wal_position: int
+    timeline: int | None = None
+    nofailover: bool = False
+    failover_priority: int = 1
+    watchdog_failed: bool = False
+
+
+@dataclass(frozen=True)
+class Local:
+    pg: PgState | None
+    pg_fresh: bool  # the PgState is recent enough to act on
+    busy: str = ""  # a request to the postgres worker is in flight
+    peers: dict[str, PeerStatus | None] = field(default_factory=dict)
+
+
+WORKING_STATES = ("running",)
+NOT_RUNNING = ("stopped", "crashed", "start failed", "stop failed", "restart failed", "initdb failed")
+
+
+def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) -> Decision:
+    """What to do this cycle.  cluster is None when etcd could not be read."""
+    pg = local.pg
+    if cluster is None:
+        if pg is not None and pg.role == "primary" and pg.state == "running":
+            return Decision((RunStop("immediate"),), "demoted self because DCS is not accessible and I was a leader")
+        return Decision((), "DCS is not accessible")
+
+    holds_lock = cluster.leader is not None and cluster.leader.name == me.name
+    keep = (RefreshLock(),) if holds_lock else ()
+
+    if pg is None or not local.pg_fresh:
+        return Decision(keep, "waiting for a fresh PostgreSQL state")
+    if local.busy or pg.busy:
+        action = local.busy or pg.busy
+        return Decision(keep, f"updated leader lock during {action}" if holds_lock else f"{action} in progress")
+
+    if pg.data_dir_empty:
+        return _empty_data_dir(cluster, me, holds_lock)
+
+    if cluster.initialize and pg.sysid and cluster.initialize != pg.sysid:
+        return Decision((Fatal(f"system ID mismatch, node {me.name} belongs to a different cluster: "
+                               f"{pg.sysid} != {cluster.initialize}"),), "system ID mismatch")
+    if cluster.initialize is None and cluster.leader is None and pg.role == "primary" and pg.sysid:
+        return Decision((PublishInitialize(pg.sysid),), "adopting a running primary as the cluster")
+
+    if pg.state in NOT_RUNNING:
+        return _not_running(cluster, pg, me, holds_lock)
+    if pg.state != "running":
+        return Decision(keep, f"postgres is {pg.state}")
+
+    if cluster.leader is None:
+        return _leader_race(cluster, local, me, settings)
+    if holds_lock:
+        return _as_leader(cluster, pg, me)
+    return _as_follower(cluster, pg, me)
+
+
+def _empty_data_dir(cluster: Cluster, me: Node, holds_lock: bool) -> Decision:
+    if holds_lock:
+        return Decision((ReleaseLock(),), "released leader key voluntarily as data dir empty")
+    if cluster.initialize is None and cluster.leader is None:
+        if me.nofailover:
+            return Decision((), "waiting for leader to bootstrap (I am not allowed to bootstrap)")
+        return Decision((ClaimInitialize(), RunBootstrap()), "bootstrapping a new cluster")
+    leader = cluster.leader_member()
+    if leader is not None and leader.conn_url and leader.state == "running":
+        return Decision((RunCreateReplica(leader.name),), f"trying to bootstrap from leader '{leader.name}'")
+    return Decision((), "waiting for leader to bootstrap")
+
+
+def _not_running(cluster: Cluster, pg: PgState, me: Node, holds_lock: bool) -> Decision:
+    if holds_lock:
+        # A crashed primary restarts in place while the lock is ours; replicas
+        # keep waiting for it rather than losing the writes it had.
+        if pg.role in ("primary", "demoted", "promoted") and pg.controldata_state != "in archive recovery":
+            return Decision((RefreshLock(), RunStart(as_primary=True)), "starting primary after failure")
+        return Decision((RefreshLock(), RunStart(as_primary=False)),
+                        "starting as readonly because i had the session lock")
+    leader = cluster.leader.name if cluster.leader else None
+    return Decision((RunFollow(leader),), "starting as a secondary")
+
+
+def _as_leader(cluster: Cluster, pg: PgState, me: Node) -> Decision:
+    if pg.role == "primary":
+        actions: list[Action] = [RefreshLock(), WriteStatus()]
+        if needs_history(cluster, pg):
+            actions.append(WriteHistory())
+        return Decision(tuple(actions), f"no action. I am ({me.name}), the leader with the lock")
+    return Decision((RefreshLock(), RunPromote()), "promoted self to leader because I had the session lock")
+
+
+def _as_follower(cluster: Cluster, pg: PgState, me: Node) -> Decision:
+    assert cluster.leader is not None
+    leader = cluster.leader.name
+    if pg.role == "primary":
+        return Decision((RunFollow(leader),), "demoting self because I do not have the lock and I was a leader")
+    if pg.upstream != leader:
+        return Decision((RunFollow(leader),), f"following new leader {leader}")
+    return Decision((), f"no action. I am ({me.name}), a secondary, and following a leader ({leader})")
+
+
+def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -> Decision:
+    pg = local.pg
+    assert pg is not None
+    if cluster.paused:
+        return Decision((), "cluster is paused: no automatic failover")
+    if pg.role == "primary":
+        # A primary that lost its lock may retake it only if nobody promoted since.
+        if pg.timeline is not None and pg.timeline < cluster.timeline:
+            return Decision((RunFollow(None),), "demoting self: a newer timeline exists")
+        return Decision((AcquireLock(), WriteStatus()), "acquired session lock as a leader")
+    ok, why = is_healthiest(cluster, local, me, settings)
+    if not ok:
+        return Decision((), f"following a different leader because {why}")
+    return Decision((AcquireLock(), RunPromote()), "promoted self to leader by acquiring session lock")
+
+
+def is_healthiest(cluster: Cluster, local: Local, me: Node, settings: Settings) -> tuple[bool, str]:
+    pg = local.pg
+    assert pg is not None
+    if me.nofailover:
+        return False, "I am not allowed to promote"
+    my_wal = pg.wal_position or 0
+    if cluster.optime is not None and cluster.optime - my_wal > settings.maximum_lag_on_failover:
+        return False, "my wal position exceeds maximum replication lag"
+    if settings.check_timeline and (pg.timeline is None or pg.timeline < cluster.timeline):
+        return False, "my timeline is behind the cluster's"
+    for name, peer in sorted(local.peers.items()):
+        if peer is None or name == me.name:
+            continue
+        if peer.role in ("primary", "master") and peer.state == "running":
+            return False, f"primary ({name}) is still alive"
+        if peer.nofailover or peer.watchdog_failed or peer.state != "running":
+            continue
+        if peer.wal_position > my_wal:
+            return False, f"{name} has a higher wal position"
+        if peer.wal_position == my_wal and peer.failover_priority > me.failover_priority:
+            return False, f"{name} has the same wal position and a higher failover priority"
+    return True, "I am the healthiest node"
+
+
+def needs_history(cluster: Cluster, pg: PgState) -> bool:
+    """A promoted primary must record the timelines it switched from."""
+    if not pg.timeline or pg.timeline <= 1:
+        return False
+    recorded = {int(e[0]) for e in cluster.history if isinstance(e, list) and e and isinstance(e[0], int)}
+    return (pg.timeline - 1) not in recorded
+
+
+def race_candidates(cluster: Cluster, me: str) -> list[Member]:
+    """Members whose /patroni answer matters in the leader race."""
+    return [m for n, m in sorted(cluster.members.items()) if n != me and m.api_url]

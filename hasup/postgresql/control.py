@@ -1,0 +1,193 @@
+"""Running PostgreSQL's programs: initdb, pg_basebackup, pg_rewind, pg_controldata, the postmaster.
+
+The postmaster is started in a session of its own so it outlives a
+restart of the postgres worker; any later worker re-attaches through
+postmaster.pid.  Stops signal the postmaster directly and wait on /proc,
+so they work whoever its parent is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+
+
+class CommandFailed(Exception):
+    pass
+
+
+@dataclass
+class Binaries:
+    bin_dir: str
+
+    def path(self, name: str) -> str:
+        if self.bin_dir:
+            return os.path.join(self.bin_dir, name)
+        found = shutil.which(name)
+        return found or name
+
+
+def run(cmd: Sequence[str], timeout: float | None, env: dict[str, str] | None = None) -> str:
+    """Run a command, return its output; raise CommandFailed with its last lines on failure."""
+    try:
+        proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                              env=env, text=True, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise CommandFailed(f"{os.path.basename(cmd[0])} timed out after {timeout}s") from exc
+    except OSError as exc:
+        raise CommandFailed(f"{cmd[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stdout.strip().splitlines()[-5:])
+        raise CommandFailed(f"{os.path.basename(cmd[0])} exited {proc.returncode}: {tail}")
+    return proc.stdout
+
+
+def controldata(bins: Binaries, data_dir: str) -> dict[str, str]:
+    """pg_controldata as a dict; {} when the data directory has none."""
+    if not os.path.exists(os.path.join(data_dir, "global", "pg_control")):
+        return {}
+    env = dict(os.environ, LANG="C", LC_ALL="C")
+    try:
+        out = run([bins.path("pg_controldata"), "-D", data_dir], timeout=30, env=env)
+    except CommandFailed as exc:
+        log.warning("pg_controldata failed: %s", exc)
+        return {}
+    result = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            result[key.strip()] = value.strip()
+    return result
+
+
+def data_dir_empty(data_dir: str) -> bool:
+    try:
+        return not any(os.scandir(data_dir))
+    except FileNotFoundError:
+        return True
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def postmaster_pid(data_dir: str) -> int | None:
+    """The running postmaster's pid from postmaster.pid, if that process is a live postgres."""
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            pid = int(f.readline().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not pid_alive(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().split(b"\0")
+    except FileNotFoundError:
+        return None
+    # A stale pid file may name an unrelated process after a reboot.
+    if not cmd or not os.path.basename(cmd[0].decode(errors="replace")).startswith("postgres"):
+        return None
+    return pid
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+        except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+            continue
+    return out
+
+
+class Postmaster:
+    """Start, stop and find the postmaster of one data directory."""
+
+    def __init__(self, bins: Binaries, data_dir: str, config_file: str) -> None:
+        self.bins = bins
+        self.data_dir = data_dir
+        self.config_file = config_file
+        self._child: subprocess.Popen[bytes] | None = None
+
+    def pid(self) -> int | None:
+        self.reap()
+        pid = postmaster_pid(self.data_dir)
+        if pid is None and self._child is not None:
+            # Our own child before it wrote postmaster.pid (or after someone removed it).
+            return self._child.pid
+        return pid
+
+    def reap(self) -> None:
+        if self._child is not None and self._child.poll() is not None:
+            self._child = None
+
+    def start(self, options: Sequence[str]) -> int:
+        """Launch the postmaster; returns its pid (readiness is checked by the caller's probe)."""
+        cmd = [self.bins.path("postgres"), "-D", self.data_dir, f"--config-file={self.config_file}", *options]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HASUP_", "PATRONI_", "NOTIFY_SOCKET"))}
+        self._child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        return self._child.pid
+
+    def exited_early(self) -> int | None:
+        """Exit status of the postmaster we launched, if it has already died."""
+        if self._child is None:
+            return None
+        return self._child.poll()
+
+    def stop(self, mode: str, timeout: float) -> bool:
+        """Signal a stop and wait for the postmaster to be gone; True when it is."""
+        pid = self.pid()
+        if pid is None:
+            return True
+        try:
+            os.kill(pid, STOP_SIGNALS[mode])
+        except ProcessLookupError:
+            return True
+        return self.wait_gone(pid, timeout)
+
+    def wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.reap()
+            if not pid_alive(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def kill_all(self, pid: int) -> None:
+        """SIGKILL the postmaster and every child (an orphaned backend could still commit)."""
+        try:
+            os.kill(pid, signal.SIGSTOP)  # no new forks while we enumerate
+        except ProcessLookupError:
+            return
+        for child in children_of(pid):
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

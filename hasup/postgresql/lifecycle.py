@@ -1,0 +1,346 @@
+"""PostgreSQL lifecycle operations: bootstrap, clone, start, promote, follow, stop.
+
+Each method is a long action: the postgres worker runs it on a thread and
+keeps reporting PgState meanwhile.  Methods return a result dict or raise
+ActionFailed with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hasup.config import Config, DynamicConfig, UserSpec
+from hasup.postgresql import conf
+from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, controldata, data_dir_empty, run
+from hasup.postgresql.probe import ProbeFailed, Prober, run_sql
+
+log = logging.getLogger(__name__)
+
+
+class ActionFailed(Exception):
+    pass
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Lifecycle:
+    def __init__(self, cfg: Config, dynamic: DynamicConfig, postmaster: Postmaster,
+                 on_state: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.dynamic = dynamic
+        self.postmaster = postmaster
+        self.bins = Binaries(cfg.postgresql.bin_dir)
+        self.on_state = on_state  # tells the worker which state to report while we work
+        self.following: str | None = None
+        self.cancel = threading.Event()
+
+    # -- helpers -------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> str:
+        return self.cfg.postgresql.data_dir
+
+    def local_dsn(self, dbname: str | None = None) -> str:
+        host = self.cfg.postgresql.listen_hosts[0]
+        if host in ("*", "0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        return conf.dsn(host, self.cfg.postgresql.port, self.cfg.postgresql.superuser,
+                        dbname or self.cfg.postgresql.database, passfile=self.cfg.postgresql.pgpass,
+                        application_name="hasup", connect_timeout=3)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HASUP_", "PATRONI_", "NOTIFY_SOCKET"))}
+        env["PGPASSFILE"] = self.cfg.postgresql.pgpass
+        return env
+
+    def write_config(self, leader: str | None, leader_conn_url: str | None, standby: bool) -> None:
+        pg = self.cfg.postgresql
+        conf.write_pgpass(self.cfg)
+        params, warnings = conf.effective_parameters(self.cfg, self.dynamic)
+        for w in warnings:
+            log.warning(w)
+        recovery = conf.recovery_parameters(self.cfg, leader_conn_url, None) if standby else {}
+        path = os.path.join(pg.config_dir, "postgresql.conf")
+        conf.write_private(path, conf.render_postgresql_conf(self.cfg, params, recovery))
+        hba = conf.render_pg_hba(self.cfg)
+        if hba is not None:
+            conf.write_private(os.path.join(pg.config_dir, "pg_hba.conf"), hba)
+        signal_file = os.path.join(self.data_dir, "standby.signal")
+        if standby:
+            with open(signal_file, "w"):
+                pass
+            self.following = leader
+        else:
+            if os.path.exists(signal_file):
+                os.unlink(signal_file)
+            self.following = None
+
+    def start_options(self) -> list[str]:
+        params, _ = conf.effective_parameters(self.cfg, self.dynamic)
+        return conf.command_line_options(params)
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        """Wait until PostgreSQL answers queries; the postmaster dying ends the wait early."""
+        prober = Prober(self.local_dsn(), timeout=2.0)
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        try:
+            while time.monotonic() < deadline:
+                if self.cancel.is_set():
+                    raise ActionFailed("cancelled")
+                code = self.postmaster.exited_early()
+                if code is not None or (self.postmaster.pid() is None and time.monotonic() > deadline - timeout + 2):
+                    raise ActionFailed(f"postgres exited during start (status {code})")
+                try:
+                    r = prober.probe()
+                    return {"sysid": r.sysid, "in_recovery": r.in_recovery, "timeline": r.timeline}
+                except ProbeFailed as exc:
+                    last = str(exc)
+                time.sleep(0.2)
+        finally:
+            prober.close()
+        raise ActionFailed(f"postgres did not become ready within {timeout:.0f}s: {last}")
+
+    def launch(self) -> None:
+        if self.postmaster.pid() is not None:
+            return
+        self.postmaster.start(self.start_options())
+
+    # -- actions ---------------------------------------------------------------
+
+    def bootstrap(self) -> dict[str, Any]:
+        pg = self.cfg.postgresql
+        self.on_state("initializing new cluster")
+        self.refuse_if_running()
+        if not data_dir_empty(self.data_dir):
+            raise ActionFailed(f"data directory {self.data_dir} is not empty")
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        cmd = [self.bins.path("initdb"), "-D", self.data_dir, f"--username={pg.superuser.username}",
+               *self.cfg.bootstrap.initdb]
+        pwfile = None
+        try:
+            if pg.superuser.password:
+                fd, pwfile = tempfile.mkstemp(prefix=".hasup-pw-", dir=os.path.dirname(self.data_dir.rstrip("/")))
+                with os.fdopen(fd, "w") as f:
+                    f.write(pg.superuser.password + "\n")
+                cmd.append(f"--pwfile={pwfile}")
+            run(cmd, timeout=600, env=self.env())
+        except CommandFailed as exc:
+            raise ActionFailed(f"initdb failed: {exc}") from exc
+        finally:
+            if pwfile:
+                os.unlink(pwfile)
+        if not pg.custom_conf:
+            os.replace(os.path.join(self.data_dir, "postgresql.conf"),
+                       os.path.join(self.data_dir, "postgresql.base.conf"))
+        if pg.pg_hba is None and self.cfg.bootstrap.pg_hba:
+            with open(os.path.join(pg.config_dir, "pg_hba.conf"), "a") as f:
+                f.write("\n# bootstrap.pg_hba\n" + "\n".join(self.cfg.bootstrap.pg_hba) + "\n")
+        self.write_config(None, None, standby=False)
+        self.on_state("starting")
+        self.launch()
+        result = self.wait_ready(pg.pg_ctl_timeout)
+        self.post_bootstrap()
+        return result
+
+    def post_bootstrap(self) -> None:
+        pg = self.cfg.postgresql
+        statements = []
+        if pg.replication.username != pg.superuser.username:
+            statements += create_role(pg.replication.username, pg.replication.password, ("REPLICATION",))
+        if pg.rewind.username not in (pg.superuser.username, pg.replication.username):
+            statements += create_role(pg.rewind.username, pg.rewind.password, ())
+            for fn in ("pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)",
+                       "pg_read_binary_file(text)", "pg_read_binary_file(text, bigint, bigint, boolean)"):
+                statements.append(f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO {ident(pg.rewind.username)}")
+        for name, spec in self.cfg.bootstrap.users.items():
+            statements += create_role(name, spec.password, options_of(spec))
+        try:
+            run_sql(self.local_dsn(), statements)
+        except Exception as exc:  # psycopg2 errors carry no secrets: passwords go as literals we never log
+            raise ActionFailed(f"creating users failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        script = self.cfg.bootstrap.post_bootstrap
+        if script:
+            env = self.env()
+            env["PGOPTIONS"] = "-c synchronous_commit=local -c statement_timeout=0"
+            try:
+                run([*shlex.split(script), self.local_dsn()], timeout=3600, env=env)
+            except CommandFailed as exc:
+                raise ActionFailed(f"post_bootstrap failed: {exc}") from exc
+
+    def refuse_if_running(self) -> None:
+        pid = self.postmaster.pid()
+        if pid is not None:
+            raise ActionFailed(f"PostgreSQL (pid {pid}) is running on {self.data_dir}; refusing to replace it")
+
+    def create_replica(self, leader: str, leader_conn_url: str) -> dict[str, Any]:
+        pg = self.cfg.postgresql
+        self.refuse_if_running()
+        self.on_state("creating replica")
+        host, port = conf.parse_conn_url(leader_conn_url)
+        conf.write_pgpass(self.cfg)
+        source = conf.dsn(host, port, pg.replication, application_name=f"{self.cfg.name} basebackup")
+        options = list(pg.basebackup) or ["--checkpoint=fast"]
+        last = ""
+        for attempt in range(2):
+            if self.cancel.is_set():
+                raise ActionFailed("cancelled")
+            if attempt:
+                time.sleep(5)
+            remove_contents(self.data_dir)
+            try:
+                run([self.bins.path("pg_basebackup"), f"--pgdata={self.data_dir}", "--wal-method=stream",
+                     f"--dbname={source}", *options], timeout=None, env=self.env())
+                break
+            except CommandFailed as exc:
+                last = str(exc)
+                log.error("basebackup from %s failed: %s", leader, last)
+        else:
+            remove_contents(self.data_dir)
+            raise ActionFailed(f"creating replica from {leader} failed: {last}")
+        os.chmod(self.data_dir, 0o700)
+        return self.start_replica(leader, leader_conn_url)
+
+    def start_replica(self, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
+        self.write_config(leader, leader_conn_url, standby=True)
+        self.on_state("starting")
+        self.launch()
+        return self.wait_ready(self.cfg.postgresql.pg_ctl_timeout)
+
+    def start(self, as_primary: bool, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
+        if not as_primary:
+            return self.start_replica(leader, leader_conn_url)
+        self.write_config(None, None, standby=False)
+        self.on_state("starting")
+        self.launch()
+        return self.wait_ready(self.cfg.postgresql.pg_ctl_timeout)
+
+    def promote(self) -> dict[str, Any]:
+        self.on_state("promoting")
+        try:
+            run([self.bins.path("pg_ctl"), "promote", "-D", self.data_dir, "-w",
+                 "-t", str(self.cfg.postgresql.pg_ctl_timeout)], timeout=self.cfg.postgresql.pg_ctl_timeout + 5,
+                env=self.env())
+        except CommandFailed as exc:
+            raise ActionFailed(f"promote failed: {exc}") from exc
+        # PostgreSQL removed standby.signal; drop the recovery settings too so a
+        # later restart cannot turn us back into a replica of the old leader.
+        self.write_config(None, None, standby=False)
+        result = self.wait_ready(self.cfg.postgresql.pg_ctl_timeout)
+        # Until a checkpoint records the new timeline in pg_control, pg_rewind
+        # on an old primary would see "same timeline" and skip a needed rewind.
+        try:
+            run_sql(self.local_dsn(), ["CHECKPOINT"], timeout=self.cfg.postgresql.pg_ctl_timeout)
+        except Exception as exc:
+            log.warning("checkpoint after promote failed: %s", exc)
+        return result
+
+    def stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
+        self.on_state("stopping")
+        budget = timeout if timeout is not None else self.cfg.postgresql.pg_ctl_timeout
+        if self.postmaster.stop(mode, budget):
+            return {"stopped": True}
+        if mode != "immediate":
+            log.warning("PostgreSQL did not stop within %ss (%s); stopping immediately", budget, mode)
+            if self.postmaster.stop("immediate", 10):
+                return {"stopped": True}
+        pid = self.postmaster.pid()
+        if pid is not None:
+            log.error("PostgreSQL (pid %s) ignored stop requests; killing it", pid)
+            self.postmaster.kill_all(pid)
+            if self.postmaster.wait_gone(pid, 5):
+                return {"stopped": True}
+        raise ActionFailed("PostgreSQL could not be stopped")
+
+    def follow(self, leader: str | None, leader_conn_url: str | None, leader_timeline: int | None,
+               running_role: str | None) -> dict[str, Any]:
+        if running_role == "primary":
+            log.info("demoting: stopping PostgreSQL (immediate) to rejoin as a replica of %s", leader)
+            self.stop("immediate")
+        if self.postmaster.pid() is not None:
+            if leader != self.following and leader is not None:
+                self.write_config(leader, leader_conn_url, standby=True)
+                self.reload()
+            return {"reloaded": True}
+        if leader is not None and leader_conn_url:
+            self.maybe_rewind(leader, leader_conn_url, leader_timeline)
+        return self.start_replica(leader, leader_conn_url)
+
+    def reload(self) -> None:
+        pid = self.postmaster.pid()
+        if pid is not None:
+            os.kill(pid, 1)  # SIGHUP: primary_conninfo is reloadable since PostgreSQL 13
+
+    def maybe_rewind(self, leader: str, leader_conn_url: str, leader_timeline: int | None) -> None:
+        cd = controldata(self.bins, self.data_dir)
+        try:
+            local_tl = int(cd.get("Latest checkpoint's TimeLineID", "0"))
+        except ValueError:
+            local_tl = 0
+        if not leader_timeline or local_tl >= leader_timeline:
+            return
+        use_rewind = self.cfg.postgresql.use_pg_rewind
+        if use_rewind is None:
+            use_rewind = self.dynamic.use_pg_rewind
+        if not use_rewind:
+            log.warning("timeline %s is behind the leader's %s and use_pg_rewind is off; starting anyway",
+                        local_tl, leader_timeline)
+            return
+        self.on_state("rewinding")
+        pg = self.cfg.postgresql
+        host, port = conf.parse_conn_url(leader_conn_url)
+        conf.write_pgpass(self.cfg)
+        source = conf.dsn(host, port, pg.rewind, pg.database, application_name=f"{self.cfg.name} rewind")
+        env = self.env()
+        env["PGOPTIONS"] = "-c statement_timeout=0"
+        try:
+            out = run([self.bins.path("pg_rewind"), "-D", self.data_dir, f"--source-server={source}"],
+                      timeout=None, env=env)
+        except CommandFailed as exc:
+            log.error("pg_rewind from %s failed: %s", leader, exc)
+            return
+        log.info("pg_rewind from %s: %s", leader, " | ".join(out.strip().splitlines()[-2:]))
+        if "same timeline" in out:
+            # The leader's pg_control does not show its new timeline yet (no
+            # checkpoint since promotion): starting now would fork our history.
+            raise ActionFailed(f"waiting for a checkpoint on {leader} before rewind")
+
+
+def create_role(name: str, password: str | None, options: tuple[str, ...]) -> list[str]:
+    opts = " ".join(("LOGIN", *options))
+    pw = f" PASSWORD {literal(password)}" if password else ""
+    return [
+        "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = "
+        f"{literal(name)}) THEN CREATE ROLE {ident(name)}; END IF; END$$",
+        f"ALTER ROLE {ident(name)} WITH {opts}{pw}",
+    ]
+
+
+def options_of(spec: UserSpec) -> tuple[str, ...]:
+    allowed = {"createrole", "createdb", "replication", "superuser", "inherit", "login", "bypassrls",
+               "nocreaterole", "nocreatedb", "noreplication", "nosuperuser", "noinherit", "nologin"}
+    return tuple(o.upper() for o in spec.options if o.lower() in allowed)
+
+
+def remove_contents(path: str) -> None:
+    if not os.path.isdir(path):
+        return
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)

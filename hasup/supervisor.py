@@ -1,0 +1,405 @@
+"""The supervisor: forks the workers, routes their messages, restarts them, writes the log.
+
+It does no I/O but pipes, signals, waitpid, /proc reads and the log
+writer, so it cannot hang on etcd or PostgreSQL.  Signal handlers only
+write to the wakeup fd; everything happens in one loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from setproctitle import setproctitle
+
+from hasup import ipc
+from hasup.config import Config, ConfigError, load_config
+from hasup.logwriter import LogWriter
+from hasup.postgresql.control import postmaster_pid
+from hasup.workers import api, election, postgres, watchdog
+from hasup.workers.base import WorkerContext
+
+log = logging.getLogger("hasup.supervisor")
+
+ROLES = ("election", "postgres", "watchdog", "api")
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PING_INTERVAL = 1.0
+ABORT_GRACE = 2.0  # SIGABRT lets a stuck worker dump its stack before SIGKILL
+RESTART_BUDGET = (5, 300.0)  # restarts per window, per worker
+EXIT_CONFIG = 2
+EXIT_GIVE_UP = 1
+
+TARGETS: dict[str, Callable[[WorkerContext], None]] = {
+    "election": election.run, "postgres": postgres.run, "watchdog": watchdog.run, "api": api.run,
+}
+
+
+def prctl(option: int, arg: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl failed")
+
+
+def heartbeat_deadline(role: str, loop_wait: int, retry_timeout: int) -> float:
+    """How long a worker may go without answering a ping.
+
+    Election blocks on etcd for up to retry_timeout per call, a few calls a
+    cycle, plus peer queries; postgres blocks on a probe for its timeout.
+    """
+    if role == "election":
+        return loop_wait + 3 * retry_timeout + 5
+    if role == "postgres":
+        return 10.0
+    return 15.0
+
+
+@dataclass
+class Worker:
+    role: str
+    pid: int = 0
+    channel: ipc.Channel | None = None
+    started_at: float = 0.0
+    last_pong: float = 0.0
+    ping_n: int = 0
+    aborted_at: float | None = None
+    restarts: deque[float] = field(default_factory=deque)
+    restart_at: float | None = None
+    stopping: bool = False
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str, writer: LogWriter) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.writer = writer
+        self.workers = {role: Worker(role) for role in ROLES}
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.lease_election, self.lease_watchdog = ipc.lease_pair()
+        self.pid = os.getpid()
+        self.shutdown_started: float | None = None
+        self.shutdown_done = False
+        self.exit_code = 0
+        self.next_ping = 0.0
+
+    # -- process management ---------------------------------------------------------
+
+    def spawn(self, role: str) -> None:
+        w = self.workers[role]
+        ours, theirs = ipc.channel_pair(role)
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                ours.close()
+                self.child_hygiene(keep={theirs.fileno()} | self.lease_fds(role))
+                lease = self.lease_election if role == "election" else \
+                    self.lease_watchdog if role == "watchdog" else None
+                ctx = WorkerContext(role, self.config, ipc.Channel(theirs, "supervisor"), lease, self.pid)
+                TARGETS[role](ctx)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        w.pid = pid
+        w.channel = ipc.Channel(ours, role)
+        w.started_at = w.last_pong = time.monotonic()
+        w.aborted_at = None
+        w.restart_at = None
+        w.stopping = False
+        self.sel.register(w.channel, selectors.EVENT_READ, role)
+        log.info("started %s worker (pid %d)", role, pid)
+
+    def lease_fds(self, role: str) -> set[int]:
+        if role == "election":
+            return {self.lease_election.fileno()}
+        if role == "watchdog":
+            return {self.lease_watchdog.fileno()}
+        return set()
+
+    def child_hygiene(self, keep: set[int]) -> None:
+        """In a fresh worker: drop the supervisor's signal plumbing and every pipe end not ours."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        self.sel.close()
+        fds = {self.wake_r.fileno(), self.wake_w.fileno(), self.lease_election.fileno(),
+               self.lease_watchdog.fileno()}
+        for w in self.workers.values():
+            if w.channel is not None:
+                fds.add(w.channel.fileno())
+        for fd in fds - keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.writer.close_in_child()
+        try:
+            prctl(PR_SET_PDEATHSIG, signal.SIGUSR2)
+        except OSError:
+            pass
+        # PDEATHSIG only wakes us; loops notice the orphaning through pipe EOF.
+        signal.signal(signal.SIGUSR2, lambda *_: None)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for w in self.workers.values():
+                if w.pid == pid:
+                    self.worker_exited(w, status)
+                    break
+
+    def worker_exited(self, w: Worker, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        if w.channel is not None:
+            self.drain(w)
+            self.sel.unregister(w.channel)
+            w.channel.close()
+            w.channel = None
+        w.pid = 0
+        if self.shutdown_started is not None:
+            log.info("%s worker exited (%s)", w.role, code)
+            return
+        if w.role == "election" and code == election.EXIT_FATAL:
+            log.critical("election worker hit a fatal condition; stopping the node")
+            self.exit_code = EXIT_GIVE_UP
+            self.begin_shutdown()
+            return
+        log.error("%s worker exited unexpectedly (%s)", w.role, code)
+        now = time.monotonic()
+        w.restarts.append(now)
+        while w.restarts and now - w.restarts[0] > RESTART_BUDGET[1]:
+            w.restarts.popleft()
+        if len(w.restarts) > RESTART_BUDGET[0]:
+            log.critical("%s worker restarted %d times in %.0fs: giving up", w.role, len(w.restarts) - 1,
+                         RESTART_BUDGET[1])
+            self.exit_code = EXIT_GIVE_UP
+            self.begin_shutdown()
+            return
+        first = len(w.restarts) == 1
+        delay = 0.0 if first and w.role in ("election", "watchdog") else min(30.0, 0.5 * 2 ** (len(w.restarts) - 1))
+        w.restart_at = now + delay
+
+    def drain(self, w: Worker) -> None:
+        try:
+            if w.channel is not None:
+                for env in w.channel.receive():
+                    self.route(w.role, env)
+        except (ipc.PeerClosed, ipc.ProtocolError):
+            pass
+
+    # -- messages -------------------------------------------------------------------------
+
+    def route(self, sender: str, env: ipc.Envelope) -> None:
+        msg = env.message
+        if isinstance(msg, ipc.Pong):
+            self.workers[sender].last_pong = time.monotonic()
+        elif isinstance(msg, ipc.LogRecord):
+            self.writer.write(msg, sender)
+        elif isinstance(msg, ipc.ShutdownDone):
+            log.info("election finished its shutdown (postgres stopped: %s, leader key released: %s)",
+                     msg.stopped_postgres, msg.released_lock)
+            self.shutdown_done = True
+        else:
+            for dest in msg.ROUTE:
+                self.send(dest, msg)
+
+    def send(self, role: str, msg: ipc.Message) -> None:
+        w = self.workers.get(role)
+        if w is None or w.channel is None:
+            return
+        if not w.channel.send(msg):
+            log.warning("dropped %s for %s worker (%d dropped so far)", type(msg).__name__, role,
+                        w.channel.dropped)
+
+    # -- signals and heartbeats -------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
+            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the number
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "signals")
+
+    def handle_signals(self) -> None:
+        try:
+            data = self.wake_r.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGCHLD:
+                self.reap()
+            elif signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                self.begin_shutdown()
+            elif signum == signal.SIGHUP:
+                self.reload()
+
+    def reload(self) -> None:
+        try:
+            config, warnings = load_config(self.config_path)
+        except ConfigError as exc:
+            for line in exc.problems:
+                log.error("reload refused: %s", line)
+            return
+        for w in warnings:
+            log.warning(w)
+        self.config = config
+        for role in ROLES:
+            self.send(role, ipc.ConfigChanged(config.raw))
+        log.info("configuration reloaded")
+
+    def heartbeats(self, now: float) -> None:
+        dyn = self.config.bootstrap.dcs
+        loop_wait, retry = int(dyn.get("loop_wait", 10)), int(dyn.get("retry_timeout", 10))
+        if now >= self.next_ping:
+            self.next_ping = now + PING_INTERVAL
+            for w in self.workers.values():
+                if w.channel is not None:
+                    w.ping_n += 1
+                    w.channel.send(ipc.Ping(w.ping_n))
+        for w in self.workers.values():
+            if not w.pid or self.shutdown_started is not None:
+                continue
+            if w.aborted_at is not None:
+                if now - w.aborted_at > ABORT_GRACE:
+                    self.kill(w.pid, signal.SIGKILL)
+                continue
+            if now - w.last_pong > heartbeat_deadline(w.role, loop_wait, retry):
+                log.error("%s worker (pid %d) missed its heartbeat for %.1fs: aborting it", w.role, w.pid,
+                          now - w.last_pong)
+                w.aborted_at = now
+                self.kill(w.pid, signal.SIGABRT)
+
+    @staticmethod
+    def kill(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        if self.shutdown_started is not None:
+            return
+        log.info("shutting down")
+        self.shutdown_started = time.monotonic()
+        if self.workers["election"].pid:
+            self.send("election", ipc.Shutdown())
+        else:
+            self.send("postgres", ipc.Stop(id=0, deadline=time.monotonic() + 60, mode="fast"))
+
+    def shutdown_step(self, now: float) -> bool:
+        """Advance an orderly shutdown; True when every worker is gone."""
+        assert self.shutdown_started is not None
+        budget = self.config.postgresql.pg_ctl_timeout + 30
+        election_gone = not self.workers["election"].pid
+        if self.shutdown_done or election_gone or now - self.shutdown_started > budget:
+            for w in self.workers.values():
+                if w.pid and not w.stopping:
+                    w.stopping = True
+                    self.kill(w.pid, signal.SIGTERM)
+        if now - self.shutdown_started > budget + 10:
+            for w in self.workers.values():
+                if w.pid:
+                    self.kill(w.pid, signal.SIGKILL)
+        return not any(w.pid for w in self.workers.values())
+
+    def stop_leftover_postmaster(self) -> None:
+        """Last resort: the postgres worker died before stopping PostgreSQL."""
+        pid = postmaster_pid(self.config.postgresql.data_dir)
+        if pid is not None:
+            log.warning("PostgreSQL (pid %d) still runs after the workers exited: stopping it", pid)
+            self.kill(pid, signal.SIGQUIT)
+
+    # -- main loop --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        setproctitle(f"hasup: supervisor {self.config.scope}/{self.config.name}")
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.install_signals()
+        gc.collect()
+        gc.freeze()  # workers share the imported pages copy-on-write
+        for role in ROLES:
+            self.spawn(role)
+        while True:
+            now = time.monotonic()
+            if self.shutdown_started is not None and self.shutdown_step(now):
+                break
+            for w in self.workers.values():
+                if not w.pid and w.restart_at is not None and now >= w.restart_at \
+                        and self.shutdown_started is None:
+                    self.spawn(w.role)
+            self.heartbeats(now)
+            self.poll(timeout=min(PING_INTERVAL, max(0.0, self.next_ping - time.monotonic())) or 0.05)
+        self.reap()
+        if self.exit_code == 0 and self.shutdown_started is not None:
+            self.stop_leftover_postmaster()
+        log.info("supervisor exiting (%d)", self.exit_code)
+        self.writer.flush()
+        return self.exit_code
+
+    def poll(self, timeout: float) -> None:
+        for w in self.workers.values():
+            if w.channel is not None:
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.channel.wants_write() else 0)
+                self.sel.modify(w.channel, events, w.role)
+        for key, mask in self.sel.select(timeout):
+            if key.data == "signals":
+                self.handle_signals()
+                continue
+            w = self.workers[key.data]
+            if w.channel is None:
+                continue
+            try:
+                if mask & selectors.EVENT_WRITE:
+                    w.channel.flush()
+                if mask & selectors.EVENT_READ:
+                    for env in w.channel.receive():
+                        self.route(w.role, env)
+            except (ipc.PeerClosed, ipc.ProtocolError) as exc:
+                # The worker is dying; waitpid will tell us how.  Stop selecting on it.
+                if isinstance(exc, ipc.ProtocolError):
+                    log.error("bad message from %s worker: %s", w.role, exc)
+                    self.kill(w.pid, signal.SIGKILL)
+                if w.channel is not None:
+                    self.sel.unregister(w.channel)
+                    w.channel.close()
+                    w.channel = None
+        self.reap()
+
+
+def run(config: Config, config_path: str, warnings: list[str]) -> int:
+    writer = LogWriter(config.log)
+    writer.install()
+    for w in warnings:
+        log.warning(w)
+    try:
+        return Supervisor(config, config_path, writer).run()
+    except KeyboardInterrupt:
+        return 1
+    finally:
+        writer.flush()
+        sys.stderr.flush()

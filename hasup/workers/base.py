@@ -1,0 +1,101 @@
+"""What every worker shares: its context, logging through the supervisor, heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from setproctitle import setproctitle
+
+from hasup import ipc
+from hasup.config import Config
+
+
+@dataclass
+class WorkerContext:
+    role: str  # election, postgres, watchdog, api
+    config: Config
+    channel: ipc.Channel  # to the supervisor
+    lease_sock: socket.socket | None = None  # election and watchdog only
+    supervisor_pid: int = 0
+
+    @property
+    def title(self) -> str:
+        return f"hasup: {self.role} {self.config.scope}/{self.config.name}"
+
+    def orphaned(self) -> bool:
+        """The supervisor is gone (we were re-parented)."""
+        return os.getppid() != self.supervisor_pid
+
+
+class PipeLogHandler(logging.Handler):
+    """Sends records to the supervisor's log writer; never blocks, drops when the pipe is full."""
+
+    def __init__(self, channel: ipc.Channel, role: str) -> None:
+        super().__init__()
+        self.channel = channel
+        self.role = role
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info and record.levelno >= logging.ERROR:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.channel.send_now(ipc.LogRecord(record.levelno, record.name, text, record.created, self.role))
+        except Exception:  # logging must never take a worker down
+            pass
+
+
+def setup_worker(ctx: WorkerContext) -> None:
+    setproctitle(ctx.title)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(PipeLogHandler(ctx.channel, ctx.role))
+    root.setLevel(ctx.config.log.level.upper().replace("WARN", "WARNING").replace("WARNINGING", "WARNING"))
+
+
+def answer_ping(ctx: WorkerContext, env: ipc.Envelope) -> bool:
+    """Answer a heartbeat; True if env was one."""
+    if isinstance(env.message, ipc.Ping):
+        ctx.channel.send_now(ipc.Pong(env.message.n))
+        return True
+    return False
+
+
+def pump(ctx: WorkerContext, timeout: float, extra: Iterable[socket.socket | int] = (),
+         on_ready: Callable[[object], None] | None = None) -> list[ipc.Envelope]:
+    """Wait up to timeout for supervisor messages (and extra fds); flush our outbox.
+
+    Returns the envelopes received; heartbeats are answered here.  Raises
+    ipc.PeerClosed when the supervisor is gone.
+    """
+    sel = selectors.DefaultSelector()
+    try:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if ctx.channel.wants_write() else 0)
+        sel.register(ctx.channel, events)
+        for fd in extra:
+            sel.register(fd, selectors.EVENT_READ)
+        deadline = time.monotonic() + max(0.0, timeout)
+        received: list[ipc.Envelope] = []
+        ready = sel.select(max(0.0, deadline - time.monotonic()))
+        for key, mask in ready:
+            if key.fileobj is ctx.channel:
+                if mask & selectors.EVENT_WRITE:
+                    ctx.channel.flush()
+                if mask & selectors.EVENT_READ:
+                    for env in ctx.channel.receive():
+                        if not answer_ping(ctx, env):
+                            received.append(env)
+            elif on_ready is not None:
+                on_ready(key.fileobj)
+        if ctx.channel.wants_write():
+            ctx.channel.flush()
+        return received
+    finally:
+        sel.close()

@@ -1,0 +1,436 @@
+"""The election worker: owns the etcd session, runs the HA cycle, sends leases.
+
+It runs a cycle every loop_wait, at once when the leader-key watch fires,
+and at once when the postgres worker's health changes.  Policy lives in
+hasup.ha.decide(); this file gathers inputs and carries out actions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from hasup import PATRONI_COMPAT_VERSION, __version__, ha, ipc
+from hasup.config import initial_dcs_config, parse_dynamic
+from hasup.dcs.etcd import DCSError, EtcdStore
+from hasup.dcs.model import Cluster
+from hasup.peers import fetch_all
+from hasup.postgresql.control import pid_alive, postmaster_pid
+from hasup.workers.base import WorkerContext, pump, setup_worker
+
+log = logging.getLogger("hasup.election")
+
+EXIT_FATAL = 3  # the supervisor stops the node and exits 1: retrying cannot help
+STALE_PGSTATE = 10.0  # seconds; older PgState is not acted on (the worker is restarting)
+REQUEST_DEADLINES = {"Bootstrap": 3600.0, "CreateReplica": 86400.0}
+
+
+class LeaderWatch(threading.Thread):
+    """Blocks on etcd's watch of the leader key so a change wakes the cycle at once."""
+
+    def __init__(self, store: EtcdStore, wake_fd: int) -> None:
+        super().__init__(name="leader-watch", daemon=True)
+        self.store = store
+        self.wake_fd = wake_fd
+        self.request: tuple[int, float] | None = None
+        self.cond = threading.Condition()
+
+    def arm(self, index: int, until: float) -> None:
+        with self.cond:
+            self.request = (index, until)
+            self.cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while self.request is None:
+                    self.cond.wait()
+                index, until = self.request
+                self.request = None
+            remaining = until - time.monotonic()
+            if remaining > 0.2 and self.store.watch_leader(index, remaining):
+                os.write(self.wake_fd, b"w")
+
+
+class ElectionWorker:
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.me = ha.Node(cfg.name, cfg.tags.nofailover, cfg.tags.failover_priority)
+        self.dynamic, _ = parse_dynamic(cfg.bootstrap.dcs)
+        self.store = EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.watch = LeaderWatch(EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout),
+                                 self.wake_w)
+        self.pg: ipc.PgState | None = None
+        self.pg_received = 0.0
+        # After a reply, the PgState we hold predates the action's effect; the
+        # worker sends a new one right behind the reply.  Acting on the old one
+        # could, say, clone over a data directory that was just filled.
+        self.pg_outdated = False
+        self.pending: dict[int, tuple[ipc.Request, int | None]] = {}  # id -> (request, worker pid at send)
+        self.next_id = 1
+        self.cluster: Cluster | None = None
+        self.read_at = 0.0
+        self.read_at_wall = 0.0
+        self.lock_valid_until = 0.0
+        self.lease_seq = 0
+        self.last_reason = ""
+        self.reason_logged_at = 0.0
+        self.status_written: dict[str, Any] | None = None
+        self.shutting_down = False
+        self.shutdown_stop_id: int | None = None
+        self.run_now = True
+
+    # -- requests to the postgres worker -----------------------------------------
+
+    def request(self, cls: type[ipc.Request], **kwargs: Any) -> int:
+        rid = self.next_id
+        self.next_id += 1
+        deadline = time.monotonic() + REQUEST_DEADLINES.get(cls.__name__, self.ctx.config.postgresql.pg_ctl_timeout
+                                                            + 120.0)
+        req = cls(id=rid, deadline=deadline, **kwargs)
+        self.pending[rid] = (req, self.pg.worker_pid if self.pg else None)
+        self.ctx.channel.send_now(req)
+        return rid
+
+    @property
+    def busy(self) -> str:
+        now = time.monotonic()
+        for rid, (req, _pid) in list(self.pending.items()):
+            if now > req.deadline:
+                log.warning("%s request %d passed its deadline: outcome unknown", type(req).__name__, rid)
+                del self.pending[rid]
+        return ", ".join(sorted({type(r).__name__.lower() for r, _ in self.pending.values()}))
+
+    def on_reply(self, reply: ipc.Reply) -> None:
+        entry = self.pending.pop(reply.id, None)
+        if entry is None:
+            return
+        self.pg_outdated = True
+        level = logging.INFO if reply.ok else logging.ERROR
+        log.log(level, "%s %s%s", reply.request, "succeeded" if reply.ok else "failed",
+                f": {reply.message}" if reply.message else "")
+        if reply.request == "Bootstrap":
+            self.finish_bootstrap(reply)
+        if self.shutdown_stop_id == reply.id:
+            self.finish_shutdown(stopped=reply.ok)
+        self.run_now = True
+
+    def on_pgstate(self, state: ipc.PgState) -> None:
+        prev = self.pg
+        self.pg = state
+        self.pg_received = time.monotonic()
+        self.pg_outdated = False
+        # A restarted postgres worker lost whatever it was doing for us.
+        for rid, (_req, pid) in list(self.pending.items()):
+            if pid is not None and state.worker_pid != pid:
+                del self.pending[rid]
+        if prev is None or (prev.state, prev.role, prev.busy) != (state.state, state.role, state.busy):
+            self.run_now = True
+
+    # -- the cycle ----------------------------------------------------------------
+
+    def settings(self) -> ha.Settings:
+        d = self.dynamic
+        return ha.Settings(d.ttl, d.loop_wait, d.retry_timeout, d.maximum_lag_on_failover, d.check_timeline,
+                           d.use_pg_rewind)
+
+    def read_cluster(self) -> Cluster | None:
+        try:
+            cluster = self.store.get_cluster()
+        except DCSError as exc:
+            log.error("cannot read the cluster from etcd: %s", exc)
+            return None
+        self.read_at, self.read_at_wall = time.monotonic(), time.time()
+        if cluster.config:
+            dynamic, warnings = parse_dynamic(cluster.config)
+            if dynamic != self.dynamic:
+                for w in warnings:
+                    log.warning(w)
+                self.dynamic = dynamic
+                self.store.retry_timeout = self.watch.store.retry_timeout = dynamic.retry_timeout
+        return cluster
+
+    def cycle(self) -> None:
+        cluster = self.read_cluster()
+        self.cluster = cluster
+        pg = self.pg
+        fresh = pg is not None and time.monotonic() - self.pg_received < STALE_PGSTATE and not self.pg_outdated
+        peers = {}
+        if cluster is not None and cluster.leader is None and pg is not None and pg.state == "running" \
+                and not self.shutting_down:
+            peers = fetch_all(ha.race_candidates(cluster, self.me.name))
+        local = ha.Local(pg, fresh, self.busy, peers)
+        if self.shutting_down:
+            holds = cluster is not None and cluster.leader is not None and cluster.leader.name == self.me.name
+            decision = ha.Decision((ha.RefreshLock(),) if holds else (), "shutting down")
+        else:
+            decision = ha.decide(cluster, local, self.me, self.settings())
+        self.log_reason(decision.reason)
+        for action in decision.actions:
+            if not self.execute(action, cluster):
+                self.run_now = True
+                break
+        if cluster is not None:
+            self.touch_member()
+        self.publish_view(decision.reason)
+
+    def log_reason(self, reason: str) -> None:
+        now = time.monotonic()
+        if reason != self.last_reason or now - self.reason_logged_at > 60:
+            log.info(reason)
+            self.last_reason, self.reason_logged_at = reason, now
+
+    def execute(self, action: ha.Action, cluster: Cluster | None) -> bool:
+        """Carry out one action; False stops the rest of the list."""
+        ttl = self.dynamic.ttl
+        try:
+            if isinstance(action, ha.AcquireLock | ha.RefreshLock):
+                started = time.monotonic()
+                fn = self.store.acquire_leader if isinstance(action, ha.AcquireLock) else self.store.refresh_leader
+                if not fn(self.me.name, ttl):
+                    log.warning("could not %s the leader lock", "acquire" if isinstance(action, ha.AcquireLock)
+                                else "refresh")
+                    self.lock_valid_until = 0.0
+                    return False
+                self.grant_lease(started)
+            elif isinstance(action, ha.ReleaseLock):
+                self.store.delete_leader(self.me.name)
+                self.lock_valid_until = 0.0
+            elif isinstance(action, ha.ClaimInitialize):
+                if not self.store.claim_initialize():
+                    log.info("failed to acquire initialize lock")
+                    return False
+            elif isinstance(action, ha.PublishInitialize):
+                self.store.set_initialize(action.sysid)
+            elif isinstance(action, ha.WriteStatus):
+                self.write_status()
+            elif isinstance(action, ha.WriteHistory):
+                self.write_history(cluster)
+            elif isinstance(action, ha.Fatal):
+                log.critical(action.reason)
+                os._exit(EXIT_FATAL)
+            else:
+                self.send_pg_request(action, cluster)
+        except DCSError as exc:
+            log.error("etcd write failed: %s", exc)
+            return False
+        return True
+
+    def send_pg_request(self, action: ha.Action, cluster: Cluster | None) -> None:
+        def member_url(name: str | None) -> str | None:
+            m = cluster.members.get(name) if cluster and name else None
+            return m.conn_url if m else None
+
+        if isinstance(action, ha.RunBootstrap):
+            self.request(ipc.Bootstrap)
+        elif isinstance(action, ha.RunCreateReplica):
+            self.request(ipc.CreateReplica, leader=action.source, leader_conn_url=member_url(action.source) or "")
+        elif isinstance(action, ha.RunStart):
+            self.request(ipc.Start, as_primary=action.as_primary, leader=action.leader,
+                         leader_conn_url=member_url(action.leader))
+        elif isinstance(action, ha.RunPromote):
+            self.request(ipc.Promote)
+        elif isinstance(action, ha.RunFollow):
+            leader_tl = None
+            if cluster is not None and action.leader:
+                m = cluster.members.get(action.leader)
+                leader_tl = (m.timeline if m else None) or cluster.timeline
+            self.request(ipc.Follow, leader=action.leader, leader_conn_url=member_url(action.leader),
+                         leader_timeline=leader_tl)
+        elif isinstance(action, ha.RunStop):
+            self.request(ipc.Stop, mode=action.mode)
+        else:
+            raise TypeError(f"unhandled action {action!r}")
+
+    def grant_lease(self, started: float) -> None:
+        # The write succeeded, so etcd cannot expire the key before started + ttl.
+        self.lock_valid_until = started + self.dynamic.ttl
+        if self.ctx.lease_sock is not None:
+            self.lease_seq += 1
+            ipc.send_datagram(self.ctx.lease_sock, ipc.Lease(self.lock_valid_until, self.dynamic.ttl), self.lease_seq)
+
+    def write_status(self) -> None:
+        if self.pg is None or self.pg.wal_position is None:
+            return
+        status = {"optime": self.pg.wal_position, "slots": {}, "retain_slots": []}
+        if status != self.status_written:
+            self.store.set_status(status)
+            self.status_written = status
+
+    def write_history(self, cluster: Cluster | None) -> None:
+        if cluster is None or self.pg is None or not self.pg.timeline_history:
+            return
+        recorded = {int(e[0]): e for e in cluster.history if isinstance(e, list) and e and isinstance(e[0], int)}
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        history: list[list[Any]] = []
+        entries = list(self.pg.timeline_history)
+        for i, (tli, lsn, reason) in enumerate(entries):
+            if tli in recorded:
+                history.append(list(recorded[tli]))
+            else:
+                last = i == len(entries) - 1
+                history.append([tli, lsn, reason, now, self.me.name] if last else [tli, lsn, reason])
+        if self.dynamic.max_timelines_history > 0:
+            history = history[-self.dynamic.max_timelines_history:]
+        self.store.set_history(history)
+
+    def member_data(self) -> dict[str, Any]:
+        cfg = self.ctx.config
+        pg = self.pg
+        data: dict[str, Any] = {
+            "conn_url": cfg.postgresql.conn_url,
+            "api_url": cfg.restapi.api_url,
+            "state": pg.state if pg else "unknown",
+            "role": pg.role if pg else "uninitialized",
+            "version": PATRONI_COMPAT_VERSION,
+            "hasup_version": __version__,
+        }
+        tags = {k: v for k, v in cfg.tags.raw.items() if v not in (False, None)}
+        if tags:
+            data["tags"] = tags
+        if pg is not None and pg.probe_ok:
+            if pg.wal_position is not None:
+                data["xlog_location"] = pg.wal_position
+            if pg.timeline is not None:
+                data["timeline"] = pg.timeline
+            if pg.role == "replica":
+                data["replication_state"] = pg.replication_state or "not streaming"
+                if pg.received_location is not None:
+                    data["receive_lsn"] = pg.received_location
+                if pg.replayed_location is not None:
+                    data["replay_lsn"] = pg.replayed_location
+            if pg.pending_restart:
+                data["pending_restart"] = True
+        return data
+
+    def touch_member(self) -> None:
+        try:
+            self.store.touch_member(self.me.name, self.member_data(), self.dynamic.ttl)
+        except DCSError as exc:
+            log.error("could not update the member key: %s", exc)
+
+    def publish_view(self, reason: str) -> None:
+        c = self.cluster
+        holds = c is not None and c.leader is not None and c.leader.name == self.me.name \
+            and self.lock_valid_until > time.monotonic()
+        view = ipc.ClusterView(
+            read_at=self.read_at if c is not None else 0.0, read_at_wall=self.read_at_wall,
+            leader=c.leader.name if c and c.leader else None, holds_lock=holds,
+            lock_valid_until=self.lock_valid_until,
+            members={n: m.data for n, m in c.members.items()} if c else {},
+            config=c.config or {} if c else {}, history=tuple(tuple(h) for h in c.history) if c else (),
+            optime=c.optime if c else None, initialize=c.initialize if c else None,
+            sync=c.sync if c else None, failover=c.failover if c else None,
+            paused=c.paused if c else False, last_decision=reason,
+        )
+        self.ctx.channel.send_now(view)
+
+    # -- bootstrap and shutdown ---------------------------------------------------------
+
+    def finish_bootstrap(self, reply: ipc.Reply) -> None:
+        if not reply.ok:
+            log.critical("bootstrap failed: %s", reply.message)
+            try:
+                self.store.delete_initialize()
+            except DCSError:
+                pass
+            os._exit(EXIT_FATAL)
+        sysid = str(reply.result.get("sysid", ""))
+        started = time.monotonic()
+        self.store.set_initialize(sysid)
+        self.store.set_config(initial_dcs_config(self.ctx.config))
+        self.store.take_leader(self.me.name, self.dynamic.ttl)
+        self.grant_lease(started)
+        log.info("initialized a new cluster")
+
+    def begin_shutdown(self) -> None:
+        log.info("shutting down: stopping PostgreSQL")
+        self.shutting_down = True
+        self.shutdown_stop_id = self.request(ipc.Stop, mode="fast")
+
+    def finish_shutdown(self, stopped: bool) -> None:
+        released = False
+        if stopped and self.cluster is not None and self.cluster.leader is not None \
+                and self.cluster.leader.name == self.me.name:
+            try:
+                released = self.store.delete_leader(self.me.name)
+                log.info("released the leader key after stopping PostgreSQL")
+            except DCSError as exc:
+                log.error("could not release the leader key: %s", exc)
+        elif not stopped:
+            log.error("PostgreSQL did not stop: keeping the leader key (it expires after ttl)")
+        self.ctx.channel.send_now(ipc.ShutdownDone(stopped, released))
+        self.shutdown_stop_id = None
+
+    def orphaned(self) -> None:
+        """Supervisor gone: the postgres worker stops PostgreSQL; release the lock once that is confirmed."""
+        log.critical("supervisor is gone: waiting for PostgreSQL to stop before releasing the lock")
+        deadline = time.monotonic() + self.ctx.config.postgresql.pg_ctl_timeout
+        data_dir = self.ctx.config.postgresql.data_dir
+        while time.monotonic() < deadline:
+            pid = postmaster_pid(data_dir)
+            if pid is None or not pid_alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            log.critical("PostgreSQL is still running: leaving the leader key to expire")
+            return
+        if self.cluster is not None and self.cluster.leader is not None and self.cluster.leader.name == self.me.name:
+            try:
+                self.store.delete_leader(self.me.name)
+            except DCSError:
+                pass
+
+    # -- main loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.watch.start()
+        next_cycle = time.monotonic()
+        while True:
+            try:
+                if self.ctx.orphaned():
+                    raise ipc.PeerClosed("supervisor")
+                timeout = 0.0 if self.run_now else max(0.0, next_cycle - time.monotonic())
+                woke: list[object] = []
+                for env in pump(self.ctx, timeout, extra=[self.wake_r], on_ready=woke.append):
+                    self.on_message(env.message)
+                if woke:
+                    try:
+                        os.read(self.wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    self.run_now = True
+                if self.run_now or time.monotonic() >= next_cycle:
+                    self.run_now = False
+                    started = time.monotonic()
+                    self.cycle()
+                    next_cycle = started + self.dynamic.loop_wait
+                    self.arm_watch(next_cycle)
+            except ipc.PeerClosed:
+                self.orphaned()
+                return
+
+    def arm_watch(self, until: float) -> None:
+        c = self.cluster
+        if c is not None and c.leader is not None and c.leader.name != self.me.name:
+            self.watch.arm(c.watch_index, until)
+
+    def on_message(self, msg: ipc.Message) -> None:
+        if isinstance(msg, ipc.PgState):
+            self.on_pgstate(msg)
+        elif isinstance(msg, ipc.Reply):
+            self.on_reply(msg)
+        elif isinstance(msg, ipc.Shutdown) and not self.shutting_down:
+            self.begin_shutdown()
+
+
+def run(ctx: WorkerContext) -> None:
+    setup_worker(ctx)
+    ElectionWorker(ctx).run()

@@ -1,0 +1,252 @@
+"""The postgres worker: executes lifecycle requests and reports PgState.
+
+Long actions run on a thread so probes and PgState keep flowing while a
+basebackup takes hours.  The worker never decides: election asks, it
+converges and reports.  When the supervisor dies it stops PostgreSQL
+(immediate) and exits: an unsupervised primary must not keep running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hasup import ipc
+from hasup.config import DynamicConfig, parse_dynamic
+from hasup.postgresql.control import Binaries, Postmaster, controldata, data_dir_empty
+from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
+from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult
+from hasup.workers.base import WorkerContext, pump, setup_worker
+
+log = logging.getLogger("hasup.postgres")
+
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 2.0
+
+
+class PostgresWorker:
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.dynamic: DynamicConfig = DynamicConfig()
+        self.postmaster = Postmaster(Binaries(cfg.postgresql.bin_dir), cfg.postgresql.data_dir,
+                                     os.path.join(cfg.postgresql.config_dir, "postgresql.conf"))
+        self.lifecycle = Lifecycle(cfg, self.dynamic, self.postmaster, self._set_action_state)
+        self.prober = Prober(self.lifecycle.local_dsn(), PROBE_TIMEOUT)
+        self.action: str = ""
+        self.action_state: str = ""
+        self.done: queue.SimpleQueue[ipc.Reply] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.last_probe: ProbeResult | None = None
+        self.failed_probes = 0
+        self.was_running = False
+        self.stopped_on_purpose = False
+        self.history_cache: tuple[int, tuple[tuple[int, int, str], ...]] = (0, ())
+        self.last_sent: ipc.PgState | None = None
+
+    # -- actions ---------------------------------------------------------------
+
+    def _set_action_state(self, state: str) -> None:
+        self.action_state = state
+
+    def start_action(self, req: ipc.Request) -> None:
+        if self.action:
+            self.ctx.channel.send_now(ipc.Reply(req.id, type(req).__name__, False, f"{self.action} in progress"))
+            return
+        fn = self._action_for(req)
+        name = type(req).__name__.lower()
+        self.action = name
+        self.action_state = name
+
+        def runner() -> None:
+            try:
+                result = fn()
+                reply = ipc.Reply(req.id, type(req).__name__, True, "", result)
+            except ActionFailed as exc:
+                log.error("%s failed: %s", name, exc)
+                reply = ipc.Reply(req.id, type(req).__name__, False, str(exc))
+            except Exception as exc:  # a bug must not leave the worker wedged as busy
+                log.exception("%s raised", name)
+                reply = ipc.Reply(req.id, type(req).__name__, False, f"{type(exc).__name__}: {exc}")
+            self.done.put(reply)
+            os.write(self.wake_w, b"x")
+
+        threading.Thread(target=runner, name=name, daemon=True).start()
+
+    def _action_for(self, req: ipc.Request) -> Callable[[], dict[str, Any]]:
+        lc = self.lifecycle
+        running_role = None
+        if self.last_probe is not None and self.postmaster.pid() is not None:
+            running_role = "replica" if self.last_probe.in_recovery else "primary"
+        if isinstance(req, ipc.Bootstrap):
+            return lc.bootstrap
+        if isinstance(req, ipc.CreateReplica):
+            return lambda: lc.create_replica(req.leader, req.leader_conn_url)
+        if isinstance(req, ipc.Start):
+            return lambda: lc.start(req.as_primary, req.leader, req.leader_conn_url)
+        if isinstance(req, ipc.Promote):
+            return lc.promote
+        if isinstance(req, ipc.Follow):
+            return lambda: lc.follow(req.leader, req.leader_conn_url, req.leader_timeline, running_role)
+        if isinstance(req, ipc.Stop):
+            self.stopped_on_purpose = True
+            return lambda: lc.stop(req.mode)
+        raise ValueError(f"unknown request {req!r}")
+
+    def finish_actions(self) -> None:
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+        while not self.done.empty():
+            reply = self.done.get()
+            self.action = ""
+            self.action_state = ""
+            self.ctx.channel.send_now(reply)
+            self.report(force=True)
+
+    # -- state -------------------------------------------------------------------
+
+    def observe(self) -> ipc.PgState:
+        cfg = self.ctx.config
+        pid = self.postmaster.pid()
+        probe: ProbeResult | None = None
+        if pid is not None and self.action not in ("bootstrap",):
+            try:
+                probe = self.prober.probe()
+                self.failed_probes = 0
+            except ProbeFailed as exc:
+                self.failed_probes += 1
+                if self.failed_probes in (1, 10) or self.failed_probes % 60 == 0:
+                    log.warning("probe failed (%d in a row): %s", self.failed_probes, exc)
+        else:
+            self.prober.close()
+        self.last_probe = probe if probe is not None else (self.last_probe if pid is not None else None)
+        empty = data_dir_empty(cfg.postgresql.data_dir)
+        now = time.monotonic()
+        if probe is not None:
+            self.was_running = True
+            self.stopped_on_purpose = False
+            role = "replica" if probe.in_recovery else "primary"
+            return ipc.PgState(
+                state="stopping" if self.action == "stop" else "running",
+                role=role, data_dir_empty=False, probe_ok=True, probe_at=now, worker_pid=os.getpid(),
+                busy=self.action, postmaster_pid=pid, postmaster_start_time=probe.postmaster_start_time,
+                server_version=probe.server_version, sysid=probe.sysid, timeline=probe.timeline,
+                wal_position=probe.wal_position, received_location=probe.received_lsn,
+                replayed_location=probe.replayed_lsn, replayed_timestamp=probe.replayed_timestamp,
+                replay_paused=probe.replay_paused,
+                replication_state="streaming" if probe.in_recovery and probe.streaming else None,
+                upstream=self.lifecycle.following if probe.in_recovery else None,
+                replication=probe.replication,
+                timeline_history=self.timeline_history(probe) if not probe.in_recovery else (),
+                pending_restart=probe.pending_restart,
+            )
+        cd = controldata(self.postmaster.bins, cfg.postgresql.data_dir) if not empty and not self.action else {}
+        cluster_state = cd.get("Database cluster state")
+        if self.action:
+            state = self.action_state or self.action
+        elif pid is not None:
+            state = "starting" if self.failed_probes < 3 else "unknown"
+        elif self.was_running and not self.stopped_on_purpose:
+            state = "crashed"
+        else:
+            state = "stopped"
+        sysid = cd.get("Database system identifier")
+        try:
+            tl: int | None = int(cd["Latest checkpoint's TimeLineID"]) if cd else None
+        except (KeyError, ValueError):
+            tl = None
+        return ipc.PgState(
+            state=state, role=self.stopped_role(empty, cluster_state), data_dir_empty=empty, probe_ok=False,
+            probe_at=now, worker_pid=os.getpid(), failed_probes=self.failed_probes, busy=self.action,
+            postmaster_pid=pid,
+            sysid=sysid, timeline=tl, controldata_state=cluster_state,
+            upstream=self.lifecycle.following,
+        )
+
+    def stopped_role(self, empty: bool, cluster_state: str | None) -> str:
+        if empty or cluster_state is None:
+            return "uninitialized"
+        if cluster_state in ("in archive recovery", "shut down in recovery"):
+            return "replica"
+        if os.path.exists(os.path.join(self.ctx.config.postgresql.data_dir, "standby.signal")):
+            return "replica"
+        return "primary"
+
+    def timeline_history(self, probe: ProbeResult) -> tuple[tuple[int, int, str], ...]:
+        tl = probe.timeline or 1
+        if tl <= 1:
+            return ()
+        if self.history_cache[0] == tl:
+            return self.history_cache[1]
+        path = os.path.join(self.ctx.config.postgresql.data_dir, "pg_wal", f"{tl:08X}.history")
+        entries = []
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.strip().split("\t")
+                    if len(parts) >= 2 and parts[0].isdigit():
+                        hi, lo = parts[1].split("/")
+                        entries.append((int(parts[0]), (int(hi, 16) << 32) + int(lo, 16),
+                                        parts[2] if len(parts) > 2 else ""))
+        except (OSError, ValueError):
+            return ()
+        self.history_cache = (tl, tuple(entries))
+        return self.history_cache[1]
+
+    def report(self, force: bool = False) -> None:
+        state = self.observe()
+        self.last_sent = state
+        self.ctx.channel.send_now(state)
+
+    # -- main loop ------------------------------------------------------------------
+
+    def on_message(self, env: ipc.Envelope) -> None:
+        msg = env.message
+        if isinstance(msg, ipc.Request):
+            self.start_action(msg)
+        elif isinstance(msg, ipc.ClusterView):
+            if msg.config:
+                dynamic, _ = parse_dynamic(msg.config)
+                if dynamic != self.dynamic:
+                    self.dynamic = dynamic
+                    self.lifecycle.dynamic = dynamic
+
+    def orphaned_stop(self) -> None:
+        log.critical("supervisor is gone: stopping PostgreSQL (immediate) and exiting")
+        self.lifecycle.cancel.set()
+        try:
+            self.lifecycle.stop("immediate", timeout=30)
+        except ActionFailed as exc:
+            log.critical("could not stop PostgreSQL: %s", exc)
+
+    def run(self) -> None:
+        next_probe = 0.0
+        while True:
+            try:
+                if self.ctx.orphaned():
+                    raise ipc.PeerClosed("supervisor")
+                timeout = max(0.0, next_probe - time.monotonic())
+                woke: list[object] = []
+                for env in pump(self.ctx, timeout, extra=[self.wake_r], on_ready=woke.append):
+                    self.on_message(env)
+                if woke or not self.done.empty():
+                    self.finish_actions()
+                if time.monotonic() >= next_probe:
+                    self.report()
+                    next_probe = time.monotonic() + PROBE_INTERVAL
+            except ipc.PeerClosed:
+                self.orphaned_stop()
+                return
+
+
+def run(ctx: WorkerContext) -> None:
+    setup_worker(ctx)
+    PostgresWorker(ctx).run()

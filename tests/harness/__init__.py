@@ -1,0 +1,472 @@
+"""Test harness: a real etcd and N real hasup nodes on loopback.
+
+As root, nodes run as an unprivileged user (PostgreSQL refuses root).
+The test process is a child subreaper, so anything a killed node leaves
+behind is re-parented to us and can be found and cleaned up by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psycopg2
+import yaml
+
+T = TypeVar("T")
+TEST_USER = "hasup-test"
+PG_BIN = "/usr/lib/postgresql/15/bin"
+SUPERUSER_PASSWORD = "su-secret-7f3a"
+REPLICATION_PASSWORD = "repl-secret-91c2"
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll cond until it returns something truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as exc:  # the condition may fail while things settle
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_as() -> tuple[int, int] | None:
+    """(uid, gid) to run nodes as; None when we are not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+                       check=True)
+        pw = pwd.getpwnam(TEST_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+def hasup_bin() -> str:
+    return os.environ.get("HASUP_BIN") or os.path.join(os.path.dirname(sys.executable), "hasup")
+
+
+# -- /proc -------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    st = proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def all_pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid in all_pids():
+        st = proc_stat(pid)
+        if st is not None:
+            children.setdefault(st[1], []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def reap_zombies() -> None:
+    """Reap re-parented orphans (we are a subreaper) so they do not linger as zombies."""
+    me = os.getpid()
+    for pid in all_pids():
+        st = proc_stat(pid)
+        if st is not None and st[1] == me and st[0] == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def kill_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+# -- etcd -----------------------------------------------------------------------------
+
+
+class Etcd:
+    def __init__(self, base: str) -> None:
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.data = tempfile.mkdtemp(prefix="hasup-etcd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        self.log_path = os.path.join(base, "etcd.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["etcd", "--name", "hasup-test", "--data-dir", os.path.join(self.data, "d"), "--enable-v2=true",
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+             "--initial-cluster", f"hasup-test=http://127.0.0.1:{self.peer_port}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        wait_for(lambda: self.get("/v2/keys/").get("action") == "get", 20, "etcd to answer")
+
+    def get(self, path: str) -> dict[str, Any]:
+        try:
+            with _opener.open(self.url + path, timeout=3) as r:
+                return dict(json.loads(r.read()))
+        except urllib.error.HTTPError as exc:
+            return dict(json.loads(exc.read()))
+
+    def key(self, key: str) -> dict[str, Any] | None:
+        node = self.get(f"/v2/keys{key}").get("node")
+        return node if isinstance(node, dict) else None
+
+    def value(self, key: str) -> str | None:
+        node = self.key(key)
+        return node.get("value") if node else None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+# -- nodes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    name: str
+    base: str
+    scope: str
+    etcd_port: int
+    owner: tuple[int, int] | None
+    dcs: dict[str, Any]
+    api_port: int = field(default_factory=free_port)
+    pg_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> str:
+        return os.path.join(self.base, self.name)
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(self.dir, "data")
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.dir, "hasup.yml")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "hasup.log")
+
+    @property
+    def title_marker(self) -> str:
+        return f"{self.scope}/{self.name}"
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "scope": self.scope,
+            "namespace": "/service/",
+            "name": self.name,
+            "restapi": {"listen": f"127.0.0.1:{self.api_port}", "connect_address": f"127.0.0.1:{self.api_port}"},
+            "etcd": {"host": f"127.0.0.1:{self.etcd_port}"},
+            "log": {"level": "INFO"},
+            "bootstrap": {
+                "dcs": self.dcs,
+                "initdb": [{"encoding": "UTF8"}, "data-checksums", {"auth-host": "scram-sha-256"},
+                           {"auth-local": "trust"}],
+                "pg_hba": ["host replication replicator 127.0.0.1/32 scram-sha-256",
+                           "host all all 127.0.0.1/32 scram-sha-256"],
+            },
+            "postgresql": {
+                "listen": f"127.0.0.1:{self.pg_port}",
+                "connect_address": f"127.0.0.1:{self.pg_port}",
+                "data_dir": self.data_dir,
+                "bin_dir": PG_BIN,
+                "pgpass": os.path.join(self.dir, "pgpass"),
+                "pg_ctl_timeout": 60,
+                "authentication": {
+                    "superuser": {"username": "postgres", "password": SUPERUSER_PASSWORD},
+                    "replication": {"username": "replicator", "password": REPLICATION_PASSWORD},
+                },
+                "parameters": {"unix_socket_directories": self.dir, "fsync": "off", "shared_buffers": "16MB",
+                               "synchronous_commit": "on", "full_page_writes": "on",
+                               "max_wal_size": "128MB", "min_wal_size": "32MB"},
+                "basebackup": [{"checkpoint": "fast"}],
+            },
+            "tags": {"nofailover": False},
+            "watchdog": {"mode": "off"},
+        }
+        for dotted, value in self.extra.items():
+            d = cfg
+            *path, last = dotted.split(".")
+            for p in path:
+                d = d.setdefault(p, {})
+            d[last] = value
+        return cfg
+
+    def prepare(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(self.config(), f)
+        if self.owner:
+            for path in (self.base, self.dir, self.config_path):
+                os.chown(path, *self.owner)
+            os.chmod(self.base, 0o755)
+
+    def start(self) -> None:
+        self.prepare()
+        log = open(self.log_path, "ab")
+        kwargs: dict[str, Any] = {}
+        if self.owner:
+            kwargs.update(user=self.owner[0], group=self.owner[1], extra_groups=[])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PATRONI_", "HASUP_", "PG"))}
+        env["HOME"] = self.dir
+        self.proc = subprocess.Popen([hasup_bin(), self.config_path], stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.dir, env=env, **kwargs)
+        log.close()
+
+    @property
+    def pid(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        return self.proc.pid
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            with open(os.path.join(self.data_dir, "postmaster.pid")) as f:
+                pid = int(f.readline())
+        except (OSError, ValueError):
+            return None
+        return pid if alive(pid) and "postgres" in cmdline(pid) else None
+
+    def processes(self) -> set[int]:
+        """Every live process of this node: its hasup tree, its postmaster tree, and their orphans."""
+        pids: set[int] = set()
+        if self.pid:
+            pids.add(self.pid)
+            pids.update(descendants(self.pid))
+        pm = self.postmaster_pid()
+        if pm:
+            pids.add(pm)
+            pids.update(descendants(pm))
+        for pid in all_pids():
+            line = cmdline(pid)
+            if self.title_marker + " " in line + " " or f"-D {self.data_dir}" in line:
+                pids.add(pid)
+        return {p for p in pids if alive(p)}
+
+    def worker_pid(self, role: str) -> int | None:
+        want = f"hasup: {role} {self.title_marker}"
+        for pid in self.processes():
+            if cmdline(pid) == want:
+                return pid
+        return None
+
+    def kill_tree(self) -> None:
+        """SIGKILL the whole node at once: freeze first so nothing forks or reacts."""
+        pids = sorted(self.processes())
+        kill_pids(pids, signal.SIGSTOP)
+        kill_pids(sorted(self.processes() | set(pids)), signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+        wait_for(lambda: not self.processes(), 10, f"{self.name}'s processes to die")
+        reap_zombies()
+
+    def stop(self, timeout: float = 90) -> None:
+        if self.pid:
+            self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            try:
+                self.proc.wait(timeout)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                pass
+        leftovers = self.processes()
+        if leftovers:
+            kill_pids(sorted(leftovers))
+        reap_zombies()
+
+    # -- REST and SQL -----------------------------------------------------------------
+
+    def api(self, path: str, method: str = "GET", timeout: float = 5) -> tuple[int, Any]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", method=method)
+        try:
+            with _opener.open(req, timeout=timeout) as r:
+                body = r.read()
+                code = r.status
+        except urllib.error.HTTPError as exc:
+            body, code = exc.read(), exc.code
+        try:
+            return code, json.loads(body) if body else None
+        except ValueError:
+            return code, body.decode(errors="replace")
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.api("/patroni")[1])
+
+    def connect(self, dbname: str = "postgres", timeout: int = 3) -> Any:
+        conn = psycopg2.connect(host="127.0.0.1", port=self.pg_port, user="postgres", password=SUPERUSER_PASSWORD,
+                                dbname=dbname, connect_timeout=timeout, application_name="hasup-tests")
+        conn.autocommit = True
+        return conn
+
+    def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = 5000")
+                cur.execute(query, args or None)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+class TestCluster:
+    """etcd plus N hasup nodes in a temporary directory."""
+
+    def __init__(self, n: int = 3, dcs: dict[str, Any] | None = None, scope: str | None = None,
+                 base: str | None = None) -> None:
+        self.owner = run_as()
+        self.base = base or tempfile.mkdtemp(prefix="hasup-test-")
+        os.chmod(self.base, 0o755)
+        if self.owner:
+            os.chown(self.base, *self.owner)
+        self.etcd = Etcd(self.base)
+        self.scope = scope or f"t{os.getpid()}x{int(time.time() * 1000) % 100000}"
+        self.dcs = dcs or {"ttl": 10, "loop_wait": 2, "retry_timeout": 4, "maximum_lag_on_failover": 1048576,
+                           "postgresql": {"use_pg_rewind": True, "use_slots": False}}
+        self.nodes = [Node(f"node{i + 1}", self.base, self.scope, self.etcd.port, self.owner, self.dcs)
+                      for i in range(n)]
+
+    def __enter__(self) -> TestCluster:
+        self.etcd.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.destroy()
+
+    def destroy(self) -> None:
+        if os.environ.get("HASUP_SHOW_LOGS"):
+            for node in self.nodes:
+                print(f"===== {node.name} =====\n{node.log_text()[-20000:]}")
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop(timeout=20)
+        self.etcd.stop()
+        me = os.getpid()
+        kill_pids([p for p in descendants(me) if alive(p) and self._ours(p)])
+        reap_zombies()
+        if not os.environ.get("HASUP_KEEP_TEST_DIRS"):
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def _ours(self, pid: int) -> bool:
+        line = cmdline(pid)
+        return self.scope in line or self.base in line
+
+    def key(self, rel: str) -> str:
+        return f"/service/{self.scope}/{rel}"
+
+    def leader_name(self) -> str | None:
+        return self.etcd.value(self.key("leader"))
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def leader(self) -> Node | None:
+        name = self.leader_name()
+        return self.node(name) if name else None
+
+    def wait_leader(self, timeout: float, exclude: str | None = None) -> Node:
+        def writable_leader() -> Node | None:
+            name = self.leader_name()
+            if not name or name == exclude:
+                return None
+            node = self.node(name)
+            if node.sql("SELECT pg_is_in_recovery()")[0][0]:
+                return None
+            return node
+        return wait_for(writable_leader, timeout, "a writable leader" + (f" other than {exclude}" if exclude else ""))
+
+    def wait_streaming(self, leader: Node, replicas: list[Node], timeout: float) -> None:
+        names = {r.name for r in replicas}
+
+        def streaming() -> bool:
+            rows = leader.sql("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+            return names <= {r[0] for r in rows}
+        wait_for(streaming, timeout, f"{sorted(names)} streaming from {leader.name}")
+
+
+@contextlib.contextmanager
+def cluster(n: int = 3, **kwargs: Any) -> Iterator[TestCluster]:
+    with TestCluster(n, **kwargs) as c:
+        yield c

@@ -1,0 +1,174 @@
+"""A real 3-node cluster: bootstrap, replication, process shape, failover, rejoin, shutdown.
+
+One cluster serves the whole module; the tests run in file order and each
+leaves the cluster with three running members for the next.
+ttl 10, loop_wait 2, retry_timeout 4.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.harness import TestCluster, alive, cmdline, wait_for
+
+TTL, LOOP_WAIT = 10, 2
+ROLES = ("supervisor", "election", "postgres", "watchdog", "api")
+
+
+@pytest.fixture(scope="module")
+def tc():
+    c = TestCluster(3)
+    c.etcd.start()
+    try:
+        for node in c.nodes:
+            node.start()
+        yield c
+    finally:
+        c.destroy()
+
+
+def all_streaming(tc: TestCluster, timeout: float = 120) -> tuple:
+    leader = tc.wait_leader(timeout)
+    replicas = [n for n in tc.nodes if n is not leader]
+    tc.wait_streaming(leader, replicas, timeout)
+    return leader, replicas
+
+
+def test_bootstrap_one_leader_two_streaming_replicas(tc):
+    leader, replicas = all_streaming(tc, timeout=180)
+    rows = leader.sql("SELECT application_name, state FROM pg_stat_replication ORDER BY 1")
+    assert rows == sorted((r.name, "streaming") for r in replicas)
+    leader.sql("CREATE TABLE acceptance (id int PRIMARY KEY, note text)")
+    leader.sql("INSERT INTO acceptance VALUES (1, 'written on the leader')")
+    for r in replicas:
+        assert wait_for(lambda r=r: r.sql("SELECT note FROM acceptance WHERE id = 1"), 30,
+                        f"the row on {r.name}") == [("written on the leader",)]
+        assert r.sql("SELECT pg_is_in_recovery()") == [(True,)]
+
+
+def test_process_titles(tc):
+    for node in tc.nodes:
+        titles = {cmdline(p) for p in node.processes()}
+        for role in ROLES:
+            assert f"hasup: {role} {tc.scope}/{node.name}" in titles, (node.name, role, sorted(titles))
+        assert f"hasup: api worker {tc.scope}/{node.name}" in titles
+        sup = node.pid
+        for role in ROLES[1:]:
+            pid = node.worker_pid(role)
+            assert pid is not None
+            with open(f"/proc/{pid}/stat") as f:
+                assert int(f.read().rsplit(")", 1)[1].split()[1]) == sup, role
+
+
+def test_etcd_layout(tc):
+    leader = tc.wait_leader(30)
+    assert tc.etcd.value(tc.key("leader")) == leader.name
+    assert tc.etcd.value(tc.key("initialize")).isdigit()
+    config = json.loads(tc.etcd.value(tc.key("config")))
+    assert config["ttl"] == TTL and config["loop_wait"] == LOOP_WAIT
+    for node in tc.nodes:
+        member = json.loads(tc.etcd.value(tc.key(f"members/{node.name}")))
+        assert member["conn_url"] == f"postgres://127.0.0.1:{node.pg_port}/postgres"
+        assert member["api_url"] == f"http://127.0.0.1:{node.api_port}/patroni"
+        assert member["state"] == "running"
+    leader_key = tc.etcd.key(tc.key("leader"))
+    assert leader_key["ttl"] <= TTL
+
+
+def test_rest_roles_and_status(tc):
+    leader, replicas = all_streaming(tc)
+    assert leader.api("/primary")[0] == 200
+    assert leader.api("/replica")[0] == 503
+    for r in replicas:
+        assert r.api("/primary")[0] == 503
+        wait_for(lambda r=r: r.api("/replica")[0] == 200, 20, f"/replica 200 on {r.name}")
+    status = leader.status()
+    assert status["role"] == "primary" and status["state"] == "running"
+    assert status["timeline"] >= 1 and status["xlog"]["location"] > 0
+    assert status["patroni"]["name"] == leader.name and status["patroni"]["scope"] == tc.scope
+    rstatus = replicas[0].status()
+    assert rstatus["role"] == "replica" and rstatus["xlog"]["replayed_location"] > 0
+
+
+def test_killing_postgres_worker_reattaches_without_failover(tc):
+    leader, _ = all_streaming(tc)
+    postmaster = leader.postmaster_pid()
+    old_worker = leader.worker_pid("postgres")
+    assert postmaster and old_worker
+    leader.sql("INSERT INTO acceptance VALUES (2, 'before worker kill')")
+    import os
+    os.kill(old_worker, signal.SIGKILL)
+    new_worker = wait_for(lambda: (p := leader.worker_pid("postgres")) and p != old_worker and p, 20,
+                          "a new postgres worker")
+    assert new_worker != old_worker
+    # The new worker reports the running database again, and nothing failed over.
+    wait_for(lambda: leader.status().get("state") == "running", 20, "state running after re-attach")
+    assert leader.postmaster_pid() == postmaster
+    for _ in range(3 * LOOP_WAIT):  # several cycles, checked as they pass
+        assert tc.leader_name() == leader.name
+        time.sleep(1)
+    assert leader.sql("SELECT pg_is_in_recovery()") == [(False,)]
+
+
+def wait_history_grows(tc: TestCluster, node, before: int) -> list:
+    return wait_for(lambda: len(h := node.api("/history")[1]) > before and h, 30, "a new /history entry")
+
+
+def test_sigkill_whole_leader_tree_fails_over(tc):
+    leader, replicas = all_streaming(tc)
+    history_before = len(leader.api("/history")[1])
+    node_key = tc.etcd.key(tc.key("leader"))
+    assert node_key is not None
+    killed_at = time.monotonic()
+    leader.kill_tree()
+    new = tc.wait_leader(TTL + LOOP_WAIT + 5 + 5, exclude=leader.name)
+    elapsed = time.monotonic() - killed_at
+    assert elapsed <= TTL + LOOP_WAIT + 5, f"failover took {elapsed:.1f}s"
+    new.sql("INSERT INTO acceptance VALUES (3, 'after failover')")
+    history = wait_history_grows(tc, new, history_before)
+    assert history[-1][-1] == new.name
+    tc.killed = leader  # type: ignore[attr-defined]
+
+
+def test_killed_node_rejoins_as_replica(tc):
+    old = tc.killed  # type: ignore[attr-defined]
+    old.start()
+    leader = tc.wait_leader(30)
+    assert leader is not old
+    tc.wait_streaming(leader, [n for n in tc.nodes if n is not leader], 120)
+    assert wait_for(lambda: old.sql("SELECT note FROM acceptance WHERE id = 3"), 30, "row 3 on the old leader") \
+        == [("after failover",)]
+
+
+def test_sigterm_leader_hands_over_quickly(tc):
+    leader, _ = all_streaming(tc)
+    pids = leader.processes()
+    stopped_at = time.monotonic()
+    leader.proc.send_signal(signal.SIGTERM)
+    new = tc.wait_leader(15, exclude=leader.name)
+    took = time.monotonic() - stopped_at
+    assert took <= 5, f"handover took {took:.1f}s"
+    leader.proc.wait(60)
+    wait_for(lambda: not any(alive(p) for p in pids) and not leader.processes(), 30,
+             f"no process of {leader.name} left")
+    assert new.name != leader.name
+    leader.start()
+    tc.wait_streaming(new, [n for n in tc.nodes if n is not new], 120)
+
+
+def test_sigkill_supervisor_alone_stops_node_and_fails_over(tc):
+    leader, _ = all_streaming(tc)
+    pids = leader.processes()
+    killed_at = time.monotonic()
+    leader.proc.send_signal(signal.SIGKILL)
+    leader.proc.wait(10)
+    new = tc.wait_leader(15, exclude=leader.name)
+    took = time.monotonic() - killed_at
+    assert took <= 5, f"failover after supervisor death took {took:.1f}s"
+    wait_for(lambda: not any(alive(p) for p in pids) and not leader.processes(), 30,
+             f"no process of {leader.name} left")
+    assert new.sql("SELECT count(*) FROM acceptance")[0][0] >= 3

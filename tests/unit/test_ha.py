@@ -1,0 +1,135 @@
+"""Table tests of the pure HA policy."""
+
+from dataclasses import replace
+
+import pytest
+
+from hasup import ha
+from hasup.dcs.model import Cluster, Leader, Member
+from hasup.ipc import PgState
+
+ME = ha.Node("n1")
+SETTINGS = ha.Settings(ttl=10, loop_wait=2, retry_timeout=4, maximum_lag_on_failover=1000)
+SYSID = "7300000000000000001"
+
+
+def member(name, state="running", role="replica", wal=5000, tl=1):
+    return Member(name, {"conn_url": f"postgres://127.0.0.1:5{name[-1]}/postgres",
+                         "api_url": f"http://127.0.0.1:8{name[-1]}/patroni", "state": state, "role": role,
+                         "xlog_location": wal, "timeline": tl})
+
+
+def cluster(leader=None, initialize=SYSID, members=("n1", "n2", "n3"), optime=5000, history=None, config=None):
+    return Cluster(initialize=initialize, config=config if config is not None else {"ttl": 10}, config_index=1,
+                   leader=Leader(leader, 10) if leader else None,
+                   members={m: member(m, role="primary" if m == leader else "replica") for m in members},
+                   history=history or [], failover=None, sync=None, optime=optime)
+
+
+def pg(state="running", role="replica", wal=5000, tl=1, empty=False, busy="", upstream=None, sysid=SYSID,
+       history=()):
+    return PgState(state=state, role=role, data_dir_empty=empty, probe_ok=state == "running", probe_at=0.0,
+                   busy=busy, sysid=None if empty else sysid, timeline=tl, wal_position=wal,
+                   upstream=upstream, timeline_history=history)
+
+
+def peer(name, role="replica", state="running", wal=5000, **kw):
+    return ha.PeerStatus(name, role, state, wal, **kw)
+
+
+def local(p, fresh=True, busy="", peers=None):
+    return ha.Local(p, fresh, busy, peers or {})
+
+
+def kinds(decision):
+    return [type(a).__name__ for a in decision.actions]
+
+
+CASES = [
+    # (description, cluster, local, expected action kinds, reason fragment)
+    ("etcd down, primary demotes", None, local(pg(role="primary")), ["RunStop"], "DCS is not accessible"),
+    ("etcd down, replica waits", None, local(pg()), [], "DCS is not accessible"),
+    ("fresh cluster bootstraps", cluster(initialize=None, members=()),
+     local(pg(state="stopped", empty=True, role="uninitialized")),
+     ["ClaimInitialize", "RunBootstrap"], "bootstrapping"),
+    ("bootstrap in progress elsewhere", cluster(initialize=""), local(pg(state="stopped", empty=True)), [],
+     "waiting for leader to bootstrap"),
+    ("empty replica clones from leader", cluster(leader="n2"), local(pg(state="stopped", empty=True)),
+     ["RunCreateReplica"], "trying to bootstrap from leader 'n2'"),
+    ("empty node holding lock lets go", cluster(leader="n1"), local(pg(state="stopped", empty=True)),
+     ["ReleaseLock"], "data dir empty"),
+    ("stale pg state: leader only keeps lock", cluster(leader="n1"), local(pg(role="primary"), fresh=False),
+     ["RefreshLock"], "waiting for a fresh"),
+    ("stale pg state: replica does nothing", cluster(leader="n2"), local(pg(), fresh=False), [], "waiting"),
+    ("busy leader keeps its lock", cluster(leader="n1"), local(pg(role="primary"), busy="promote"),
+     ["RefreshLock"], "updated leader lock during promote"),
+    ("leader with the lock", cluster(leader="n1"), local(pg(role="primary")), ["RefreshLock", "WriteStatus"],
+     "the leader with the lock"),
+    ("lock holder still replica promotes", cluster(leader="n1"), local(pg()), ["RefreshLock", "RunPromote"],
+     "promoted self"),
+    ("follower following", cluster(leader="n2"), local(pg(upstream="n2")), [], "following a leader (n2)"),
+    ("follower re-points to new leader", cluster(leader="n3"), local(pg(upstream="n2")), ["RunFollow"],
+     "following new leader n3"),
+    ("primary without lock demotes", cluster(leader="n2"), local(pg(role="primary")), ["RunFollow"],
+     "demoting self"),
+    ("crashed leader restarts in place", cluster(leader="n1"), local(pg(state="crashed", role="primary")),
+     ["RefreshLock", "RunStart"], "starting primary after failure"),
+    ("stopped replica starts following", cluster(leader="n2"), local(pg(state="stopped")), ["RunFollow"],
+     "starting as a secondary"),
+    ("sysid mismatch is fatal", cluster(leader="n2", initialize="1"), local(pg()), ["Fatal"], "system ID mismatch"),
+    ("healthiest replica takes over", cluster(), local(pg(), peers={"n2": peer("n2", wal=4000), "n3": None}),
+     ["AcquireLock", "RunPromote"], "promoted self to leader by acquiring session lock"),
+    ("a peer ahead wins instead", cluster(), local(pg(), peers={"n2": peer("n2", wal=6000)}), [],
+     "n2 has a higher wal position"),
+    ("a live primary blocks the race", cluster(), local(pg(), peers={"n2": peer("n2", role="primary")}), [],
+     "primary (n2) is still alive"),
+    ("a stopped old primary does not block", cluster(),
+     local(pg(), peers={"n2": peer("n2", role="primary", state="stopped", wal=9000)}), ["AcquireLock", "RunPromote"],
+     "promoted"),
+    ("lagging replica stays out", cluster(optime=10000), local(pg(wal=5000)), [], "maximum replication lag"),
+    ("equal wal, higher priority peer wins", cluster(),
+     local(pg(), peers={"n2": peer("n2", failover_priority=2)}), [], "higher failover priority"),
+    ("nofailover peer ahead does not block", cluster(),
+     local(pg(), peers={"n2": peer("n2", wal=9000, nofailover=True)}), ["AcquireLock", "RunPromote"], "promoted"),
+    ("primary without any leader retakes lock", cluster(), local(pg(role="primary")), ["AcquireLock", "WriteStatus"],
+     "acquired session lock"),
+    ("primary behind cluster timeline steps down", cluster(history=[[1, 100, "r"]]), local(pg(role="primary", tl=1)),
+     ["RunFollow"], "newer timeline"),
+    ("paused cluster never fails over", cluster(config={"pause": True}), local(pg()), [], "paused"),
+    ("promoted leader records history", cluster(leader="n1"),
+     local(pg(role="primary", tl=2, history=((1, 100, "no recovery target specified"),))),
+     ["RefreshLock", "WriteStatus", "WriteHistory"], "the leader with the lock"),
+    ("adopt running primary without initialize", cluster(initialize=None), local(pg(role="primary")),
+     ["PublishInitialize"], "adopting"),
+]
+
+
+@pytest.mark.parametrize("desc,c,loc,expected,reason", CASES, ids=[c[0] for c in CASES])
+def test_decide_table(desc, c, loc, expected, reason):
+    d = ha.decide(c, loc, ME, SETTINGS)
+    assert kinds(d) == expected, d
+    assert reason in d.reason
+
+
+def test_nofailover_node_never_races():
+    d = ha.decide(cluster(), local(pg(wal=9999)), replace(ME, nofailover=True), SETTINGS)
+    assert kinds(d) == [] and "not allowed to promote" in d.reason
+
+
+def test_nofailover_node_does_not_bootstrap():
+    d = ha.decide(cluster(initialize=None, members=()), local(pg(state="stopped", empty=True)),
+                  replace(ME, nofailover=True), SETTINGS)
+    assert kinds(d) == []
+
+
+def test_history_needed_only_for_unrecorded_timelines():
+    assert ha.needs_history(cluster(), pg(role="primary", tl=2))
+    assert not ha.needs_history(cluster(history=[[1, 100, "r", "t", "n1"]]), pg(role="primary", tl=2))
+    assert not ha.needs_history(cluster(), pg(role="primary", tl=1))
+
+
+def test_never_two_leaders_from_one_view():
+    """Whatever the peers say, a node that sees a leader other than itself never takes the lock."""
+    for p in (pg(), pg(role="primary"), pg(state="stopped"), pg(wal=10**9)):
+        d = ha.decide(cluster(leader="n2"), local(p), ME, SETTINGS)
+        assert not any(isinstance(a, ha.AcquireLock | ha.RunPromote) for a in d.actions), (p, d)

@@ -1,0 +1,56 @@
+"""`make demo`: etcd and three hasup nodes on loopback, the cluster table, Ctrl-C to stop.
+
+Runtime files live under ./demo (a link to a world-traversable directory in
+/tmp, because as root the nodes run as an unprivileged user that cannot
+enter /root).  Set DEMO_EXIT=1 to stop right after printing the table.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.harness import TestCluster, become_subreaper, hasup_bin  # noqa: E402
+
+
+def main() -> int:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    link = os.path.join(here, "demo")
+    base = tempfile.mkdtemp(prefix="hasup-demo-")
+    if os.path.islink(link):
+        os.unlink(link)
+    if not os.path.exists(link):
+        os.symlink(base, link)
+    become_subreaper()
+    os.environ["HASUP_KEEP_TEST_DIRS"] = "1"
+    c = TestCluster(3, scope="demo", base=base)
+    try:
+        c.etcd.start()
+        print(f"etcd on {c.etcd.url}; starting node1..node3 (logs in ./demo/node*/hasup.log)", flush=True)
+        for node in c.nodes:
+            node.start()
+        leader = c.wait_leader(180)
+        c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 180)
+        ctl = os.path.join(os.path.dirname(hasup_bin()), "hasupctl")
+        subprocess.run([ctl, "-c", c.nodes[0].config_path, "list"], check=False)
+        for node in c.nodes:
+            print(f"{node.name}: REST http://127.0.0.1:{node.api_port}/patroni  "
+                  f"PostgreSQL 127.0.0.1:{node.pg_port}")
+        if os.environ.get("DEMO_EXIT"):
+            return 0
+        print("Ctrl-C stops the demo.", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    finally:
+        print("stopping...", flush=True)
+        c.destroy()
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    sys.exit(main())
