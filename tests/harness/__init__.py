@@ -394,6 +394,8 @@ class Node:
 class TestCluster:
     """etcd plus N hasup nodes in a temporary directory."""
 
+    __test__ = False  # a helper, not a pytest test class
+
     def __init__(self, n: int = 3, dcs: dict[str, Any] | None = None, scope: str | None = None,
                  base: str | None = None) -> None:
         self.owner = run_as()

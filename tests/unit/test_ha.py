@@ -133,3 +133,51 @@ def test_never_two_leaders_from_one_view():
     for p in (pg(), pg(role="primary"), pg(state="stopped"), pg(wal=10**9)):
         d = ha.decide(cluster(leader="n2"), local(p), ME, SETTINGS)
         assert not any(isinstance(a, ha.AcquireLock | ha.RunPromote) for a in d.actions), (p, d)
+
+
+# -- properties -----------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+names = st.sampled_from(["n1", "n2", "n3"])
+pg_states = st.builds(
+    pg,
+    state=st.sampled_from(["running", "stopped", "crashed", "starting", "unknown"]),
+    role=st.sampled_from(["primary", "replica", "uninitialized"]),
+    wal=st.integers(0, 20000), tl=st.integers(1, 4), empty=st.booleans(),
+    busy=st.sampled_from(["", "", "promote"]), upstream=st.none() | names,
+)
+peer_maps = st.dictionaries(st.sampled_from(["n2", "n3"]), st.none() | st.builds(
+    peer, names, role=st.sampled_from(["primary", "replica"]), state=st.sampled_from(["running", "stopped"]),
+    wal=st.integers(0, 20000), nofailover=st.booleans()))
+clusters = st.builds(
+    cluster, leader=st.none() | names, initialize=st.sampled_from([None, "", SYSID]),
+    optime=st.none() | st.integers(0, 20000),
+    history=st.sampled_from([None, [[1, 10, "r"]], [[1, 10, "r"], [2, 20, "r"]]]),
+    config=st.sampled_from([{}, {"pause": True}]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(c=clusters, p=pg_states, fresh=st.booleans(), busy=st.sampled_from(["", "follow"]), peers=peer_maps,
+       nofailover=st.booleans())
+def test_policy_invariants(c, p, fresh, busy, peers, nofailover):
+    me = replace(ME, nofailover=nofailover)
+    d = ha.decide(c, ha.Local(p, fresh, busy, peers), me, SETTINGS)
+    acts = {type(a) for a in d.actions}
+    other_leader = c.leader is not None and c.leader.name != me.name
+    if other_leader:  # never two leaders
+        assert not acts & {ha.AcquireLock, ha.RunPromote, ha.ClaimInitialize, ha.RefreshLock}, d
+    if ha.RunPromote in acts:
+        assert not nofailover or c.leader is not None and c.leader.name == me.name, d
+        assert fresh and not busy and not p.busy, d
+        if c.leader is None:  # a race win: never a stale node, never against a live primary
+            assert c.optime is None or c.optime - (p.wal_position or 0) <= SETTINGS.maximum_lag_on_failover
+            assert not any(x and x.role == "primary" and x.state == "running" for x in peers.values())
+            assert not c.paused
+    if ha.AcquireLock in acts:
+        assert c.leader is None and not c.paused, d
+    if not fresh or busy or p.busy:  # nothing but keeping the lock while the picture is unclear
+        assert acts <= {ha.RefreshLock}, d
+    assert d.reason
