@@ -36,7 +36,7 @@ install: system-deps venv
 	chmod -R a+rX $(VENV)
 
 lint: venv
-	$(VENV)/bin/ruff check hasup tests bench
+	$(VENV)/bin/ruff check hasup tests bench tools
 	$(VENV)/bin/mypy hasup
 
 unit: install

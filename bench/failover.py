@@ -1,0 +1,230 @@
+"""Failover benchmark: write availability and lost writes across leader faults, plus footprint.
+
+A prober inserts a sequence value every 20 ms into whichever node accepts
+writes and records each acknowledged value.  For each fault we measure the
+longest gap between acknowledged writes and count acknowledged values that
+the healed cluster no longer has.  Also measured per node: summed RSS and
+PSS of the hasup process tree (not PostgreSQL), and its CPU seconds over an
+idle minute.
+
+    python bench/failover.py [--runs 3] [--out bench/results]
+
+Settings as the issue asks: ttl 30, loop_wait 10, retry_timeout 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import psycopg2  # noqa: E402
+
+from tests.harness import (  # noqa: E402
+    SUPERUSER_PASSWORD,
+    Node,
+    TestCluster,
+    become_subreaper,
+    cmdline,
+    wait_for,
+)
+
+DCS = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576,
+       "postgresql": {"use_pg_rewind": True, "use_slots": False}}
+INTERVAL = 0.02
+
+
+@dataclass
+class Prober:
+    nodes: list[Node]
+    acked: list[tuple[int, float, str]] = field(default_factory=list)
+    errors: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0
+
+    def _connect(self, node: Node):  # type: ignore[no-untyped-def]
+        conn = psycopg2.connect(host="127.0.0.1", port=node.pg_port, user="postgres", password=SUPERUSER_PASSWORD,
+                                dbname="postgres", connect_timeout=1, options="-c statement_timeout=1000",
+                                keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2)
+        conn.autocommit = True
+        return conn
+
+    def run(self) -> None:
+        conn, current = None, None
+        candidates = list(self.nodes)
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            next_at += INTERVAL
+            self.seq += 1
+            value = self.seq
+            done = False
+            for node in ([current] if current else []) + [n for n in candidates if n is not current]:
+                try:
+                    if conn is None or node is not current:
+                        if conn is not None:
+                            conn.close()
+                        conn, current = None, None
+                        conn, current = self._connect(node), node
+                    with conn.cursor() as cur:
+                        cur.execute("INSERT INTO bench_writes VALUES (%s)", (value,))
+                    self.acked.append((value, time.monotonic(), node.name))
+                    done = True
+                    break
+                except psycopg2.Error:
+                    self.errors += 1
+                    if conn is not None:
+                        try:
+                            conn.close()
+                        except psycopg2.Error:
+                            pass
+                    conn, current = None, None
+            if not done:
+                time.sleep(0.005)
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_at = time.monotonic()
+        if conn is not None:
+            conn.close()
+
+
+def longest_gap(acked: list[tuple[int, float, str]], start: float, end: float) -> float:
+    times = [t for _, t, _ in acked if start <= t <= end]
+    if len(times) < 2:
+        return end - start
+    return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def tree_pids(node: Node) -> list[int]:
+    marker = f"{node.scope}/{node.name}"
+    return [p for p in node.processes() if cmdline(p).startswith("hasup") and marker in cmdline(p)
+            or p == node.pid]
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def lease_left(c: TestCluster) -> float:
+    node = c.etcd.key(c.key("leader")) or {}
+    return float(node.get("ttl", 0))
+
+
+def one_fault(c: TestCluster, kind: str) -> dict[str, object]:
+    leader = c.wait_leader(120)
+    others = [n for n in c.nodes if n is not leader]
+    c.wait_streaming(leader, others, 120)
+    prober = Prober(c.nodes)
+    thread = threading.Thread(target=prober.run, daemon=True)
+    thread.start()
+    wait_for(lambda: len(prober.acked) > 100, 30, "the prober to write")
+    left = lease_left(c)
+    fault_at = time.monotonic()
+    if kind == "sigterm":
+        leader.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    else:
+        leader.kill_tree()
+    new = c.wait_leader(DCS["ttl"] + 60, exclude=leader.name)
+    wait_for(lambda: any(t > fault_at and n == new.name for _, t, n in prober.acked), 30, "writes on the new leader")
+    time.sleep(3)  # a few seconds of writes after the switch, for the gap window
+    prober.stop.set()
+    thread.join(10)
+    if kind == "sigterm" and leader.proc is not None:
+        leader.proc.wait(60)
+    gap = longest_gap(prober.acked, fault_at - 1, time.monotonic())
+    present = {r[0] for r in new.sql("SELECT v FROM bench_writes")}
+    lost = [v for v, _, _ in prober.acked if v not in present]
+    leader.start()
+    c.wait_streaming(new, [n for n in c.nodes if n is not new], 180)
+    return {"fault": kind, "old_leader": leader.name, "new_leader": new.name, "longest_gap_s": round(gap, 3),
+            "lease_left_s": left, "acked": len(prober.acked), "lost": len(lost), "lost_values": lost[:20]}
+
+
+def footprint(c: TestCluster) -> dict[str, object]:
+    out: dict[str, object] = {}
+    pids = {n.name: tree_pids(n) for n in c.nodes}
+    before = {n: cpu_seconds(p) for n, p in pids.items()}
+    time.sleep(60)  # an idle minute, measured as it passes
+    for n in c.nodes:
+        rss = pss = 0
+        for pid in pids[n.name]:
+            r, p = memory_kib(pid)
+            rss, pss = rss + r, pss + p
+        out[n.name] = {"processes": len(pids[n.name]), "rss_mib": round(rss / 1024, 1),
+                       "pss_mib": round(pss / 1024, 1),
+                       "cpu_s_per_idle_min": round(cpu_seconds(pids[n.name]) - before[n.name], 3)}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = ap.parse_args()
+    become_subreaper()
+    results: dict[str, object] = {"settings": DCS, "machine": {"cpus": os.cpu_count(), "python":
+                                                                platform.python_version()}}
+    with TestCluster(3, dcs=DCS) as c:
+        for node in c.nodes:
+            node.start()
+        leader = c.wait_leader(180)
+        c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 180)
+        leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
+        results["footprint"] = footprint(c)
+        runs = []
+        for kind in ("sigterm", "sigkill_tree"):
+            for i in range(args.runs):
+                r = one_fault(c, kind)
+                print(json.dumps(r), flush=True)
+                runs.append(r)
+        results["runs"] = runs
+        summary = {}
+        for kind in ("sigterm", "sigkill_tree"):
+            gaps = [r["longest_gap_s"] for r in runs if r["fault"] == kind]
+            summary[kind] = {"max_gap_s": max(gaps), "median_gap_s": statistics.median(gaps),  # type: ignore
+                             "lost": sum(r["lost"] for r in runs if r["fault"] == kind)}  # type: ignore
+        results["summary"] = summary
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "failover.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(json.dumps(results["summary"], indent=2))
+    print(json.dumps(results["footprint"], indent=2))
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
