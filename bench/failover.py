@@ -205,7 +205,7 @@ def main() -> int:
         results["footprint"] = footprint(c)
         runs = []
         for kind in ("sigterm", "sigkill_tree"):
-            for i in range(args.runs):
+            for _ in range(args.runs):
                 r = one_fault(c, kind)
                 print(json.dumps(r), flush=True)
                 runs.append(r)
