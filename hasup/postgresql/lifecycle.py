@@ -46,6 +46,7 @@ class Lifecycle:
         self.bins = Binaries(cfg.postgresql.bin_dir)
         self.on_state = on_state  # tells the worker which state to report while we work
         self.following: str | None = None
+        self.following_url: str | None = None
         self.cancel = threading.Event()
 
     # -- helpers -------------------------------------------------------------
@@ -83,11 +84,11 @@ class Lifecycle:
         if standby:
             with open(signal_file, "w"):
                 pass
-            self.following = leader
+            self.following, self.following_url = leader, leader_conn_url
         else:
             if os.path.exists(signal_file):
                 os.unlink(signal_file)
-            self.following = None
+            self.following = self.following_url = None
 
     def start_options(self) -> list[str]:
         params, _ = conf.effective_parameters(self.cfg, self.dynamic)
@@ -279,6 +280,15 @@ class Lifecycle:
         if leader is not None and leader_conn_url:
             self.maybe_rewind(leader, leader_conn_url, leader_timeline)
         return self.start_replica(leader, leader_conn_url)
+
+    def apply_parameters(self) -> None:
+        """Re-render the configuration of a running PostgreSQL and reload it (pending_restart shows the rest)."""
+        if self.postmaster.pid() is None or not os.path.exists(os.path.join(self.data_dir, "PG_VERSION")):
+            return
+        standby = os.path.exists(os.path.join(self.data_dir, "standby.signal"))
+        self.write_config(self.following, self.following_url if standby else None, standby)
+        self.reload()
+        log.info("configuration re-rendered and PostgreSQL reloaded")
 
     def reload(self) -> None:
         pid = self.postmaster.pid()

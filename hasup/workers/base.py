@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from setproctitle import setproctitle
 
 from hasup import ipc
-from hasup.config import Config
+from hasup.config import Config, ConfigError, build_config
 
 
 @dataclass
@@ -58,6 +58,28 @@ def setup_worker(ctx: WorkerContext) -> None:
         root.removeHandler(h)
     root.addHandler(PipeLogHandler(ctx.channel, ctx.role))
     root.setLevel(ctx.config.log.level.upper().replace("WARN", "WARNING").replace("WARNINGING", "WARNING"))
+
+
+# Changing these needs a restart: they name the node or where its data and sockets live.
+RESTART_ONLY = ("name", "scope", "namespace")
+
+
+def apply_reload(ctx: WorkerContext, msg: ipc.ConfigChanged) -> bool:
+    """Adopt a re-read configuration; False (and the old one kept) when it cannot be used live."""
+    try:
+        cfg, _warnings = build_config(msg.raw)
+    except ConfigError as exc:  # the supervisor validated it already; be safe anyway
+        logging.getLogger(__name__).error("reload ignored: %s", "; ".join(exc.problems))
+        return False
+    old = ctx.config
+    changed = [k for k in RESTART_ONLY if getattr(cfg, k) != getattr(old, k)]
+    if cfg.postgresql.data_dir != old.postgresql.data_dir or cfg.postgresql.listen != old.postgresql.listen:
+        changed.append("postgresql.data_dir/listen")
+    if changed:
+        logging.getLogger(__name__).warning("reload ignored: %s can only change with a restart", ", ".join(changed))
+        return False
+    ctx.config = cfg
+    return True
 
 
 def answer_ping(ctx: WorkerContext, env: ipc.Envelope) -> bool:

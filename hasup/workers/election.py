@@ -20,7 +20,7 @@ from hasup.dcs.etcd import DCSError, EtcdStore
 from hasup.dcs.model import Cluster
 from hasup.peers import fetch_all
 from hasup.postgresql.control import pid_alive, postmaster_pid
-from hasup.workers.base import WorkerContext, pump, setup_worker
+from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.election")
 
@@ -429,6 +429,10 @@ class ElectionWorker:
             self.on_reply(msg)
         elif isinstance(msg, ipc.Shutdown) and not self.shutting_down:
             self.begin_shutdown()
+        elif isinstance(msg, ipc.ConfigChanged) and apply_reload(self.ctx, msg):
+            tags = self.ctx.config.tags
+            self.me = ha.Node(self.me.name, tags.nofailover, tags.failover_priority)
+            self.run_now = True  # publish the new tags at once
 
 
 def run(ctx: WorkerContext) -> None:

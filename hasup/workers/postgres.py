@@ -21,7 +21,7 @@ from hasup.config import DynamicConfig, parse_dynamic
 from hasup.postgresql.control import Binaries, Postmaster, controldata, data_dir_empty
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult
-from hasup.workers.base import WorkerContext, pump, setup_worker
+from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.postgres")
 
@@ -212,12 +212,19 @@ class PostgresWorker:
         msg = env.message
         if isinstance(msg, ipc.Request):
             self.start_action(msg)
+        elif isinstance(msg, ipc.ConfigChanged) and apply_reload(self.ctx, msg):
+            self.lifecycle.cfg = self.ctx.config
+            if not self.action:
+                self.lifecycle.apply_parameters()
         elif isinstance(msg, ipc.ClusterView):
             if msg.config:
                 dynamic, _ = parse_dynamic(msg.config)
                 if dynamic != self.dynamic:
+                    changed = dynamic.parameters != self.dynamic.parameters
                     self.dynamic = dynamic
                     self.lifecycle.dynamic = dynamic
+                    if changed and not self.action:
+                        self.lifecycle.apply_parameters()
 
     def orphaned_stop(self) -> None:
         log.critical("supervisor is gone: stopping PostgreSQL (immediate) and exiting")
