@@ -142,11 +142,11 @@ def lease_left(c: TestCluster) -> float:
     return float(node.get("ttl", 0))
 
 
-def one_fault(c: TestCluster, kind: str) -> dict[str, object]:
+def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, object]:
     leader = c.wait_leader(120)
     others = [n for n in c.nodes if n is not leader]
     c.wait_streaming(leader, others, 120)
-    prober = Prober(c.nodes)
+    prober = Prober(c.nodes, seq=run * 10_000_000)  # values unique across runs
     thread = threading.Thread(target=prober.run, daemon=True)
     thread.start()
     wait_for(lambda: len(prober.acked) > 100, 30, "the prober to write")
@@ -164,11 +164,15 @@ def one_fault(c: TestCluster, kind: str) -> dict[str, object]:
     if kind == "sigterm" and leader.proc is not None:
         leader.proc.wait(60)
     gap = longest_gap(prober.acked, fault_at - 1, time.monotonic())
-    present = {r[0] for r in new.sql("SELECT v FROM bench_writes")}
+    last_old = max((t for _, t, n in prober.acked if n == leader.name), default=fault_at)
+    first_new = min(t for _, t, n in prober.acked if n == new.name and t > fault_at)
+    present = {r[0] for r in new.sql("SELECT v FROM bench_writes WHERE v >= %s", run * 10_000_000)}
     lost = [v for v, _, _ in prober.acked if v not in present]
     leader.start()
     c.wait_streaming(new, [n for n in c.nodes if n is not new], 180)
     return {"fault": kind, "old_leader": leader.name, "new_leader": new.name, "longest_gap_s": round(gap, 3),
+            "last_ack_on_old_after_fault_s": round(last_old - fault_at, 3),
+            "first_ack_on_new_after_fault_s": round(first_new - fault_at, 3),
             "lease_left_s": left, "acked": len(prober.acked), "lost": len(lost), "lost_values": lost[:20]}
 
 
@@ -182,7 +186,9 @@ def footprint(c: TestCluster) -> dict[str, object]:
         for pid in pids[n.name]:
             r, p = memory_kib(pid)
             rss, pss = rss + r, pss + p
-        out[n.name] = {"processes": len(pids[n.name]), "rss_mib": round(rss / 1024, 1),
+        per_process = {cmdline(p).split(" ")[1] + (" worker" if "api worker" in cmdline(p) else ""):
+                       round(memory_kib(p)[1] / 1024, 1) for p in pids[n.name]}
+        out[n.name] = {"processes": len(pids[n.name]), "rss_mib": round(rss / 1024, 1), "pss_mib_by_role": per_process,
                        "pss_mib": round(pss / 1024, 1),
                        "cpu_s_per_idle_min": round(cpu_seconds(pids[n.name]) - before[n.name], 3)}
     return out
@@ -191,6 +197,7 @@ def footprint(c: TestCluster) -> dict[str, object]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--footprint-only", action="store_true", help="measure memory and idle CPU, no faults")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     become_subreaper()
@@ -203,10 +210,13 @@ def main() -> int:
         c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 180)
         leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
         results["footprint"] = footprint(c)
+        print(json.dumps(results["footprint"], indent=2), flush=True)
+        if args.footprint_only:
+            return 0
         runs = []
         for kind in ("sigterm", "sigkill_tree"):
             for _ in range(args.runs):
-                r = one_fault(c, kind)
+                r = one_fault(c, kind, len(runs) + 1)
                 print(json.dumps(r), flush=True)
                 runs.append(r)
         results["runs"] = runs

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from setproctitle import setproctitle
 
 from hasup import ipc
-from hasup.config import Config, ConfigError, load_config
+from hasup.config import Config, ConfigError, load_config, parse_dynamic
 from hasup.logwriter import LogWriter
 from hasup.postgresql.control import postmaster_pid
 from hasup.workers import api, election, postgres, watchdog
@@ -34,7 +34,8 @@ log = logging.getLogger("hasup.supervisor")
 ROLES = ("election", "postgres", "watchdog", "api")
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-PING_INTERVAL = 1.0
+M_ARENA_MAX = -8
+PING_INTERVAL = 2.0  # deadlines are >= 10 s; pinging more often only costs idle CPU
 ABORT_GRACE = 2.0  # SIGABRT lets a stuck worker dump its stack before SIGKILL
 RESTART_BUDGET = (5, 300.0)  # restarts per window, per worker
 EXIT_CONFIG = 2
@@ -62,6 +63,14 @@ def heartbeat_deadline(role: str, loop_wait: int, retry_timeout: int) -> float:
     if role == "postgres":
         return 10.0
     return 15.0
+
+
+def limit_malloc_arenas() -> None:
+    """Threads in the workers would each get a glibc malloc arena; two are plenty for hasup."""
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -94,12 +103,15 @@ class Supervisor:
         self.shutdown_done = False
         self.exit_code = 0
         self.next_ping = 0.0
+        seed, _ = parse_dynamic(config.bootstrap.dcs)
+        self.timing = (seed.loop_wait, seed.retry_timeout)
 
     # -- process management ---------------------------------------------------------
 
     def spawn(self, role: str) -> None:
         w = self.workers[role]
         ours, theirs = ipc.channel_pair(role)
+        gc.freeze()  # what we allocated since the last fork: shared, and never traversed by the child's GC
         pid = os.fork()
         if pid == 0:  # child
             code = 0
@@ -224,6 +236,10 @@ class Supervisor:
                      msg.stopped_postgres, msg.released_lock)
             self.shutdown_done = True
         else:
+            if isinstance(msg, ipc.ClusterView) and msg.config:
+                # Heartbeat deadlines follow the cluster's live timing, not the bootstrap seed.
+                dynamic, _ = parse_dynamic(msg.config)
+                self.timing = (dynamic.loop_wait, dynamic.retry_timeout)
             for dest in msg.ROUTE:
                 self.send(dest, msg)
 
@@ -239,8 +255,12 @@ class Supervisor:
 
     def install_signals(self) -> None:
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT)
+        for sig in handled:
             signal.signal(sig, lambda *_: None)  # the wakeup fd carries the number
+        # A parent may have started us with these blocked (the mask survives exec):
+        # then SIGTERM would never stop us.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
         self.sel.register(self.wake_r, selectors.EVENT_READ, "signals")
 
     def handle_signals(self) -> None:
@@ -271,8 +291,7 @@ class Supervisor:
         log.info("configuration reloaded")
 
     def heartbeats(self, now: float) -> None:
-        dyn = self.config.bootstrap.dcs
-        loop_wait, retry = int(dyn.get("loop_wait", 10)), int(dyn.get("retry_timeout", 10))
+        loop_wait, retry = self.timing
         if now >= self.next_ping:
             self.next_ping = now + PING_INTERVAL
             for w in self.workers.values():
@@ -340,8 +359,8 @@ class Supervisor:
         setproctitle(f"hasup: supervisor {self.config.scope}/{self.config.name}")
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.install_signals()
+        limit_malloc_arenas()
         gc.collect()
-        gc.freeze()  # workers share the imported pages copy-on-write
         for role in ROLES:
             self.spawn(role)
         while True:

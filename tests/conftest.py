@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.harness import become_subreaper, reap_zombies  # noqa: E402
+from tests.harness import alive, become_subreaper, cmdline, descendants, kill_pids, reap_zombies  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -14,3 +14,14 @@ def _subreaper():
     become_subreaper()
     yield
     reap_zombies()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every process a test started must be gone: anything left is a cleanup bug, and fails the run."""
+    leftovers = [p for p in descendants(os.getpid()) if alive(p)]
+    if leftovers:
+        for pid in leftovers:
+            print(f"\nleft behind by the tests: pid {pid}: {cmdline(pid)}", file=sys.stderr)
+        kill_pids(leftovers)
+        reap_zombies()
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.harness import TestCluster, become_subreaper, hasup_bin  # noqa: E402
+from tests.harness import TestCluster, become_subreaper, hasup_bin, wait_for  # noqa: E402
 
 
 def main() -> int:
@@ -35,7 +36,10 @@ def main() -> int:
         for node in c.nodes:
             node.start()
         leader = c.wait_leader(180)
-        c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 180)
+        replicas = [n for n in c.nodes if n is not leader]
+        c.wait_streaming(leader, replicas, 180)
+        wait_for(lambda: all(c.member(r.name).get("replication_state") == "streaming" for r in replicas), 30,
+                 "replicas to publish their state")
         ctl = os.path.join(os.path.dirname(hasup_bin()), "hasupctl")
         subprocess.run([ctl, "-c", c.nodes[0].config_path, "list"], check=False)
         for node in c.nodes:
@@ -44,7 +48,11 @@ def main() -> int:
         if os.environ.get("DEMO_EXIT"):
             return 0
         print("Ctrl-C stops the demo.", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.is_set():
+            stop.wait(1)
         return 0
     finally:
         print("stopping...", flush=True)
@@ -52,5 +60,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.exit(main())

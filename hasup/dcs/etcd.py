@@ -34,6 +34,34 @@ _RETRYABLE = (
 )
 
 
+class _NoRetries:
+    """urllib3 retries a timed-out request 3 more times on its own, which would
+    stretch one attempt to 4x its timeout and break the retry_timeout bound.
+    We retry ourselves, across endpoints, within that bound."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        kwargs["retries"] = False
+        return getattr(self._pool, name)(*args, **kwargs)
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("request", *args, **kwargs)
+
+    def request_encode_body(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("request_encode_body", *args, **kwargs)
+
+    def request_encode_url(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("request_encode_url", *args, **kwargs)
+
+    def urlopen(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("urlopen", *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
 class DCSError(Exception):
     """etcd did not answer properly within retry_timeout."""
 
@@ -60,8 +88,10 @@ class EtcdStore:
             kwargs["password"] = self.cfg.password
         # One endpoint per client; we rotate ourselves so a dead node costs one
         # bounded attempt, not python-etcd's own unbounded reconnect loop.
-        return etcd.Client(host=host, port=port, protocol=self.cfg.protocol, read_timeout=timeout,
-                           allow_reconnect=False, **kwargs)
+        client = etcd.Client(host=host, port=port, protocol=self.cfg.protocol, read_timeout=timeout,
+                             allow_reconnect=False, **kwargs)
+        client.http = _NoRetries(client.http)
+        return client
 
     def _call(self, op: Callable[[etcd.Client, float], T], budget: float | None = None) -> T:
         deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)

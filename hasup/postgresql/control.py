@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -37,19 +37,34 @@ class Binaries:
         return found or name
 
 
-def run(cmd: Sequence[str], timeout: float | None, env: dict[str, str] | None = None) -> str:
-    """Run a command, return its output; raise CommandFailed with its last lines on failure."""
+def run(cmd: Sequence[str], timeout: float | None, env: dict[str, str] | None = None,
+        track: Callable[[subprocess.Popen[str] | None], None] | None = None) -> str:
+    """Run a command, return its output; raise CommandFailed with its last lines on failure.
+
+    track(proc) is called once it runs and track(None) when it is done, so a
+    caller can terminate a long command (a basebackup) on shutdown.
+    """
+    name = os.path.basename(cmd[0])
     try:
-        proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-                              env=env, text=True, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise CommandFailed(f"{os.path.basename(cmd[0])} timed out after {timeout}s") from exc
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                stdin=subprocess.DEVNULL)
     except OSError as exc:
         raise CommandFailed(f"{cmd[0]}: {exc}") from exc
+    if track:
+        track(proc)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
+        raise CommandFailed(f"{name} timed out after {timeout}s") from exc
+    finally:
+        if track:
+            track(None)
     if proc.returncode != 0:
-        tail = " | ".join(proc.stdout.strip().splitlines()[-5:])
-        raise CommandFailed(f"{os.path.basename(cmd[0])} exited {proc.returncode}: {tail}")
-    return proc.stdout
+        tail = " | ".join(out.strip().splitlines()[-5:])
+        raise CommandFailed(f"{name} exited {proc.returncode}: {tail}")
+    return out
 
 
 def controldata(bins: Binaries, data_dir: str) -> dict[str, str]:

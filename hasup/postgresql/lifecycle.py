@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -48,6 +49,22 @@ class Lifecycle:
         self.following: str | None = None
         self.following_url: str | None = None
         self.cancel = threading.Event()
+        self.current: subprocess.Popen[str] | None = None
+
+    def _track(self, proc: subprocess.Popen[str] | None) -> None:
+        self.current = proc
+
+    def run(self, cmd: list[str], timeout: float | None, env: dict[str, str] | None = None) -> str:
+        if self.cancel.is_set():
+            raise ActionFailed("cancelled")
+        return run(cmd, timeout, env if env is not None else self.env(), track=self._track)
+
+    def cancel_current(self) -> None:
+        """Stop what the running action is doing (a basebackup can take hours): shutdown must not wait."""
+        self.cancel.set()
+        proc = self.current
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
 
     # -- helpers -------------------------------------------------------------
 
@@ -117,6 +134,8 @@ class Lifecycle:
         raise ActionFailed(f"postgres did not become ready within {timeout:.0f}s: {last}")
 
     def launch(self) -> None:
+        if self.cancel.is_set():
+            raise ActionFailed("cancelled")
         if self.postmaster.pid() is not None:
             return
         self.postmaster.start(self.start_options())
@@ -139,7 +158,7 @@ class Lifecycle:
                 with os.fdopen(fd, "w") as f:
                     f.write(pg.superuser.password + "\n")
                 cmd.append(f"--pwfile={pwfile}")
-            run(cmd, timeout=600, env=self.env())
+            self.run(cmd, timeout=600)
         except CommandFailed as exc:
             raise ActionFailed(f"initdb failed: {exc}") from exc
         finally:
@@ -179,7 +198,7 @@ class Lifecycle:
             env = self.env()
             env["PGOPTIONS"] = "-c synchronous_commit=local -c statement_timeout=0"
             try:
-                run([*shlex.split(script), self.local_dsn()], timeout=3600, env=env)
+                self.run([*shlex.split(script), self.local_dsn()], timeout=3600, env=env)
             except CommandFailed as exc:
                 raise ActionFailed(f"post_bootstrap failed: {exc}") from exc
 
@@ -204,8 +223,8 @@ class Lifecycle:
                 time.sleep(5)
             remove_contents(self.data_dir)
             try:
-                run([self.bins.path("pg_basebackup"), f"--pgdata={self.data_dir}", "--wal-method=stream",
-                     f"--dbname={source}", *options], timeout=None, env=self.env())
+                self.run([self.bins.path("pg_basebackup"), f"--pgdata={self.data_dir}", "--wal-method=stream",
+                          f"--dbname={source}", *options], timeout=None)
                 break
             except CommandFailed as exc:
                 last = str(exc)
@@ -318,8 +337,8 @@ class Lifecycle:
         env = self.env()
         env["PGOPTIONS"] = "-c statement_timeout=0"
         try:
-            out = run([self.bins.path("pg_rewind"), "-D", self.data_dir, f"--source-server={source}"],
-                      timeout=None, env=env)
+            out = self.run([self.bins.path("pg_rewind"), "-D", self.data_dir, f"--source-server={source}"],
+                           timeout=None, env=env)
         except CommandFailed as exc:
             log.error("pg_rewind from %s failed: %s", leader, exc)
             return

@@ -36,7 +36,7 @@ from hasup.workers.base import PipeLogHandler, WorkerContext, answer_ping, setup
 log = logging.getLogger(__name__)
 
 POLL = 0.5  # reader thread wake-up: bounds how late it notices an orphaned master
-RERENDER = 1.0  # re-render at least this often, so produced_at proves the reader thread turns
+RERENDER = 5.0  # re-render at least this often, so produced_at proves the reader thread turns
 GRACEFUL_TIMEOUT = 5  # SIGTERM to the api process must end it promptly
 # Environment a gunicorn master would act on but that belongs to the supervisor:
 # NOTIFY_SOCKET would let it tell systemd "READY" for the whole service.
@@ -221,7 +221,7 @@ def gunicorn_options(ctx: WorkerContext, on_ready: Callable[[Any], None],
         "bind": [ctx.config.restapi.listen],
         "workers": 1,
         "worker_class": "gthread",
-        "threads": 8,
+        "threads": 4,
         "timeout": 30,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "accesslog": None,

@@ -57,7 +57,10 @@ def setup_worker(ctx: WorkerContext) -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(PipeLogHandler(ctx.channel, ctx.role))
-    root.setLevel(ctx.config.log.level.upper().replace("WARN", "WARNING").replace("WARNINGING", "WARNING"))
+    root.setLevel(ctx.config.log.level)
+    # Client libraries log every retry; hasup logs one line per failed operation instead.
+    for noisy in ("urllib3", "etcd"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
 # Changing these needs a restart: they name the node or where its data and sockets live.

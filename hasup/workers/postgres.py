@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from hasup import ipc
@@ -27,6 +28,9 @@ log = logging.getLogger("hasup.postgres")
 
 PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0
+# An unchanged PgState is re-sent this often: election treats one older than
+# 10 s as stale, and an idle node should not pay for a message every probe.
+KEEPALIVE = 5.0
 
 
 class PostgresWorker:
@@ -49,6 +53,9 @@ class PostgresWorker:
         self.stopped_on_purpose = False
         self.history_cache: tuple[int, tuple[tuple[int, int, str], ...]] = (0, ())
         self.last_sent: ipc.PgState | None = None
+        self.last_sent_at = 0.0
+        self.slots_warned = False
+        self.queued: ipc.Request | None = None
 
     # -- actions ---------------------------------------------------------------
 
@@ -57,8 +64,15 @@ class PostgresWorker:
 
     def start_action(self, req: ipc.Request) -> None:
         if self.action:
+            if isinstance(req, ipc.Stop) and self.queued is None:
+                # A stop outranks whatever runs: cancel it, then stop.
+                log.info("stop requested during %s: cancelling it", self.action)
+                self.queued = req
+                self.lifecycle.cancel_current()
+                return
             self.ctx.channel.send_now(ipc.Reply(req.id, type(req).__name__, False, f"{self.action} in progress"))
             return
+        self.lifecycle.cancel.clear()
         fn = self._action_for(req)
         name = type(req).__name__.lower()
         self.action = name
@@ -110,6 +124,9 @@ class PostgresWorker:
             self.action_state = ""
             self.ctx.channel.send_now(reply)
             self.report(force=True)
+        if self.queued is not None and not self.action:
+            req, self.queued = self.queued, None
+            self.start_action(req)
 
     # -- state -------------------------------------------------------------------
 
@@ -203,7 +220,11 @@ class PostgresWorker:
 
     def report(self, force: bool = False) -> None:
         state = self.observe()
-        self.last_sent = state
+        now = time.monotonic()
+        unchanged = self.last_sent is not None and replace(state, probe_at=0.0) == replace(self.last_sent, probe_at=0.0)
+        if unchanged and not force and now - self.last_sent_at < KEEPALIVE:
+            return
+        self.last_sent, self.last_sent_at = state, now
         self.ctx.channel.send_now(state)
 
     # -- main loop ------------------------------------------------------------------
@@ -219,6 +240,10 @@ class PostgresWorker:
         elif isinstance(msg, ipc.ClusterView):
             if msg.config:
                 dynamic, _ = parse_dynamic(msg.config)
+                if dynamic.use_slots and not self.slots_warned:
+                    self.slots_warned = True
+                    log.warning("postgresql.use_slots: replication slots are not managed by this hasup "
+                                "version yet, ignored; replicas stream without slots")
                 if dynamic != self.dynamic:
                     changed = dynamic.parameters != self.dynamic.parameters
                     self.dynamic = dynamic
@@ -228,7 +253,7 @@ class PostgresWorker:
 
     def orphaned_stop(self) -> None:
         log.critical("supervisor is gone: stopping PostgreSQL (immediate) and exiting")
-        self.lifecycle.cancel.set()
+        self.lifecycle.cancel_current()
         try:
             self.lifecycle.stop("immediate", timeout=30)
         except ActionFailed as exc:

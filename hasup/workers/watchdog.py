@@ -15,7 +15,7 @@ from hasup.workers.base import WorkerContext, pump, setup_worker
 
 log = logging.getLogger("hasup.watchdog")
 
-REPORT_INTERVAL = 1.0
+REPORT_INTERVAL = 10.0  # unchanged state is re-sent this often; changes go out at once
 
 
 def run(ctx: WorkerContext) -> None:

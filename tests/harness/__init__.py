@@ -33,6 +33,8 @@ TEST_USER = "hasup-test"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SUPERUSER_PASSWORD = "su-secret-7f3a"
 REPLICATION_PASSWORD = "repl-secret-91c2"
+APP_PASSWORD = "app-secret-c0de"
+SECRETS = (SUPERUSER_PASSWORD, REPLICATION_PASSWORD, APP_PASSWORD)
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -241,6 +243,9 @@ class Node:
                            {"auth-local": "trust"}],
                 "pg_hba": ["host replication replicator 127.0.0.1/32 scram-sha-256",
                            "host all all 127.0.0.1/32 scram-sha-256"],
+                "users": {"app": {"password": APP_PASSWORD, "options": ["createdb"]}},
+                # Runs once on the new primary with a superuser DSN as its last argument.
+                "post_bootstrap": f"{PG_BIN}/psql -v ON_ERROR_STOP=1 -c 'CREATE TABLE post_bootstrap_ran ()' -d",
             },
             "postgresql": {
                 "listen": f"127.0.0.1:{self.pg_port}",
@@ -437,6 +442,10 @@ class TestCluster:
 
     def key(self, rel: str) -> str:
         return f"/service/{self.scope}/{rel}"
+
+    def member(self, name: str) -> dict[str, Any]:
+        value = self.etcd.value(self.key(f"members/{name}"))
+        return dict(json.loads(value)) if value else {}
 
     def leader_name(self) -> str | None:
         return self.etcd.value(self.key("leader"))

@@ -8,12 +8,14 @@ ttl 10, loop_wait 2, retry_timeout 4.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import time
 
 import pytest
 
-from tests.harness import TestCluster, alive, cmdline, wait_for
+from tests.harness import SECRETS, TestCluster, alive, cmdline, hasup_bin, wait_for
 
 TTL, LOOP_WAIT = 10, 2
 ROLES = ("supervisor", "election", "postgres", "watchdog", "api")
@@ -48,6 +50,38 @@ def test_bootstrap_one_leader_two_streaming_replicas(tc):
         assert wait_for(lambda r=r: r.sql("SELECT note FROM acceptance WHERE id = 1"), 30,
                         f"the row on {r.name}") == [("written on the leader",)]
         assert r.sql("SELECT pg_is_in_recovery()") == [(True,)]
+
+
+def test_bootstrap_users_post_bootstrap_and_managed_parameters(tc):
+    leader, replicas = all_streaming(tc)
+    assert leader.sql("SELECT rolcanlogin, rolcreatedb FROM pg_roles WHERE rolname = 'app'") == [(True, True)]
+    assert leader.sql("SELECT rolreplication FROM pg_roles WHERE rolname = 'replicator'") == [(True,)]
+    expected = {"max_connections": "100", "max_locks_per_transaction": "64", "max_worker_processes": "8",
+                "max_prepared_transactions": "0", "wal_level": "replica", "wal_log_hints": "on",
+                "track_commit_timestamp": "off", "hot_standby": "on", "cluster_name": tc.scope,
+                "fsync": "off"}  # the last one comes from the local postgresql.parameters
+    for node in (leader, *replicas):
+        assert node.sql("SELECT count(*) FROM pg_class WHERE relname = 'post_bootstrap_ran'") == [(1,)]
+        got = dict(node.sql("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", list(expected)))
+        assert got == expected, node.name
+        with open(os.path.join(node.data_dir, "postgresql.conf")) as f:
+            first = [line for line in f if line.strip() and not line.startswith("#")][0]
+        assert first.strip() == f"include '{os.path.join(node.data_dir, 'postgresql.base.conf')}'"
+    for r in replicas:
+        assert os.path.exists(os.path.join(r.data_dir, "standby.signal"))
+        conninfo = r.sql("SHOW primary_conninfo")[0][0]
+        assert f"port={leader.pg_port}" in conninfo and "password" not in conninfo
+
+
+def test_no_secret_in_logs_etcd_or_api(tc):
+    leader, _ = all_streaming(tc)
+    dump = json.dumps(tc.etcd.get(f"/v2/keys/service/{tc.scope}?recursive=true"))
+    for node in tc.nodes:
+        texts = [node.log_text(), dump]
+        for path in ("/patroni", "/cluster", "/config", "/history", "/primary", "/replica"):
+            texts.append(json.dumps(node.api(path)[1]))
+        for secret in SECRETS:
+            assert not any(secret in t for t in texts), (node.name, secret)
 
 
 def test_process_titles(tc):
@@ -94,13 +128,52 @@ def test_rest_roles_and_status(tc):
     assert rstatus["role"] == "replica" and rstatus["xlog"]["replayed_location"] > 0
 
 
+def test_hasupctl_list_shows_the_cluster(tc):
+    leader, replicas = all_streaming(tc)
+    wait_for(lambda: all(tc.member(r.name).get("replication_state") == "streaming" for r in replicas), 20,
+             "replicas to publish streaming")
+    out = subprocess.run([os.path.join(os.path.dirname(hasup_bin()), "hasupctl"), "-c", leader.config_path,
+                          "list"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"+ Cluster: {tc.scope} (") and tc.etcd.value(tc.key("initialize")) in lines[0]
+    rows = {cells[0]: cells for line in lines if line.startswith("| node")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    assert set(rows) == {n.name for n in tc.nodes}
+    header = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert header[:6] == ["Member", "Host", "Role", "State", "TL", "Lag in MB"]
+    assert rows[leader.name][2:4] == ["Leader", "running"]
+    assert rows[leader.name][1] == f"127.0.0.1:{leader.pg_port}"
+    for r in replicas:
+        assert rows[r.name][2:4] == ["Replica", "streaming"] and rows[r.name][5] == "0"
+
+
+def test_sighup_reload_publishes_new_tags(tc):
+    node = tc.nodes[1]
+    node.extra["tags.rack"] = "r7"
+    node.prepare()
+    node.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: json.loads(tc.etcd.value(tc.key(f"members/{node.name}"))).get("tags", {}).get("rack") == "r7",
+             20, "the new tag in the member key")
+    assert "configuration reloaded" in node.log_text()
+
+
+def test_silent_worker_is_aborted_and_restarted(tc):
+    node = tc.nodes[2]
+    old = node.worker_pid("watchdog")
+    assert old
+    os.kill(old, signal.SIGSTOP)  # alive but silent: only the heartbeat can tell
+    new = wait_for(lambda: (p := node.worker_pid("watchdog")) and p != old and p, 40, "a new watchdog worker")
+    assert new != old and not alive(old)
+    assert f"watchdog worker (pid {old}) missed its heartbeat" in node.log_text()
+
+
 def test_killing_postgres_worker_reattaches_without_failover(tc):
     leader, _ = all_streaming(tc)
     postmaster = leader.postmaster_pid()
     old_worker = leader.worker_pid("postgres")
     assert postmaster and old_worker
     leader.sql("INSERT INTO acceptance VALUES (2, 'before worker kill')")
-    import os
     os.kill(old_worker, signal.SIGKILL)
     new_worker = wait_for(lambda: (p := leader.worker_pid("postgres")) and p != old_worker and p, 20,
                           "a new postgres worker")

@@ -1,0 +1,100 @@
+"""The etcd layer against a real etcd: key layout, compare-and-swap, watches, bounded failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import time
+
+import pytest
+
+from hasup.config import EtcdConfig
+from hasup.dcs.etcd import DCSError, EtcdStore
+from tests.harness import Etcd
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    e = Etcd(tempfile.mkdtemp(prefix="hasup-etcd-test-"))
+    e.start()
+    yield e
+    e.stop()
+
+
+def store(etcd: Etcd, scope: str, retry_timeout: float = 3) -> EtcdStore:
+    return EtcdStore(EtcdConfig((("127.0.0.1", etcd.port),)), "service", scope, retry_timeout)
+
+
+def test_lock_is_exclusive_and_refreshed_by_compare_and_swap(etcd):
+    a, b = store(etcd, "lock"), store(etcd, "lock")
+    assert a.acquire_leader("a", 10)
+    assert not b.acquire_leader("b", 10)
+    assert a.refresh_leader("a", 10)
+    assert not b.refresh_leader("b", 10)  # b's refresh must not steal a live key
+    assert etcd.value("/service/lock/leader") == "a"
+    assert not b.delete_leader("b")
+    assert a.delete_leader("a")
+    assert b.acquire_leader("b", 10)
+
+
+def test_cluster_model_from_one_recursive_read(etcd):
+    s = store(etcd, "model")
+    assert s.get_cluster().initialize is None
+    assert s.claim_initialize() and not s.claim_initialize()
+    assert s.get_cluster().initialize == ""
+    s.set_initialize("7300000000000000001")
+    s.set_config({"ttl": 10, "loop_wait": 2})
+    s.touch_member("n1", {"conn_url": "postgres://127.0.0.1:5432/postgres", "api_url": "http://x/patroni",
+                          "state": "running", "role": "primary", "xlog_location": 42, "timeline": 2}, 10)
+    s.set_history([[1, 100, "no recovery target specified", "2026-01-01T00:00:00+00:00", "n1"]])
+    s.set_status({"optime": 42, "slots": {}, "retain_slots": []})
+    s.acquire_leader("n1", 10)
+    c = s.get_cluster()
+    assert c.initialize == "7300000000000000001"
+    assert c.config == {"ttl": 10, "loop_wait": 2}
+    assert c.leader is not None and c.leader.name == "n1" and c.leader.expiration
+    assert c.members["n1"].wal_position == 42 and c.members["n1"].timeline == 2
+    assert c.timeline == 2 and c.optime == 42
+    assert etcd.key("/service/model/members/n1")["ttl"] <= 10
+
+
+def test_watch_wakes_when_the_leader_key_goes(etcd):
+    s, w = store(etcd, "watch"), store(etcd, "watch")
+    s.acquire_leader("n1", 10)
+    index = s.get_cluster().watch_index
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(w.watch_leader(index, 20)))
+    started = time.monotonic()
+    t.start()
+    # No need to wait for the watch to be in place: waitIndex replays a change that came first.
+    s.delete_leader("n1")
+    t.join(10)
+    assert result == [True] and time.monotonic() - started < 5
+
+
+def test_watch_times_out_quietly(etcd):
+    s = store(etcd, "quiet")
+    s.acquire_leader("n1", 30)
+    started = time.monotonic()
+    assert s.watch_leader(s.get_cluster().watch_index, 1.0) is False
+    assert time.monotonic() - started < 3
+
+
+def test_a_frozen_etcd_costs_at_most_retry_timeout(etcd):
+    s = store(etcd, "frozen", retry_timeout=3)
+    s.get_cluster()
+    assert etcd.proc is not None
+    os.kill(etcd.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DCSError):
+            s.get_cluster()
+        with pytest.raises(DCSError):
+            s.touch_member("n1", {}, 10)
+        elapsed = time.monotonic() - started
+        assert elapsed < 2 * 3 + 1.5, elapsed
+    finally:
+        os.kill(etcd.proc.pid, signal.SIGCONT)
+    assert s.get_cluster() is not None
