@@ -197,6 +197,8 @@ def footprint(c: TestCluster) -> dict[str, object]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--faults", default="sigterm,sigkill_tree", help="comma-separated: sigterm, sigkill_tree")
+    ap.add_argument("--skip-footprint", action="store_true")
     ap.add_argument("--footprint-only", action="store_true", help="measure memory and idle CPU, no faults")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
@@ -209,19 +211,21 @@ def main() -> int:
         leader = c.wait_leader(180)
         c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 180)
         leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
-        results["footprint"] = footprint(c)
-        print(json.dumps(results["footprint"], indent=2), flush=True)
+        if not args.skip_footprint:
+            results["footprint"] = footprint(c)
+            print(json.dumps(results["footprint"], indent=2), flush=True)
         if args.footprint_only:
             return 0
         runs = []
-        for kind in ("sigterm", "sigkill_tree"):
+        kinds = args.faults.split(",")
+        for kind in kinds:
             for _ in range(args.runs):
                 r = one_fault(c, kind, len(runs) + 1)
                 print(json.dumps(r), flush=True)
                 runs.append(r)
         results["runs"] = runs
         summary = {}
-        for kind in ("sigterm", "sigkill_tree"):
+        for kind in kinds:
             gaps = [r["longest_gap_s"] for r in runs if r["fault"] == kind]
             summary[kind] = {"max_gap_s": max(gaps), "median_gap_s": statistics.median(gaps),  # type: ignore
                              "lost": sum(r["lost"] for r in runs if r["fault"] == kind)}  # type: ignore
@@ -231,7 +235,6 @@ def main() -> int:
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results["summary"], indent=2))
-    print(json.dumps(results["footprint"], indent=2))
     print(f"written to {path}")
     return 0
 

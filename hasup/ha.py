@@ -71,6 +71,7 @@ class RunPromote(Action):
 @dataclass(frozen=True)
 class RunFollow(Action):
     leader: str | None  # None: stay/become a replica of nobody for now
+    rewind: bool = False  # stop a running replica and rewind it: it cannot stream from this leader
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class Local:
     pg_fresh: bool  # the PgState is recent enough to act on
     busy: str = ""  # a request to the postgres worker is in flight
     peers: dict[str, PeerStatus | None] = field(default_factory=dict)
+    not_streaming_for: float = 0.0  # seconds this running replica has not streamed from its leader
 
 
 WORKING_STATES = ("running",)
@@ -182,7 +184,7 @@ def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) 
         return _leader_race(cluster, local, me, settings)
     if holds_lock:
         return _as_leader(cluster, pg, me)
-    return _as_follower(cluster, pg, me)
+    return _as_follower(cluster, local, me, settings)
 
 
 def _empty_data_dir(cluster: Cluster, me: Node, holds_lock: bool) -> Decision:
@@ -219,13 +221,27 @@ def _as_leader(cluster: Cluster, pg: PgState, me: Node) -> Decision:
     return Decision((RefreshLock(), RunPromote()), "promoted self to leader because I had the session lock")
 
 
-def _as_follower(cluster: Cluster, pg: PgState, me: Node) -> Decision:
-    assert cluster.leader is not None
+def stuck_limit(settings: Settings) -> float:
+    """How long a replica may fail to stream before we conclude its history diverged."""
+    return max(30.0, 3.0 * settings.loop_wait)
+
+
+def _as_follower(cluster: Cluster, local: Local, me: Node, settings: Settings) -> Decision:
+    assert cluster.leader is not None and local.pg is not None
+    pg = local.pg
     leader = cluster.leader.name
     if pg.role == "primary":
         return Decision((RunFollow(leader),), "demoting self because I do not have the lock and I was a leader")
     if pg.upstream != leader:
         return Decision((RunFollow(leader),), f"following new leader {leader}")
+    leader_member = cluster.leader_member()
+    leader_tl = leader_member.timeline if leader_member else None
+    if settings.use_pg_rewind and local.not_streaming_for > stuck_limit(settings) and pg.timeline and leader_tl \
+            and pg.timeline < leader_tl:
+        # Our WAL went past the point where the leader's timeline forked: streaming can never resume.
+        return Decision((RunFollow(leader, rewind=True),),
+                        f"not streaming for {local.not_streaming_for:.0f}s on timeline {pg.timeline} "
+                        f"behind the leader's {leader_tl}: rewinding")
     return Decision((), f"no action. I am ({me.name}), a secondary, and following a leader ({leader})")
 
 

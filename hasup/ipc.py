@@ -218,6 +218,7 @@ class Follow(Request):
     leader: str | None
     leader_conn_url: str | None
     leader_timeline: int | None = None
+    force_rewind: bool = False
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,28 @@ def limit_malloc_arenas() -> None:
 
 
 @dataclass
+class RestartBudget:
+    """How soon a dead worker comes back, and when to give up (then systemd decides)."""
+
+    immediate_first: bool  # election and watchdog: a gap in leases or pets costs more than a loop
+    limit: int = RESTART_BUDGET[0]
+    window: float = RESTART_BUDGET[1]
+    history: deque[float] = field(default_factory=deque)
+
+    def next_delay(self, now: float) -> float | None:
+        """Record a death at `now`; the delay before restarting, or None when the budget is spent."""
+        self.history.append(now)
+        while self.history and now - self.history[0] > self.window:
+            self.history.popleft()
+        if len(self.history) > self.limit:
+            return None
+        n = len(self.history)
+        if n == 1 and self.immediate_first:
+            return 0.0
+        return min(30.0, 0.5 * 2 ** (n - 1))
+
+
+@dataclass
 class Worker:
     role: str
     pid: int = 0
@@ -82,7 +104,7 @@ class Worker:
     last_pong: float = 0.0
     ping_n: int = 0
     aborted_at: float | None = None
-    restarts: deque[float] = field(default_factory=deque)
+    budget: RestartBudget = field(default_factory=lambda: RestartBudget(immediate_first=False))
     restart_at: float | None = None
     stopping: bool = False
 
@@ -92,7 +114,8 @@ class Supervisor:
         self.config = config
         self.config_path = config_path
         self.writer = writer
-        self.workers = {role: Worker(role) for role in ROLES}
+        self.workers = {role: Worker(role, budget=RestartBudget(role in ("election", "watchdog")))
+                        for role in ROLES}
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
@@ -202,17 +225,13 @@ class Supervisor:
             return
         log.error("%s worker exited unexpectedly (%s)", w.role, code)
         now = time.monotonic()
-        w.restarts.append(now)
-        while w.restarts and now - w.restarts[0] > RESTART_BUDGET[1]:
-            w.restarts.popleft()
-        if len(w.restarts) > RESTART_BUDGET[0]:
-            log.critical("%s worker restarted %d times in %.0fs: giving up", w.role, len(w.restarts) - 1,
-                         RESTART_BUDGET[1])
+        delay = w.budget.next_delay(now)
+        if delay is None:
+            log.critical("%s worker died %d times in %.0fs: giving up", w.role, len(w.budget.history),
+                         w.budget.window)
             self.exit_code = EXIT_GIVE_UP
             self.begin_shutdown()
             return
-        first = len(w.restarts) == 1
-        delay = 0.0 if first and w.role in ("election", "watchdog") else min(30.0, 0.5 * 2 ** (len(w.restarts) - 1))
         w.restart_at = now + delay
 
     def drain(self, w: Worker) -> None:

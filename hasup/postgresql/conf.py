@@ -112,11 +112,12 @@ def render_postgresql_conf(cfg: Config, params: Mapping[str, Any], recovery: Map
     return "\n".join(lines) + "\n"
 
 
-def render_pg_hba(cfg: Config) -> str | None:
-    """The whole pg_hba.conf when postgresql.pg_hba is configured, else None (keep initdb's + bootstrap lines)."""
-    if cfg.postgresql.pg_hba is None:
+def render_pg_hba(cfg: Config, dynamic: DynamicConfig) -> str | None:
+    """The whole pg_hba.conf from postgresql.pg_hba (local wins over dynamic), else None (keep the file)."""
+    lines = cfg.postgresql.pg_hba if cfg.postgresql.pg_hba is not None else dynamic.pg_hba
+    if lines is None:
         return None
-    return "# Written by hasup from postgresql.pg_hba\n" + "\n".join(cfg.postgresql.pg_hba) + "\n"
+    return "# Written by hasup from postgresql.pg_hba\n" + "\n".join(lines) + "\n"
 
 
 def parse_conn_url(url: str) -> tuple[str, int]:

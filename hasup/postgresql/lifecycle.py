@@ -94,7 +94,7 @@ class Lifecycle:
         recovery = conf.recovery_parameters(self.cfg, leader_conn_url, None) if standby else {}
         path = os.path.join(pg.config_dir, "postgresql.conf")
         conf.write_private(path, conf.render_postgresql_conf(self.cfg, params, recovery))
-        hba = conf.render_pg_hba(self.cfg)
+        hba = conf.render_pg_hba(self.cfg, self.dynamic)
         if hba is not None:
             conf.write_private(os.path.join(pg.config_dir, "pg_hba.conf"), hba)
         signal_file = os.path.join(self.data_dir, "standby.signal")
@@ -167,7 +167,7 @@ class Lifecycle:
         if not pg.custom_conf:
             os.replace(os.path.join(self.data_dir, "postgresql.conf"),
                        os.path.join(self.data_dir, "postgresql.base.conf"))
-        if pg.pg_hba is None and self.cfg.bootstrap.pg_hba:
+        if pg.pg_hba is None and self.dynamic.pg_hba is None and self.cfg.bootstrap.pg_hba:
             with open(os.path.join(pg.config_dir, "pg_hba.conf"), "a") as f:
                 f.write("\n# bootstrap.pg_hba\n" + "\n".join(self.cfg.bootstrap.pg_hba) + "\n")
         self.write_config(None, None, standby=False)
@@ -287,10 +287,13 @@ class Lifecycle:
         raise ActionFailed("PostgreSQL could not be stopped")
 
     def follow(self, leader: str | None, leader_conn_url: str | None, leader_timeline: int | None,
-               running_role: str | None) -> dict[str, Any]:
+               running_role: str | None, force_rewind: bool = False) -> dict[str, Any]:
         if running_role == "primary":
             log.info("demoting: stopping PostgreSQL (immediate) to rejoin as a replica of %s", leader)
             self.stop("immediate")
+        elif force_rewind and running_role == "replica":
+            log.warning("stopping the replica to rewind it: it cannot stream from %s", leader)
+            self.stop("fast")
         if self.postmaster.pid() is not None:
             if leader != self.following and leader is not None:
                 self.write_config(leader, leader_conn_url, standby=True)

@@ -86,6 +86,7 @@ class ElectionWorker:
         self.shutting_down = False
         self.shutdown_stop_id: int | None = None
         self.run_now = True
+        self.stuck_since: float | None = None
 
     # -- requests to the postgres worker -----------------------------------------
 
@@ -138,8 +139,9 @@ class ElectionWorker:
 
     def settings(self) -> ha.Settings:
         d = self.dynamic
+        local_rewind = self.ctx.config.postgresql.use_pg_rewind
         return ha.Settings(d.ttl, d.loop_wait, d.retry_timeout, d.maximum_lag_on_failover, d.check_timeline,
-                           d.use_pg_rewind)
+                           d.use_pg_rewind if local_rewind is None else local_rewind)
 
     def read_cluster(self) -> Cluster | None:
         try:
@@ -166,7 +168,7 @@ class ElectionWorker:
         if cluster is not None and cluster.leader is None and pg is not None and pg.state == "running" \
                 and not self.shutting_down:
             peers = fetch_all(ha.race_candidates(cluster, self.me.name))
-        local = ha.Local(pg, fresh, self.busy, peers)
+        local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster))
         if self.shutting_down:
             holds = cluster is not None and cluster.leader is not None and cluster.leader.name == self.me.name
             decision = ha.Decision((ha.RefreshLock(),) if holds else (), "shutting down")
@@ -180,6 +182,17 @@ class ElectionWorker:
         if cluster is not None:
             self.touch_member()
         self.publish_view(decision.reason)
+
+    def not_streaming_for(self, cluster: Cluster | None) -> float:
+        pg, now = self.pg, time.monotonic()
+        following = cluster is not None and cluster.leader is not None and pg is not None \
+            and pg.state == "running" and pg.role == "replica" and pg.upstream == cluster.leader.name
+        if not following or (pg is not None and pg.replication_state == "streaming"):
+            self.stuck_since = None
+            return 0.0
+        if self.stuck_since is None:
+            self.stuck_since = now
+        return now - self.stuck_since
 
     def log_reason(self, reason: str) -> None:
         now = time.monotonic()
@@ -243,7 +256,7 @@ class ElectionWorker:
                 m = cluster.members.get(action.leader)
                 leader_tl = (m.timeline if m else None) or cluster.timeline
             self.request(ipc.Follow, leader=action.leader, leader_conn_url=member_url(action.leader),
-                         leader_timeline=leader_tl)
+                         leader_timeline=leader_tl, force_rewind=action.rewind)
         elif isinstance(action, ha.RunStop):
             self.request(ipc.Stop, mode=action.mode)
         else:

@@ -37,7 +37,8 @@ class PostgresWorker:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         cfg = ctx.config
-        self.dynamic: DynamicConfig = DynamicConfig()
+        # Until etcd's config key is seen (before bootstrap), bootstrap.dcs is the dynamic config.
+        self.dynamic: DynamicConfig = parse_dynamic(cfg.bootstrap.dcs)[0]
         self.postmaster = Postmaster(Binaries(cfg.postgresql.bin_dir), cfg.postgresql.data_dir,
                                      os.path.join(cfg.postgresql.config_dir, "postgresql.conf"))
         self.lifecycle = Lifecycle(cfg, self.dynamic, self.postmaster, self._set_action_state)
@@ -107,7 +108,8 @@ class PostgresWorker:
         if isinstance(req, ipc.Promote):
             return lc.promote
         if isinstance(req, ipc.Follow):
-            return lambda: lc.follow(req.leader, req.leader_conn_url, req.leader_timeline, running_role)
+            return lambda: lc.follow(req.leader, req.leader_conn_url, req.leader_timeline, running_role,
+                                     req.force_rewind)
         if isinstance(req, ipc.Stop):
             self.stopped_on_purpose = True
             return lambda: lc.stop(req.mode)

@@ -181,3 +181,16 @@ def test_policy_invariants(c, p, fresh, busy, peers, nofailover):
     if not fresh or busy or p.busy:  # nothing but keeping the lock while the picture is unclear
         assert acts <= {ha.RefreshLock}, d
     assert d.reason
+
+
+def test_a_replica_stuck_on_a_forked_timeline_is_rewound():
+    c = replace(cluster(leader="n2"), members={"n2": member("n2", role="primary", tl=3)})
+    stuck = ha.Local(pg(upstream="n2", tl=2), True, "", {}, not_streaming_for=45.0)
+    rewinding = replace(SETTINGS, use_pg_rewind=True)
+    d = ha.decide(c, stuck, ME, rewinding)
+    assert d.actions == (ha.RunFollow("n2", rewind=True),) and "rewinding" in d.reason
+    # Not yet long enough, same timeline, or rewind not allowed: leave it alone.
+    for loc, s in ((replace(stuck, not_streaming_for=10.0), rewinding),
+                   (replace(stuck, pg=pg(upstream="n2", tl=3)), rewinding),
+                   (stuck, SETTINGS)):
+        assert ha.decide(c, loc, ME, s).actions == ()
