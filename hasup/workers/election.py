@@ -253,8 +253,9 @@ class ElectionWorker:
         elif isinstance(action, ha.RunFollow):
             leader_tl = None
             if cluster is not None and action.leader:
+                # The member key can lag a fresh promotion by a cycle; /history cannot.
                 m = cluster.members.get(action.leader)
-                leader_tl = (m.timeline if m else None) or cluster.timeline
+                leader_tl = max((m.timeline if m else None) or 0, cluster.timeline) or None
             self.request(ipc.Follow, leader=action.leader, leader_conn_url=member_url(action.leader),
                          leader_timeline=leader_tl, force_rewind=action.rewind)
         elif isinstance(action, ha.RunStop):
