@@ -2,12 +2,14 @@
 
 Runtime files live under ./demo (a link to a world-traversable directory in
 /tmp, because as root the nodes run as an unprivileged user that cannot
-enter /root).  Set DEMO_EXIT=1 to stop right after printing the table.
+enter /root); they stay there after Ctrl-C until the next demo.  Set
+DEMO_EXIT=1 to stop right after printing the table (and remove the files).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,12 +25,14 @@ def main() -> int:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     link = os.path.join(here, "demo")
     base = tempfile.mkdtemp(prefix="hasup-demo-")
-    if os.path.islink(link):
+    if os.path.islink(link):  # the previous demo's files, kept for a look at its logs until now
+        shutil.rmtree(os.path.realpath(link), ignore_errors=True)
         os.unlink(link)
     if not os.path.exists(link):
         os.symlink(base, link)
     become_subreaper()
-    os.environ["HASUP_KEEP_TEST_DIRS"] = "1"
+    if not os.environ.get("DEMO_EXIT"):
+        os.environ["HASUP_KEEP_TEST_DIRS"] = "1"  # logs stay under ./demo after Ctrl-C
     c = TestCluster(3, scope="demo", base=base)
     try:
         c.etcd.start()
