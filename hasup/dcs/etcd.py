@@ -205,5 +205,12 @@ class EtcdStore:
     def set_status(self, status: dict[str, Any]) -> None:
         self._call(lambda c, _t: c.write(self.key("status"), compact(status)))
 
+    def set_failover(self, value: dict[str, Any], index: int | None = None) -> bool:
+        """Write the failover key (a switchover or failover request); CAS on index when given."""
+        if index:
+            return self._cas(lambda c: c.write(self.key("failover"), compact(value), prevIndex=index))
+        self._call(lambda c, _t: c.write(self.key("failover"), compact(value)))
+        return True
+
     def clear_failover(self, index: int | None = None) -> bool:
         return self._cas(lambda c: c.write(self.key("failover"), "{}", **({"prevIndex": index} if index else {})))

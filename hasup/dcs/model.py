@@ -76,6 +76,7 @@ class Cluster:
     sync: dict[str, Any] | None
     optime: int | None  # status.optime, or legacy optime/leader
     etcd_index: int = 0  # X-Etcd-Index of the read, for watches
+    failover_index: int = 0  # modifiedIndex of the failover key, for compare-and-swap
     status: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -150,5 +151,6 @@ def build_cluster(nodes: dict[str, tuple[str | None, int, str | None]], etcd_ind
         sync=sync if isinstance(sync, dict) else None,
         optime=optime,
         etcd_index=etcd_index,
+        failover_index=nodes["failover"][1] if "failover" in nodes else 0,
         status=status if isinstance(status, dict) else {},
     )
