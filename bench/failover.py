@@ -21,88 +21,15 @@ import platform
 import signal
 import statistics
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import psycopg2  # noqa: E402
-
-from tests.harness import (  # noqa: E402
-    SUPERUSER_PASSWORD,
-    Node,
-    TestCluster,
-    become_subreaper,
-    cmdline,
-    wait_for,
-)
+from tests.harness import Node, TestCluster, become_subreaper, cmdline, wait_for  # noqa: E402
+from tests.harness.prober import longest_gap, lost_writes, start_prober  # noqa: E402
 
 DCS = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576,
        "postgresql": {"use_pg_rewind": True, "use_slots": False}}
-INTERVAL = 0.02
-
-
-@dataclass
-class Prober:
-    nodes: list[Node]
-    acked: list[tuple[int, float, str]] = field(default_factory=list)
-    errors: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-    seq: int = 0
-
-    def _connect(self, node: Node):  # type: ignore[no-untyped-def]
-        conn = psycopg2.connect(host="127.0.0.1", port=node.pg_port, user="postgres", password=SUPERUSER_PASSWORD,
-                                dbname="postgres", connect_timeout=1, options="-c statement_timeout=1000",
-                                keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2)
-        conn.autocommit = True
-        return conn
-
-    def run(self) -> None:
-        conn, current = None, None
-        candidates = list(self.nodes)
-        next_at = time.monotonic()
-        while not self.stop.is_set():
-            next_at += INTERVAL
-            self.seq += 1
-            value = self.seq
-            done = False
-            for node in ([current] if current else []) + [n for n in candidates if n is not current]:
-                try:
-                    if conn is None or node is not current:
-                        if conn is not None:
-                            conn.close()
-                        conn, current = None, None
-                        conn, current = self._connect(node), node
-                    with conn.cursor() as cur:
-                        cur.execute("INSERT INTO bench_writes VALUES (%s)", (value,))
-                    self.acked.append((value, time.monotonic(), node.name))
-                    done = True
-                    break
-                except psycopg2.Error:
-                    self.errors += 1
-                    if conn is not None:
-                        try:
-                            conn.close()
-                        except psycopg2.Error:
-                            pass
-                    conn, current = None, None
-            if not done:
-                time.sleep(0.005)
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_at = time.monotonic()
-        if conn is not None:
-            conn.close()
-
-
-def longest_gap(acked: list[tuple[int, float, str]], start: float, end: float) -> float:
-    times = [t for _, t, _ in acked if start <= t <= end]
-    if len(times) < 2:
-        return end - start
-    return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 
 def tree_pids(node: Node) -> list[int]:
@@ -146,9 +73,7 @@ def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, object]:
     leader = c.wait_leader(120)
     others = [n for n in c.nodes if n is not leader]
     c.wait_streaming(leader, others, 120)
-    prober = Prober(c.nodes, seq=run * 10_000_000)  # values unique across runs
-    thread = threading.Thread(target=prober.run, daemon=True)
-    thread.start()
+    prober, thread = start_prober(c.nodes, run * 10_000_000)  # values unique across runs
     wait_for(lambda: len(prober.acked) > 100, 30, "the prober to write")
     left = lease_left(c)
     fault_at = time.monotonic()
@@ -166,8 +91,7 @@ def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, object]:
     gap = longest_gap(prober.acked, fault_at - 1, time.monotonic())
     last_old = max((t for _, t, n in prober.acked if n == leader.name), default=fault_at)
     first_new = min(t for _, t, n in prober.acked if n == new.name and t > fault_at)
-    present = {r[0] for r in new.sql("SELECT v FROM bench_writes WHERE v >= %s", run * 10_000_000)}
-    lost = [v for v, _, _ in prober.acked if v not in present]
+    lost = lost_writes(prober, new)
     leader.start()
     c.wait_streaming(new, [n for n in c.nodes if n is not new], 180)
     return {"fault": kind, "old_leader": leader.name, "new_leader": new.name, "longest_gap_s": round(gap, 3),

@@ -9,6 +9,7 @@ cycle then starts at once and sees the new truth.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 
 from hasup.dcs.model import Cluster, Member
@@ -65,7 +66,7 @@ class RunStart(Action):
 
 @dataclass(frozen=True)
 class RunPromote(Action):
-    pass
+    require_lsn: int | None = None  # a manual-failover target promotes only once it has received this
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,21 @@ class RunFollow(Action):
 @dataclass(frozen=True)
 class RunStop(Action):
     mode: str
+
+
+@dataclass(frozen=True)
+class RunDemote(Action):
+    """Switchover: checkpoint, stop (fast) so replicas get the shutdown checkpoint, keep the lock.
+
+    The worker then releases the lock only once `candidate` has received
+    everything (None: any healthy replica), else restarts as primary."""
+
+    candidate: str | None
+
+
+@dataclass(frozen=True)
+class ClearFailover(Action):
+    pass
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,7 @@ class Local:
     busy: str = ""  # a request to the postgres worker is in flight
     peers: dict[str, PeerStatus | None] = field(default_factory=dict)
     not_streaming_for: float = 0.0  # seconds this running replica has not streamed from its leader
+    now_wall: float = 0.0  # wall clock, for scheduled switchovers (etcd holds wall-clock times)
 
 
 WORKING_STATES = ("running",)
@@ -183,7 +200,7 @@ def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) 
     if cluster.leader is None:
         return _leader_race(cluster, local, me, settings)
     if holds_lock:
-        return _as_leader(cluster, pg, me)
+        return _as_leader(cluster, local, me, settings)
     return _as_follower(cluster, local, me, settings)
 
 
@@ -212,13 +229,75 @@ def _not_running(cluster: Cluster, pg: PgState, me: Node, holds_lock: bool) -> D
     return Decision((RunFollow(leader),), "starting as a secondary")
 
 
-def _as_leader(cluster: Cluster, pg: PgState, me: Node) -> Decision:
-    if pg.role == "primary":
-        actions: list[Action] = [RefreshLock(), WriteStatus()]
-        if needs_history(cluster, pg):
-            actions.append(WriteHistory())
-        return Decision(tuple(actions), f"no action. I am ({me.name}), the leader with the lock")
-    return Decision((RefreshLock(), RunPromote()), "promoted self to leader because I had the session lock")
+def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> Decision:
+    pg = local.pg
+    assert pg is not None
+    if pg.role != "primary":
+        return Decision((RefreshLock(), RunPromote()), "promoted self to leader because I had the session lock")
+    actions: list[Action] = [RefreshLock(), WriteStatus()]
+    if needs_history(cluster, pg):
+        actions.append(WriteHistory())
+    if cluster.failover is not None:
+        more, reason = _manual_failover(cluster, local, me, settings)
+        return Decision(tuple(actions + more), reason)
+    return Decision(tuple(actions), f"no action. I am ({me.name}), the leader with the lock")
+
+
+def scheduled_at(failover: dict[str, object]) -> float | None:
+    """The switchover time as epoch seconds; None when unscheduled (or unreadable: treated as now)."""
+    value = failover.get("scheduled_at")
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _manual_failover(cluster: Cluster, local: Local, me: Node, settings: Settings) -> tuple[list[Action], str]:
+    """The leader's side of a switchover requested through the failover key (reference §3.4.1)."""
+    fo = cluster.failover or {}
+    when = scheduled_at(fo)
+    if when is not None:
+        if when - local.now_wall > settings.loop_wait:
+            return [], f"Awaiting switchover at {fo.get('scheduled_at')} (in {when - local.now_wall:.0f} seconds)"
+        if local.now_wall - when > 1.5 * settings.loop_wait:
+            return [ClearFailover()], "Cleaning up failover key: the scheduled switchover is stale"
+        if when > local.now_wall:
+            return [], f"Awaiting switchover at {fo.get('scheduled_at')}"
+    leader, candidate = fo.get("leader"), fo.get("member")
+    if leader and leader != me.name:
+        return [ClearFailover()], f"Cleaning up failover key: it names {leader} as the leader, not me"
+    if candidate == me.name:
+        return [ClearFailover()], "Cleaning up failover key: I am already the leader"
+    if cluster.paused and not candidate:
+        return [], "switchover in a paused cluster needs a candidate"
+    ok = [n for n in switchover_candidates(cluster, local, me, settings) if not candidate or n == candidate]
+    if not ok:
+        who = f"candidate {candidate}" if candidate else "members"
+        return [ClearFailover()], f"manual failover: no healthy {who} found, failover is not possible"
+    # A fast shutdown waits until connected standbys have flushed everything;
+    # the target must be one of them, or writes acknowledged to clients could be lost.
+    streaming = {r.get("application_name") for r in local.pg.replication if r.get("state") == "streaming"} \
+        if local.pg else set()
+    if not streaming & set(ok):
+        return [ClearFailover()], f"manual failover: {candidate or 'no candidate'} is not streaming from me"
+    return [RunDemote(candidate if isinstance(candidate, str) else None)], "switchover: demoting myself"
+
+
+def switchover_candidates(cluster: Cluster, local: Local, me: Node, settings: Settings) -> list[str]:
+    """Members that could take over now: reachable, running replicas, allowed to fail over, not lagging."""
+    my_wal = local.pg.wal_position or 0 if local.pg else 0
+    out = []
+    for name, peer in sorted(local.peers.items()):
+        if name == me.name or peer is None or peer.state != "running" or peer.role == "primary":
+            continue
+        if peer.nofailover or peer.watchdog_failed:
+            continue
+        if my_wal - peer.wal_position > settings.maximum_lag_on_failover:
+            continue
+        out.append(name)
+    return out
 
 
 def stuck_limit(settings: Settings) -> float:
@@ -255,6 +334,15 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
         if pg.timeline is not None and pg.timeline < cluster.timeline:
             return Decision((RunFollow(None),), "demoting self: a newer timeline exists")
         return Decision((AcquireLock(), WriteStatus()), "acquired session lock as a leader")
+    candidate = (cluster.failover or {}).get("member")
+    if candidate == me.name and not me.nofailover:
+        # The old leader handed over to us: it checked we have everything it wrote.
+        return Decision((AcquireLock(), ClearFailover(), RunPromote(require_lsn=cluster.optime)),
+                        "promoted self to leader by acquiring session lock (manual failover)")
+    if isinstance(candidate, str) and candidate in cluster.members:
+        peer = local.peers.get(candidate)
+        if peer is not None and peer.state == "running":
+            return Decision((), f"following a different leader because {candidate} is the failover candidate")
     ok, why = is_healthiest(cluster, local, me, settings)
     if not ok:
         return Decision((), f"following a different leader because {why}")

@@ -204,7 +204,12 @@ class Start(Request):
 
 @dataclass(frozen=True)
 class Promote(Request):
-    pass
+    require_lsn: int | None = None  # refuse unless we have received WAL up to this (manual failover)
+
+
+@dataclass(frozen=True)
+class Demote(Request):
+    """Switchover: CHECKPOINT, stop fast; reply with the shutdown checkpoint's LSN."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +245,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
         Ping, Pong, LogRecord, ConfigChanged, Shutdown, ShutdownDone, PgState, ClusterView, Lease,
-        WatchdogState, Bootstrap, CreateReplica, Start, Promote, Follow, Stop, Reply,
+        WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Reply,
     )
 }
 

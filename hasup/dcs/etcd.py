@@ -139,10 +139,13 @@ class EtcdStore:
         return self._call(op)
 
     def watch_leader(self, index: int, timeout: float) -> bool:
-        """Block until the leader key changes after index, or timeout. True if it changed."""
+        return self.watch("leader", index, timeout)
+
+    def watch(self, rel: str, index: int, timeout: float) -> bool:
+        """Block until key `rel` changes at or after index, or timeout. True if it changed."""
         def op(c: etcd.Client, _t: float) -> bool:
             try:
-                c.read(self.key("leader"), wait=True, waitIndex=index, timeout=timeout)
+                c.read(self.key(rel), wait=True, waitIndex=index, timeout=timeout)
                 return True
             except etcd.EtcdWatchTimedOut:
                 return False

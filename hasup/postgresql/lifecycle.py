@@ -249,7 +249,47 @@ class Lifecycle:
         self.launch()
         return self.wait_ready(self.cfg.postgresql.pg_ctl_timeout)
 
-    def promote(self) -> dict[str, Any]:
+    def wait_received(self, lsn: int, timeout: float) -> None:
+        """Wait until this replica has received WAL up to lsn (a switchover's hand-over point)."""
+        prober = Prober(self.local_dsn(), timeout=2.0)
+        deadline = time.monotonic() + timeout
+        got: int | None = None
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    r = prober.probe()
+                    got = max(r.received_lsn or 0, r.replayed_lsn or 0)
+                    if got >= lsn:
+                        return
+                except ProbeFailed:
+                    pass
+                time.sleep(0.02)
+        finally:
+            prober.close()
+        raise ActionFailed(f"not promoting: received WAL up to {got}, the old leader wrote up to {lsn}")
+
+    def demote(self) -> dict[str, Any]:
+        """Hand over: checkpoint (so the stop is quick), stop fast, report the shutdown checkpoint's LSN."""
+        self.on_state("demoting")
+        try:
+            run_sql(self.local_dsn(), ["CHECKPOINT"], timeout=self.cfg.postgresql.pg_ctl_timeout)
+        except Exception as exc:
+            log.warning("checkpoint before switchover failed: %s", exc)
+        self.stop("fast")
+        cd = controldata(self.bins, self.data_dir)
+        location = cd.get("Latest checkpoint location", "")
+        try:
+            hi, lo = location.split("/")
+            lsn = (int(hi, 16) << 32) + int(lo, 16)
+        except ValueError as exc:
+            raise ActionFailed(f"cannot read the shutdown checkpoint location: {location!r}") from exc
+        if cd.get("Database cluster state") != "shut down":
+            raise ActionFailed(f"PostgreSQL did not shut down cleanly: {cd.get('Database cluster state')}")
+        return {"checkpoint_lsn": lsn}
+
+    def promote(self, require_lsn: int | None = None) -> dict[str, Any]:
+        if require_lsn is not None:
+            self.wait_received(require_lsn, timeout=5.0)
         self.on_state("promoting")
         try:
             run([self.bins.path("pg_ctl"), "promote", "-D", self.data_dir, "-w",

@@ -36,12 +36,12 @@ class LeaderWatch(threading.Thread):
         super().__init__(name="leader-watch", daemon=True)
         self.store = store
         self.wake_fd = wake_fd
-        self.request: tuple[int, float] | None = None
+        self.request: tuple[str, int, float] | None = None
         self.cond = threading.Condition()
 
-    def arm(self, index: int, until: float) -> None:
+    def arm(self, key: str, index: int, until: float) -> None:
         with self.cond:
-            self.request = (index, until)
+            self.request = (key, index, until)
             self.cond.notify()
 
     def run(self) -> None:
@@ -49,10 +49,10 @@ class LeaderWatch(threading.Thread):
             with self.cond:
                 while self.request is None:
                     self.cond.wait()
-                index, until = self.request
+                key, index, until = self.request
                 self.request = None
             remaining = until - time.monotonic()
-            if remaining > 0.2 and self.store.watch_leader(index, remaining):
+            if remaining > 0.2 and self.store.watch(key, index, remaining):
                 os.write(self.wake_fd, b"w")
 
 
@@ -119,6 +119,12 @@ class ElectionWorker:
                 f": {reply.message}" if reply.message else "")
         if reply.request == "Bootstrap":
             self.finish_bootstrap(reply)
+        elif reply.request == "Demote":
+            self.finish_switchover(reply)
+        elif reply.request == "Promote" and not reply.ok and self.holds_lock():
+            # Not caught up with the old leader (or promote failed): let a better node lead.
+            log.warning("giving the leader lock back: %s", reply.message)
+            self.release_lock()
         if self.shutdown_stop_id == reply.id:
             self.finish_shutdown(stopped=reply.ok)
         self.run_now = True
@@ -165,20 +171,22 @@ class ElectionWorker:
         pg = self.pg
         fresh = pg is not None and time.monotonic() - self.pg_received < STALE_PGSTATE and not self.pg_outdated
         peers = {}
-        if cluster is not None and cluster.leader is None and pg is not None and pg.state == "running" \
-                and not self.shutting_down:
+        holds = cluster is not None and cluster.leader is not None and cluster.leader.name == self.me.name
+        if cluster is not None and (cluster.leader is None or holds and cluster.failover is not None) \
+                and pg is not None and pg.state == "running" and not self.shutting_down:
             peers = fetch_all(ha.race_candidates(cluster, self.me.name))
-        local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster))
+        local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time())
         if self.shutting_down:
             holds = cluster is not None and cluster.leader is not None and cluster.leader.name == self.me.name
             decision = ha.Decision((ha.RefreshLock(),) if holds else (), "shutting down")
         else:
             decision = ha.decide(cluster, local, self.me, self.settings())
-        self.log_reason(decision.reason)
         for action in decision.actions:
             if not self.execute(action, cluster):
                 self.run_now = True
                 break
+        else:
+            self.log_reason(decision.reason)  # only what actually happened
         if cluster is not None:
             self.touch_member()
         self.publish_view(decision.reason)
@@ -222,6 +230,9 @@ class ElectionWorker:
                     return False
             elif isinstance(action, ha.PublishInitialize):
                 self.store.set_initialize(action.sysid)
+            elif isinstance(action, ha.ClearFailover):
+                if cluster is not None and cluster.failover is not None:
+                    self.store.clear_failover(cluster.failover_index)
             elif isinstance(action, ha.WriteStatus):
                 self.write_status()
             elif isinstance(action, ha.WriteHistory):
@@ -249,7 +260,9 @@ class ElectionWorker:
             self.request(ipc.Start, as_primary=action.as_primary, leader=action.leader,
                          leader_conn_url=member_url(action.leader))
         elif isinstance(action, ha.RunPromote):
-            self.request(ipc.Promote)
+            self.request(ipc.Promote, require_lsn=action.require_lsn)
+        elif isinstance(action, ha.RunDemote):
+            self.request(ipc.Demote)
         elif isinstance(action, ha.RunFollow):
             leader_tl = None
             if cluster is not None and action.leader:
@@ -364,6 +377,38 @@ class ElectionWorker:
         self.grant_lease(started)
         log.info("initialized a new cluster")
 
+    def holds_lock(self) -> bool:
+        c = self.cluster
+        return c is not None and c.leader is not None and c.leader.name == self.me.name \
+            and self.lock_valid_until > time.monotonic()
+
+    def release_lock(self) -> None:
+        try:
+            self.store.delete_leader(self.me.name)
+        except DCSError as exc:
+            log.error("could not release the leader key: %s", exc)
+        self.lock_valid_until = 0.0
+
+    def finish_switchover(self, reply: ipc.Reply) -> None:
+        """PostgreSQL stopped cleanly: connected standbys have flushed the shutdown checkpoint; hand over."""
+        if not reply.ok:
+            log.error("switchover aborted: %s", reply.message)
+            if self.cluster is not None and self.cluster.failover is not None:
+                try:
+                    self.store.clear_failover(self.cluster.failover_index)
+                except DCSError:
+                    pass
+            return  # PostgreSQL is restarted as primary by the next cycle: we still hold the lock
+        lsn = int(reply.result["checkpoint_lsn"])
+        try:
+            # Candidates promote only once they have received past this point.
+            self.store.set_status({"optime": lsn, "slots": {}, "retain_slots": []})
+            self.status_written = None
+        except DCSError as exc:
+            log.error("switchover: could not record the hand-over point: %s", exc)
+        self.release_lock()
+        log.info("switchover: released the leader lock at LSN %s", lsn)
+
     def begin_shutdown(self) -> None:
         log.info("shutting down: stopping PostgreSQL")
         self.shutting_down = True
@@ -371,13 +416,10 @@ class ElectionWorker:
 
     def finish_shutdown(self, stopped: bool) -> None:
         released = False
-        if stopped and self.cluster is not None and self.cluster.leader is not None \
-                and self.cluster.leader.name == self.me.name:
-            try:
-                released = self.store.delete_leader(self.me.name)
-                log.info("released the leader key after stopping PostgreSQL")
-            except DCSError as exc:
-                log.error("could not release the leader key: %s", exc)
+        if stopped and self.holds_lock():
+            self.release_lock()
+            released = True
+            log.info("released the leader key after stopping PostgreSQL")
         elif not stopped:
             log.error("PostgreSQL did not stop: keeping the leader key (it expires after ttl)")
         self.ctx.channel.send_now(ipc.ShutdownDone(stopped, released))
@@ -433,8 +475,11 @@ class ElectionWorker:
 
     def arm_watch(self, until: float) -> None:
         c = self.cluster
-        if c is not None and c.leader is not None and c.leader.name != self.me.name:
-            self.watch.arm(c.watch_index, until)
+        if c is None or c.leader is None:
+            return
+        # Replicas wake when the leader key changes; the leader when a switchover is requested.
+        key = "failover" if c.leader.name == self.me.name else "leader"
+        self.watch.arm(key, c.etcd_index + 1 if key == "failover" else c.watch_index, until)
 
     def on_message(self, msg: ipc.Message) -> None:
         if isinstance(msg, ipc.PgState):

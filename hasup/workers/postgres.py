@@ -106,7 +106,9 @@ class PostgresWorker:
         if isinstance(req, ipc.Start):
             return lambda: lc.start(req.as_primary, req.leader, req.leader_conn_url)
         if isinstance(req, ipc.Promote):
-            return lc.promote
+            return lambda: lc.promote(req.require_lsn)
+        if isinstance(req, ipc.Demote):
+            return lc.demote
         if isinstance(req, ipc.Follow):
             return lambda: lc.follow(req.leader, req.leader_conn_url, req.leader_timeline, running_role,
                                      req.force_rewind)

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -180,6 +181,12 @@ class Etcd:
     def key(self, key: str) -> dict[str, Any] | None:
         node = self.get(f"/v2/keys{key}").get("node")
         return node if isinstance(node, dict) else None
+
+    def put(self, key: str, value: str) -> None:
+        data = urllib.parse.urlencode({"value": value}).encode()
+        req = urllib.request.Request(f"{self.url}/v2/keys{key}", data=data, method="PUT")
+        with _opener.open(req, timeout=3) as r:
+            r.read()
 
     def value(self, key: str) -> str | None:
         node = self.key(key)

@@ -194,3 +194,66 @@ def test_a_replica_stuck_on_a_forked_timeline_is_rewound():
                    (replace(stuck, pg=pg(upstream="n2", tl=3)), rewinding),
                    (stuck, SETTINGS)):
         assert ha.decide(c, loc, ME, s).actions == ()
+
+
+# -- switchover ---------------------------------------------------------------------------
+
+STREAMING = tuple({"application_name": n, "state": "streaming"} for n in ("n2", "n3"))
+
+
+def leader_pg(**kw):
+    return replace(pg(role="primary", **kw), replication=STREAMING)
+
+
+def with_failover(c, **fo):
+    return replace(c, failover=fo, failover_index=7)
+
+
+def test_leader_hands_over_to_a_healthy_streaming_candidate():
+    c = with_failover(cluster(leader="n1"), leader="n1", member="n2")
+    d = ha.decide(c, local(leader_pg(), peers={"n2": peer("n2"), "n3": peer("n3")}), ME, SETTINGS)
+    assert ha.RunDemote("n2") in d.actions and ha.RefreshLock() in d.actions and "switchover" in d.reason
+
+
+@pytest.mark.parametrize("fo,peers,why", [
+    ({"leader": "n1", "member": "nobody"}, {"n2": peer("n2")}, "no healthy candidate nobody"),
+    ({"leader": "n1", "member": "n2"}, {"n2": None}, "no healthy candidate n2"),
+    ({"leader": "n1", "member": "n2"}, {"n2": peer("n2", wal=0)}, "no healthy candidate n2"),  # lagging
+    ({"leader": "n1", "member": "n2"}, {"n2": peer("n2", nofailover=True)}, "no healthy candidate n2"),
+    ({"leader": "n3", "member": "n2"}, {"n2": peer("n2")}, "names n3 as the leader"),
+    ({"leader": "n1", "member": "n1"}, {}, "already the leader"),
+])
+def test_leader_refuses_and_clears_bad_requests(fo, peers, why):
+    d = ha.decide(with_failover(cluster(leader="n1"), **fo), local(leader_pg(), peers=peers), ME, SETTINGS)
+    assert ha.ClearFailover() in d.actions and not any(isinstance(a, ha.RunDemote) for a in d.actions)
+    assert why in d.reason
+
+
+def test_candidate_not_streaming_from_the_leader_is_refused():
+    c = with_failover(cluster(leader="n1"), leader="n1", member="n2")
+    p = replace(pg(role="primary"), replication=({"application_name": "n3", "state": "streaming"},))
+    d = ha.decide(c, local(p, peers={"n2": peer("n2")}), ME, SETTINGS)
+    assert ha.ClearFailover() in d.actions and "not streaming" in d.reason
+
+
+def test_scheduled_switchover_waits_and_stale_ones_are_dropped():
+    c = with_failover(cluster(leader="n1"), leader="n1", member="n2", scheduled_at="2026-01-01T00:01:00+00:00")
+    at = 1767225660.0  # 2026-01-01T00:01:00Z
+    early = ha.decide(c, ha.Local(leader_pg(), True, "", {"n2": peer("n2")}, now_wall=at - 60), ME, SETTINGS)
+    assert "Awaiting switchover" in early.reason and not any(isinstance(a, ha.RunDemote) for a in early.actions)
+    due = ha.decide(c, ha.Local(leader_pg(), True, "", {"n2": peer("n2")}, now_wall=at + 1), ME, SETTINGS)
+    assert ha.RunDemote("n2") in due.actions
+    stale = ha.decide(c, ha.Local(leader_pg(), True, "", {"n2": peer("n2")}, now_wall=at + 60), ME, SETTINGS)
+    assert ha.ClearFailover() in stale.actions and "stale" in stale.reason
+
+
+def test_named_candidate_takes_over_and_others_defer_to_it():
+    c = with_failover(cluster(optime=4242), member="n1")
+    d = ha.decide(c, local(pg(wal=100)), ME, SETTINGS)  # the lag check is the worker's require_lsn instead
+    assert d.actions == (ha.AcquireLock(), ha.ClearFailover(), ha.RunPromote(require_lsn=4242))
+    other = with_failover(cluster(), member="n2")
+    d = ha.decide(other, local(pg(wal=9999), peers={"n2": peer("n2", wal=1)}), ME, SETTINGS)
+    assert d.actions == () and "n2 is the failover candidate" in d.reason
+    # An unreachable candidate does not block the normal race.
+    d = ha.decide(other, local(pg(wal=5000), peers={"n2": None}), ME, SETTINGS)
+    assert ha.AcquireLock() in d.actions

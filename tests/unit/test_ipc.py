@@ -23,7 +23,8 @@ def sample_messages():
                         5, "7000000000000000000", None, None, False, "no action"),
         ipc.Lease(10.0, 30), ipc.WatchdogState("off", False, None, None, None),
         ipc.Bootstrap(1, 2.0), ipc.CreateReplica(2, 3.0, "node1", "postgres://x:5432/postgres"),
-        ipc.Start(3, 4.0, True), ipc.Promote(4, 5.0), ipc.Follow(5, 6.0, "node1", "postgres://x/postgres", 2),
+        ipc.Start(3, 4.0, True), ipc.Promote(4, 5.0, 1234), ipc.Demote(9, 9.0),
+        ipc.Follow(5, 6.0, "node1", "postgres://x/postgres", 2),
         ipc.Stop(6, 7.0, "fast"), ipc.Reply(1, "Bootstrap", True, "", {"sysid": "1"}),
         ipc.Shutdown(), ipc.ShutdownDone(True, True),
     ]
