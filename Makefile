@@ -5,7 +5,6 @@ VENV ?= /opt/hasup-venv
 PY := $(VENV)/bin/python
 SYSTEM_PYTHON ?= /usr/bin/python3
 PG_BIN := /usr/lib/postgresql/15/bin
-APT_PACKAGES := etcd-server postgresql-15 python3-venv procps
 
 .PHONY: all deps system-deps venv install lint unit integration test demo bench clean
 
@@ -17,6 +16,7 @@ system-deps:
 	[ -x $(PG_BIN)/postgres ] || missing="$$missing postgresql-15"; \
 	$(SYSTEM_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v ps >/dev/null 2>&1 || missing="$$missing procps"; \
+	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
