@@ -79,6 +79,9 @@ def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, object]:
     fault_at = time.monotonic()
     if kind == "sigterm":
         leader.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    elif kind == "switchover":  # as patronictl does when the REST call is not available
+        target = next(n for n in c.nodes if n is not leader)
+        c.etcd.put(c.key("failover"), json.dumps({"leader": leader.name, "member": target.name}))
     else:
         leader.kill_tree()
     new = c.wait_leader(DCS["ttl"] + 60, exclude=leader.name)
@@ -92,7 +95,8 @@ def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, object]:
     last_old = max((t for _, t, n in prober.acked if n == leader.name), default=fault_at)
     first_new = min(t for _, t, n in prober.acked if n == new.name and t > fault_at)
     lost = lost_writes(prober, new)
-    leader.start()
+    if kind != "switchover":
+        leader.start()
     c.wait_streaming(new, [n for n in c.nodes if n is not new], 180)
     return {"fault": kind, "old_leader": leader.name, "new_leader": new.name, "longest_gap_s": round(gap, 3),
             "last_ack_on_old_after_fault_s": round(last_old - fault_at, 3),
@@ -121,7 +125,8 @@ def footprint(c: TestCluster) -> dict[str, object]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--faults", default="sigterm,sigkill_tree", help="comma-separated: sigterm, sigkill_tree")
+    ap.add_argument("--faults", default="sigterm,sigkill_tree",
+                    help="comma-separated: sigterm, sigkill_tree, switchover (through the failover key)")
     ap.add_argument("--skip-footprint", action="store_true")
     ap.add_argument("--footprint-only", action="store_true", help="measure memory and idle CPU, no faults")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
