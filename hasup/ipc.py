@@ -101,7 +101,7 @@ class PgState(Message):
     role: str  # primary, replica, uninitialized, demoted, promoted
     data_dir_empty: bool
     probe_ok: bool
-    probe_at: float  # monotonic time of the probe this describes
+    probe_at: float  # monotonic time these facts were last confirmed (a hung server: its last good probe)
     worker_pid: int = 0  # a new pid means requests in flight to the old worker were lost
     failed_probes: int = 0
     busy: str = ""  # long action in progress ("bootstrap", "creating replica", "promote", ...)

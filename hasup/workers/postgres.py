@@ -49,6 +49,7 @@ class PostgresWorker:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         self.last_probe: ProbeResult | None = None
+        self.last_good: ipc.PgState | None = None  # the last state a probe confirmed (probe_at = when)
         self.failed_probes = 0
         self.was_running = False
         self.stopped_on_purpose = False
@@ -151,11 +152,15 @@ class PostgresWorker:
         self.last_probe = probe if probe is not None else (self.last_probe if pid is not None else None)
         empty = data_dir_empty(cfg.postgresql.data_dir)
         now = time.monotonic()
+        if probe is None and pid is not None and self.last_good is not None and not self.action:
+            # Alive but not answering (hung, frozen, overloaded): report the last facts we
+            # confirmed, with their age, and let the reader judge staleness.  Never guess.
+            return replace(self.last_good, probe_ok=False, failed_probes=self.failed_probes, postmaster_pid=pid)
         if probe is not None:
             self.was_running = True
             self.stopped_on_purpose = False
             role = "replica" if probe.in_recovery else "primary"
-            return ipc.PgState(
+            self.last_good = ipc.PgState(
                 state="stopping" if self.action == "stop" else "running",
                 role=role, data_dir_empty=False, probe_ok=True, probe_at=now, worker_pid=os.getpid(),
                 busy=self.action, postmaster_pid=pid, postmaster_start_time=probe.postmaster_start_time,
@@ -169,6 +174,8 @@ class PostgresWorker:
                 timeline_history=self.timeline_history(probe) if not probe.in_recovery else (),
                 pending_restart=probe.pending_restart,
             )
+            return self.last_good
+        self.last_good = None
         cd = controldata(self.postmaster.bins, cfg.postgresql.data_dir) if not empty and not self.action else {}
         cluster_state = cd.get("Database cluster state")
         if self.action:
