@@ -1,0 +1,76 @@
+"""The lease rule (DESIGN.md §4): when the watchdog may be petted, and with which timeout.
+
+Pure arithmetic on monotonic times, no I/O.  Election grants a lease
+`valid_until` (etcd cannot expire the leader key before it).  The device
+must fire no later than `valid_until - safety_margin`, so a pet with
+timeout W at time `now` is allowed only if
+
+    now + W + epsilon <= valid_until - safety_margin
+
+where epsilon bounds the time between this check and the pet's syscall.
+After each pet the clock is read again; a pet that landed later than
+epsilon allowed is corrected by setting a shorter timeout (which is itself
+a pet), and when not even one second fits the node must be reset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Linux watchdog timeouts are whole seconds; below one there is nothing left to set.
+MIN_TIMEOUT = 1
+
+
+@dataclass(frozen=True)
+class LeaseRule:
+    safety_margin: float
+    epsilon: float = 0.5  # check-to-syscall allowance; the worker makes no I/O in between
+
+    def limit(self, valid_until: float) -> float:
+        """The latest moment the device may fire."""
+        return valid_until - self.safety_margin
+
+    def may_pet(self, now: float, timeout: float, valid_until: float) -> bool:
+        return now + timeout + self.epsilon <= self.limit(valid_until)
+
+    def fitting_timeout(self, now: float, valid_until: float) -> int | None:
+        """The longest whole-second timeout a pet started at `now` may set; None when not even 1 s fits."""
+        room = self.limit(valid_until) - now - self.epsilon
+        if room < MIN_TIMEOUT:
+            return None
+        return int(math.floor(room))
+
+    def deadline_holds(self, landed_at: float, timeout: float, valid_until: float) -> bool:
+        """A pet whose syscall happened no later than `landed_at` keeps the device inside the limit."""
+        return landed_at + timeout <= self.limit(valid_until)
+
+
+def settings_problem(ttl: float, loop_wait: float, retry_timeout: float, safety_margin: float,
+                     epsilon: float = 0.5) -> str | None:
+    """Why these timings cannot drive a watchdog safely, or None.
+
+    A slow but healthy renewal (loop_wait, then up to retry_timeout) must land
+    before petting has to stop, or every slow etcd answer resets the node.
+    """
+    if loop_wait + retry_timeout + epsilon > ttl - safety_margin:
+        return (f"loop_wait + retry_timeout + {epsilon:g} must not exceed ttl - safety_margin "
+                f"({loop_wait:g} + {retry_timeout:g} + {epsilon:g} > {ttl:g} - {safety_margin:g})")
+    return None
+
+
+def device_timeout(ttl: float, loop_wait: float, safety_margin: float, epsilon: float = 0.5,
+                   renewal_latency: float = 0.5) -> int | None:
+    """The device timeout W: the largest that still lets a pet follow each renewal.
+
+    A renewal that starts at t grants t + ttl; the next starts loop_wait later
+    and takes up to renewal_latency, so a pet right after it needs
+    W <= ttl - safety_margin - epsilon - loop_wait - renewal_latency.
+    """
+    w = math.floor(ttl - safety_margin - epsilon - loop_wait - renewal_latency)
+    return w if w >= MIN_TIMEOUT else None
+
+
+def effective_safety_margin(configured: float, ttl: float) -> float:
+    """-1 means half of ttl, as in Patroni."""
+    return ttl // 2 if configured == -1 else configured
