@@ -152,6 +152,15 @@ class Lease(Message):
     SNAPSHOT = True
     valid_until: float
     ttl: int
+    loop_wait: int = 10
+    retry_timeout: int = 10
+
+
+@dataclass(frozen=True)
+class Disarm(Message):
+    """Election -> watchdog: PostgreSQL has stopped or been demoted; magic-close the device."""
+
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -244,7 +253,7 @@ class Reply(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
-        Ping, Pong, LogRecord, ConfigChanged, Shutdown, ShutdownDone, PgState, ClusterView, Lease,
+        Ping, Pong, LogRecord, ConfigChanged, Shutdown, ShutdownDone, PgState, ClusterView, Lease, Disarm,
         WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Reply,
     )
 }

@@ -87,6 +87,7 @@ class ElectionWorker:
         self.shutdown_stop_id: int | None = None
         self.run_now = True
         self.stuck_since: float | None = None
+        self.leased = False  # leases were sent since the last disarm
 
     # -- requests to the postgres worker -----------------------------------------
 
@@ -189,6 +190,7 @@ class ElectionWorker:
             self.log_reason(decision.reason)  # only what actually happened
         if cluster is not None:
             self.touch_member()
+        self.maybe_disarm()
         self.publish_view(decision.reason)
 
     def not_streaming_for(self, cluster: Cluster | None) -> float:
@@ -279,9 +281,22 @@ class ElectionWorker:
     def grant_lease(self, started: float) -> None:
         # The write succeeded, so etcd cannot expire the key before started + ttl.
         self.lock_valid_until = started + self.dynamic.ttl
+        self.leased = True
+        d = self.dynamic
+        self.send_watchdog(ipc.Lease(self.lock_valid_until, d.ttl, d.loop_wait, d.retry_timeout))
+
+    def send_watchdog(self, msg: ipc.Message) -> None:
         if self.ctx.lease_sock is not None:
             self.lease_seq += 1
-            ipc.send_datagram(self.ctx.lease_sock, ipc.Lease(self.lock_valid_until, self.dynamic.ttl), self.lease_seq)
+            ipc.send_datagram(self.ctx.lease_sock, msg, self.lease_seq)
+
+    def maybe_disarm(self) -> None:
+        """Disarm only once PostgreSQL is confirmed not to be a running primary and we do not lead."""
+        pg = self.pg
+        if self.leased and not self.holds_lock() and pg is not None \
+                and not (pg.role == "primary" and pg.state not in ("stopped", "crashed")):
+            self.send_watchdog(ipc.Disarm(f"postgres is {pg.state} as {pg.role}"))
+            self.leased = False
 
     def write_status(self) -> None:
         if self.pg is None or self.pg.wal_position is None:
@@ -422,6 +437,9 @@ class ElectionWorker:
             log.info("released the leader key after stopping PostgreSQL")
         elif not stopped:
             log.error("PostgreSQL did not stop: keeping the leader key (it expires after ttl)")
+        if stopped:
+            self.send_watchdog(ipc.Disarm("PostgreSQL stopped for shutdown"))
+            self.leased = False
         self.ctx.channel.send_now(ipc.ShutdownDone(stopped, released))
         self.shutdown_stop_id = None
 

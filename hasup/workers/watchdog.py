@@ -1,16 +1,27 @@
-"""The watchdog worker: receives leases from election and reports them.
+"""The watchdog worker: pets the device under the lease rule (DESIGN.md §4).
 
-It imports little and makes no network or database calls.  Until the
-device driver lands it does not arm anything: it reports the lease it
-would pet under, so /patroni shows the watchdog honestly as unarmed.
+It imports little and makes no network or database calls.  Leases and
+disarm orders come straight from election on the lease pipe.  Without new
+leases it stops petting, so the device fires no later than the lease's
+end minus safety_margin, however the other workers hang.  It never writes
+the magic close on an error path or at exit: only on election's Disarm,
+which comes after PostgreSQL stopped or was demoted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 
 from hasup import ipc
+from hasup.config import WatchdogConfig
+from hasup.postgresql.control import children_of, postmaster_pid
+from hasup.watchdog.emulated import EmulatedWatchdog
+from hasup.watchdog.lease import LeaseRule, device_timeout, effective_safety_margin, settings_problem
+from hasup.watchdog.linux import LinuxWatchdog
+from hasup.watchdog.petter import Device, DeviceError, Petter
 from hasup.workers.base import WorkerContext, pump, setup_worker
 
 log = logging.getLogger("hasup.watchdog")
@@ -18,32 +29,127 @@ log = logging.getLogger("hasup.watchdog")
 REPORT_INTERVAL = 10.0  # unchanged state is re-sent this often; changes go out at once
 
 
+def make_device(cfg: WatchdogConfig) -> Device:
+    if cfg.driver == "testing":
+        return EmulatedWatchdog(cfg.device)
+    return LinuxWatchdog(cfg.device)
+
+
+class WatchdogWorker:
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.config.watchdog
+        self.lease: ipc.Lease | None = None
+        self.petter: Petter | None = None
+        self.failed = False
+        self.reason = "watchdog.mode is off" if self.cfg.mode == "off" else "not leading"
+        self.warned: set[str] = set()
+        self.terminating = False
+
+    def warn_once(self, message: str) -> None:
+        if message not in self.warned:
+            self.warned.add(message)
+            log.warning(message)
+
+    def reset_node(self, why: str) -> None:
+        """Do what the device would do: kill every process of this node at once."""
+        log.critical(why)
+        pm = postmaster_pid(self.ctx.config.postgresql.data_dir)
+        # The database first: an orphaned backend could still commit.
+        victims = ([pm, *children_of(pm)] if pm else []) + [self.ctx.supervisor_pid]
+        victims += [p for p in children_of(self.ctx.supervisor_pid) if p != os.getpid()]
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os._exit(70)
+
+    def on_lease(self, lease: ipc.Lease) -> None:
+        self.lease = lease
+        if self.cfg.mode == "off":
+            return
+        margin = effective_safety_margin(self.cfg.safety_margin, lease.ttl)
+        problem = settings_problem(lease.ttl, lease.loop_wait, lease.retry_timeout, margin)
+        timeout = device_timeout(lease.ttl, lease.loop_wait, margin)
+        if problem or timeout is None:
+            self.failed = True
+            self.reason = problem or "no watchdog timeout of at least 1 s fits these timings"
+            self.warn_once(f"watchdog not armed: {self.reason}")
+            return
+        if self.petter is None or self.petter.timeout != timeout or self.petter.rule.safety_margin != margin:
+            if self.petter is not None and self.petter.armed:
+                return  # keep the armed device; new timings apply after the next disarm
+            self.petter = Petter(LeaseRule(margin), make_device(self.cfg), time.monotonic, timeout, self.reset_node)
+        self.petter.on_lease(lease.valid_until)
+
+    def on_disarm(self, msg: ipc.Disarm) -> None:
+        if self.petter is not None and self.petter.armed:
+            try:
+                self.petter.disarm()
+                log.info("watchdog disarmed (%s)", msg.reason)
+            except DeviceError as exc:
+                self.failed, self.reason = True, str(exc)
+                log.error("could not disarm the watchdog: %s", exc)
+        self.petter = None
+        self.lease = None
+        self.reason = "not leading"
+
+    def pet(self) -> None:
+        if self.petter is None or self.failed and not self.petter.armed:
+            return
+        try:
+            result = self.petter.step()
+        except DeviceError as exc:
+            self.failed, self.reason = True, str(exc)
+            self.warn_once(f"watchdog unusable, running unarmed: {exc}")
+            return
+        if result.action == "armed":
+            log.info("watchdog armed with a %ss timeout", result.timeout)
+            self.failed, self.reason = False, ""
+
+    def state(self) -> ipc.WatchdogState:
+        p = self.petter
+        return ipc.WatchdogState(
+            mode=self.cfg.mode, armed=bool(p and p.armed), timeout=p.current if p else None,
+            last_pet=p.last_pet if p else None, lease_valid_until=self.lease.valid_until if self.lease else None,
+            failed=self.failed, reason=self.reason)
+
+    def next_wake(self) -> float:
+        p = self.petter
+        if p is None or not p.armed or p.last_pet is None or p.current is None:
+            return 1.0 if p is not None else REPORT_INTERVAL
+        return max(0.05, p.last_pet + p.current / 2 - time.monotonic())
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "terminating", True))
+        extra = [self.ctx.lease_sock] if self.ctx.lease_sock is not None else []
+        reported: ipc.WatchdogState | None = None
+        next_report = 0.0
+        while True:
+            try:
+                if self.ctx.orphaned():
+                    raise ipc.PeerClosed("supervisor")
+                pump(self.ctx, 0.0 if self.terminating else min(self.next_wake(), next_report - time.monotonic()),
+                     extra=extra)
+            except ipc.PeerClosed:
+                return  # no magic close: an armed device must fire unless someone re-arms it in time
+            if self.ctx.lease_sock is not None:
+                for env in ipc.receive_datagrams(self.ctx.lease_sock):
+                    if isinstance(env.message, ipc.Lease):
+                        self.on_lease(env.message)
+                    elif isinstance(env.message, ipc.Disarm):
+                        self.on_disarm(env.message)
+            if self.terminating:
+                return  # the lease pipe was drained: a Disarm sent before the stop was honoured
+            self.pet()
+            state = self.state()
+            if state != reported or time.monotonic() >= next_report:
+                self.ctx.channel.send_now(state)
+                reported = state
+                next_report = time.monotonic() + REPORT_INTERVAL
+
+
 def run(ctx: WorkerContext) -> None:
     setup_worker(ctx)
-    mode = ctx.config.watchdog.mode
-    if mode != "off":
-        log.warning("watchdog.mode is %s but this hasup version does not drive a watchdog device yet; "
-                    "running unarmed", mode)
-    lease: ipc.Lease | None = None
-    reported: ipc.WatchdogState | None = None
-    extra = [ctx.lease_sock] if ctx.lease_sock is not None else []
-    next_report = 0.0
-    while True:
-        try:
-            if ctx.orphaned():
-                raise ipc.PeerClosed("supervisor")
-            pump(ctx, max(0.0, next_report - time.monotonic()), extra=extra)
-        except ipc.PeerClosed:
-            # Exit without a magic close: an armed device must fire if nobody re-arms it.
-            return
-        if ctx.lease_sock is not None:
-            for env in ipc.receive_datagrams(ctx.lease_sock):
-                if isinstance(env.message, ipc.Lease):
-                    lease = env.message
-        state = ipc.WatchdogState(mode=mode, armed=False, timeout=None, last_pet=None,
-                                  lease_valid_until=lease.valid_until if lease else None,
-                                  failed=False, reason="no watchdog driver in this version")
-        if state != reported or time.monotonic() >= next_report:
-            ctx.channel.send_now(state)
-            reported = state
-            next_report = time.monotonic() + REPORT_INTERVAL
+    WatchdogWorker(ctx).run()

@@ -21,7 +21,7 @@ def sample_messages():
         ipc.ClusterView(1.0, 2.0, "node1", True, 3.0, members, {"ttl": 30, "postgresql": {"parameters": {}}},
                         tuple((i, i, "reason", "2026-01-01T00:00:00+00:00", "node1") for i in range(30)),
                         5, "7000000000000000000", None, None, False, "no action"),
-        ipc.Lease(10.0, 30), ipc.WatchdogState("off", False, None, None, None),
+        ipc.Lease(10.0, 30, 10, 10), ipc.Disarm("stopped"), ipc.WatchdogState("off", False, None, None, None),
         ipc.Bootstrap(1, 2.0), ipc.CreateReplica(2, 3.0, "node1", "postgres://x:5432/postgres"),
         ipc.Start(3, 4.0, True), ipc.Promote(4, 5.0, 1234), ipc.Demote(9, 9.0),
         ipc.Follow(5, 6.0, "node1", "postgres://x/postgres", 2),

@@ -1,0 +1,184 @@
+"""An emulated watchdog device for tests: a small server on a Unix socket that acts like the kernel's.
+
+    python -m hasup.watchdog.emulator --socket PATH --record FILE [--default-timeout 60]
+
+Like /dev/watchdog it arms when a client connects (open), takes
+SETTIMEOUT (a pet), KEEPALIVE and the magic close ("V" then EOF).  A
+client that goes away without "V" leaves it armed.  When the timer runs
+out it resets the node the way a reboot would: SIGKILL to every process
+of the client's hasup tree (the supervisor and all its descendants).
+Every event is appended to FILE as a JSON line with monotonic and
+wall-clock times, so tests can compare the reset with the leader key's
+expiry in etcd.
+
+Wire protocol (one request per line, one answer line): OPEN, SETTIMEOUT n,
+GETTIMEOUT, KEEPALIVE, V.  Answers: "OK n" (n = timeout in force) or "ERR text".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+SO_PEERCRED_FMT = struct.Struct("3i")
+
+
+def ppid_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = ppid_of(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    out, stack = [root], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+class Emulator:
+    def __init__(self, path: str, record: str, default_timeout: int) -> None:
+        self.path = path
+        self.record_path = record
+        self.default_timeout = default_timeout
+        self.deadline: float | None = None  # monotonic; None = disarmed
+        self.timeout = default_timeout
+        self.node_root: int | None = None  # the supervisor of the client's node
+        self.magic = False
+
+    def record(self, event: str, **fields: object) -> None:
+        line = {"event": event, "mono": time.monotonic(), "wall": time.time(), "timeout": self.timeout,
+                "deadline_mono": self.deadline, **fields}
+        with open(self.record_path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def pet(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
+
+    def handle(self, line: str) -> str:
+        cmd, _, arg = line.strip().partition(" ")
+        if cmd == "SETTIMEOUT":
+            try:
+                value = int(arg)
+            except ValueError:
+                return "ERR bad timeout"
+            if not 1 <= value <= 65534:
+                return "ERR timeout out of range"
+            self.timeout = value
+            self.pet()
+            self.record("settimeout")
+        elif cmd == "KEEPALIVE":
+            self.pet()
+            self.record("keepalive")
+        elif cmd == "V":
+            self.magic = True
+            self.record("magic")
+        elif cmd != "GETTIMEOUT":
+            return f"ERR unknown command {cmd}"
+        return f"OK {self.timeout}"
+
+    def connected(self, conn: socket.socket) -> None:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, SO_PEERCRED_FMT.size)
+        pid = SO_PEERCRED_FMT.unpack(creds)[0]
+        # The client is the watchdog worker; its parent is the node's supervisor.
+        self.node_root = ppid_of(pid) or pid
+        self.magic = False
+        if self.deadline is None:
+            self.timeout = self.default_timeout
+        self.pet()  # opening the device arms (or pets) it
+        self.record("open", client_pid=pid, node_root=self.node_root)
+
+    def disconnected(self) -> None:
+        if self.magic:
+            self.deadline = None
+            self.record("disarmed")
+        else:
+            self.record("closed_armed")  # like the kernel: a close without "V" keeps the timer running
+
+    def fire(self) -> None:
+        victims = tree(self.node_root) if self.node_root else []
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGSTOP)  # freeze everything first, as a reset stops all at once
+            except ProcessLookupError:
+                pass
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.record("fired", killed=victims)
+        self.deadline = None
+
+    def serve(self) -> None:
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(self.path)
+        os.chmod(self.path, 0o666)  # the node runs as another user in tests
+        server.listen(4)
+        sel = selectors.DefaultSelector()
+        sel.register(server, selectors.EVENT_READ, "accept")
+        buffers: dict[socket.socket, bytes] = {}
+        self.record("started")
+        running = True
+
+        def stop(*_: object) -> None:
+            nonlocal running
+            running = False
+        signal.signal(signal.SIGTERM, stop)
+        while running:
+            timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+            for key, _ in sel.select(min(timeout, 0.5) if timeout is not None else 0.5):
+                if key.data == "accept":
+                    conn, _ = server.accept()
+                    sel.register(conn, selectors.EVENT_READ, "client")
+                    buffers[conn] = b""
+                    self.connected(conn)
+                    continue
+                conn = key.fileobj  # type: ignore[assignment]
+                data = conn.recv(4096)
+                if not data:
+                    sel.unregister(conn)
+                    buffers.pop(conn, None)
+                    conn.close()
+                    self.disconnected()
+                    continue
+                buffers[conn] += data
+                while b"\n" in buffers[conn]:
+                    line, buffers[conn] = buffers[conn].split(b"\n", 1)
+                    conn.sendall((self.handle(line.decode()) + "\n").encode())
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.fire()
+        self.record("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hasup-watchdog-emulator")
+    ap.add_argument("--socket", required=True)
+    ap.add_argument("--record", required=True)
+    ap.add_argument("--default-timeout", type=int, default=60)
+    args = ap.parse_args(argv)
+    Emulator(args.socket, args.record, args.default_timeout).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

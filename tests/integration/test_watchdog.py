@@ -1,0 +1,124 @@
+"""The watchdog under the lease rule, against the emulated device (one emulator per node).
+
+ttl 10, loop_wait 2, retry_timeout 3, safety_margin 3: the tightest profile DESIGN.md §4 allows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import TestCluster, kill_pids, wait_for
+
+DCS = {"ttl": 10, "loop_wait": 2, "retry_timeout": 3, "maximum_lag_on_failover": 1048576,
+       "postgresql": {"use_pg_rewind": True, "use_slots": False}}
+MARGIN = 3
+
+
+class Emulators:
+    def __init__(self, tc: TestCluster) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        for node in tc.nodes:
+            sock = os.path.join(node.dir, "watchdog.sock")
+            record = os.path.join(node.dir, "watchdog.jsonl")
+            os.makedirs(node.dir, exist_ok=True)
+            self.procs[node.name] = subprocess.Popen(
+                [sys.executable, "-m", "hasup.watchdog.emulator", "--socket", sock, "--record", record],
+                stdin=subprocess.DEVNULL)
+            node.extra.update({"watchdog.mode": "automatic", "watchdog.driver": "testing",
+                               "watchdog.device": sock, "watchdog.safety_margin": MARGIN})
+            wait_for(lambda sock=sock: os.path.exists(sock), 10, "the emulator's socket")
+
+    @staticmethod
+    def events(node) -> list[dict]:
+        try:
+            with open(os.path.join(node.dir, "watchdog.jsonl")) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                kill_pids([p.pid])
+                p.wait()
+
+
+@pytest.fixture
+def cluster():
+    c = TestCluster(3, dcs=DCS)
+    c.etcd.start()
+    emu = Emulators(c)
+    try:
+        for node in c.nodes:
+            node.start()
+        leader = c.wait_leader(180)
+        c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 120)
+        wait_for(lambda: [e["event"] for e in emu.events(leader)][-1:] in (["keepalive"], ["settimeout"]), 30,
+                 "the leader's watchdog to be armed")
+        yield c, emu, leader
+    finally:
+        c.destroy()
+        emu.stop()
+
+
+def log_time(node, pattern: str) -> float:
+    """Wall-clock time of the first hasup log line matching pattern."""
+    for line in node.log_text().splitlines():
+        if re.search(pattern, line):
+            # logging's asctime is local time; a naive datetime's timestamp() reads it as such.
+            return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    raise AssertionError(f"no log line matches {pattern!r}")
+
+
+def test_armed_leader_pets_and_disarms_only_after_postgres_stopped(cluster):
+    tc, emu, leader = cluster
+    events = emu.events(leader)
+    kinds = [e["event"] for e in events]
+    assert "open" in kinds and any(e["event"] == "settimeout" and e["timeout"] == 4 for e in events)
+    for replica in (n for n in tc.nodes if n is not leader):
+        assert "open" not in [e["event"] for e in emu.events(replica)]  # only the leader arms
+    status = leader.status()
+    assert status.get("watchdog_failed") in (None, False)
+    leader.proc.send_signal(signal.SIGTERM)
+    leader.proc.wait(60)
+    events = emu.events(leader)
+    magic = next(e for e in events if e["event"] == "magic")
+    assert [e["event"] for e in events][-2:] == ["magic", "disarmed"]
+    stopped = log_time(leader, r"\[election\] Stop succeeded")
+    assert stopped <= magic["wall"] + 0.002, (stopped, magic["wall"])
+    assert not any(e["event"] == "fired" for e in events)
+
+
+def test_frozen_supervisor_and_election_are_reset_before_the_key_expires(cluster):
+    tc, emu, leader = cluster
+    frozen = [leader.pid, leader.worker_pid("election")]
+    assert all(frozen)
+    kill_pids(frozen, signal.SIGSTOP)  # nothing left that could renew the lease or heal
+    try:
+        key = wait_for(lambda: (k := tc.etcd.key(tc.key("leader"))) and k, 5, "the leader key")
+        fired = wait_for(lambda: next((e for e in emu.events(leader) if e["event"] == "fired"), None), 20,
+                         "the emulated watchdog to fire")
+        key_after = tc.etcd.key(tc.key("leader"))
+        # The key we read may have been refreshed once more in flight; the later expiry is the binding one.
+        expiration = datetime.datetime.fromisoformat(key["expiration"].replace("Z", "+00:00")).timestamp()
+        if key_after is not None and key_after.get("value") == leader.name:
+            later = datetime.datetime.fromisoformat(key_after["expiration"].replace("Z", "+00:00")).timestamp()
+            expiration = max(expiration, later)
+        assert fired["wall"] <= expiration - MARGIN, (fired["wall"], expiration)
+        wait_for(lambda: not leader.processes(), 10, "the reset node's processes to be gone")
+        new = tc.wait_leader(30, exclude=leader.name)
+        assert new.sql("SELECT pg_is_in_recovery()") == [(False,)]
+    finally:
+        kill_pids([p for p in frozen if p], signal.SIGCONT)
