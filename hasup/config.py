@@ -96,6 +96,13 @@ class RestApiConfig:
     password: str | None = field(default=None, repr=False)
     certfile: str | None = None
     keyfile: str | None = None
+    keyfile_password: str | None = field(default=None, repr=False)
+    cafile: str | None = None
+    verify_client: str = "none"  # none, optional, required
+    allowlist: tuple[str, ...] = ()  # hosts, IPs or CIDRs allowed to call the unsafe endpoints
+    allowlist_include_members: bool = False
+    http_extra_headers: dict[str, str] = field(default_factory=dict)
+    https_extra_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -271,11 +278,43 @@ def _restapi(r: Reader, top: Mapping[str, Any]) -> RestApiConfig | None:
     keyfile = r.get(sec, "restapi.keyfile", to_str, None)
     if keyfile and not certfile:
         r.problem("restapi.keyfile", "needs restapi.certfile")
+    keyfile_password = r.get(sec, "restapi.keyfile_password", to_str, None)
+    cafile = r.get(sec, "restapi.cafile", to_str, None)
+    verify_client = r.get(sec, "restapi.verify_client", _to_verify_client, "none")
+    if verify_client != "none" and not certfile:
+        r.problem("restapi.verify_client", "needs restapi.certfile")
+    allowlist = r.get(sec, "restapi.allowlist", to_str_list, _NO_STRINGS)
+    include_members = r.get(sec, "restapi.allowlist_include_members", to_bool, False)
+    no_headers: dict[str, str] = {}
+    http_headers = r.get(sec, "restapi.http_extra_headers", _to_headers, no_headers)
+    https_headers = r.get(sec, "restapi.https_extra_headers", _to_headers, no_headers)
     r.ignore_rest(auth, "restapi.authentication", ("username", "password"))
-    r.ignore_rest(sec, "restapi", RESTAPI_USED)
+    r.ignore_rest(sec, "restapi", (*RESTAPI_USED, *_RESTAPI_MORE))
     if listen is None or connect_address is None:
         return None
-    return RestApiConfig(listen, connect_address, username, password, certfile, keyfile)
+    return RestApiConfig(listen, connect_address, username, password, certfile, keyfile,
+                         keyfile_password=keyfile_password, cafile=cafile, verify_client=verify_client,
+                         allowlist=allowlist, allowlist_include_members=include_members,
+                         http_extra_headers=http_headers, https_extra_headers=https_headers)
+
+
+_RESTAPI_MORE = ("keyfile_password", "cafile", "verify_client", "allowlist", "allowlist_include_members",
+                 "http_extra_headers", "https_extra_headers")
+
+
+def _to_verify_client(value: Any) -> str:
+    text = to_str(value).strip().lower()
+    if text not in ("none", "optional", "required"):
+        raise Invalid("expected none, optional or required", value)
+    return text
+
+
+def _to_headers(value: Any) -> dict[str, str]:
+    headers = to_mapping(value)
+    for name, text in headers.items():
+        if not isinstance(name, str) or not name or isinstance(text, dict | list) or text is None:
+            raise Invalid("expected a mapping of header names to values", value)
+    return {str(k): str(v) for k, v in headers.items()}
 
 
 _Endpoints = tuple[tuple[tuple[str, int], ...], str | None, str | None, str | None]  # hosts, scheme, user, pw

@@ -110,7 +110,7 @@ def test_validate_config_prints_warnings_with_a_prefix() -> None:
     result = run_hasup("--validate-config", str(DATA / "patroni-full.yml"))
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert "warning: restapi.allowlist: not used by hasup yet, ignored" in lines
+    assert "warning: restapi.request_queue_size: not used by hasup yet, ignored" in lines
     assert all(line.startswith("warning: ") for line in lines)
     assert "secret" not in result.stderr
 

@@ -18,6 +18,7 @@ from hasup.config import (
     ConfigError,
     Credentials,
     DynamicConfig,
+    RestApiConfig,
     initial_dcs_config,
     load_config,
     load_config_text,
@@ -188,8 +189,8 @@ def test_environment_overrides_the_file(env: dict[str, str], read: Any, expected
 
 
 def test_environment_for_ignored_keys_warns() -> None:
-    _, warnings = load(env={"PATRONI_RESTAPI_ALLOWLIST": "[10.0.0.1]", "PATRONI_THREAD_POOL_SIZE": "8"})
-    assert "restapi.allowlist: not used by hasup yet, ignored" in warnings
+    _, warnings = load(env={"PATRONI_RESTAPI_REQUEST_QUEUE_SIZE": "9", "PATRONI_THREAD_POOL_SIZE": "8"})
+    assert "restapi.request_queue_size: not used by hasup yet, ignored" in warnings
     assert "thread_pool_size: not used by hasup yet, ignored" in warnings
 
 
@@ -496,7 +497,7 @@ def test_no_password_appears_in_warnings() -> None:
 @pytest.mark.parametrize(
     ("changes", "line"),
     [
-        ({"restapi.allowlist": ["10.0.0.0/8"]}, "restapi.allowlist: not used by hasup yet, ignored"),
+        ({"restapi.request_queue_size": 9}, "restapi.request_queue_size: not used by hasup yet, ignored"),
         ({"restapi.authentication.realm": "x"}, "restapi.authentication.realm: not used by hasup yet, ignored"),
         ({"log.type": "json"}, "log.type: not used by hasup yet, ignored"),
         ({"postgresql.callbacks": {"on_start": "/x"}}, "postgresql.callbacks: not used by hasup yet, ignored"),
@@ -757,7 +758,7 @@ def test_reprs_hide_passwords() -> None:
 def test_full_patroni_configuration_loads_with_warnings() -> None:
     cfg, warnings = load_config(str(DATA / "patroni-full.yml"), {})
     for expected in (
-        "restapi.allowlist: not used by hasup yet, ignored",
+        "restapi.request_queue_size: not used by hasup yet, ignored",
         "ctl: not used by hasup yet, ignored",
         "log.type: not used by hasup yet, ignored",
         "postgresql.callbacks: not used by hasup yet, ignored",
@@ -772,6 +773,9 @@ def test_full_patroni_configuration_loads_with_warnings() -> None:
     assert cfg.bootstrap.initdb == ("--encoding=UTF8", "--data-checksums", "--locale=en_US.UTF8")
     assert cfg.postgresql.rewind.username == "rewind_user"
     assert cfg.restapi.api_url == "https://10.0.0.11:8008/patroni"
+    assert cfg.restapi.allowlist == ("10.0.0.0/24", "127.0.0.1") and cfg.restapi.allowlist_include_members
+    assert cfg.restapi.http_extra_headers == {"X-Frame-Options": "SAMEORIGIN"}
+    assert not any(w.startswith(("restapi.allowlist", "restapi.http_extra")) for w in warnings)
     assert cfg.bootstrap.users["admin"].options == ("createrole", "createdb")
     dynamic, notes = parse_dynamic(cfg.bootstrap.dcs)
     assert notes == []
@@ -913,3 +917,32 @@ def test_initial_dcs_config_applies_the_timing_rule_and_keeps_other_keys() -> No
     assert (written["ttl"], written["loop_wait"], written["retry_timeout"]) == (20, 1, 9)
     assert written["master_start_timeout"] == 5 and written["slots"] == {"a": {}}
     assert cfg.bootstrap.dcs["loop_wait"] == 10  # the config itself is not changed
+
+
+def test_restapi_access_and_tls_settings() -> None:
+    cfg, warnings = load({"restapi.certfile": "/c.pem", "restapi.keyfile": "/k.pem", "restapi.keyfile_password": "kpw",
+                          "restapi.cafile": "/ca.pem", "restapi.verify_client": "Required",
+                          "restapi.allowlist": ["10.0.0.0/8", "db1"], "restapi.allowlist_include_members": "on",
+                          "restapi.http_extra_headers": {"X-A": 1}, "restapi.https_extra_headers": {"X-B": "b"}},
+                         env={"PATRONI_RESTAPI_ALLOWLIST": "[10.0.0.1]"})
+    api = cfg.restapi
+    assert (api.keyfile_password, api.cafile, api.verify_client) == ("kpw", "/ca.pem", "required")
+    assert api.allowlist == ("10.0.0.1",) and api.allowlist_include_members is True
+    assert api.http_extra_headers == {"X-A": "1"} and api.https_extra_headers == {"X-B": "b"}
+    assert "kpw" not in repr(cfg) and not any(w.startswith("restapi") for w in warnings)
+    assert (RestApiConfig("h:1", "h:1").verify_client, RestApiConfig("h:1", "h:1").allowlist) == ("none", ())
+
+
+@pytest.mark.parametrize(
+    ("changes", "line"),
+    [
+        ({"restapi.verify_client": "maybe"}, "restapi.verify_client: expected none, optional or required, got 'maybe'"),
+        ({"restapi.verify_client": "optional"}, "restapi.verify_client: needs restapi.certfile"),
+        ({"restapi.allowlist": "10.0.0.1"}, "restapi.allowlist: expected a list of strings, got '10.0.0.1'"),
+        ({"restapi.http_extra_headers": ["X"]}, "restapi.http_extra_headers: expected a mapping, got ['X']"),
+    ],
+)
+def test_restapi_access_settings_problems(changes: dict[str, Any], line: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(changes)
+    assert line in info.value.problems
