@@ -1,24 +1,35 @@
-"""The falcon app: Patroni's REST endpoints, answered from the snapshot only.
+"""The falcon app: Patroni's REST endpoints.
 
 create_app takes its dependencies (a snapshot reader, the node's identity, a
-monotonic clock), so tests build it with fakes and call it through
-falcon.testing.  No request path touches PostgreSQL or etcd.
+monotonic clock, the access settings and an Admin for etcd and the
+supervisor), so tests build it with fakes and call it through falcon.testing.
+Health checks, /patroni, /metrics, /liveness and /readiness answer from the
+snapshot alone.  Admin endpoints (/config, /cluster, /history, /switchover,
+/failover, /reload) may block on etcd: they run under a semaphore with fewer
+slots than the server has threads, so health checks always find a thread.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 import falcon
 
-from hasup.api import health
+from hasup import ipc
+from hasup.api import health, metrics, switchover
 from hasup.api import status as st
+from hasup.api.access import AccessControl
+from hasup.api.admin import Admin, DCSError, config_problems, patch_config
 from hasup.api.snapshot import Identity, make_snapshot
+from hasup.dcs.model import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +39,24 @@ Clock = Callable[[], float]
 # Patroni routes on the first path segment: GET /cluster/x is GET /cluster.
 HEALTH_PATHS = ("/", "/primary", "/master", "/leader", "/read-write", "/replica", "/read-only",
                 "/health", "/standby-leader", "/standby_leader")
+# Unsafe methods that pass the access check (contract §1.2), by first path segment.
+AUTH_CHECKED = {
+    ("PATCH", "config"), ("PUT", "config"), ("POST", "reload"), ("POST", "restart"), ("DELETE", "restart"),
+    ("POST", "switchover"), ("POST", "failover"), ("DELETE", "switchover"), ("POST", "reinitialize"),
+    ("POST", "failsafe"), ("POST", "sigterm"), ("POST", "citus"),
+}
+DEFAULT_ADMIN_SLOTS = 6  # gunicorn runs 8 threads: 2 always stay free for health checks
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How the app guards and decorates its answers (from restapi.*)."""
+
+    access: AccessControl = field(default_factory=AccessControl)
+    http_extra_headers: dict[str, str] = field(default_factory=dict)
+    https_extra_headers: dict[str, str] = field(default_factory=dict)
+    tls: bool = False
+    admin_slots: int = DEFAULT_ADMIN_SLOTS
 
 
 def _json(resp: falcon.Response, code: int, body: Any) -> None:
@@ -37,13 +66,34 @@ def _json(resp: falcon.Response, code: int, body: Any) -> None:
     resp.text = json.dumps(body, default=str)
 
 
-class _Context:
-    """What every resource reads: the current snapshot and the clock."""
+def _text(resp: falcon.Response, code: int, message: str) -> None:
+    """Patroni answers admin requests with a plain message; clients match on its text."""
+    resp.status = code
+    resp.content_type = falcon.MEDIA_TEXT
+    resp.text = message
 
-    def __init__(self, read_snapshot: SnapshotReader, identity: Identity, clock: Clock) -> None:
+
+class _Context:
+    """What every resource reads: the current snapshot, the clock, the admin interface."""
+
+    def __init__(self, read_snapshot: SnapshotReader, identity: Identity, clock: Clock,
+                 admin: Admin | None, settings: ApiSettings) -> None:
         self._read = read_snapshot
         self._clock = clock
         self._fallback = make_snapshot(identity, None, None, None, now=0.0, now_wall=0.0)
+        self.admin = admin
+        self.settings = settings
+        self._slots = threading.BoundedSemaphore(max(1, settings.admin_slots))
+
+    @contextmanager
+    def admin_slot(self) -> Iterator[bool]:
+        """True inside when an admin slot was free; never waits for one."""
+        got = self._slots.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                self._slots.release()
 
     def snapshot(self) -> dict[str, Any]:
         try:
@@ -97,23 +147,239 @@ class PatroniResource(_Resource):
         _json(resp, 200, st.build_status(self.ctx.snapshot(), self.ctx.now()))
 
 
-class ClusterResource(_Resource):
+class LivenessResource(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-        _json(resp, 200, st.build_cluster(self.ctx.snapshot()))
+        resp.status = health.liveness_code(self.ctx.snapshot(), self.ctx.now())
+        resp.text = None
 
 
-class HistoryResource(_Resource):
+class ReadinessResource(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-        _json(resp, 200, st.build_history(self.ctx.snapshot()))
+        resp.status = health.readiness_code(_query(req), self.ctx.snapshot(), self.ctx.now())
+        resp.text = None
 
 
-class ConfigResource(_Resource):
+class MetricsResource(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-        config = st.build_config(self.ctx.snapshot())
-        if config is None:
-            _json(resp, 502, {"error": "no configuration in the DCS"})
-        else:
-            _json(resp, 200, config)
+        resp.status = 200
+        resp.content_type = metrics.CONTENT_TYPE
+        resp.text = metrics.render(self.ctx.snapshot(), self.ctx.now())
+
+
+def _view_of(cluster: Cluster) -> dict[str, Any]:
+    """A fresh etcd read in the shape of a ClusterView, for the status builders."""
+    return {"leader": cluster.leader.name if cluster.leader else None,
+            "members": {n: m.data for n, m in cluster.members.items()}, "config": cluster.config or {},
+            "history": cluster.history, "optime": cluster.optime, "sync": cluster.sync,
+            "failover": cluster.failover, "paused": cluster.paused}
+
+
+def _read_body(req: falcon.Request, resp: falcon.Response) -> dict[str, Any] | None:
+    """The JSON object body, or None with 411/400 already answered."""
+    if req.content_length is None:
+        _json(resp, 411, {"error": "Content-Length required"})
+        return None
+    raw = req.bounded_stream.read(req.content_length) if req.content_length else b""
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        _json(resp, 400, {"error": "the body must be a JSON object"})
+        return None
+    return body
+
+
+class _AdminResource(_Resource):
+    """Endpoints that may block on etcd: run only when an admin slot is free."""
+
+    def _run(self, resp: falcon.Response, handler: Callable[[Admin | None], None]) -> None:
+        with self.ctx.admin_slot() as got:
+            if not got:
+                _json(resp, 503, {"error": "too many admin requests in progress"})
+                return
+            handler(self.ctx.admin)
+
+    def _fresh(self, admin: Admin | None) -> dict[str, Any]:
+        """A snapshot whose cluster view is a fresh etcd read, or the snapshot's own when etcd fails."""
+        snap = self.ctx.snapshot()
+        if admin is None:
+            return snap
+        try:
+            cluster = admin.get_cluster()
+        except DCSError as exc:
+            log.warning("etcd read for the api failed, answering from the snapshot: %s", exc)
+            return snap
+        return {**snap, "cluster": _view_of(cluster)}
+
+    def _need_admin(self, admin: Admin | None, resp: falcon.Response) -> Admin | None:
+        if admin is None:
+            _json(resp, 503, {"error": "the admin interface is not available"})
+        return admin
+
+
+class ClusterResource(_AdminResource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        self._run(resp, lambda admin: _json(resp, 200, st.build_cluster(self._fresh(admin))))
+
+
+class HistoryResource(_AdminResource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        self._run(resp, lambda admin: _json(resp, 200, st.build_history(self._fresh(admin))))
+
+
+class ConfigResource(_AdminResource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        def handle(admin: Admin | None) -> None:
+            config = st.build_config(self._fresh(admin))
+            if config is None:
+                _json(resp, 502, {"error": "no configuration in the DCS"})
+            else:
+                _json(resp, 200, config)
+        self._run(resp, handle)
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        body = _read_body(req, resp)
+        if body is None:
+            return
+        if not body:
+            _json(resp, 400, {"error": "the body must be a non-empty JSON object"})
+            return
+
+        def handle(admin: Admin | None) -> None:
+            if self._need_admin(admin, resp) is None or admin is None:
+                return
+            try:
+                cluster = admin.get_cluster()
+            except DCSError:
+                _json(resp, 503, {"error": "failed to read the configuration from DCS"})
+                return
+            if not cluster.config:
+                _json(resp, 503, {"error": "no configuration in the DCS"})
+                return
+            merged = patch_config(cluster.config, body)
+            if self._refused(resp, cluster.config, merged):
+                return
+            try:
+                written = admin.set_config(merged, cluster.config_index or None)
+            except DCSError:
+                _json(resp, 503, {"error": "failed to write the configuration into DCS"})
+                return
+            if not written:
+                _json(resp, 409, {"error": "the configuration changed meanwhile; try again"})
+                return
+            log.info("dynamic configuration patched through the api")
+            _json(resp, 200, ipc.redact(merged))
+        self._run(resp, handle)
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        body = _read_body(req, resp)
+        if body is None:
+            return
+        if not body:
+            _json(resp, 400, {"error": "the body must be a non-empty JSON object"})
+            return
+
+        def handle(admin: Admin | None) -> None:
+            if self._need_admin(admin, resp) is None or admin is None:
+                return
+            try:
+                current = admin.get_cluster().config or {}
+            except DCSError:
+                current = {}
+            if self._refused(resp, current, body):
+                return
+            if body != current:
+                try:
+                    admin.set_config(body, None)
+                except DCSError:
+                    _json(resp, 502, {"error": "failed to write the configuration into DCS"})
+                    return
+                log.info("dynamic configuration replaced through the api")
+            _json(resp, 200, ipc.redact(body))
+        self._run(resp, handle)
+
+    @staticmethod
+    def _refused(resp: falcon.Response, current: dict[str, Any], new: dict[str, Any]) -> bool:
+        """Answer 422 when new brings problems current did not have (etcd is then left alone)."""
+        known = set(config_problems(current))
+        problems = [p for p in config_problems(new) if p not in known]
+        if problems:
+            _json(resp, 422, {"error": "invalid configuration: " + "; ".join(problems), "problems": problems})
+        return bool(problems)
+
+
+class ReloadResource(_Resource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        admin = self.ctx.admin
+        if admin is None:
+            _json(resp, 503, {"error": "the admin interface is not available"})
+            return
+        admin.reload()
+        _text(resp, 202, "reload scheduled")
+
+
+class SwitchoverResource(_AdminResource):
+    action = "switchover"
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        body = _read_body(req, resp)
+        if body is None:
+            return
+
+        def handle(admin: Admin | None) -> None:
+            if self._need_admin(admin, resp) is None or admin is None:
+                return
+            code, message = switchover.request(admin, self.action, body, switchover.utcnow())
+            if code >= 500 or code == 412:
+                log.warning("%s refused: %s", self.action, message)
+            _text(resp, code, message)
+        self._run(resp, handle)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        if self.action != "switchover":
+            _unsupported(req, resp)
+            return
+
+        def handle(admin: Admin | None) -> None:
+            if self._need_admin(admin, resp) is None or admin is None:
+                return
+            _text(resp, *switchover.delete_scheduled(admin))
+        self._run(resp, handle)
+
+
+class FailoverResource(SwitchoverResource):
+    action = "failover"
+
+
+class _Guard:
+    """Access control on the unsafe endpoints, and the extra headers on every answer."""
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+        settings = ctx.settings
+        self.headers = dict(settings.http_extra_headers)
+        if settings.tls:
+            self.headers.update(settings.https_extra_headers)
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        segment = req.path.strip("/").split("/", 1)[0]
+        if (req.method, segment) not in AUTH_CHECKED:
+            return
+        view = st.cluster_view(self.ctx.snapshot()) or {}
+        members = view.get("members") if isinstance(view.get("members"), dict) else {}
+        denied = self.ctx.settings.access.check(req.method, req.remote_addr, req.get_header("Authorization"),
+                                                members or {})
+        if denied is not None:
+            _text(resp, denied.code, denied.message)
+            for name, value in denied.headers:
+                resp.set_header(name, value)
+            resp.complete = True
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         req_succeeded: bool) -> None:
+        for name, value in self.headers.items():
+            resp.set_header(name, value)
 
 
 class _Sink:
@@ -153,14 +419,22 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTP
 
 
 def create_app(read_snapshot: SnapshotReader, identity: Identity,
-               clock: Clock = time.monotonic) -> falcon.App:
-    """The WSGI app; read_snapshot returns the latest snapshot dict ({} when there is none yet)."""
-    ctx = _Context(read_snapshot, identity, clock)
-    app = falcon.App()
+               clock: Clock = time.monotonic, *, admin: Admin | None = None,
+               settings: ApiSettings | None = None) -> falcon.App:
+    """The WSGI app; read_snapshot returns the latest snapshot dict ({} when there is none yet).
+
+    Without admin, /cluster, /history and /config answer from the snapshot and
+    the writing endpoints answer 503.
+    """
+    ctx = _Context(read_snapshot, identity, clock, admin, settings or ApiSettings())
+    app = falcon.App(middleware=[_Guard(ctx)])
     health_resource = HealthResource(ctx)
     routes: dict[str, _Resource] = {p: health_resource for p in HEALTH_PATHS}
     routes.update({"/patroni": PatroniResource(ctx), "/cluster": ClusterResource(ctx),
-                   "/history": HistoryResource(ctx), "/config": ConfigResource(ctx)})
+                   "/history": HistoryResource(ctx), "/config": ConfigResource(ctx),
+                   "/liveness": LivenessResource(ctx), "/readiness": ReadinessResource(ctx),
+                   "/metrics": MetricsResource(ctx), "/reload": ReloadResource(ctx),
+                   "/switchover": SwitchoverResource(ctx), "/failover": FailoverResource(ctx)})
     for path, resource in routes.items():
         app.add_route(path, resource)
         if path != "/":

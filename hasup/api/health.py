@@ -15,6 +15,15 @@ from hasup.api import status as st
 OK = 200
 UNAVAILABLE = 503
 
+# Staleness bounds (docs/rest-api.md).  An idle postgres worker re-sends its
+# PgState every 5 s (KEEPALIVE) and probes every 1 s with a 2 s timeout, so a
+# live one is never older than 8 s; the master re-renders the snapshot at least
+# every 5 s.  Past 8.5 s the data describe the past: role paths answer 503, so a
+# load balancer checking every 3 s and failing after 3 (9 s) drains the node.
+PG_STATE_MAX_AGE = 8.5
+SNAPSHOT_MAX_AGE = 8.5
+VIEW_SLACK = 2.0  # the ClusterView bound is loop_wait + retry_timeout + this, capped at ttl
+
 # PostgreSQL's memory units, as Patroni's lag parameter takes them (1024-based).
 _LAG_UNITS = {"B": 1, "kB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
 _LAG_RE = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*([A-Za-z]*)\s*$")
@@ -91,6 +100,24 @@ def _tags_match(query: Mapping[str, list[str]], snap: st.Snap) -> bool:
     return True
 
 
+def view_max_age(snap: st.Snap) -> float:
+    ttl = float(snap.get("ttl") or 30)
+    return min(ttl, float(snap.get("loop_wait") or 10) + float(snap.get("retry_timeout") or 10) + VIEW_SLACK)
+
+
+def stale(snap: st.Snap, now: float) -> bool:
+    """The snapshot, its PgState or its ClusterView is too old to claim a role on."""
+    produced = snap.get("produced_at") or 0
+    if produced and now - produced > SNAPSHOT_MAX_AGE:
+        return True
+    pg = snap.get("pg")
+    if isinstance(pg, dict) and (pg.get("probe_at") or 0) > 0 and now - pg["probe_at"] > PG_STATE_MAX_AGE:
+        return True
+    received = snap.get("received") or {}
+    got_view = received.get("cluster") if isinstance(received, dict) else None
+    return bool(got_view and now - got_view > view_max_age(snap))
+
+
 def code_for(path: str, query: Mapping[str, list[str]], snap: st.Snap, status: Mapping[str, Any],
              now: float) -> int:
     """health_code with the status document already built (GET needs both)."""
@@ -99,6 +126,8 @@ def code_for(path: str, query: Mapping[str, list[str]], snap: st.Snap, status: M
     fresh = st.fresh_view(snap, now)
     leader, primary, standby_leader = _leader_codes(snap, status, fresh, now)
     replica = _replica_code(query, snap, status, fresh)
+    if stale(snap, now):
+        leader = primary = standby_leader = replica = UNAVAILABLE
 
     leader_path = True
     if "standby_leader" in path or "standby-leader" in path:
@@ -149,3 +178,47 @@ def health_code(path: str, query: Mapping[str, list[str]], snap: st.Snap, now: f
     now is monotonic; it decides whether the leader lock and the etcd view still count.
     """
     return code_for(path, query, snap, st.build_status(snap, now), now)
+
+
+# -- /liveness and /readiness (contract §1.4) ------------------------------------------
+
+
+def liveness_code(snap: st.Snap, now: float) -> int:
+    """200 while the api's reader thread turns and election reported recently.
+
+    Election publishes a view every cycle, so its age plays the part of
+    Patroni's next_run: within ttl on a primary, 2*ttl otherwise.  Paused
+    clusters are always live, as in Patroni.
+    """
+    if st.is_paused(snap):
+        return OK
+    produced = snap.get("produced_at") or 0
+    if not produced or now - produced > SNAPSHOT_MAX_AGE:
+        return UNAVAILABLE
+    pg = snap.get("pg") if isinstance(snap.get("pg"), dict) else {}
+    ttl = float(snap.get("ttl") or 30)
+    threshold = ttl if (pg or {}).get("role") == "primary" else 2 * ttl
+    received = snap.get("received") if isinstance(snap.get("received"), dict) else {}
+    view = st.cluster_view(snap)
+    last = (received or {}).get("cluster") or (view or {}).get("read_at") or (received or {}).get("start") or 0
+    return OK if last and now - last < threshold else UNAVAILABLE
+
+
+def readiness_code(query: Mapping[str, list[str]], snap: st.Snap, now: float) -> int:
+    if st.holds_lock(snap, now) and not stale(snap, now):
+        return OK
+    status = st.build_status(snap, now)
+    if stale(snap, now) or status.get("state") != "running" or status.get("replication_state") != "streaming":
+        return UNAVAILABLE
+    xlog = status.get("xlog") or {}
+    fresh = st.fresh_view(snap, now)
+    received = xlog.get("received_location")
+    if fresh is None and received is None:
+        return UNAVAILABLE  # hasup has no failsafe mode that could vouch for it
+    leader_optime = max((fresh or {}).get("optime") or 0, received or 0)
+    mode = _first(query, "mode")
+    position = received if mode == "write" else xlog.get("replayed_location")
+    lag = parse_lag(_first(query, "lag"))
+    if lag is None:
+        lag = int(snap.get("maximum_lag_on_failover") or 1048576)
+    return OK if leader_optime - (position or 0) <= lag else UNAVAILABLE

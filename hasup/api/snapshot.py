@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hasup import ipc
-from hasup.config import Config, parse_dynamic
+from hasup.config import Config, DynamicConfig, parse_dynamic
 
 SNAPSHOT_VERSION = 1
 DEFAULT_SIZE = 256 * 1024
@@ -144,11 +144,17 @@ class Identity:
 
 def ttl_of(dynamic: dict[str, Any] | None) -> int:
     """The effective ttl of a dynamic configuration (as etcd's config key holds it)."""
+    return int(timing_of(dynamic)["ttl"])
+
+
+def timing_of(dynamic: dict[str, Any] | None) -> dict[str, int]:
+    """ttl, loop_wait, retry_timeout and maximum_lag_on_failover in force for a dynamic configuration."""
     try:
         parsed, _problems = parse_dynamic(dict(dynamic or {}))
-        return int(parsed.ttl)
     except Exception:  # a config etcd holds must never take the api down
-        return DEFAULT_TTL
+        parsed = DynamicConfig()
+    return {"ttl": parsed.ttl, "loop_wait": parsed.loop_wait, "retry_timeout": parsed.retry_timeout,
+            "maximum_lag_on_failover": parsed.maximum_lag_on_failover}
 
 
 def _as_dict(message: ipc.Message | None) -> dict[str, Any] | None:
@@ -157,11 +163,13 @@ def _as_dict(message: ipc.Message | None) -> dict[str, Any] | None:
 
 def make_snapshot(identity: Identity, pg: ipc.PgState | None, cluster: ipc.ClusterView | None,
                   watchdog: ipc.WatchdogState | None, *, now: float | None = None,
-                  now_wall: float | None = None) -> dict[str, Any]:
+                  now_wall: float | None = None, received: dict[str, float] | None = None) -> dict[str, Any]:
     """The snapshot dict every api function reads.
 
-    Keys: v, produced_at (monotonic), produced_at_wall, identity, ttl, and pg,
-    cluster, watchdog (each the message's fields, or None before the first).
+    Keys: v, produced_at (monotonic), produced_at_wall, identity, ttl (and the
+    other timing settings, see timing_of), received ({"pg"|"cluster"|"watchdog"|
+    "start": monotonic time the api got the latest such message, or started}),
+    and pg, cluster, watchdog (each the message's fields, or None before the first).
     Monotonic times are comparable across processes: CLOCK_MONOTONIC is
     system-wide on Linux.
     """
@@ -170,7 +178,8 @@ def make_snapshot(identity: Identity, pg: ipc.PgState | None, cluster: ipc.Clust
         "produced_at": time.monotonic() if now is None else now,
         "produced_at_wall": time.time() if now_wall is None else now_wall,
         "identity": dataclasses.asdict(identity),
-        "ttl": ttl_of(cluster.config if cluster is not None else None),
+        **timing_of(cluster.config if cluster is not None else None),
+        "received": dict(received or {}),
         "pg": _as_dict(pg),
         "cluster": _as_dict(cluster),
         "watchdog": _as_dict(watchdog),

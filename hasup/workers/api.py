@@ -29,7 +29,10 @@ from gunicorn.glogging import Logger as GunicornLogger
 from setproctitle import setproctitle
 
 from hasup import ipc
-from hasup.api.app import create_app
+from hasup.api import tls
+from hasup.api.access import AccessControl
+from hasup.api.admin import Admin, EtcdAdmin, LazyAdmin
+from hasup.api.app import ApiSettings, create_app
 from hasup.api.snapshot import Identity, SnapshotBuffer, SnapshotCache, encode_snapshot, make_snapshot
 from hasup.workers.base import PipeLogHandler, WorkerContext, answer_ping, setup_worker
 
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 POLL = 0.5  # reader thread wake-up: bounds how late it notices an orphaned master
 RERENDER = 5.0  # re-render at least this often, so produced_at proves the reader thread turns
 GRACEFUL_TIMEOUT = 5  # SIGTERM to the api process must end it promptly
+THREADS = 8  # request threads in the gunicorn worker
+HEALTH_RESERVE = 2  # threads admin endpoints may never take (see ApiSettings.admin_slots)
 # Environment a gunicorn master would act on but that belongs to the supervisor:
 # NOTIFY_SOCKET would let it tell systemd "READY" for the whole service.
 _FOREIGN_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "GUNICORN_PID",
@@ -58,21 +63,24 @@ class SnapshotRenderer:
         self.cluster: ipc.ClusterView | None = None
         self.watchdog: ipc.WatchdogState | None = None
         self.rendered_at = 0.0
+        # When each kind last arrived ("start": when we began), for /liveness and staleness bounds.
+        self.received: dict[str, float] = {"start": time.monotonic()}
 
     def absorb(self, message: ipc.Message) -> bool:
         """Keep message if it is one we serve from; True if it was."""
         if isinstance(message, ipc.PgState):
-            self.pg = message
+            self.pg, kind = message, "pg"
         elif isinstance(message, ipc.ClusterView):
-            self.cluster = message
+            self.cluster, kind = message, "cluster"
         elif isinstance(message, ipc.WatchdogState):
-            self.watchdog = message
+            self.watchdog, kind = message, "watchdog"
         else:
             return False
+        self.received[kind] = time.monotonic()
         return True
 
     def render(self) -> None:
-        snap = make_snapshot(self.identity, self.pg, self.cluster, self.watchdog)
+        snap = make_snapshot(self.identity, self.pg, self.cluster, self.watchdog, received=self.received)
         try:
             self.buffer.write(encode_snapshot(snap, self.buffer.capacity))
         except ValueError as exc:  # too big even trimmed: keep serving the previous one
@@ -221,7 +229,7 @@ def gunicorn_options(ctx: WorkerContext, on_ready: Callable[[Any], None],
         "bind": [ctx.config.restapi.listen],
         "workers": 1,
         "worker_class": "gthread",
-        "threads": 4,
+        "threads": THREADS,
         "timeout": 30,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "accesslog": None,
@@ -238,7 +246,28 @@ def gunicorn_options(ctx: WorkerContext, on_ready: Callable[[Any], None],
     if os.path.isdir("/dev/shm"):
         # gunicorn's worker heartbeat file: keep it off a disk that may stall.
         options["worker_tmp_dir"] = "/dev/shm"
+    options.update(tls.gunicorn_options(ctx.config.restapi))
     return options
+
+
+def api_settings(ctx: WorkerContext) -> ApiSettings:
+    restapi = ctx.config.restapi
+    access = AccessControl(restapi.username, restapi.password, restapi.allowlist,
+                           restapi.allowlist_include_members)
+    return ApiSettings(access=access, http_extra_headers=dict(restapi.http_extra_headers),
+                       https_extra_headers=dict(restapi.https_extra_headers), tls=bool(restapi.certfile),
+                       admin_slots=THREADS - HEALTH_RESERVE)
+
+
+def make_admin(ctx: WorkerContext, snapshots: SnapshotCache) -> LazyAdmin:
+    """An Admin built in each gunicorn worker process on first use (never shared across a fork)."""
+    def retry_timeout() -> float:
+        return float(snapshots().get("retry_timeout") or 10)
+
+    def factory() -> Admin:
+        return EtcdAdmin(ctx.config, ctx.supervisor_pid, retry_timeout)
+
+    return LazyAdmin(factory)
 
 
 def run(ctx: WorkerContext) -> None:
@@ -254,7 +283,9 @@ def run(ctx: WorkerContext) -> None:
     buffer = SnapshotBuffer()
     renderer = SnapshotRenderer(Identity.from_config(ctx.config), buffer)
     renderer.render()  # a valid (all unknown) snapshot from the first request on
-    app = create_app(SnapshotCache(buffer), renderer.identity)
+    snapshots = SnapshotCache(buffer)
+    admin = make_admin(ctx, snapshots)
+    app = create_app(snapshots, renderer.identity, admin=admin, settings=api_settings(ctx))
 
     def stop_server() -> None:
         # gunicorn's SIGTERM path: close listeners, stop workers within graceful_timeout, exit.
@@ -274,6 +305,7 @@ def run(ctx: WorkerContext) -> None:
         # worker forked some other way must still never write on it.
         if not ctx.channel.closed:
             _detach_child(ctx, child_title)
+        admin.reset()  # this process makes its own etcd client on first use
 
     server = ApiServer(app, gunicorn_options(ctx, on_ready, post_fork))
     code: Any = 1

@@ -212,7 +212,7 @@ def test_get_health_on_leader_is_200_with_status(path: str) -> None:
 
 
 @pytest.mark.parametrize("path, want", [("/replica", 503), ("/standby-leader", 503), ("/standby_leader", 503),
-                                        ("/whatever", 503), ("/liveness/x", 503)])
+                                        ("/whatever", 503), ("/nowhere/x", 503)])
 def test_get_unhealthy_paths_on_leader_carry_the_status_too(path: str, want: int) -> None:
     result = client(LEADER).simulate_get(path)
     assert result.status_code == want
@@ -269,8 +269,8 @@ def test_get_config() -> None:
 
 
 @pytest.mark.parametrize("method, path", [
-    ("POST", "/switchover"), ("POST", "/failover"), ("POST", "/restart"), ("DELETE", "/restart"),
-    ("PUT", "/config"), ("PATCH", "/config"), ("POST", "/primary"), ("DELETE", "/nowhere"),
+    ("POST", "/restart"), ("DELETE", "/restart"), ("DELETE", "/failover"), ("POST", "/metrics"),
+    ("POST", "/primary"), ("DELETE", "/nowhere"),
     ("POST", "/"), ("PUT", "/patroni"),
 ])
 def test_unsupported_methods_are_501_json(method: str, path: str) -> None:

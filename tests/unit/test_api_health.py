@@ -157,19 +157,25 @@ def test_tag_filters_ignored_on_leader_paths(path: str) -> None:
     assert health_code(path, {"tag_zone": ["b"]}, leader, NOW) == 200
 
 
+def at(snapshot: dict[str, Any], t: float) -> dict[str, Any]:
+    """snapshot as if rendered at t from a PgState probed just before: only the view ages."""
+    pg = snapshot["pg"] and {**snapshot["pg"], "probe_at": t - 1}
+    return {**snapshot, "produced_at": t, "pg": pg}
+
+
 def test_lock_validity_is_judged_at_the_given_time() -> None:
     leader = SCENARIOS["leader primary"]
-    assert health_code("/primary", {}, leader, NOW + 19) == 200
-    assert health_code("/primary", {}, leader, NOW + 21) == 503
+    assert health_code("/primary", {}, at(leader, NOW + 19), NOW + 19) == 200
+    assert health_code("/primary", {}, at(leader, NOW + 21), NOW + 21) == 503
 
 
 def test_view_older_than_ttl_is_missing() -> None:
     short = snap(pg_replica(), view(config={"ttl": 30}, read_at=NOW - 25, paused=True))
     assert health_code("/primary", {}, short, NOW) == 503  # view still fresh: the lock decides
-    assert health_code("/primary", {}, short, NOW + 10) == 503  # stale and paused: role decides
+    assert health_code("/primary", {}, at(short, NOW + 10), NOW + 10) == 503  # stale and paused: role decides
     primary = snap(pg_primary(), view(config={"ttl": 30}, read_at=NOW - 25, paused=True))
     assert health_code("/primary", {}, primary, NOW) == 503
-    assert health_code("/primary", {}, primary, NOW + 10) == 200
+    assert health_code("/primary", {}, at(primary, NOW + 10), NOW + 10) == 200
 
 
 def test_stale_postgres_report_is_unknown() -> None:

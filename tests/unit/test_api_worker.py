@@ -206,7 +206,7 @@ def test_api_worker_serves_snapshots_and_exits_with_the_supervisor(api_process: 
     assert status["patroni"] == {"version": PATRONI_COMPAT_VERSION, "scope": "demo", "name": "node1"}
     assert get(port, "/primary", "HEAD") == (200, b"")
     assert get(port, "/replica", "OPTIONS") == (503, b"")
-    unsupported = get(port, "/switchover", "POST")
+    unsupported = get(port, "/restart", "POST")
     assert unsupported is not None and unsupported[0] == 501 and json.loads(unsupported[1])["error"]
 
     # Process titles: the gunicorn master and its one worker.
@@ -313,3 +313,76 @@ def test_orphaned_api_exits_even_while_its_pipe_stays_open() -> None:
         if middle:
             os.waitpid(middle, 0)
         sup.channel.close()
+
+
+def test_slow_admin_calls_never_hold_up_health_checks() -> None:
+    """With every admin slot stuck on an etcd that never answers, /primary still answers at once."""
+    from dataclasses import replace
+    from threading import Thread
+
+    from hasup.workers import api
+
+    blackhole = socket.socket()  # accepts connections (kernel backlog) and never answers
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(64)
+    port = free_port()
+    config = replace(make_config(port), etcd=EtcdConfig(hosts=(("127.0.0.1", blackhole.getsockname()[1]),)))
+    sup_end, worker_end = ipc.channel_pair("api")
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sup_end.close()
+            api.run(WorkerContext("api", config, ipc.Channel(worker_end, "supervisor"), supervisor_pid=me))
+            code = 0
+        finally:
+            os._exit(code)
+    worker_end.close()
+    proc = ApiProcess(pid, port, Supervisor(sup_end))
+    try:
+        now = time.monotonic()
+        proc.sup.send(ipc.PgState(state="running", role="primary", data_dir_empty=False, probe_ok=True,
+                                  probe_at=now, timeline=2, wal_position=1))
+        proc.sup.send(ipc.ClusterView(read_at=now, read_at_wall=time.time(), leader="node1", holds_lock=True,
+                                      lock_valid_until=now + 120, members={},
+                                      config={"ttl": 30, "loop_wait": 2, "retry_timeout": 3}, history=(),
+                                      optime=1, initialize="1", sync=None, failover=None, paused=False))
+        wait_until("GET /primary to answer 200", lambda: (get(port, "/primary") or (0,))[0] == 200, proc.sup.pump)
+
+        answers: list[int] = []
+
+        def slow_call() -> None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+                conn.request("GET", "/cluster")
+                answers.append(conn.getresponse().status)
+                conn.close()
+            except OSError:
+                answers.append(0)
+
+        callers = [Thread(target=slow_call) for _ in range(api.THREADS + 2)]
+        for t in callers:
+            t.start()
+        time.sleep(0.3)  # give them a head start; what follows holds whether or not they have arrived
+        for _ in range(5):
+            started = time.monotonic()
+            answer = get(port, "/primary")
+            assert answer is not None and answer[0] == 200
+            assert time.monotonic() - started < 0.5
+            proc.sup.pump()
+        for t in callers:
+            t.join(20)
+        # The etcd reads gave up after retry_timeout and fell back to the snapshot (200);
+        # the calls beyond the admin slots were turned away at once (503).
+        assert sorted(set(answers)) == [200, 503], answers
+        assert answers.count(200) <= api.THREADS - api.HEALTH_RESERVE
+    finally:
+        blackhole.close()
+        if not proc.reaped():
+            for child in children(pid):
+                os.kill(child, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if not proc.sup.channel.closed:
+            proc.sup.channel.close()

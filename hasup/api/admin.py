@@ -1,0 +1,142 @@
+"""What the admin endpoints need outside the snapshot: etcd, the peers, the supervisor.
+
+`Admin` is the interface the falcon resources call; `EtcdAdmin` implements it
+with an EtcdStore of its own (made in each gunicorn worker process, after
+the fork: python-etcd's connection pool must not be shared across a fork),
+and tests pass fakes.  Every call may block for up to retry_timeout, so the
+app runs them under its admin semaphore, never on the health-check path.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from hasup import peers
+from hasup.config import Config, _check_dcs
+from hasup.config_schema import Reader
+from hasup.dcs.etcd import DCSError, EtcdStore
+from hasup.dcs.model import Cluster, Member
+from hasup.ha import PeerStatus
+
+__all__ = ["Admin", "DCSError", "EtcdAdmin", "LazyAdmin", "config_problems", "patch_config"]
+
+
+class Admin(Protocol):
+    def get_cluster(self) -> Cluster: ...  # raises DCSError
+
+    def set_config(self, config: dict[str, Any], index: int | None) -> bool: ...  # False: CAS failed
+
+    def set_failover(self, value: dict[str, Any], index: int | None) -> bool: ...
+
+    def clear_failover(self, index: int | None) -> bool: ...
+
+    def fetch_status(self, member: Member) -> PeerStatus | None: ...
+
+    def reload(self) -> None: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def clock(self) -> float: ...
+
+
+class EtcdAdmin:
+    """The real one: etcd through EtcdStore, peers over HTTP, SIGHUP to the supervisor."""
+
+    def __init__(self, config: Config, supervisor_pid: int, retry_timeout: Callable[[], float]) -> None:
+        self.config = config
+        self.supervisor_pid = supervisor_pid
+        self._retry_timeout = retry_timeout
+        # One EtcdStore per request thread: a store keeps its client and endpoint
+        # rotation as plain attributes, and one slow read must not queue the others.
+        self._local = threading.local()
+
+    def _store(self) -> EtcdStore:
+        store: EtcdStore | None = getattr(self._local, "store", None)
+        if store is None:
+            store = EtcdStore(self.config.etcd, self.config.namespace, self.config.scope)
+            self._local.store = store
+        store.retry_timeout = self._retry_timeout()
+        return store
+
+    def get_cluster(self) -> Cluster:
+        return self._store().get_cluster()
+
+    def set_config(self, config: dict[str, Any], index: int | None) -> bool:
+        return self._store().set_config(config, index)
+
+    def set_failover(self, value: dict[str, Any], index: int | None) -> bool:
+        return self._store().set_failover(value, index)
+
+    def clear_failover(self, index: int | None) -> bool:
+        return self._store().clear_failover(index)
+
+    def fetch_status(self, member: Member) -> PeerStatus | None:
+        return peers.fetch_status(member)
+
+    def reload(self) -> None:
+        if self.supervisor_pid > 0:
+            os.kill(self.supervisor_pid, signal.SIGHUP)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+
+class LazyAdmin:
+    """Builds its Admin on first use in the calling process, so each gunicorn worker gets its own."""
+
+    def __init__(self, factory: Callable[[], Admin]) -> None:
+        self._factory = factory
+        self._made: tuple[int, Admin] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Admin:
+        with self._lock:
+            if self._made is None or self._made[0] != os.getpid():
+                self._made = (os.getpid(), self._factory())
+            return self._made[1]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._made = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+# -- /config -----------------------------------------------------------------------------
+
+
+def patch_config(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """Patroni's PATCH merge: null deletes, mappings merge recursively, anything else replaces."""
+    result = copy.deepcopy(dict(current))
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = patch_config(result[key], value)
+        elif isinstance(value, Mapping):
+            result[key] = patch_config({}, value)  # nulls inside a new mapping delete nothing
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def config_problems(config: Mapping[str, Any]) -> list[str]:
+    """Lines naming each key of a dynamic configuration that hasup cannot use as given.
+
+    The same strict checks as bootstrap.dcs (types, minimums, settings hasup
+    refuses); keys hasup does not read are not problems, and timing values
+    that break loop_wait + 2*retry_timeout <= ttl are kept (nodes adjust them).
+    """
+    reader = Reader()
+    _check_dcs(reader, config, "config")
+    return list(reader.problems)
