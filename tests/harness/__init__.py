@@ -30,6 +30,7 @@ import psycopg2
 import yaml
 
 T = TypeVar("T")
+FAILURES: list[str] = []  # node ids of failed tests, filled by tests/conftest.py
 TEST_USER = "hasup-test"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SUPERUSER_PASSWORD = "su-secret-7f3a"
@@ -430,9 +431,11 @@ class TestCluster:
         self.destroy()
 
     def destroy(self) -> None:
-        if os.environ.get("HASUP_SHOW_LOGS"):
+        if os.environ.get("HASUP_SHOW_LOGS") or FAILURES:
+            # A failed test's cluster explains itself in the output (its files are deleted below).
             for node in self.nodes:
-                print(f"===== {node.name} =====\n{node.log_text()[-20000:]}")
+                tail = "\n".join(node.log_text().splitlines()[-150:])
+                print(f"===== {self.scope}/{node.name} (last 150 lines) =====\n{tail}", file=sys.stderr)
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.stop(timeout=20)
