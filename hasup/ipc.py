@@ -157,6 +157,13 @@ class Lease(Message):
 
 
 @dataclass(frozen=True)
+class WorkerRestarted(Message):
+    """Supervisor -> election: a worker came back (a new watchdog worker needs the current lease now)."""
+
+    role: str
+
+
+@dataclass(frozen=True)
 class Disarm(Message):
     """Election -> watchdog: PostgreSQL has stopped or been demoted; magic-close the device."""
 
@@ -254,7 +261,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
         Ping, Pong, LogRecord, ConfigChanged, Shutdown, ShutdownDone, PgState, ClusterView, Lease, Disarm,
-        WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Reply,
+        WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Reply,
     )
 }
 

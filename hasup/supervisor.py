@@ -162,6 +162,8 @@ class Supervisor:
         w.stopping = False
         self.sel.register(w.channel, selectors.EVENT_READ, role)
         log.info("started %s worker (pid %d)", role, pid)
+        if w.budget.history:  # a restart, not the first start
+            self.send("election", ipc.WorkerRestarted(role))
 
     def lease_fds(self, role: str) -> set[int]:
         if role == "election":

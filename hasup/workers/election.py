@@ -504,6 +504,10 @@ class ElectionWorker:
             self.on_pgstate(msg)
         elif isinstance(msg, ipc.Reply):
             self.on_reply(msg)
+        elif isinstance(msg, ipc.WorkerRestarted) and msg.role == "watchdog" and self.holds_lock():
+            # Its device is armed and counting: give the new worker our lease at once.
+            d = self.dynamic
+            self.send_watchdog(ipc.Lease(self.lock_valid_until, d.ttl, d.loop_wait, d.retry_timeout))
         elif isinstance(msg, ipc.Shutdown) and not self.shutting_down:
             self.begin_shutdown()
         elif isinstance(msg, ipc.ConfigChanged) and apply_reload(self.ctx, msg):

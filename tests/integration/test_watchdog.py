@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -122,3 +123,22 @@ def test_frozen_supervisor_and_election_are_reset_before_the_key_expires(cluster
         assert new.sql("SELECT pg_is_in_recovery()") == [(False,)]
     finally:
         kill_pids([p for p in frozen if p], signal.SIGCONT)
+
+
+def test_killed_watchdog_worker_reopens_the_device_in_time(cluster):
+    tc, emu, leader = cluster
+    old = leader.worker_pid("watchdog")
+    assert old
+    opens_before = sum(e["event"] == "open" for e in emu.events(leader))
+    os.kill(old, signal.SIGKILL)  # closes the device without "V": it stays armed and counting
+    wait_for(lambda: sum(e["event"] == "open" for e in emu.events(leader)) > opens_before, 10,
+             "the new watchdog worker to re-open the device")
+    events = emu.events(leader)
+    closed = next(e for e in events if e["event"] == "closed_armed")
+    reopened = [e for e in events if e["event"] == "open"][-1]
+    assert reopened["mono"] <= closed["deadline_mono"], "re-opened after the device would have fired"
+    for _ in range(3 * DCS["loop_wait"]):  # several renewals later: still one leader, no reset
+        assert not any(e["event"] == "fired" for e in emu.events(leader))
+        assert tc.leader_name() == leader.name
+        time.sleep(1)
+    assert leader.sql("SELECT pg_is_in_recovery()") == [(False,)]
