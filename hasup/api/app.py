@@ -228,6 +228,15 @@ class HistoryResource(_AdminResource):
         self._run(resp, lambda admin: _json(resp, 200, st.build_history(self._fresh(admin))))
 
 
+def _config_body(req: falcon.Request, resp: falcon.Response) -> dict[str, Any] | None:
+    """The request's non-empty JSON object, or None with the error response already set."""
+    body = _read_body(req, resp)
+    if body is not None and not body:
+        _json(resp, 400, {"error": "the body must be a non-empty JSON object"})
+        return None
+    return body
+
+
 class ConfigResource(_AdminResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
         def handle(admin: Admin | None) -> None:
@@ -239,11 +248,8 @@ class ConfigResource(_AdminResource):
         self._run(resp, handle)
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-        body = _read_body(req, resp)
+        body = _config_body(req, resp)
         if body is None:
-            return
-        if not body:
-            _json(resp, 400, {"error": "the body must be a non-empty JSON object"})
             return
 
         def handle(admin: Admin | None) -> None:
@@ -273,11 +279,8 @@ class ConfigResource(_AdminResource):
         self._run(resp, handle)
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-        body = _read_body(req, resp)
+        body = _config_body(req, resp)
         if body is None:
-            return
-        if not body:
-            _json(resp, 400, {"error": "the body must be a non-empty JSON object"})
             return
 
         def handle(admin: Admin | None) -> None:

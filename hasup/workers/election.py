@@ -10,14 +10,15 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import threading
 import time
 from typing import Any
 
-from hasup import PATRONI_COMPAT_VERSION, __version__, ha, ipc
+from hasup import ha, ipc
 from hasup.config import initial_dcs_config, parse_dynamic
 from hasup.dcs.etcd import DCSError, EtcdStore
 from hasup.dcs.model import Cluster
+from hasup.dcs.watch import KeyWatch
+from hasup.member import member_data, recorded_history
 from hasup.peers import fetch_all
 from hasup.postgresql.control import pid_alive, postmaster_pid
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
@@ -29,33 +30,6 @@ STALE_PGSTATE = 10.0  # seconds; older PgState is not acted on (the worker is re
 REQUEST_DEADLINES = {"Bootstrap": 3600.0, "CreateReplica": 86400.0}
 
 
-class LeaderWatch(threading.Thread):
-    """Blocks on etcd's watch of the leader key so a change wakes the cycle at once."""
-
-    def __init__(self, store: EtcdStore, wake_fd: int) -> None:
-        super().__init__(name="leader-watch", daemon=True)
-        self.store = store
-        self.wake_fd = wake_fd
-        self.request: tuple[str, int, float] | None = None
-        self.cond = threading.Condition()
-
-    def arm(self, key: str, index: int, until: float) -> None:
-        with self.cond:
-            self.request = (key, index, until)
-            self.cond.notify()
-
-    def run(self) -> None:
-        while True:
-            with self.cond:
-                while self.request is None:
-                    self.cond.wait()
-                key, index, until = self.request
-                self.request = None
-            remaining = until - time.monotonic()
-            if remaining > 0.2 and self.store.watch(key, index, remaining):
-                os.write(self.wake_fd, b"w")
-
-
 class ElectionWorker:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
@@ -65,7 +39,7 @@ class ElectionWorker:
         self.store = EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
-        self.watch = LeaderWatch(EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout),
+        self.watch = KeyWatch(EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout),
                                  self.wake_w)
         self.pg: ipc.PgState | None = None
         self.pg_received = 0.0
@@ -309,52 +283,15 @@ class ElectionWorker:
     def write_history(self, cluster: Cluster | None) -> None:
         if cluster is None or self.pg is None or not self.pg.timeline_history:
             return
-        recorded = {int(e[0]): e for e in cluster.history if isinstance(e, list) and e and isinstance(e[0], int)}
         now = datetime.datetime.now(datetime.UTC).isoformat()
-        history: list[list[Any]] = []
-        entries = list(self.pg.timeline_history)
-        for i, (tli, lsn, reason) in enumerate(entries):
-            if tli in recorded:
-                history.append(list(recorded[tli]))
-            else:
-                last = i == len(entries) - 1
-                history.append([tli, lsn, reason, now, self.me.name] if last else [tli, lsn, reason])
+        history = recorded_history(cluster.history, self.pg.timeline_history, now, self.me.name)
         if self.dynamic.max_timelines_history > 0:
             history = history[-self.dynamic.max_timelines_history:]
         self.store.set_history(history)
 
-    def member_data(self) -> dict[str, Any]:
-        cfg = self.ctx.config
-        pg = self.pg
-        data: dict[str, Any] = {
-            "conn_url": cfg.postgresql.conn_url,
-            "api_url": cfg.restapi.api_url,
-            "state": pg.state if pg else "unknown",
-            "role": pg.role if pg else "uninitialized",
-            "version": PATRONI_COMPAT_VERSION,
-            "hasup_version": __version__,
-        }
-        tags = {k: v for k, v in cfg.tags.raw.items() if v not in (False, None)}
-        if tags:
-            data["tags"] = tags
-        if pg is not None and pg.probe_ok:
-            if pg.wal_position is not None:
-                data["xlog_location"] = pg.wal_position
-            if pg.timeline is not None:
-                data["timeline"] = pg.timeline
-            if pg.role == "replica":
-                data["replication_state"] = pg.replication_state or "not streaming"
-                if pg.received_location is not None:
-                    data["receive_lsn"] = pg.received_location
-                if pg.replayed_location is not None:
-                    data["replay_lsn"] = pg.replayed_location
-            if pg.pending_restart:
-                data["pending_restart"] = True
-        return data
-
     def touch_member(self) -> None:
         try:
-            self.store.touch_member(self.me.name, self.member_data(), self.dynamic.ttl)
+            self.store.touch_member(self.me.name, member_data(self.ctx.config, self.pg), self.dynamic.ttl)
         except DCSError as exc:
             log.error("could not update the member key: %s", exc)
 

@@ -257,3 +257,10 @@ def test_named_candidate_takes_over_and_others_defer_to_it():
     # An unreachable candidate does not block the normal race.
     d = ha.decide(other, local(pg(wal=5000), peers={"n2": None}), ME, SETTINGS)
     assert ha.AcquireLock() in d.actions
+
+
+def test_history_keeps_recorded_entries_and_stamps_the_newest_switch():
+    from hasup.member import recorded_history
+    old = [[1, 100, "no recovery target specified", "2026-01-01T00:00:00+00:00", "n2"]]
+    got = recorded_history(old, ((1, 100, "no recovery target specified"), (2, 200, "x")), "NOW", "n1")
+    assert got == [old[0], [2, 200, "x", "NOW", "n1"]]

@@ -1,0 +1,55 @@
+"""What a node publishes about itself in etcd: its member key and its timeline history (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hasup import PATRONI_COMPAT_VERSION, __version__
+from hasup.config import Config
+from hasup.ipc import PgState
+
+
+def member_data(cfg: Config, pg: PgState | None) -> dict[str, Any]:
+    """The value of members/<name> (reference §2.2); WAL fields only from a confirmed probe."""
+    data: dict[str, Any] = {
+        "conn_url": cfg.postgresql.conn_url,
+        "api_url": cfg.restapi.api_url,
+        "state": pg.state if pg else "unknown",
+        "role": pg.role if pg else "uninitialized",
+        # Patroni's tools parse this as the Patroni version; hasup's own goes alongside.
+        "version": PATRONI_COMPAT_VERSION,
+        "hasup_version": __version__,
+    }
+    tags = {k: v for k, v in cfg.tags.raw.items() if v not in (False, None)}
+    if tags:
+        data["tags"] = tags
+    if pg is not None and pg.probe_ok:
+        if pg.wal_position is not None:
+            data["xlog_location"] = pg.wal_position
+        if pg.timeline is not None:
+            data["timeline"] = pg.timeline
+        if pg.role == "replica":
+            data["replication_state"] = pg.replication_state or "not streaming"
+            if pg.received_location is not None:
+                data["receive_lsn"] = pg.received_location
+            if pg.replayed_location is not None:
+                data["replay_lsn"] = pg.replayed_location
+        if pg.pending_restart:
+            data["pending_restart"] = True
+    return data
+
+
+def recorded_history(history: list[list[Any]], timeline_history: tuple[tuple[int, int, str], ...], now_iso: str,
+                     me: str) -> list[list[Any]]:
+    """The history key after a promotion: entries already recorded stay as they are; the
+    newest switch (ours) gains its time and new leader."""
+    recorded = {int(e[0]): e for e in history if isinstance(e, list) and e and isinstance(e[0], int)}
+    out: list[list[Any]] = []
+    for i, (tli, lsn, reason) in enumerate(timeline_history):
+        if tli in recorded:
+            out.append(list(recorded[tli]))
+        elif i == len(timeline_history) - 1:
+            out.append([tli, lsn, reason, now_iso, me])
+        else:
+            out.append([tli, lsn, reason])
+    return out
