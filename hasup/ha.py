@@ -160,6 +160,7 @@ class Local:
     peers: dict[str, PeerStatus | None] = field(default_factory=dict)
     not_streaming_for: float = 0.0  # seconds this running replica has not streamed from its leader
     now_wall: float = 0.0  # wall clock, for scheduled switchovers (etcd holds wall-clock times)
+    watchdog_usable: bool = True  # False only with watchdog.mode: required and a device that cannot be used
 
 
 WORKING_STATES = ("running",)
@@ -182,6 +183,15 @@ def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) 
     if local.busy or pg.busy:
         action = local.busy or pg.busy
         return Decision(keep, f"updated leader lock during {action}" if holds_lock else f"{action} in progress")
+
+    if not local.watchdog_usable:
+        if holds_lock and pg.role == "primary" and pg.state == "running":
+            return Decision((RefreshLock(), RunFollow(None)),
+                            "demoting self because the watchdog could not be activated")
+        if holds_lock:
+            return Decision((ReleaseLock(),), "Not promoting self because watchdog could not be activated")
+        if pg.data_dir_empty and cluster.initialize is None:
+            return Decision((), "not bootstrapping: Watchdog device is not usable")
 
     if pg.data_dir_empty:
         return _empty_data_dir(cluster, me, holds_lock)
@@ -329,13 +339,13 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
     assert pg is not None
     if cluster.paused:
         return Decision((), "cluster is paused: no automatic failover")
-    if pg.role == "primary":
+    if pg.role == "primary" and local.watchdog_usable:
         # A primary that lost its lock may retake it only if nobody promoted since.
         if pg.timeline is not None and pg.timeline < cluster.timeline:
             return Decision((RunFollow(None),), "demoting self: a newer timeline exists")
         return Decision((AcquireLock(), WriteStatus()), "acquired session lock as a leader")
     candidate = (cluster.failover or {}).get("member")
-    if candidate == me.name and not me.nofailover:
+    if candidate == me.name and not me.nofailover and local.watchdog_usable:
         # The old leader handed over to us: it checked we have everything it wrote.
         return Decision((AcquireLock(), ClearFailover(), RunPromote(require_lsn=cluster.optime)),
                         "promoted self to leader by acquiring session lock (manual failover)")
@@ -354,6 +364,8 @@ def is_healthiest(cluster: Cluster, local: Local, me: Node, settings: Settings) 
     assert pg is not None
     if me.nofailover:
         return False, "I am not allowed to promote"
+    if not local.watchdog_usable:
+        return False, "Watchdog device is not usable"
     my_wal = pg.wal_position or 0
     if cluster.optime is not None and cluster.optime - my_wal > settings.maximum_lag_on_failover:
         return False, "my wal position exceeds maximum replication lag"

@@ -172,7 +172,7 @@ class Disarm(Message):
 
 @dataclass(frozen=True)
 class WatchdogState(Message):
-    ROUTE = ("api",)
+    ROUTE = ("api", "election")
     SNAPSHOT = True
     mode: str
     armed: bool

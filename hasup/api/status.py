@@ -168,6 +168,14 @@ def build_status(snap: Snap, now: float) -> dict[str, Any]:
     if isinstance(watchdog, dict) and watchdog.get("failed") and watchdog.get("mode") == "required":
         # Only a required watchdog that cannot run makes a node ineligible.
         out["watchdog_failed"] = True
+    if isinstance(watchdog, dict) and watchdog.get("mode") not in (None, "off"):
+        # hasup's own field (Patroni has none): what the device is doing, and why not when it is not.
+        last_pet = watchdog.get("last_pet")
+        out["watchdog"] = {
+            "mode": watchdog.get("mode"), "armed": bool(watchdog.get("armed")), "timeout": watchdog.get("timeout"),
+            "last_pet_age": round(now - last_pet, 3) if isinstance(last_pet, int | float) else None,
+            "failed": bool(watchdog.get("failed")), "reason": watchdog.get("reason") or None,
+        }
     out["patroni"] = {"version": PATRONI_COMPAT_VERSION, "scope": identity.get("scope"), "name": name}
     return out
 

@@ -62,6 +62,9 @@ class ElectionWorker:
         self.run_now = True
         self.stuck_since: float | None = None
         self.leased = False  # leases were sent since the last disarm
+        # Until the watchdog worker reports, a required watchdog counts as unusable.
+        self.watchdog: ipc.WatchdogState | None = None if cfg.watchdog.mode != "required" else \
+            ipc.WatchdogState("required", False, None, None, None, True, "not reported yet")
 
     # -- requests to the postgres worker -----------------------------------------
 
@@ -150,7 +153,9 @@ class ElectionWorker:
         if cluster is not None and (cluster.leader is None or holds and cluster.failover is not None) \
                 and pg is not None and pg.state == "running" and not self.shutting_down:
             peers = fetch_all(ha.race_candidates(cluster, self.me.name))
-        local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time())
+        wd = self.watchdog
+        usable = not (wd is not None and wd.mode == "required" and wd.failed)
+        local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable)
         if self.shutting_down:
             holds = cluster is not None and cluster.leader is not None and cluster.leader.name == self.me.name
             decision = ha.Decision((ha.RefreshLock(),) if holds else (), "shutting down")
@@ -439,6 +444,10 @@ class ElectionWorker:
     def on_message(self, msg: ipc.Message) -> None:
         if isinstance(msg, ipc.PgState):
             self.on_pgstate(msg)
+        elif isinstance(msg, ipc.WatchdogState):
+            if self.watchdog is None or (msg.failed, msg.armed) != (self.watchdog.failed, self.watchdog.armed):
+                self.run_now = True
+            self.watchdog = msg
         elif isinstance(msg, ipc.Reply):
             self.on_reply(msg)
         elif isinstance(msg, ipc.WorkerRestarted) and msg.role == "watchdog" and self.holds_lock():

@@ -29,6 +29,17 @@ log = logging.getLogger("hasup.watchdog")
 REPORT_INTERVAL = 10.0  # unchanged state is re-sent this often; changes go out at once
 
 
+def unusable(cfg: WatchdogConfig) -> str | None:
+    """Why the device cannot be used, checked without opening it (opening would arm it)."""
+    if cfg.mode == "off":
+        return None
+    if not os.path.exists(cfg.device):
+        return f"watchdog device {cfg.device} does not exist"
+    if cfg.driver != "testing" and not os.access(cfg.device, os.W_OK):
+        return f"watchdog device {cfg.device} is not writable by this user"
+    return None
+
+
 def make_device(cfg: WatchdogConfig) -> Device:
     if cfg.driver == "testing":
         return EmulatedWatchdog(cfg.device)
@@ -95,6 +106,18 @@ class WatchdogWorker:
         self.lease = None
         self.reason = "not leading"
 
+    def check_device(self) -> None:
+        """While not armed, keep the verdict on the device current (it may appear or vanish)."""
+        if self.petter is not None and self.petter.armed:
+            return
+        problem = unusable(self.cfg)
+        if problem:
+            self.failed, self.reason = True, problem
+            self.warn_once(f"{problem}: " + ("this node will not lead" if self.cfg.mode == "required"
+                                              else "leading unarmed if elected"))
+        elif self.failed and self.reason.startswith("watchdog device"):
+            self.failed, self.reason = False, "not leading"
+
     def pet(self) -> None:
         if self.petter is None or self.failed and not self.petter.armed:
             return
@@ -142,6 +165,7 @@ class WatchdogWorker:
                         self.on_disarm(env.message)
             if self.terminating:
                 return  # the lease pipe was drained: a Disarm sent before the stop was honoured
+            self.check_device()
             self.pet()
             state = self.state()
             if state != reported or time.monotonic() >= next_report:

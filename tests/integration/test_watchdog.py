@@ -142,3 +142,32 @@ def test_killed_watchdog_worker_reopens_the_device_in_time(cluster):
         assert tc.leader_name() == leader.name
         time.sleep(1)
     assert leader.sql("SELECT pg_is_in_recovery()") == [(False,)]
+
+
+def test_required_watchdog_without_a_device_never_leads_and_automatic_leads_unarmed():
+    c = TestCluster(2, dcs=DCS)
+    strict, relaxed = c.nodes
+    missing = os.path.join(c.base, "no-such-watchdog.sock")
+    strict.extra.update({"watchdog.mode": "required", "watchdog.driver": "testing", "watchdog.device": missing})
+    relaxed.extra.update({"watchdog.mode": "automatic", "watchdog.driver": "testing", "watchdog.device": missing})
+    c.etcd.start()
+    try:
+        for node in c.nodes:
+            node.start()
+        leader = c.wait_leader(180)
+        assert leader is relaxed  # the required node did not even bootstrap
+        c.wait_streaming(relaxed, [strict], 120)
+        status = wait_for(lambda: (s := strict.status()).get("watchdog_failed") and s, 20, "watchdog_failed")
+        assert "does not exist" in status["watchdog"]["reason"]
+        assert relaxed.status()["watchdog"]["armed"] is False
+        warning = f"watchdog device {missing} does not exist: leading unarmed if elected"
+        assert relaxed.log_text().count(warning) == 1
+        relaxed.proc.send_signal(signal.SIGTERM)  # the only node allowed to lead goes away
+        relaxed.proc.wait(60)
+        for _ in range(DCS["ttl"] + 2 * DCS["loop_wait"]):  # long enough for any race to have happened
+            assert c.leader_name() is None
+            time.sleep(1)
+        assert strict.sql("SELECT pg_is_in_recovery()") == [(True,)]
+        assert "Watchdog device is not usable" in strict.log_text()
+    finally:
+        c.destroy()

@@ -580,8 +580,6 @@ def test_each_ignored_section_warns_once() -> None:
         ({"bootstrap.dcs.failsafe_mode": True}, "bootstrap.dcs.failsafe_mode: not supported"),
         ({"bootstrap.dcs.standby_cluster": {"host": "10.0.0.1"}}, "bootstrap.dcs.standby_cluster: not supported"),
         ({"synchronous_mode": True}, "synchronous_mode: not supported"),
-        ({"watchdog.mode": "required"}, "watchdog.mode: 'required' is not supported by this hasup version"),
-        ({"watchdog.mode": "Require"}, "watchdog.mode: 'required' is not supported"),
     ],
 )
 def test_safety_settings_are_refused_with_a_reason(changes: dict[str, Any], line: str) -> None:
@@ -946,3 +944,13 @@ def test_restapi_access_settings_problems(changes: dict[str, Any], line: str) ->
     with pytest.raises(ConfigError) as info:
         load(changes)
     assert line in info.value.problems
+
+
+@pytest.mark.parametrize("mode", ["required", "Require"])
+def test_watchdog_required_is_accepted(mode: str) -> None:
+    cfg, _ = load({"watchdog.mode": mode, "watchdog.driver": "testing", "watchdog.device": "/run/wd.sock"})
+    assert (cfg.watchdog.mode, cfg.watchdog.driver, cfg.watchdog.device) == ("required", "testing", "/run/wd.sock")
+
+
+def test_unknown_watchdog_driver_is_an_error() -> None:
+    assert problems_of({"watchdog.driver": "magic"}) == ["watchdog.driver: expected default or testing, got 'magic'"]

@@ -264,3 +264,28 @@ def test_history_keeps_recorded_entries_and_stamps_the_newest_switch():
     old = [[1, 100, "no recovery target specified", "2026-01-01T00:00:00+00:00", "n2"]]
     got = recorded_history(old, ((1, 100, "no recovery target specified"), (2, 200, "x")), "NOW", "n1")
     assert got == [old[0], [2, 200, "x", "NOW", "n1"]]
+
+
+# -- watchdog.mode: required ------------------------------------------------------------------
+
+
+def no_watchdog(p, **kw):
+    return ha.Local(p, True, "", kw.get("peers", {}), watchdog_usable=False)
+
+
+def test_required_watchdog_that_cannot_work_keeps_the_node_from_leading():
+    d = ha.decide(cluster(), no_watchdog(pg(), peers={"n2": peer("n2", wal=1)}), ME, SETTINGS)
+    assert d.actions == () and "Watchdog device is not usable" in d.reason
+    d = ha.decide(cluster(initialize=None, members=()), no_watchdog(pg(state="stopped", empty=True)), ME, SETTINGS)
+    assert d.actions == () and "not bootstrapping" in d.reason
+    d = ha.decide(cluster(), no_watchdog(pg(role="primary")), ME, SETTINGS)  # no retaking a lost lock either
+    assert ha.AcquireLock() not in d.actions
+    d = ha.decide(with_failover(cluster(), member="n1"), no_watchdog(pg()), ME, SETTINGS)
+    assert ha.AcquireLock() not in d.actions
+
+
+def test_a_leader_whose_watchdog_fails_demotes_then_lets_go():
+    d = ha.decide(cluster(leader="n1"), no_watchdog(pg(role="primary")), ME, SETTINGS)
+    assert d.actions == (ha.RefreshLock(), ha.RunFollow(None)) and "watchdog" in d.reason
+    d = ha.decide(cluster(leader="n1"), no_watchdog(pg()), ME, SETTINGS)
+    assert d.actions == (ha.ReleaseLock(),)
