@@ -22,6 +22,7 @@ import signal
 import statistics
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -76,12 +77,21 @@ def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, object]:
     prober, thread = start_prober(c.nodes, run * 10_000_000)  # values unique across runs
     wait_for(lambda: len(prober.acked) > 100, 30, "the prober to write")
     left = lease_left(c)
+    api_call_s, api_answer = 0.0, (0, "")
     fault_at = time.monotonic()
     if kind == "sigterm":
         leader.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     elif kind == "switchover":  # as patronictl does when the REST call is not available
         target = next(n for n in c.nodes if n is not leader)
         c.etcd.put(c.key("failover"), json.dumps({"leader": leader.name, "member": target.name}))
+    elif kind == "switchover_api":  # POST /switchover on the leader, timed until it answers
+        target = next(n for n in c.nodes if n is not leader)
+        body = json.dumps({"leader": leader.name, "candidate": target.name}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{leader.api_port}/switchover", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+            api_answer = (resp.status, resp.read().decode())
+        api_call_s = time.monotonic() - fault_at
     else:
         leader.kill_tree()
     new = c.wait_leader(DCS["ttl"] + 60, exclude=leader.name)
@@ -95,13 +105,14 @@ def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, object]:
     last_old = max((t for _, t, n in prober.acked if n == leader.name), default=fault_at)
     first_new = min(t for _, t, n in prober.acked if n == new.name and t > fault_at)
     lost = lost_writes(prober, new)
-    if kind != "switchover":
+    if not kind.startswith("switchover"):
         leader.start()
     c.wait_streaming(new, [n for n in c.nodes if n is not new], 180)
     return {"fault": kind, "old_leader": leader.name, "new_leader": new.name, "longest_gap_s": round(gap, 3),
             "last_ack_on_old_after_fault_s": round(last_old - fault_at, 3),
             "first_ack_on_new_after_fault_s": round(first_new - fault_at, 3),
-            "lease_left_s": left, "acked": len(prober.acked), "lost": len(lost), "lost_values": lost[:20]}
+            "lease_left_s": left, "acked": len(prober.acked), "lost": len(lost), "lost_values": lost[:20],
+            **({"api_call_s": round(api_call_s, 3), "api_answer": api_answer} if kind == "switchover_api" else {})}
 
 
 def footprint(c: TestCluster) -> dict[str, object]:
@@ -126,7 +137,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--faults", default="sigterm,sigkill_tree",
-                    help="comma-separated: sigterm, sigkill_tree, switchover (through the failover key)")
+                    help="comma-separated: sigterm, sigkill_tree, switchover (through the failover key), "
+                         "switchover_api (POST /switchover)")
     ap.add_argument("--skip-footprint", action="store_true")
     ap.add_argument("--footprint-only", action="store_true", help="measure memory and idle CPU, no faults")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
