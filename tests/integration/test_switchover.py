@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 
 import pytest
 
@@ -64,3 +65,29 @@ def test_switchover_to_an_unknown_member_is_refused_and_cleared(tc):
     wait_for(lambda: failover_key(tc) == {}, 30, "the failover key to be cleared")
     assert tc.leader_name() == leader.name
     assert "no healthy candidate nobody found" in leader.log_text()
+
+
+def test_rest_switchover_answers_with_the_outcome_and_loses_nothing(tc):
+    leader = tc.wait_leader(30)
+    candidate = next(n for n in tc.nodes if n is not leader)
+    tc.wait_streaming(leader, [n for n in tc.nodes if n is not leader], 60)
+    prober, thread = start_prober(tc.nodes, 10_000_000)
+    try:
+        wait_for(lambda: len(prober.acked) > 50, 30, "the prober to write")
+        body = json.dumps({"leader": leader.name, "candidate": candidate.name}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{leader.api_port}/switchover", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        asked_at = time.monotonic()
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+            answer = (resp.status, resp.read().decode())
+        took = time.monotonic() - asked_at
+        assert answer == (200, f'Successfully switched over to "{candidate.name}"')
+        assert tc.wait_leader(10).name == candidate.name
+        wait_for(lambda: any(n == candidate.name and t > asked_at for _, t, n in prober.acked), 30,
+                 "writes on the new leader")
+    finally:
+        prober.stop.set()
+        thread.join(10)
+    assert lost_writes(prober, candidate) == []
+    assert took < 5, took
+    tc.wait_streaming(candidate, [n for n in tc.nodes if n is not candidate], 60)
