@@ -423,6 +423,14 @@ class TestCluster:
         self.nodes = [Node(f"node{i + 1}", self.base, self.scope, self.etcd.port, self.owner, self.dcs)
                       for i in range(n)]
 
+    def start_all(self, timeout: float = 180) -> Node:
+        """Start every node (etcd must run) and wait for a leader with every replica streaming."""
+        for node in self.nodes:
+            node.start()
+        leader = self.wait_leader(timeout)
+        self.wait_streaming(leader, [n for n in self.nodes if n is not leader], timeout)
+        return leader
+
     def __enter__(self) -> TestCluster:
         self.etcd.start()
         return self

@@ -55,10 +55,7 @@ def setup():
     c.etcd.start()
     proc = None
     try:
-        for node in c.nodes:
-            node.start()
-        leader = c.wait_leader(180)
-        c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 120)
+        c.start_all()
         primary_port, replica_port = free_port(), free_port()
         cfg = os.path.join(c.base, "haproxy.cfg")
         with open(cfg, "w") as f:

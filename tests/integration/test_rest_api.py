@@ -25,10 +25,7 @@ def tc():
         node.extra.update({"restapi.authentication.username": USER, "restapi.authentication.password": PASSWORD})
     c.etcd.start()
     try:
-        for node in c.nodes:
-            node.start()
-        leader = c.wait_leader(180)
-        c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 120)
+        c.start_all()
         yield c
     finally:
         c.destroy()

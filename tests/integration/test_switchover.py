@@ -17,10 +17,7 @@ def tc():
     c = TestCluster(3)
     c.etcd.start()
     try:
-        for node in c.nodes:
-            node.start()
-        leader = c.wait_leader(180)
-        c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 120)
+        leader = c.start_all()
         leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
         yield c
     finally:

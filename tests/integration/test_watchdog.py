@@ -62,10 +62,7 @@ def cluster():
     c.etcd.start()
     emu = Emulators(c)
     try:
-        for node in c.nodes:
-            node.start()
-        leader = c.wait_leader(180)
-        c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 120)
+        leader = c.start_all()
         wait_for(lambda: [e["event"] for e in emu.events(leader)][-1:] in (["keepalive"], ["settimeout"]), 30,
                  "the leader's watchdog to be armed")
         yield c, emu, leader
