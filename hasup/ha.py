@@ -161,6 +161,7 @@ class Local:
     not_streaming_for: float = 0.0  # seconds this running replica has not streamed from its leader
     now_wall: float = 0.0  # wall clock, for scheduled switchovers (etcd holds wall-clock times)
     watchdog_usable: bool = True  # False only with watchdog.mode: required and a device that cannot be used
+    failover_age: float = 0.0  # seconds since this node first saw the current failover request
 
 
 WORKING_STATES = ("running",)
@@ -291,8 +292,16 @@ def _manual_failover(cluster: Cluster, local: Local, me: Node, settings: Setting
     streaming = {r.get("application_name") for r in local.pg.replication if r.get("state") == "streaming"} \
         if local.pg else set()
     if not streaming & set(ok):
+        # Our replication rows can trail a replica that just connected by a probe or two.
+        if local.failover_age < streaming_grace(settings):
+            return [], f"switchover: waiting for {candidate or 'a candidate'} to stream from me"
         return [ClearFailover()], f"manual failover: {candidate or 'no candidate'} is not streaming from me"
     return [RunDemote(candidate if isinstance(candidate, str) else None)], "switchover: demoting myself"
+
+
+def streaming_grace(settings: Settings) -> float:
+    """How long a switchover waits for its candidate to show up as streaming before giving up."""
+    return max(5.0, 2.0 * settings.loop_wait)
 
 
 def switchover_candidates(cluster: Cluster, local: Local, me: Node, settings: Settings) -> list[str]:

@@ -62,6 +62,7 @@ class ElectionWorker:
         self.run_now = True
         self.stuck_since: float | None = None
         self.leased = False  # leases were sent since the last disarm
+        self.failover_seen: tuple[int, float] = (0, 0.0)  # (failover key index, when first seen)
         # Until the watchdog worker reports, a required watchdog counts as unusable.
         self.watchdog: ipc.WatchdogState | None = None if cfg.watchdog.mode != "required" else \
             ipc.WatchdogState("required", False, None, None, None, True, "not reported yet")
@@ -155,7 +156,8 @@ class ElectionWorker:
             peers = fetch_all(ha.race_candidates(cluster, self.me.name))
         wd = self.watchdog
         usable = not (wd is not None and wd.mode == "required" and wd.failed)
-        local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable)
+        local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable,
+                         self.failover_age(cluster))
         if self.shutting_down:
             holds = cluster is not None and cluster.leader is not None and cluster.leader.name == self.me.name
             decision = ha.Decision((ha.RefreshLock(),) if holds else (), "shutting down")
@@ -171,6 +173,13 @@ class ElectionWorker:
             self.touch_member()
         self.maybe_disarm()
         self.publish_view(decision.reason)
+
+    def failover_age(self, cluster: Cluster | None) -> float:
+        """Seconds since we first saw the current failover request (by its etcd index)."""
+        index = cluster.failover_index if cluster is not None and cluster.failover is not None else 0
+        if index != self.failover_seen[0]:
+            self.failover_seen = (index, time.monotonic())
+        return time.monotonic() - self.failover_seen[1] if index else 0.0
 
     def not_streaming_for(self, cluster: Cluster | None) -> float:
         pg, now = self.pg, time.monotonic()
