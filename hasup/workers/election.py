@@ -159,7 +159,6 @@ class ElectionWorker:
         local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable,
                          self.failover_age(cluster))
         if self.shutting_down:
-            holds = cluster is not None and cluster.leader is not None and cluster.leader.name == self.me.name
             decision = ha.Decision((ha.RefreshLock(),) if holds else (), "shutting down")
         else:
             decision = ha.decide(cluster, local, self.me, self.settings())
@@ -311,8 +310,7 @@ class ElectionWorker:
 
     def publish_view(self, reason: str) -> None:
         c = self.cluster
-        holds = c is not None and c.leader is not None and c.leader.name == self.me.name \
-            and self.lock_valid_until > time.monotonic()
+        holds = self.holds_lock()
         view = ipc.ClusterView(
             read_at=self.read_at if c is not None else 0.0, read_at_wall=self.read_at_wall,
             leader=c.leader.name if c and c.leader else None, holds_lock=holds,
