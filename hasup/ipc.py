@@ -143,6 +143,7 @@ class ClusterView(Message):
     failover: dict[str, Any] | None
     paused: bool
     last_decision: str = ""
+    scheduled_restart: dict[str, Any] | None = None  # this node's, as /patroni shows it
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,55 @@ class Stop(Request):
 
 
 @dataclass(frozen=True)
+class Restart(Request):
+    """Stop fast and start again in the same role; timeout bounds the start (None: pg_ctl_timeout).
+
+    leader: whom a replica streams from afterwards (the worker may have lost track of it)."""
+
+    timeout: float | None = None
+    leader: str | None = None
+    leader_conn_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Reinitialize(Request):
+    """Stop (immediate), wipe the data directory, clone from leader and start as its replica.
+
+    force: cancel whatever action is running first, instead of refusing."""
+
+    leader: str
+    leader_conn_url: str
+    force: bool = False
+
+
+# -- admin requests from the REST API ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminRequest(Message):
+    """api -> election: an operator's request (/restart, /reinitialize) that election must carry out.
+
+    action is "restart", "cancel_restart" or "reinitialize"; params are already validated by the api.
+    """
+
+    ROUTE = ("election",)
+    id: int
+    deadline: float
+    action: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AdminReply(Message):
+    """election -> api: the HTTP status and the plain-text message Patroni answers with."""
+
+    ROUTE = ("api",)
+    id: int
+    code: int
+    message: str
+
+
+@dataclass(frozen=True)
 class Reply(Message):
     ROUTE = ("election",)
     id: int
@@ -261,7 +311,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
         Ping, Pong, LogRecord, ConfigChanged, Shutdown, ShutdownDone, PgState, ClusterView, Lease, Disarm,
-        WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Reply,
+        WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Restart,
+        Reinitialize, AdminRequest, AdminReply, Reply,
     )
 }
 

@@ -1,10 +1,12 @@
-"""What the admin endpoints need outside the snapshot: etcd, the peers, the supervisor.
+"""What the admin endpoints need outside the snapshot: etcd, the peers, the supervisor, election.
 
 `Admin` is the interface the falcon resources call; `EtcdAdmin` implements it
 with an EtcdStore of its own (made in each gunicorn worker process, after
-the fork: python-etcd's connection pool must not be shared across a fork),
-and tests pass fakes.  Every call may block for up to retry_timeout, so the
-app runs them under its admin semaphore, never on the health-check path.
+the fork: python-etcd's connection pool must not be shared across a fork)
+and a relay to election through the api master; tests pass fakes.  Every
+call may block (etcd for up to retry_timeout, a restart for as long as
+PostgreSQL takes), so the app runs them under its admin semaphore, never
+on the health-check path.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from hasup import peers
+from hasup.api.relay import RelayClient
 from hasup.config import Config, _check_dcs
 from hasup.config_schema import Reader
 from hasup.dcs.etcd import DCSError, EtcdStore
@@ -40,6 +43,8 @@ class Admin(Protocol):
 
     def reload(self) -> None: ...
 
+    def operate(self, action: str, params: dict[str, Any]) -> tuple[int, str]: ...
+
     def sleep(self, seconds: float) -> None: ...
 
     def clock(self) -> float: ...
@@ -48,10 +53,12 @@ class Admin(Protocol):
 class EtcdAdmin:
     """The real one: etcd through EtcdStore, peers over HTTP, SIGHUP to the supervisor."""
 
-    def __init__(self, config: Config, supervisor_pid: int, retry_timeout: Callable[[], float]) -> None:
+    def __init__(self, config: Config, supervisor_pid: int, retry_timeout: Callable[[], float],
+                 relay: RelayClient | None = None) -> None:
         self.config = config
         self.supervisor_pid = supervisor_pid
         self._retry_timeout = retry_timeout
+        self._relay = relay
         # One EtcdStore per request thread: a store keeps its client and endpoint
         # rotation as plain attributes, and one slow read must not queue the others.
         self._local = threading.local()
@@ -82,6 +89,20 @@ class EtcdAdmin:
     def reload(self) -> None:
         if self.supervisor_pid > 0:
             os.kill(self.supervisor_pid, signal.SIGHUP)
+
+    def operate(self, action: str, params: dict[str, Any]) -> tuple[int, str]:
+        """Ask election to carry out an operator's request; (HTTP status, message)."""
+        if self._relay is None:
+            return 503, "the admin interface is not available"
+        return self._relay.call(action, params, self.operation_timeout(action, params))
+
+    def operation_timeout(self, action: str, params: dict[str, Any]) -> float:
+        """How long the caller waits: an immediate restart answers only once PostgreSQL is back."""
+        if action == "restart" and not params.get("schedule"):
+            pg_ctl = float(self.config.postgresql.pg_ctl_timeout)
+            # A fast stop (pg_ctl_timeout, then immediate and kill: ~15 s more), then the start.
+            return pg_ctl + 15.0 + float(params.get("timeout") or pg_ctl) + 10.0
+        return self._retry_timeout() + 10.0
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)

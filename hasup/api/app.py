@@ -5,8 +5,9 @@ monotonic clock, the access settings and an Admin for etcd and the
 supervisor), so tests build it with fakes and call it through falcon.testing.
 Health checks, /patroni, /metrics, /liveness and /readiness answer from the
 snapshot alone.  Admin endpoints (/config, /cluster, /history, /switchover,
-/failover, /reload) may block on etcd: they run under a semaphore with fewer
-slots than the server has threads, so health checks always find a thread.
+/failover, /restart, /reinitialize) may block on etcd or wait for election:
+they run under a semaphore with fewer slots than the server has threads, so
+health checks always find a thread.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from urllib.parse import parse_qs
 
 import falcon
 
-from hasup import ipc
+from hasup import ipc, restarts
 from hasup.api import health, metrics, switchover
 from hasup.api import status as st
 from hasup.api.access import AccessControl
@@ -355,6 +356,50 @@ class FailoverResource(SwitchoverResource):
     action = "failover"
 
 
+def _optional_body(req: falcon.Request, resp: falcon.Response) -> dict[str, Any] | None:
+    """Like _read_body, but no body at all means {} (POST /restart and /reinitialize take defaults)."""
+    if not req.content_length:
+        return {}
+    return _read_body(req, resp)
+
+
+class _OperatorResource(_AdminResource):
+    """Requests election carries out; the answer is election's, relayed by the api master."""
+
+    def _operate(self, resp: falcon.Response, action: str, params: dict[str, Any]) -> None:
+        def handle(admin: Admin | None) -> None:
+            if self._need_admin(admin, resp) is None or admin is None:
+                return
+            code, message = admin.operate(action, params)
+            if code >= 500:
+                log.warning("%s: %s", action, message)
+            _text(resp, code, message)
+        self._run(resp, handle)
+
+
+class RestartResource(_OperatorResource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        body = _optional_body(req, resp)
+        if body is None:
+            return
+        params, error = restarts.parse_restart(body, switchover.utcnow(), st.is_paused(self.ctx.snapshot()))
+        if error is not None:
+            _text(resp, *error)
+            return
+        self._operate(resp, "restart", params)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        self._operate(resp, "cancel_restart", {})
+
+
+class ReinitializeResource(_OperatorResource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        body = _optional_body(req, resp)
+        if body is None:
+            return
+        self._operate(resp, "reinitialize", restarts.parse_reinitialize(body))
+
+
 class _Guard:
     """Access control on the unsafe endpoints, and the extra headers on every answer."""
 
@@ -437,7 +482,8 @@ def create_app(read_snapshot: SnapshotReader, identity: Identity,
                    "/history": HistoryResource(ctx), "/config": ConfigResource(ctx),
                    "/liveness": LivenessResource(ctx), "/readiness": ReadinessResource(ctx),
                    "/metrics": MetricsResource(ctx), "/reload": ReloadResource(ctx),
-                   "/switchover": SwitchoverResource(ctx), "/failover": FailoverResource(ctx)})
+                   "/switchover": SwitchoverResource(ctx), "/failover": FailoverResource(ctx),
+                   "/restart": RestartResource(ctx), "/reinitialize": ReinitializeResource(ctx)})
     for path, resource in routes.items():
         app.add_route(path, resource)
         if path != "/":

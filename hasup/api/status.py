@@ -164,6 +164,8 @@ def build_status(snap: Snap, now: float) -> dict[str, Any]:
         out["database_system_identifier"] = str(pg["sysid"])
     if pg is not None and pg.get("pending_restart"):
         out["pending_restart"] = True
+    if view and isinstance(view.get("scheduled_restart"), dict):
+        out["scheduled_restart"] = view["scheduled_restart"]
     watchdog = snap.get("watchdog")
     if isinstance(watchdog, dict) and watchdog.get("failed") and watchdog.get("mode") == "required":
         # Only a required watchdog that cannot run makes a node ineligible.

@@ -41,17 +41,17 @@ def _sync_names(cluster: Cluster) -> set[str]:
     return set()
 
 
-def parse_schedule(value: Any, now: datetime) -> tuple[datetime | None, Result | None]:
-    """(when, None) or (None, the error to answer)."""
+def parse_schedule(value: Any, now: datetime, action: str = "switchover") -> tuple[datetime | None, Result | None]:
+    """(when, None) or (None, the error to answer) for a scheduled switchover or restart."""
     try:
         when = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
     except ValueError:
         return None, (422, "Unable to parse scheduled timestamp. It should be in an unambiguous format, "
                            "e.g. ISO 8601")
     if when.tzinfo is None:
-        return None, (400, "Timezone information is mandatory for the scheduled switchover")
+        return None, (400, f"Timezone information is mandatory for the scheduled {action}")
     if when < now:
-        return None, (422, "Cannot schedule switchover in the past")
+        return None, (422, f"Cannot schedule {action} in the past")
     return when, None
 
 

@@ -311,6 +311,9 @@ class Lifecycle:
 
     def stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
         self.on_state("stopping")
+        return self._stop(mode, timeout)
+
+    def _stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
         budget = timeout if timeout is not None else self.cfg.postgresql.pg_ctl_timeout
         if self.postmaster.stop(mode, budget):
             return {"stopped": True}
@@ -325,6 +328,22 @@ class Lifecycle:
             if self.postmaster.wait_gone(pid, 5):
                 return {"stopped": True}
         raise ActionFailed("PostgreSQL could not be stopped")
+
+    def restart(self, timeout: float | None, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
+        """Stop fast and start again in the role PostgreSQL had, re-rendering its configuration."""
+        self.on_state("restarting")
+        self._stop("fast")
+        standby = os.path.exists(os.path.join(self.data_dir, "standby.signal"))
+        self.write_config(leader if standby else None, leader_conn_url if standby else None, standby)
+        self.launch()
+        return self.wait_ready(timeout if timeout is not None else self.cfg.postgresql.pg_ctl_timeout)
+
+    def reinitialize(self, leader: str, leader_conn_url: str) -> dict[str, Any]:
+        """Throw this replica's data away and clone it again from leader."""
+        if self.postmaster.pid() is not None:
+            log.warning("reinitialize: stopping PostgreSQL (immediate) before removing its data directory")
+            self.stop("immediate")
+        return self.create_replica(leader, leader_conn_url)
 
     def follow(self, leader: str | None, leader_conn_url: str | None, leader_timeline: int | None,
                running_role: str | None, force_rewind: bool = False) -> dict[str, Any]:

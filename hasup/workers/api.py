@@ -33,6 +33,7 @@ from hasup.api import tls
 from hasup.api.access import AccessControl
 from hasup.api.admin import Admin, EtcdAdmin, LazyAdmin
 from hasup.api.app import ApiSettings, create_app
+from hasup.api.relay import RelayClient, RelayServer
 from hasup.api.snapshot import Identity, SnapshotBuffer, SnapshotCache, encode_snapshot, make_snapshot
 from hasup.workers.base import PipeLogHandler, WorkerContext, answer_ping, setup_worker
 
@@ -96,11 +97,12 @@ class ChannelReader(threading.Thread):
     two threads flushing one Channel could write a frame twice.
     """
 
-    def __init__(self, ctx: WorkerContext, renderer: SnapshotRenderer, stop: Callable[[], None],
-                 send_lock: Any) -> None:
+    def __init__(self, ctx: WorkerContext, renderer: SnapshotRenderer, relay: RelayServer,
+                 stop: Callable[[], None], send_lock: Any) -> None:
         super().__init__(name="hasup-api-reader", daemon=True)
         self.ctx = ctx
         self.renderer = renderer
+        self.relay = relay
         self.stop_server = stop
         self.send_lock = send_lock
 
@@ -117,18 +119,28 @@ class ChannelReader(threading.Thread):
         channel = self.ctx.channel
         with selectors.DefaultSelector() as sel:
             sel.register(channel, selectors.EVENT_READ)
+            self.relay.attach(sel)
             while not self.ctx.orphaned():
                 with self.send_lock:
                     wants_write = channel.wants_write()
                 sel.modify(channel, selectors.EVENT_READ | (selectors.EVENT_WRITE if wants_write else 0))
                 changed = False
-                if sel.select(POLL):
+                for key, _events in sel.select(POLL):
+                    if key.data is self.relay:
+                        for request in self.relay.handle(key.fileobj):
+                            with self.send_lock:
+                                channel.send(request)
+                        continue
                     # Only this thread receives, so receive() needs no lock.
                     for env in channel.receive():
                         with self.send_lock:
                             if answer_ping(self.ctx, env):
                                 continue
-                        changed |= self.renderer.absorb(env.message)
+                        if isinstance(env.message, ipc.AdminReply):
+                            self.relay.answer(env.message)
+                        else:
+                            changed |= self.renderer.absorb(env.message)
+                self.relay.expire(time.monotonic())
                 with self.send_lock:
                     channel.flush()
                 if changed or time.monotonic() - self.renderer.rendered_at >= RERENDER:
@@ -259,13 +271,13 @@ def api_settings(ctx: WorkerContext) -> ApiSettings:
                        admin_slots=THREADS - HEALTH_RESERVE)
 
 
-def make_admin(ctx: WorkerContext, snapshots: SnapshotCache) -> LazyAdmin:
+def make_admin(ctx: WorkerContext, snapshots: SnapshotCache, relay_address: str) -> LazyAdmin:
     """An Admin built in each gunicorn worker process on first use (never shared across a fork)."""
     def retry_timeout() -> float:
         return float(snapshots().get("retry_timeout") or 10)
 
     def factory() -> Admin:
-        return EtcdAdmin(ctx.config, ctx.supervisor_pid, retry_timeout)
+        return EtcdAdmin(ctx.config, ctx.supervisor_pid, retry_timeout, RelayClient(relay_address))
 
     return LazyAdmin(factory)
 
@@ -284,7 +296,8 @@ def run(ctx: WorkerContext) -> None:
     renderer = SnapshotRenderer(Identity.from_config(ctx.config), buffer)
     renderer.render()  # a valid (all unknown) snapshot from the first request on
     snapshots = SnapshotCache(buffer)
-    admin = make_admin(ctx, snapshots)
+    relay = RelayServer()  # bound before gunicorn forks, so its workers know the address
+    admin = make_admin(ctx, snapshots, relay.address)
     app = create_app(snapshots, renderer.identity, admin=admin, settings=api_settings(ctx))
 
     def stop_server() -> None:
@@ -298,13 +311,14 @@ def run(ctx: WorkerContext) -> None:
             return
         started.append(True)
         os.register_at_fork(after_in_child=lambda: _detach_child(ctx, child_title))
-        ChannelReader(ctx, renderer, stop_server, _send_lock(logging.getLogger())).start()
+        ChannelReader(ctx, renderer, relay, stop_server, _send_lock(logging.getLogger())).start()
 
     def post_fork(arbiter: Any, worker: Any) -> None:
         # The at-fork hook has already detached this process from the pipe; a
         # worker forked some other way must still never write on it.
         if not ctx.channel.closed:
             _detach_child(ctx, child_title)
+        relay.sock.close()  # the master's listener; a worker only connects to it
         admin.reset()  # this process makes its own etcd client on first use
 
     server = ApiServer(app, gunicorn_options(ctx, on_ready, post_fork))

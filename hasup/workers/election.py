@@ -22,12 +22,13 @@ from hasup.member import member_data, recorded_history
 from hasup.peers import fetch_all
 from hasup.postgresql.control import pid_alive, postmaster_pid
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
+from hasup.workers.operator import OperatorDesk
 
 log = logging.getLogger("hasup.election")
 
 EXIT_FATAL = 3  # the supervisor stops the node and exits 1: retrying cannot help
 STALE_PGSTATE = 10.0  # seconds; older PgState is not acted on (the worker is restarting)
-REQUEST_DEADLINES = {"Bootstrap": 3600.0, "CreateReplica": 86400.0}
+REQUEST_DEADLINES = {"Bootstrap": 3600.0, "CreateReplica": 86400.0, "Reinitialize": 86400.0}
 
 
 class ElectionWorker:
@@ -66,6 +67,7 @@ class ElectionWorker:
         # Until the watchdog worker reports, a required watchdog counts as unusable.
         self.watchdog: ipc.WatchdogState | None = None if cfg.watchdog.mode != "required" else \
             ipc.WatchdogState("required", False, None, None, None, True, "not reported yet")
+        self.desk = OperatorDesk(self, ctx.channel.send_now)
 
     # -- requests to the postgres worker -----------------------------------------
 
@@ -73,7 +75,7 @@ class ElectionWorker:
         rid = self.next_id
         self.next_id += 1
         deadline = time.monotonic() + REQUEST_DEADLINES.get(cls.__name__, self.ctx.config.postgresql.pg_ctl_timeout
-                                                            + 120.0)
+                                                            + 120.0) + float(kwargs.get("timeout") or 0)
         req = cls(id=rid, deadline=deadline, **kwargs)
         self.pending[rid] = (req, self.pg.worker_pid if self.pg else None)
         self.ctx.channel.send_now(req)
@@ -96,6 +98,7 @@ class ElectionWorker:
         level = logging.INFO if reply.ok else logging.ERROR
         log.log(level, "%s %s%s", reply.request, "succeeded" if reply.ok else "failed",
                 f": {reply.message}" if reply.message else "")
+        self.desk.on_reply(reply)
         if reply.request == "Bootstrap":
             self.finish_bootstrap(reply)
         elif reply.request == "Demote":
@@ -147,6 +150,8 @@ class ElectionWorker:
     def cycle(self) -> None:
         cluster = self.read_cluster()
         self.cluster = cluster
+        if cluster is not None and not self.shutting_down:
+            self.desk.tick(time.time())
         pg = self.pg
         fresh = pg is not None and time.monotonic() - self.pg_received < STALE_PGSTATE and not self.pg_outdated
         peers = {}
@@ -304,7 +309,10 @@ class ElectionWorker:
 
     def touch_member(self) -> None:
         try:
-            self.store.touch_member(self.me.name, member_data(self.ctx.config, self.pg), self.dynamic.ttl)
+            data = member_data(self.ctx.config, self.pg)
+            if self.desk.scheduled is not None:
+                data["scheduled_restart"] = self.desk.scheduled
+            self.store.touch_member(self.me.name, data, self.dynamic.ttl)
         except DCSError as exc:
             log.error("could not update the member key: %s", exc)
 
@@ -319,7 +327,7 @@ class ElectionWorker:
             config=c.config or {} if c else {}, history=tuple(tuple(h) for h in c.history) if c else (),
             optime=c.optime if c else None, initialize=c.initialize if c else None,
             sync=c.sync if c else None, failover=c.failover if c else None,
-            paused=c.paused if c else False, last_decision=reason,
+            paused=c.paused if c else False, last_decision=reason, scheduled_restart=self.desk.scheduled,
         )
         self.ctx.channel.send_now(view)
 
@@ -457,6 +465,9 @@ class ElectionWorker:
             self.watchdog = msg
         elif isinstance(msg, ipc.Reply):
             self.on_reply(msg)
+        elif isinstance(msg, ipc.AdminRequest):
+            self.desk.handle(msg)
+            self.run_now = True  # publish what changed (busy, a scheduled restart) at once
         elif isinstance(msg, ipc.WorkerRestarted) and msg.role == "watchdog" and self.holds_lock():
             # Its device is armed and counting: give the new worker our lease at once.
             d = self.dynamic

@@ -62,13 +62,17 @@ class PostgresWorker:
     # -- actions ---------------------------------------------------------------
 
     def _set_action_state(self, state: str) -> None:
+        # Called from the action's thread: wake the main loop so the new state is reported now,
+        # not up to a probe interval later (an operator polling /patroni must not see the old one).
         self.action_state = state
+        os.write(self.wake_w, b"s")
 
     def start_action(self, req: ipc.Request) -> None:
         if self.action:
-            if isinstance(req, ipc.Stop) and self.queued is None:
-                # A stop outranks whatever runs: cancel it, then stop.
-                log.info("stop requested during %s: cancelling it", self.action)
+            preempts = isinstance(req, ipc.Stop) or (isinstance(req, ipc.Reinitialize) and req.force)
+            if preempts and self.queued is None:
+                # A stop (or a forced reinitialize) outranks whatever runs: cancel it, then do this.
+                log.info("%s requested during %s: cancelling it", type(req).__name__.lower(), self.action)
                 self.queued = req
                 self.lifecycle.cancel_current()
                 return
@@ -79,6 +83,7 @@ class PostgresWorker:
         name = type(req).__name__.lower()
         self.action = name
         self.action_state = name
+        self.report(force=True)  # busy from now on, for the api too
 
         def runner() -> None:
             try:
@@ -116,6 +121,10 @@ class PostgresWorker:
         if isinstance(req, ipc.Stop):
             self.stopped_on_purpose = True
             return lambda: lc.stop(req.mode)
+        if isinstance(req, ipc.Restart):
+            return lambda: lc.restart(req.timeout, req.leader, req.leader_conn_url)
+        if isinstance(req, ipc.Reinitialize):
+            return lambda: lc.reinitialize(req.leader, req.leader_conn_url)
         raise ValueError(f"unknown request {req!r}")
 
     def finish_actions(self) -> None:
@@ -161,7 +170,7 @@ class PostgresWorker:
             self.stopped_on_purpose = False
             role = "replica" if probe.in_recovery else "primary"
             self.last_good = ipc.PgState(
-                state="stopping" if self.action == "stop" else "running",
+                state=self.reported_state(),
                 role=role, data_dir_empty=False, probe_ok=True, probe_at=now, worker_pid=os.getpid(),
                 busy=self.action, postmaster_pid=pid, postmaster_start_time=probe.postmaster_start_time,
                 server_version=probe.server_version, sysid=probe.sysid, timeline=probe.timeline,
@@ -198,6 +207,15 @@ class PostgresWorker:
             sysid=sysid, timeline=tl, controldata_state=cluster_state,
             upstream=self.lifecycle.following,
         )
+
+    def reported_state(self) -> str:
+        """The state of a PostgreSQL that answers: running, unless an action says otherwise."""
+        if self.action == "stop":
+            return "stopping"
+        if self.action in ("restart", "reinitialize"):
+            # Until the action is done, as Patroni reports it: restarting, creating replica, starting.
+            return self.action_state or self.action
+        return "running"
 
     def stopped_role(self, empty: bool, cluster_state: str | None) -> str:
         if empty or cluster_state is None:
@@ -282,7 +300,7 @@ class PostgresWorker:
                     self.on_message(env)
                 if woke or not self.done.empty():
                     self.finish_actions()
-                if time.monotonic() >= next_probe:
+                if woke or time.monotonic() >= next_probe:
                     self.report()
                     next_probe = time.monotonic() + PROBE_INTERVAL
             except ipc.PeerClosed:

@@ -48,6 +48,8 @@ class FakeAdmin:
         self.healthy: dict[str, bool] = {"n1": True, "n2": True}
         self.after_write: list[Cluster] = []  # what get_cluster returns after a failover write
         self.reloads = 0
+        self.operations: list[tuple[str, dict[str, Any]]] = []
+        self.operation_answer = (200, "done")
         self.now = 0.0
         self.gate: threading.Event | None = None
         self.waiting = 0
@@ -83,6 +85,10 @@ class FakeAdmin:
 
     def reload(self) -> None:
         self.reloads += 1
+
+    def operate(self, action: str, params: dict[str, Any]) -> tuple[int, str]:
+        self.operations.append((action, params))
+        return self.operation_answer
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds

@@ -269,7 +269,7 @@ def test_get_config() -> None:
 
 
 @pytest.mark.parametrize("method, path", [
-    ("POST", "/restart"), ("DELETE", "/restart"), ("DELETE", "/failover"), ("POST", "/metrics"),
+    ("DELETE", "/reinitialize"), ("PUT", "/restart"), ("DELETE", "/failover"), ("POST", "/metrics"),
     ("POST", "/primary"), ("DELETE", "/nowhere"),
     ("POST", "/"), ("PUT", "/patroni"),
 ])

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -65,11 +66,11 @@ def wait_until(what: str, check: Callable[[], Any], pump: Callable[[], None] | N
         time.sleep(0.05)  # poll interval, not synchronisation: check() decides
 
 
-def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes] | None:
+def get(port: int, path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes] | None:
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2 if body is None else DEADLINE)
         try:
-            conn.request(method, path)
+            conn.request(method, path, body=body)
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:
@@ -206,8 +207,22 @@ def test_api_worker_serves_snapshots_and_exits_with_the_supervisor(api_process: 
     assert status["patroni"] == {"version": PATRONI_COMPAT_VERSION, "scope": "demo", "name": "node1"}
     assert get(port, "/primary", "HEAD") == (200, b"")
     assert get(port, "/replica", "OPTIONS") == (503, b"")
-    unsupported = get(port, "/restart", "POST")
+    unsupported = get(port, "/reinitialize", "DELETE")
     assert unsupported is not None and unsupported[0] == 501 and json.loads(unsupported[1])["error"]
+
+    # An operator request travels request thread -> api master -> (supervisor pipe) -> election, and back.
+    answer: list[tuple[int, bytes] | None] = []
+    caller = threading.Thread(target=lambda: answer.append(get(port, "/restart", "POST", b'{"role": "primary"}')))
+    caller.start()
+    relayed = wait_until("the restart request on the supervisor pipe", lambda: next(
+        (m for m in sup.received if isinstance(m, ipc.AdminRequest)), None), sup.pump)
+    assert relayed.action == "restart" and relayed.params == {"role": "primary"}
+    assert relayed.deadline > time.monotonic() + 60  # waits as long as a restart may take
+    sup.send(ipc.AdminReply(relayed.id + 1000, 200, "not for this caller"))  # unknown ids are dropped
+    sup.send(ipc.AdminReply(relayed.id, 200, "restarted successfully"))
+    wait_until("the caller's answer", lambda: answer, sup.pump)
+    caller.join(5)
+    assert answer == [(200, b"restarted successfully")]
 
     # Process titles: the gunicorn master and its one worker.
     assert cmdline(pid) == "hasup: api demo/node1"

@@ -27,6 +27,10 @@ def sample_messages():
         ipc.Start(3, 4.0, True), ipc.Promote(4, 5.0, 1234), ipc.Demote(9, 9.0),
         ipc.Follow(5, 6.0, "node1", "postgres://x/postgres", 2),
         ipc.Stop(6, 7.0, "fast"), ipc.Reply(1, "Bootstrap", True, "", {"sysid": "1"}),
+        ipc.Restart(7, 8.0, 30.0, "node1", "postgres://x:5432/postgres"),
+        ipc.Reinitialize(8, 9.0, "node1", "postgres://x:5432/postgres", True),
+        ipc.AdminRequest(3, 4.0, "restart", {"schedule": "2030-01-01T00:00:00+00:00", "role": "replica"}),
+        ipc.AdminReply(3, 202, "Restart scheduled"),
         ipc.Shutdown(), ipc.ShutdownDone(True, True),
     ]
 
