@@ -16,8 +16,10 @@ from dataclasses import replace
 
 import pytest
 
+from hasup import peers
 from hasup.api import tls
 from hasup.config import RestApiConfig
+from hasup.dcs.model import Member
 from tests.harness.pki import Pki, make_pki
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -110,3 +112,16 @@ def test_gunicorn_options(pki: Pki) -> None:
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE
 
 
+
+def test_peers_are_asked_over_tls_with_our_ca_and_certificate(pki: Pki,
+                                                              serve: list[http.server.ThreadingHTTPServer]) -> None:
+    port = start(serve, tls.make_context(restapi(pki, verify_client="required")))
+    member = Member("n2", {"api_url": f"https://127.0.0.1:{port}/patroni"})
+    # Our own restapi certificate is the client certificate, as Patroni falls back to it.
+    status = peers.fetch_status(member, context=peers.client_context(restapi(pki)))
+    assert status is not None and (status.role, status.wal_position) == ("replica", 7)
+    assert peers.fetch_status(member) is None  # without our CA the peer looks unreachable
+    no_cert = peers.client_context(replace(restapi(pki), certfile=None, keyfile=None))
+    assert no_cert is not None and peers.fetch_status(member, context=no_cert) is None
+    assert peers.fetch_all([member], peers.client_context(restapi(pki)))["n2"] is not None
+    assert peers.client_context(RestApiConfig("h:1", "h:1")) is None
