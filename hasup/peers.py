@@ -1,14 +1,26 @@
-"""Asking other members how they are (their /patroni), as the leader race needs."""
+"""Asking other members how they are (their /patroni), as the leader race needs.
+
+Peers that serve https are verified against restapi.cafile (the system CAs
+when it is unset), and this node shows its own restapi certificate, for
+peers that require client certificates (contract §1.11: outgoing requests
+fall back to the restapi files).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import ssl
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from hasup.config import RestApiConfig
 from hasup.dcs.model import Member
 from hasup.ha import PeerStatus
+
+log = logging.getLogger(__name__)
 
 # Peers on the other side of a partition must not hold up the race for long.
 PEER_TIMEOUT = 2.0
@@ -35,11 +47,35 @@ def parse_status(name: str, body: dict[str, Any]) -> PeerStatus:
     )
 
 
-def fetch_status(member: Member, timeout: float = PEER_TIMEOUT) -> PeerStatus | None:
+def client_context(restapi: RestApiConfig) -> ssl.SSLContext | None:
+    """The context for https peers; None when this node has no TLS settings (urllib's default then)."""
+    if not restapi.certfile and not restapi.cafile:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=restapi.cafile or None)
+    except (OSError, ssl.SSLError) as exc:
+        log.warning("restapi.cafile %s unusable for talking to peers: %s", restapi.cafile, exc)
+        context = ssl.create_default_context()
+    if restapi.certfile:
+        try:
+            context.load_cert_chain(restapi.certfile, restapi.keyfile or None, password=restapi.keyfile_password)
+        except (OSError, ssl.SSLError) as exc:  # the api worker reports the same problem loudly
+            log.warning("no client certificate for peers: %s", exc)
+    return context
+
+
+def _opener_for(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    if context is None:
+        return _opener
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+
+
+def fetch_status(member: Member, timeout: float = PEER_TIMEOUT,
+                 context: ssl.SSLContext | None = None) -> PeerStatus | None:
     if not member.api_url:
         return None
     try:
-        with _opener.open(member.api_url, timeout=timeout) as resp:
+        with _opener_for(context).open(member.api_url, timeout=timeout) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError as exc:  # 503 answers still carry the status JSON
         try:
@@ -51,9 +87,9 @@ def fetch_status(member: Member, timeout: float = PEER_TIMEOUT) -> PeerStatus | 
     return parse_status(member.name, body) if isinstance(body, dict) else None
 
 
-def fetch_all(members: list[Member]) -> dict[str, PeerStatus | None]:
+def fetch_all(members: list[Member], context: ssl.SSLContext | None = None) -> dict[str, PeerStatus | None]:
     if not members:
         return {}
     with ThreadPoolExecutor(max_workers=min(8, len(members))) as pool:
-        results = pool.map(fetch_status, members)
+        results = pool.map(lambda m: fetch_status(m, context=context), members)
         return {m.name: r for m, r in zip(members, results, strict=True)}

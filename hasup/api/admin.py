@@ -84,7 +84,7 @@ class EtcdAdmin:
         return self._store().clear_failover(index)
 
     def fetch_status(self, member: Member) -> PeerStatus | None:
-        return peers.fetch_status(member)
+        return peers.fetch_status(member, context=peers.client_context(self.config.restapi))
 
     def reload(self) -> None:
         if self.supervisor_pid > 0:

@@ -19,7 +19,7 @@ from hasup.dcs.etcd import DCSError, EtcdStore
 from hasup.dcs.model import Cluster
 from hasup.dcs.watch import KeyWatch
 from hasup.member import member_data, recorded_history
-from hasup.peers import fetch_all
+from hasup.peers import client_context, fetch_all
 from hasup.postgresql.control import pid_alive, postmaster_pid
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
 from hasup.workers.operator import OperatorDesk
@@ -158,7 +158,7 @@ class ElectionWorker:
         holds = cluster is not None and cluster.leader is not None and cluster.leader.name == self.me.name
         if cluster is not None and (cluster.leader is None or holds and cluster.failover is not None) \
                 and pg is not None and pg.state == "running" and not self.shutting_down:
-            peers = fetch_all(ha.race_candidates(cluster, self.me.name))
+            peers = fetch_all(ha.race_candidates(cluster, self.me.name), client_context(self.ctx.config.restapi))
         wd = self.watchdog
         usable = not (wd is not None and wd.mode == "required" and wd.failed)
         local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable,

@@ -15,6 +15,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -364,10 +365,33 @@ class Node:
 
     # -- REST and SQL -----------------------------------------------------------------
 
+    @property
+    def api_base(self) -> str:
+        """The node's REST API root: https:// once restapi.certfile is set."""
+        scheme = "https" if self.config()["restapi"].get("certfile") else "http"
+        return f"{scheme}://127.0.0.1:{self.api_port}"
+
+    def api_context(self) -> ssl.SSLContext | None:
+        """How the harness speaks TLS to this node (None for plain HTTP).
+
+        It trusts restapi.cafile, and when the node verifies clients it shows the
+        node's own certificate, as Patroni's ctl falls back to the restapi one.
+        """
+        restapi = self.config()["restapi"]
+        if not restapi.get("certfile"):
+            return None
+        context = ssl.create_default_context(cafile=restapi.get("cafile"))
+        if restapi.get("verify_client", "none") != "none":
+            context.load_cert_chain(restapi["certfile"], restapi.get("keyfile"), restapi.get("keyfile_password"))
+        return context
+
     def api(self, path: str, method: str = "GET", timeout: float = 5) -> tuple[int, Any]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", method=method)
+        req = urllib.request.Request(self.api_base + path, method=method)
+        context = self.api_context()
+        opener = _opener if context is None else urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
         try:
-            with _opener.open(req, timeout=timeout) as r:
+            with opener.open(req, timeout=timeout) as r:
                 body = r.read()
                 code = r.status
         except urllib.error.HTTPError as exc:

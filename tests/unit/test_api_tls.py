@@ -1,6 +1,6 @@
 """TLS for the REST API: a context from certfile/keyfile/keyfile_password/cafile/verify_client.
 
-Certificates are made with openssl in a temporary directory; the context
+Certificates are made with openssl (tests/harness/pki.py); the context
 serves a tiny HTTPS server, and real clients connect to it.
 """
 
@@ -10,53 +10,39 @@ import http.client
 import http.server
 import shutil
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
+from hasup import peers
 from hasup.api import tls
 from hasup.config import RestApiConfig
+from hasup.dcs.model import Member
+from tests.harness.pki import Pki, make_pki
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
-KEY_PASSWORD = "key-pass-phrase"
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=hasup test CA", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
-             "-passout", f"pass:{KEY_PASSWORD}", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
-             "-subj", "/CN=client", cwd=d)
-    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "client.pem", "-days", "2", cwd=d)
-    return d
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
-def restapi(pki: Path, **kw: str) -> RestApiConfig:
-    return RestApiConfig("127.0.0.1:0", "127.0.0.1:8008", certfile=str(pki / "server.pem"),
-                         keyfile=str(pki / "server.key"), keyfile_password=KEY_PASSWORD, cafile=str(pki / "ca.pem"),
-                         **kw)
+def restapi(pki: Pki, **kw: str) -> RestApiConfig:
+    return RestApiConfig("127.0.0.1:0", "127.0.0.1:8008", certfile=pki.server_cert, keyfile=pki.server_key,
+                         keyfile_password=pki.key_password, cafile=pki.ca, **kw)
+
+
+STATUS_BODY = b'{"state": "running", "role": "replica", "xlog": {"received_location": 7, "replayed_location": 5}}'
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 -- the stdlib's naming
         self.send_response(200)
         self.end_headers()
-        self.wfile.write(b"ok")
+        self.wfile.write(STATUS_BODY)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
@@ -88,10 +74,10 @@ def https_get(port: int, context: ssl.SSLContext) -> int:
         conn.close()
 
 
-def test_encrypted_key_https_with_the_ca_and_no_plain_http(pki: Path,
+def test_encrypted_key_https_with_the_ca_and_no_plain_http(pki: Pki,
                                                           serve: list[http.server.ThreadingHTTPServer]) -> None:
     port = start(serve, tls.make_context(restapi(pki)))
-    client = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    client = ssl.create_default_context(cafile=pki.ca)
     assert https_get(port, client) == 200
     with pytest.raises(ssl.SSLError):  # a client that does not trust our CA
         https_get(port, ssl.create_default_context())
@@ -102,26 +88,40 @@ def test_encrypted_key_https_with_the_ca_and_no_plain_http(pki: Path,
     plain.close()
 
 
-def test_wrong_key_password_fails_loudly(pki: Path) -> None:
+def test_wrong_key_password_fails_loudly(pki: Pki) -> None:
     with pytest.raises(ssl.SSLError):
         tls.make_context(replace(restapi(pki), keyfile_password="wrong"))
 
 
-def test_verify_client_required(pki: Path, serve: list[http.server.ThreadingHTTPServer]) -> None:
+def test_verify_client_required(pki: Pki, serve: list[http.server.ThreadingHTTPServer]) -> None:
     port = start(serve, tls.make_context(restapi(pki, verify_client="required")))
-    anonymous = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    anonymous = ssl.create_default_context(cafile=pki.ca)
     with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
         https_get(port, anonymous)
-    with_cert = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    with_cert.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+    with_cert = ssl.create_default_context(cafile=pki.ca)
+    with_cert.load_cert_chain(pki.client_cert, pki.client_key)
     assert https_get(port, with_cert) == 200
 
 
-def test_gunicorn_options(pki: Path) -> None:
+def test_gunicorn_options(pki: Pki) -> None:
     assert tls.gunicorn_options(RestApiConfig("h:1", "h:1")) == {}
     options = tls.gunicorn_options(restapi(pki))
     assert options["certfile"].endswith("server.pem") and options["keyfile"].endswith("server.key")
-    assert "keyfile_password" not in options and KEY_PASSWORD not in repr(options)
+    assert "keyfile_password" not in options and pki.key_password not in repr(options)
     context = options["ssl_context"](None, lambda: ssl.create_default_context())
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE
 
+
+
+def test_peers_are_asked_over_tls_with_our_ca_and_certificate(pki: Pki,
+                                                              serve: list[http.server.ThreadingHTTPServer]) -> None:
+    port = start(serve, tls.make_context(restapi(pki, verify_client="required")))
+    member = Member("n2", {"api_url": f"https://127.0.0.1:{port}/patroni"})
+    # Our own restapi certificate is the client certificate, as Patroni falls back to it.
+    status = peers.fetch_status(member, context=peers.client_context(restapi(pki)))
+    assert status is not None and (status.role, status.wal_position) == ("replica", 7)
+    assert peers.fetch_status(member) is None  # without our CA the peer looks unreachable
+    no_cert = peers.client_context(replace(restapi(pki), certfile=None, keyfile=None))
+    assert no_cert is not None and peers.fetch_status(member, context=no_cert) is None
+    assert peers.fetch_all([member], peers.client_context(restapi(pki)))["n2"] is not None
+    assert peers.client_context(RestApiConfig("h:1", "h:1")) is None
