@@ -114,18 +114,29 @@ def _query(req: falcon.Request) -> dict[str, list[str]]:
 
 
 class _Resource:
-    """HEAD and OPTIONS on any path run the generic health check and answer without a body.
+    """GET, HEAD and OPTIONS on any path run the generic health check (HEAD and OPTIONS without a body).
 
-    That is Patroni's behaviour even for /patroni or /cluster (where it says 503).
+    That is Patroni's behaviour even for /patroni or /cluster (where HEAD says 503);
+    resources with a GET of their own override on_get.
     """
 
     def __init__(self, ctx: _Context) -> None:
         self.ctx = ctx
 
+    def _health_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        """The generic health check with the status JSON: Patroni's GET on any path without its own handler."""
+        snap, now = self.ctx.snapshot(), self.ctx.now()
+        status = st.build_status(snap, now)
+        _json(resp, health.code_for(req.path, _query(req), snap, status, now), status)
+
     def _status_only(self, req: falcon.Request, resp: falcon.Response) -> None:
         snap = self.ctx.snapshot()
         resp.status = health.health_code(req.path, _query(req), snap, self.ctx.now())
         resp.text = None
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        # GET on a path without a handler of its own (/reload, /switchover, ...) is the generic check.
+        self._health_get(req, resp)
 
     def on_head(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
         self._status_only(req, resp)
@@ -135,12 +146,7 @@ class _Resource:
 
 
 class HealthResource(_Resource):
-    """/primary, /replica, /health and friends: the status JSON with 200 or 503."""
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-        snap, now = self.ctx.snapshot(), self.ctx.now()
-        status = st.build_status(snap, now)
-        _json(resp, health.code_for(req.path, _query(req), snap, status, now), status)
+    """/primary, /replica, /health and friends: the status JSON with 200 or 503 (the base's GET)."""
 
 
 class PatroniResource(_Resource):

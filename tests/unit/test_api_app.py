@@ -317,3 +317,9 @@ def test_no_secret_reaches_a_response() -> None:
     for path in ("/patroni", "/cluster", "/config", "/history", "/primary", "/nowhere"):
         assert secret not in c.simulate_get(path).text, path
     assert json.loads(c.simulate_get("/config").text)["password"] == "******"
+
+
+@pytest.mark.parametrize("path", ["/reload", "/switchover", "/failover", "/restart", "/reinitialize"])
+def test_get_on_an_action_path_is_the_generic_health_check(path: str) -> None:
+    result = client(LEADER).simulate_get(path)
+    assert result.status_code == 503 and result.json["role"] == "primary"
