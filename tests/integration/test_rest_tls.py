@@ -158,7 +158,12 @@ def test_verify_client_required_lets_in_only_clients_with_a_certificate(live):
     node.extra["restapi.verify_client"] = "required"
     node.start()
     # The harness shows the node's own certificate (tests/harness Node.api_context).
-    wait_for(lambda: node.api("/patroni")[0] == 200, 60, "the api back with verify_client: required")
+    def back_as_primary() -> bool:
+        code, body = node.api("/patroni")
+        return code == 200 and isinstance(body, dict) \
+            and (body.get("role"), body.get("state")) == ("primary", "running")
+
+    wait_for(back_as_primary, 60, "the api back with verify_client: required, and PostgreSQL running as primary")
     with open(node.config_path) as f:
         assert yaml.safe_load(f)["restapi"]["verify_client"] == "required"
     url = f"https://127.0.0.1:{node.api_port}/patroni"
