@@ -114,6 +114,7 @@ class Fatal(Action):
 class Decision:
     actions: tuple[Action, ...]
     reason: str
+    recheck_in: float | None = None  # look again this soon, not a loop_wait later (a switchover in progress)
 
 
 # -- inputs -------------------------------------------------------------------------
@@ -250,7 +251,7 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
         actions.append(WriteHistory())
     if cluster.failover is not None:
         more, reason = _manual_failover(cluster, local, me, settings)
-        return Decision(tuple(actions + more), reason)
+        return Decision(tuple(actions + more), reason, SWITCHOVER_RECHECK if not more else None)
     return Decision(tuple(actions), f"no action. I am ({me.name}), the leader with the lock")
 
 
@@ -286,6 +287,10 @@ def _manual_failover(cluster: Cluster, local: Local, me: Node, settings: Setting
     ok = [n for n in switchover_candidates(cluster, local, me, settings) if not candidate or n == candidate]
     if not ok:
         who = f"candidate {candidate}" if candidate else "members"
+        # A candidate's /patroni trails its WAL by up to a probe, and it may be mid-restart:
+        # give it the same grace as for streaming before refusing the request.
+        if local.failover_age < streaming_grace(settings) and (not candidate or candidate in cluster.members):
+            return [], f"switchover: waiting for a healthy {who}"
         return [ClearFailover()], f"manual failover: no healthy {who} found, failover is not possible"
     # A fast shutdown waits until connected standbys have flushed everything;
     # the target must be one of them, or writes acknowledged to clients could be lost.
@@ -293,10 +298,13 @@ def _manual_failover(cluster: Cluster, local: Local, me: Node, settings: Setting
         if local.pg else set()
     if not streaming & set(ok):
         # Our replication rows can trail a replica that just connected by a probe or two.
-        if local.failover_age < streaming_grace(settings):
+        if local.failover_age < streaming_grace(settings) and (not candidate or candidate in cluster.members):
             return [], f"switchover: waiting for {candidate or 'a candidate'} to stream from me"
         return [ClearFailover()], f"manual failover: {candidate or 'no candidate'} is not streaming from me"
     return [RunDemote(candidate if isinstance(candidate, str) else None)], "switchover: demoting myself"
+
+
+SWITCHOVER_RECHECK = 0.5  # seconds between looks while a switchover waits for its candidate
 
 
 def streaming_grace(settings: Settings) -> float:

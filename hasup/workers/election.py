@@ -61,6 +61,7 @@ class ElectionWorker:
         self.shutting_down = False
         self.shutdown_stop_id: int | None = None
         self.run_now = True
+        self.recheck_in: float | None = None
         self.stuck_since: float | None = None
         self.leased = False  # leases were sent since the last disarm
         self.failover_seen: tuple[int, float] = (0, 0.0)  # (failover key index, when first seen)
@@ -173,6 +174,7 @@ class ElectionWorker:
                 break
         else:
             self.log_reason(decision.reason)  # only what actually happened
+        self.recheck_in = decision.recheck_in
         if cluster is not None:
             self.touch_member()
         self.maybe_disarm()
@@ -442,7 +444,7 @@ class ElectionWorker:
                     self.run_now = False
                     started = time.monotonic()
                     self.cycle()
-                    next_cycle = started + self.dynamic.loop_wait
+                    next_cycle = started + min(self.dynamic.loop_wait, self.recheck_in or self.dynamic.loop_wait)
                     self.arm_watch(next_cycle)
             except ipc.PeerClosed:
                 self.orphaned()

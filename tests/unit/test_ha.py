@@ -224,9 +224,20 @@ def test_leader_hands_over_to_a_healthy_streaming_candidate():
     ({"leader": "n1", "member": "n1"}, {}, "already the leader"),
 ])
 def test_leader_refuses_and_clears_bad_requests(fo, peers, why):
-    d = ha.decide(with_failover(cluster(leader="n1"), **fo), local(leader_pg(), peers=peers), ME, SETTINGS)
+    late = replace(local(leader_pg(), peers=peers), failover_age=ha.streaming_grace(SETTINGS) + 1)
+    d = ha.decide(with_failover(cluster(leader="n1"), **fo), late, ME, SETTINGS)
     assert ha.ClearFailover() in d.actions and not any(isinstance(a, ha.RunDemote) for a in d.actions)
     assert why in d.reason
+
+
+def test_unhealthy_member_candidate_is_waited_for_and_rechecked_soon():
+    # Its /patroni trails its WAL by up to a probe (a segment switch looks like 16 MB of lag), or it is restarting.
+    c = with_failover(cluster(leader="n1"), leader="n1", member="n2")
+    d = ha.decide(c, local(leader_pg(), peers={"n2": peer("n2", wal=0)}), ME, SETTINGS)
+    assert not any(isinstance(a, ha.ClearFailover | ha.RunDemote) for a in d.actions)
+    assert "waiting for a healthy candidate n2" in d.reason and d.recheck_in == ha.SWITCHOVER_RECHECK
+    unknown = with_failover(cluster(leader="n1"), leader="n1", member="nobody")
+    assert ha.ClearFailover() in ha.decide(unknown, local(leader_pg(), peers={}), ME, SETTINGS).actions
 
 
 def test_candidate_not_streaming_from_the_leader_is_waited_for_then_refused():
