@@ -6,7 +6,8 @@ import datetime
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import click
 
@@ -28,17 +29,46 @@ def one_line(text: object, limit: int = 300) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
+class Store(Protocol):
+    """The part of EtcdStore hasupctl uses (tests pass an in-memory one)."""
+
+    def get_cluster(self) -> Cluster: ...  # raises DCSError
+
+    def set_config(self, config: dict[str, Any], index: int | None = None) -> bool: ...
+
+    def set_failover(self, value: dict[str, Any], index: int | None = None) -> bool: ...
+
+    def clear_failover(self, index: int | None = None) -> bool: ...
+
+    def delete_cluster(self) -> None: ...
+
+
+def etcd_store(settings: CtlSettings, scope: str) -> Store:
+    return EtcdStore(settings.etcd, settings.namespace, scope, settings.retry_timeout)
+
+
+@dataclass(frozen=True)
+class Seams:
+    """What tests replace: pass one as `obj` to the click runner."""
+
+    store: Callable[[CtlSettings, str], Store] = etcd_store
+    clock: Callable[[], float] = time.monotonic  # deadlines of the --wait loops
+    sleep: Callable[[float], None] = time.sleep
+
+
 class Ctl:
     """The state of one hasupctl run, built from the global options."""
 
-    def __init__(self, config_file: str | None, dcs_url: str | None, insecure: bool, fmt: str | None) -> None:
+    def __init__(self, config_file: str | None, dcs_url: str | None, insecure: bool, fmt: str | None,
+                 seams: Seams | None = None) -> None:
         self.config_file = config_file
         self.dcs_url = dcs_url
         self.insecure = insecure
         self.fmt = fmt or "pretty"
+        self.seams = seams or Seams()
         self._settings: CtlSettings | None = None
         self._rest: RestClient | None = None
-        self._stores: dict[str, EtcdStore] = {}
+        self._stores: dict[str, Store] = {}
 
     @property
     def settings(self) -> CtlSettings:
@@ -65,10 +95,9 @@ class Ctl:
             raise CtlError("no cluster name: give CLUSTER_NAME, or -c with a configuration that sets scope")
         return scope
 
-    def store(self, scope: str) -> EtcdStore:
+    def store(self, scope: str) -> Store:
         if scope not in self._stores:
-            s = self.settings
-            self._stores[scope] = EtcdStore(s.etcd, s.namespace, scope, s.retry_timeout)
+            self._stores[scope] = self.seams.store(self.settings, scope)
         return self._stores[scope]
 
     def etcd_where(self) -> str:
@@ -115,7 +144,8 @@ class _Group(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, dcs_url: str | None, insecure: bool, fmt: str | None) -> None:
     """Operate a hasup (or Patroni) cluster."""
-    ctx.obj = Ctl(config_file, dcs_url, insecure, fmt)
+    seams = ctx.obj if isinstance(ctx.obj, Seams) else None
+    ctx.obj = Ctl(config_file, dcs_url, insecure, fmt, seams)
 
 
 # -- options several commands share ---------------------------------------------------------------

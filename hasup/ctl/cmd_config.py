@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import click
 
@@ -35,7 +34,7 @@ def wait_for_pause(ctl: Ctl, scope: str, paused: bool, before: Cluster, poll: fl
     names = {m.name for m in views.leader_first(before)}
     # Members rewrite their keys every loop_wait; give them two turns and a margin.
     budget = 2 * ctl.loop_wait(before) + 5
-    deadline = time.monotonic() + budget
+    deadline = ctl.seams.clock() + budget
     while True:
         cluster = ctl.cluster(scope)
         remaining = sorted(n for n in names
@@ -43,9 +42,9 @@ def wait_for_pause(ctl: Ctl, scope: str, paused: bool, before: Cluster, poll: fl
         if not remaining:
             click.echo(f"Success: cluster management is {'paused' if paused else 'resumed'}")
             return
-        if time.monotonic() > deadline:
+        if ctl.seams.clock() > deadline:
             raise CtlError(f"{', '.join(remaining)} did not recognize the {word} within {budget} seconds")
-        time.sleep(poll)
+        ctl.seams.sleep(poll)
 
 
 def toggle_pause(ctl: Ctl, cluster_name: str | None, paused: bool, wait: bool) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from typing import Any
 
 import click
@@ -194,7 +193,7 @@ def wait_reinitialized(ctl: Ctl, members: dict[str, tuple[Member, str | None]], 
                 click.echo(f"Reinitialize is completed on: {name}")
                 del pending[name]
         if pending:
-            time.sleep(poll)
+            ctl.seams.sleep(poll)
 
 
 @cli.command()
