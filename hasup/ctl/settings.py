@@ -111,12 +111,17 @@ def settings_from_raw(raw: Mapping[str, Any], dcs_url: str | None = None, insecu
         keyfile_password=_opt_str(ctl, "keyfile_password") or _opt_str(restapi, "keyfile_password"),
         insecure=insecure or _truthy(ctl.get("insecure")),
     )
-    loop_wait = raw.get("loop_wait") or _section(_section(raw, "bootstrap"), "dcs").get("loop_wait") or 10
     return CtlSettings(
         etcd=etcd, namespace=namespace, scope=_opt_str(raw, "scope"),
         username=_opt_str(auth, "username"), password=_opt_str(auth, "password"), tls=tls,
-        loop_wait=int(loop_wait) if str(loop_wait).isdigit() else 10,
+        loop_wait=_timing(raw, "loop_wait", 10), retry_timeout=_timing(raw, "retry_timeout", 10),
     )
+
+
+def _timing(raw: Mapping[str, Any], key: str, default: int) -> int:
+    """A timing from the top level or, in a node's file, bootstrap.dcs (the cluster's key may differ)."""
+    value = raw.get(key, _section(_section(raw, "bootstrap"), "dcs").get(key))
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() and int(value) > 0 else default
 
 
 def load_settings(config_file: str | None, dcs_url: str | None, insecure: bool,

@@ -186,9 +186,10 @@ def test_settings_take_ctl_auth_and_tls_with_restapi_fallbacks() -> None:
     raw = {"scope": "s", "namespace": "/ns/", "etcd": {"hosts": ["a:1", "b:2"]},
            "restapi": {"authentication": {"username": "r", "password": "rp"}, "cafile": "/ca", "certfile": "/c",
                        "keyfile": "/k"},
-           "bootstrap": {"dcs": {"loop_wait": 3}}}
+           "bootstrap": {"dcs": {"loop_wait": 3, "retry_timeout": "4"}}}
     s = settings_from_raw(raw)
-    assert (s.scope, s.namespace, s.etcd.hosts, s.loop_wait) == ("s", "ns", (("a", 1), ("b", 2)), 3)
+    assert (s.scope, s.namespace, s.etcd.hosts, s.loop_wait, s.retry_timeout) == ("s", "ns", (("a", 1), ("b", 2)),
+                                                                                 3, 4)
     assert (s.username, s.password) == ("r", "rp")
     assert (s.tls.cacert, s.tls.certfile, s.tls.keyfile, s.tls.insecure) == ("/ca", "/c", "/k", False)
     raw["ctl"] = {"authentication": {"username": "c", "password": "cp"}, "cacert": "/ctlca", "certfile": "/cc",
