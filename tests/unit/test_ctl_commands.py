@@ -452,3 +452,12 @@ def test_query_needs_exactly_one_source_of_sql(store: FakeStore, apis: dict[str,
     sql.write_text("SELECT 1")
     line = single_error_line(run(store, config_file, "query", "-c", "SELECT 1", "-f", str(sql)))
     assert "mutually exclusive" in line
+
+
+def test_query_prompts_for_the_password_and_reports_connection_errors_in_one_line(
+        store: FakeStore, apis: dict[str, FakeApi], config_file: str) -> None:
+    store.put("members/node1", {**store.value("members/node1"), "conn_url": "postgres://127.0.0.1:1/postgres"})
+    result = run(store, config_file, "query", "-U", "someone", "--password", "-c", "SELECT 1", input="pw-9f8e\n")
+    assert "Password" in result.stdout and "pw-9f8e" not in result.output
+    line = single_error_line(result)
+    assert line.startswith("Error: node1: ") and "port 1" in line
