@@ -123,7 +123,7 @@ def pg_version(number: object) -> str:
 @click.argument("member_names", nargs=-1)
 @pass_ctl
 def version(ctl: Ctl, cluster_name: str | None, member_names: tuple[str, ...]) -> None:
-    """Print hasupctl's version; with CLUSTER_NAME, each member's hasup and PostgreSQL versions too."""
+    """Print the version of hasupctl, and with CLUSTER_NAME of each member."""
     click.echo(f"hasupctl version {__version__}")
     if not cluster_name:
         return
