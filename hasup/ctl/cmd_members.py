@@ -136,8 +136,6 @@ def restart(ctl: Ctl, cluster_name: str, member_names: tuple[str, ...], role: st
     """Restart PostgreSQL on members (POST /restart), now or at a set time."""
     cluster = ctl.cluster(cluster_name)
     members = choose(ctl, cluster, cluster_name, member_names, role, force, "restart")
-    if one:
-        members = [random.choice(members)]
     body = restart_body(pending, pg_version, timeout)
     if scheduled is None and not force:
         scheduled = click.prompt(f"When should the restart take place (e.g. {next_hour_example()}) ",
@@ -147,6 +145,13 @@ def restart(ctl: Ctl, cluster_name: str, member_names: tuple[str, ...], role: st
         if cluster.paused:
             raise CtlError("Can't schedule restart in the paused state")
         body["schedule"] = when.isoformat()
+    elif pending:  # a scheduled one is left to the member: what is pending may change until then
+        members = [m for m in members if m.data.get("pending_restart")]
+        if not members:
+            click.echo("No member has a pending restart")
+            return
+    if one:
+        members = [random.choice(members)]
     names = ", ".join(m.name for m in members)
     at = f" at {when.isoformat()}" if when is not None else ""
     confirm(f"Are you sure you want to restart members {names}{at}?", force, "Aborted restart")
@@ -207,7 +212,7 @@ def reinit(ctl: Ctl, cluster_name: str, member_names: tuple[str, ...], from_lead
            force: bool) -> None:
     """Rebuild replicas from a fresh base backup (POST /reinitialize)."""
     cluster = ctl.cluster(cluster_name)
-    members = choose(ctl, cluster, cluster_name, member_names, None, force, "reinitialize")
+    members = choose(ctl, cluster, cluster_name, member_names, "replica", force, "reinitialize")
     confirm(f"Are you sure you want to reinitialize members {', '.join(m.name for m in members)}?", force,
             "Aborted reinitialize")
     started: dict[str, tuple[Member, str | None]] = {}

@@ -239,12 +239,11 @@ def test_failover_to_an_async_node_in_sync_mode_asks(store: FakeStore, apis: dic
 def test_restart_force_all_members(store: FakeStore, apis: dict[str, FakeApi], config_file: str) -> None:
     for api in apis.values():
         api.answers[("POST", "/restart")] = (200, "restarted successfully")
-    result = run(store, config_file, "restart", SCOPE, "--force", "--pending", "--pg-version", "16.1",
-                 "--timeout", "30")
+    result = run(store, config_file, "restart", SCOPE, "--force", "--pg-version", "16.1", "--timeout", "30")
     assert result.exit_code == 0, result.output
     for name, api in apis.items():
         (req,) = api.calls("POST", "/restart")
-        assert req.body == {"restart_pending": True, "postgres_version": "16.1", "timeout": 30} and auth_ok(req)
+        assert req.body == {"postgres_version": "16.1", "timeout": 30} and auth_ok(req)
         assert f"Success: restart on member {name}" in result.stdout
 
 
@@ -310,12 +309,27 @@ def test_reinit_retries_with_force_when_asked_and_waits(store: FakeStore, apis: 
     assert "Reinitialize is completed on: node2" in result.stdout
 
 
-def test_reinit_leader_is_refused_by_the_member(store: FakeStore, apis: dict[str, FakeApi], config_file: str) -> None:
-    apis["node1"].answers[("POST", "/reinitialize")] = (503, "I am the leader, can not reinitialize")
-    result = run(store, config_file, "reinit", SCOPE, "node1", "--force", "--from-leader")
-    assert apis["node1"].calls("POST", "/reinitialize")[0].body == {"force": True, "from_leader": True}
-    assert "I am the leader, can not reinitialize" in result.stdout and result.exit_code == 1
+def test_reinit_only_replicas(store: FakeStore, apis: dict[str, FakeApi], config_file: str) -> None:
+    assert "no replica among" in single_error_line(run(store, config_file, "reinit", SCOPE, "node1", "--force"))
     assert "name the members" in single_error_line(run(store, config_file, "reinit", SCOPE, "--force"))
+    apis["node3"].answers[("POST", "/reinitialize")] = (503, "Cluster has no leader, can not reinitialize")
+    result = run(store, config_file, "reinit", SCOPE, "node3", "--force", "--from-leader")
+    assert apis["node3"].calls("POST", "/reinitialize")[0].body == {"force": True, "from_leader": True}
+    assert "Cluster has no leader, can not reinitialize" in result.stdout and result.exit_code == 1
+    assert not apis["node1"].requests
+
+
+def test_restart_pending_now_only_asks_members_with_a_pending_restart(store: FakeStore, apis: dict[str, FakeApi],
+                                                                      config_file: str) -> None:
+    assert run(store, config_file, "restart", SCOPE, "--force", "--pending").stdout.strip().endswith(
+        "No member has a pending restart")
+    assert not any(api.requests for api in apis.values())
+    store.put("members/node3", {**store.value("members/node3"), "pending_restart": True})
+    apis["node3"].answers[("POST", "/restart")] = (200, "restarted successfully")
+    result = run(store, config_file, "restart", SCOPE, "--force", "--pending", "--any")
+    assert result.exit_code == 0 and "Success: restart on member node3" in result.stdout
+    assert apis["node3"].calls("POST", "/restart")[0].body == {"restart_pending": True}
+    assert not apis["node1"].requests and not apis["node2"].requests
 
 
 def test_flush(store: FakeStore, apis: dict[str, FakeApi], config_file: str) -> None:
