@@ -6,19 +6,16 @@ import http.server
 import shutil
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from hasup.api import tls
+from hasup.config import RestApiConfig
 from hasup.ctl.rest import Response, RestClient, RestError, endpoint_url
 from hasup.ctl.settings import CtlSettings, RestTls
 from hasup.dcs.model import Member
-from tests.unit import test_api_tls
+from tests.harness.pki import Pki, make_pki
 from tests.unit.ctl_fakes import fake_apis
-from tests.unit.test_api_tls import restapi
-
-certs = test_api_tls.pki  # the same certificates fixture (CA, server, client), under this module's name
 
 
 def test_endpoint_url_replaces_the_path() -> None:
@@ -55,8 +52,13 @@ def test_unreachable_members_raise_one_line() -> None:
         client.request(Member("y", {"api_url": "http://127.0.0.1:1/patroni"}), "GET", "patroni")
 
 
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
 @pytest.fixture
-def https_member(certs: Path) -> Iterator[Member]:
+def https_member(certs: Pki) -> Iterator[Member]:
     class Ok(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 -- the stdlib's naming
             self.send_response(200)
@@ -67,8 +69,9 @@ def https_member(certs: Path) -> Iterator[Member]:
         def log_message(self, *args: object) -> None:
             pass
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
-    server.socket = tls.make_context(restapi(certs, verify_client="required")).wrap_socket(server.socket,
-                                                                                        server_side=True)
+    restapi = RestApiConfig("127.0.0.1:0", "127.0.0.1:8008", certfile=certs.server_cert, keyfile=certs.server_key,
+                            keyfile_password=certs.key_password, cafile=certs.ca, verify_client="required")
+    server.socket = tls.make_context(restapi).wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield Member("tls", {"api_url": f"https://127.0.0.1:{server.server_address[1]}/patroni"})
@@ -78,14 +81,14 @@ def https_member(certs: Path) -> Iterator[Member]:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
-def test_tls_with_ctl_cacert_and_client_certificate(certs: Path, https_member: Member) -> None:
-    good = RestTls(cacert=str(certs / "ca.pem"), certfile=str(certs / "client.pem"), keyfile=str(certs / "client.key"))
+def test_tls_with_ctl_cacert_and_client_certificate(certs: Pki, https_member: Member) -> None:
+    good = RestTls(cacert=certs.ca, certfile=certs.client_cert, keyfile=certs.client_key)
     assert RestClient(CtlSettings(tls=good)).request(https_member, "GET", "patroni").text == "ok"
-    no_cert = RestTls(cacert=str(certs / "ca.pem"))
+    no_cert = RestTls(cacert=certs.ca)
     with pytest.raises(RestError, match="cannot reach member tls"):
         RestClient(CtlSettings(tls=no_cert)).request(https_member, "GET", "patroni")
-    untrusted = RestTls(certfile=str(certs / "client.pem"), keyfile=str(certs / "client.key"))
+    untrusted = RestTls(certfile=certs.client_cert, keyfile=certs.client_key)
     with pytest.raises(RestError, match="CERTIFICATE_VERIFY_FAILED"):
         RestClient(CtlSettings(tls=untrusted)).request(https_member, "GET", "patroni")
-    insecure = RestTls(certfile=str(certs / "client.pem"), keyfile=str(certs / "client.key"), insecure=True)
+    insecure = RestTls(certfile=certs.client_cert, keyfile=certs.client_key, insecure=True)
     assert RestClient(CtlSettings(tls=insecure)).request(https_member, "GET", "patroni").status == 200
