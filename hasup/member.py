@@ -9,8 +9,11 @@ from hasup.config import Config
 from hasup.ipc import PgState
 
 
-def member_data(cfg: Config, pg: PgState | None) -> dict[str, Any]:
-    """The value of members/<name> (reference §2.2); WAL fields only from a confirmed probe."""
+def member_data(cfg: Config, pg: PgState | None, paused: bool = False) -> dict[str, Any]:
+    """The value of members/<name> (reference §2.2); WAL fields only from a confirmed probe.
+
+    `paused` is the cluster's pause flag as this node last read it: patronictl's
+    `pause --wait` and `resume --wait` poll the member keys for it."""
     data: dict[str, Any] = {
         "conn_url": cfg.postgresql.conn_url,
         "api_url": cfg.restapi.api_url,
@@ -36,6 +39,8 @@ def member_data(cfg: Config, pg: PgState | None) -> dict[str, Any]:
                 data["replay_lsn"] = pg.replayed_location
         if pg.pending_restart:
             data["pending_restart"] = True
+    if paused:
+        data["pause"] = True
     return data
 
 

@@ -217,3 +217,12 @@ class EtcdStore:
 
     def clear_failover(self, index: int | None = None) -> bool:
         return self._cas(lambda c: c.write(self.key("failover"), "{}", **({"prevIndex": index} if index else {})))
+
+    def delete_cluster(self) -> None:
+        """Remove every key of the cluster (hasupctl remove); a cluster already gone is fine."""
+        def op(c: etcd.Client, _t: float) -> None:
+            try:
+                c.delete(self.base, recursive=True)
+            except etcd.EtcdKeyNotFound:
+                pass
+        self._call(op)

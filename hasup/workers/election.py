@@ -311,7 +311,8 @@ class ElectionWorker:
 
     def touch_member(self) -> None:
         try:
-            data = member_data(self.ctx.config, self.pg)
+            paused = self.cluster.paused if self.cluster is not None else False
+            data = member_data(self.ctx.config, self.pg, paused)
             if self.desk.scheduled is not None:
                 data["scheduled_restart"] = self.desk.scheduled
             self.store.touch_member(self.me.name, data, self.dynamic.ttl)

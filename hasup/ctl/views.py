@@ -1,0 +1,220 @@
+"""What hasupctl shows and whom it picks, computed from one etcd read of the cluster (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from hasup.dcs.model import Cluster, Member
+
+MB = 1024 * 1024
+# Role filters, as patronictl spells them.
+ROLE_FILTERS = ("leader", "primary", "standby-leader", "replica", "standby", "any")
+LIST_COLUMNS = ["Member", "Host", "Role", "State", "TL", "Lag in MB"]
+OPTIONAL_COLUMNS = ["Pending restart", "Pending restart reason", "Scheduled restart", "Tags"]
+HISTORY_COLUMNS = ["TL", "LSN", "Reason", "Timestamp", "New Leader"]
+
+
+def is_standby_cluster(cluster: Cluster) -> bool:
+    return bool((cluster.config or {}).get("standby_cluster"))
+
+
+def sync_names(cluster: Cluster) -> set[str]:
+    """Members named in the sync key, when the cluster runs in synchronous mode."""
+    mode = (cluster.config or {}).get("synchronous_mode")
+    if not mode or mode in ("off", "false") or not cluster.sync:
+        return set()
+    names = cluster.sync.get("sync_standby") or ""
+    return {n for n in str(names).split(",") if n}
+
+
+def dcs_role(cluster: Cluster, name: str) -> str:
+    """The member's role as /cluster names it: leader, standby_leader, sync_standby, quorum_standby or replica."""
+    if cluster.leader is not None and cluster.leader.name == name:
+        return "standby_leader" if is_standby_cluster(cluster) else "leader"
+    if name in sync_names(cluster):
+        return "quorum_standby" if (cluster.config or {}).get("synchronous_mode") == "quorum" else "sync_standby"
+    return "replica"
+
+
+def sorted_members(cluster: Cluster) -> list[Member]:
+    return [cluster.members[n] for n in sorted(cluster.members)]
+
+
+def lag_mb(cluster: Cluster, member: Member) -> int | str:
+    """How far the member's WAL is behind the leader's last published position, in MB (rounded)."""
+    if cluster.optime is None or not isinstance(member.data.get("xlog_location"), int):
+        return "unknown"
+    return round(max(0, cluster.optime - member.wal_position) / MB)
+
+
+def _show_port(members: list[Member]) -> bool:
+    """host:port when a port is not 5432 or two members share a host (patronictl's rule)."""
+    hosts = [m.host_port for m in members if m.host_port]
+    return any(p != 5432 for _, p in hosts) or len({h for h, _ in hosts}) < len(hosts)
+
+
+def _restart_reason(member: Member) -> str:
+    reason = member.data.get("pending_restart_reason")
+    if not isinstance(reason, dict):
+        return ""
+    parts = []
+    for param, change in reason.items():
+        if isinstance(change, dict):
+            parts.append(f"{param}: {change.get('old_value')}->{change.get('new_value')}")
+    return ", ".join(parts)
+
+
+def _scheduled(member: Member) -> str:
+    sched = member.data.get("scheduled_restart")
+    if not isinstance(sched, dict) or "schedule" not in sched:
+        return ""
+    text = str(sched["schedule"])
+    if sched.get("postgres_version"):
+        text += f" if version < {sched['postgres_version']}"
+    return text
+
+
+def member_row(cluster: Cluster, member: Member, with_port: bool) -> dict[str, Any]:
+    role = dcs_role(cluster, member.name)
+    leading = role in ("leader", "standby_leader")
+    hp = member.host_port
+    host = "" if hp is None else f"{hp[0]}:{hp[1]}" if with_port else hp[0]
+    state = (not leading and member.data.get("replication_state")) or member.state
+    return {
+        "Member": member.name, "Host": host, "Role": role.replace("_", " ").title(), "State": state,
+        "TL": "" if member.timeline is None else member.timeline,
+        "Lag in MB": "" if leading else lag_mb(cluster, member),
+        "Pending restart": "*" if member.data.get("pending_restart") else "",
+        "Pending restart reason": _restart_reason(member),
+        "Scheduled restart": _scheduled(member),
+        "Tags": member.tags or "",
+    }
+
+
+def topology(cluster: Cluster) -> list[tuple[int, Member]]:
+    """Members with their depth: the leader, then whom each replicates from (tag replicatefrom)."""
+    members = sorted_members(cluster)
+    names = {m.name for m in members}
+    leader = cluster.leader.name if cluster.leader and cluster.leader.name in names else None
+
+    def parent(m: Member) -> str | None:
+        if m.name == leader:
+            return None
+        upstream = m.tags.get("replicatefrom")
+        if isinstance(upstream, str) and upstream in names and upstream != m.name:
+            return upstream
+        return leader
+
+    out: list[tuple[int, Member]] = []
+    placed: set[str] = set()
+
+    def walk(name: str | None, level: int) -> None:
+        for m in members:
+            if m.name not in placed and parent(m) == name:
+                placed.add(m.name)
+                out.append((level, m))
+                walk(m.name, level + 1)
+    walk(None, 0)
+    for m in members:  # cycles in replicatefrom: show them at the top rather than lose them
+        if m.name not in placed:
+            placed.add(m.name)
+            out.append((0, m))
+            walk(m.name, 1)
+    return out
+
+
+def member_table(cluster: Cluster, scope: str, fmt: str, extended: bool = False,
+                 nested: bool = False) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of `list` (nested: `topology`, names indented under their upstream)."""
+    ordered = topology(cluster) if nested else [(0, m) for m in sorted_members(cluster)]
+    with_port = _show_port([m for _, m in ordered])
+    rows = []
+    for level, m in ordered:
+        row = member_row(cluster, m, with_port)
+        if level:
+            row["Member"] = "  " * (level - 1) + "+ " + m.name
+        rows.append(row)
+    columns = LIST_COLUMNS + [c for c in OPTIONAL_COLUMNS if extended or any(r[c] for r in rows)]
+    if fmt not in ("pretty", "topology"):
+        columns = ["Cluster"] + columns
+        for row in rows:
+            row["Cluster"] = scope
+    return columns, [[r[c] for c in columns] for r in rows]
+
+
+def cluster_title(cluster: Cluster, scope: str) -> str:
+    sysid = {None: "uninitialized", "": "initializing"}.get(cluster.initialize, cluster.initialize)
+    return f"Cluster: {scope} ({sysid})"
+
+
+def service_lines(cluster: Cluster) -> list[str]:
+    """The footer of the pretty table: maintenance mode and a scheduled switchover."""
+    lines = []
+    if cluster.paused:
+        lines.append("Maintenance mode: on")
+    fo = cluster.failover or {}
+    if fo.get("scheduled_at"):
+        lines.append(f"Switchover scheduled at: {fo['scheduled_at']}")
+        if fo.get("leader"):
+            lines.append(f"                    from: {fo['leader']}")
+        if fo.get("member"):
+            lines.append(f"                      to: {fo['member']}")
+    return lines
+
+
+def history_rows(cluster: Cluster) -> list[list[Any]]:
+    rows = []
+    for entry in cluster.history:
+        if isinstance(entry, list) and entry:
+            rows.append((list(entry) + [""] * 5)[:5])
+    return rows
+
+
+# -- choosing members --------------------------------------------------------------------------
+
+
+def leader_is_standby(cluster: Cluster) -> bool:
+    leader = cluster.leader_member()
+    return is_standby_cluster(cluster) or (leader is not None and leader.role == "standby_leader")
+
+
+def members_with_role(cluster: Cluster, role: str) -> list[Member]:
+    """Members matching a role filter (ROLE_FILTERS), in name order."""
+    leader = cluster.leader_member()
+    if role in ("leader", "primary", "standby-leader"):
+        if leader is None:
+            return []
+        if role == "primary" and leader_is_standby(cluster) or role == "standby-leader" \
+                and not leader_is_standby(cluster):
+            return []
+        return [leader]
+    members = sorted_members(cluster)
+    if role in ("replica", "standby"):
+        return [m for m in members if leader is None or m.name != leader.name]
+    return members
+
+
+def leader_first(cluster: Cluster) -> list[Member]:
+    """Members that publish an api_url, the leader first: whom to ask for a cluster-wide change."""
+    leader = cluster.leader_member()
+    first = [leader] if leader is not None and leader.api_url else []
+    return first + [m for m in sorted_members(cluster) if m.api_url and m not in first]
+
+
+def conn_params(member: Member) -> dict[str, Any]:
+    """libpq parameters from the member's conn_url (host, port, dbname)."""
+    params: dict[str, Any] = {}
+    if member.conn_url:
+        parts = urlsplit(member.conn_url)
+        if parts.hostname:
+            params["host"] = parts.hostname
+        params["port"] = parts.port or 5432
+        if parts.path.strip("/"):
+            params["dbname"] = parts.path.strip("/")
+    return params
+
+
+def dsn(member: Member) -> str:
+    params = conn_params(member)
+    return " ".join(f"{k}={params[k]}" for k in ("host", "port") if k in params)

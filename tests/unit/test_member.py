@@ -1,0 +1,25 @@
+"""The member key a node publishes (reference §2.2)."""
+
+from __future__ import annotations
+
+import yaml
+
+from hasup.config import load_config_text
+from hasup.ipc import PgState
+from hasup.member import member_data
+
+NODE = {"scope": "main", "name": "node1", "etcd": {"host": "127.0.0.1:2379"},
+        "restapi": {"listen": "127.0.0.1:8008", "connect_address": "127.0.0.1:8008"},
+        "postgresql": {"listen": "127.0.0.1:5432", "connect_address": "127.0.0.1:5432", "data_dir": "/tmp/d",
+                       "authentication": {"superuser": {"username": "postgres"},
+                                          "replication": {"username": "replicator"}}}}
+
+
+def test_pause_flag_follows_the_cluster_for_patronictl_wait() -> None:
+    cfg, _ = load_config_text(yaml.safe_dump(NODE))
+    pg = PgState(state="running", role="primary", data_dir_empty=False, probe_ok=True, probe_at=1.0,
+                 wal_position=100, timeline=1)
+    paused = member_data(cfg, pg, paused=True)
+    assert paused["pause"] is True
+    assert "pause" not in member_data(cfg, pg)  # like Patroni: the key is absent, not false, when not paused
+    assert paused["api_url"] == "http://127.0.0.1:8008/patroni" and paused["xlog_location"] == 100
