@@ -56,6 +56,7 @@ from hasup.config_schema import (
     parse_yaml,
     read_sources,
     render_options,
+    seconds_at_least,
     shown,
     to_bool,
     to_int,
@@ -68,6 +69,7 @@ from hasup.config_schema import (
     to_sync_mode,
     to_watchdog_mode,
 )
+from hasup.timing import DEFAULT_HEALTH_DEADLINE, MIN_HEALTH_DEADLINE
 
 
 class ConfigError(Exception):
@@ -151,6 +153,9 @@ class PostgresConfig:
     custom_conf: str | None = None
     database: str = "postgres"
     basebackup: tuple[str, ...] = ()  # rendered options, e.g. ("--checkpoint=fast",)
+    # hasup's own: how long a live postgres worker may fail to reach the leader's PostgreSQL before it
+    # is fenced (killed) and the lock released (docs/operations.md, hasup.timing).
+    health_deadline: float = DEFAULT_HEALTH_DEADLINE
 
     @property
     def listen_hosts(self) -> list[str]:
@@ -499,6 +504,8 @@ def _postgresql(r: Reader, top: Mapping[str, Any]) -> PostgresConfig | None:
         custom_conf=r.get(sec, "postgresql.custom_conf", to_str, None),
         database=r.get(sec, "postgresql.database", to_str, "postgres"),
         basebackup=_options(r, sec, "postgresql.basebackup", BASEBACKUP_FORBIDDEN),
+        health_deadline=r.get(sec, "postgresql.health_deadline", seconds_at_least(MIN_HEALTH_DEADLINE),
+                              DEFAULT_HEALTH_DEADLINE),
     )
     r.ignore_rest(sec, "postgresql", PG_USED, dynamic_only=("use_slots",))
     required = (listen, connect_address, data_dir, superuser, replication, rewind)

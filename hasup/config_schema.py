@@ -104,6 +104,7 @@ BOOTSTRAP_USED = ("dcs", "method", "initdb", "pg_hba", "users", "post_bootstrap"
 PG_USED = (
     "listen", "connect_address", "data_dir", "config_dir", "bin_dir", "pgpass", "authentication",
     "parameters", "pg_hba", "pg_ctl_timeout", "use_pg_rewind", "custom_conf", "database", "basebackup",
+    "health_deadline",
 )
 TAGS_UNUSED = ("replicatefrom", "nostream", "sync_priority")  # Patroni tags hasup publishes but ignores
 LOG_USED = ("level", "traceback_level", "format", "dateformat", "dir", "file_num", "file_size")
@@ -162,6 +163,23 @@ def at_least(minimum: int) -> Callable[[Any], int]:
         number = to_int(value)
         if number < minimum:
             raise Invalid(f"must be at least {minimum}", value)
+        return number
+
+    return convert
+
+
+def seconds_at_least(minimum: float) -> Callable[[Any], float]:
+    """A converter for a duration in (possibly fractional) seconds, not below `minimum`."""
+
+    def convert(value: Any) -> float:
+        if isinstance(value, bool):
+            raise Invalid("expected a number of seconds", value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise Invalid("expected a number of seconds", value) from None
+        if not number >= minimum:  # also refuses NaN
+            raise Invalid(f"must be at least {minimum:g}", value)
         return number
 
     return convert

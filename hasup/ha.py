@@ -106,6 +106,11 @@ class WriteStatus(Action):
 
 
 @dataclass(frozen=True)
+class FencePostgres(Action):
+    """Kill every process of our hung PostgreSQL; the lock is released only once that is confirmed."""
+
+
+@dataclass(frozen=True)
 class Fatal(Action):
     reason: str
 
@@ -137,6 +142,7 @@ class Settings:
     maximum_lag_on_failover: int
     check_timeline: bool = False
     use_pg_rewind: bool = False
+    health_deadline: float = 3.0  # seconds a live postgres worker may fail to reach our primary before a fence
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,9 @@ class Local:
     now_wall: float = 0.0  # wall clock, for scheduled switchovers (etcd holds wall-clock times)
     watchdog_usable: bool = True  # False only with watchdog.mode: required and a device that cannot be used
     failover_age: float = 0.0  # seconds since this node first saw the current failover request
+    # Seconds since PostgreSQL last answered a probe, as reported by a live postgres worker after
+    # enough consecutive failures (hasup.timing); 0 when it answers or nobody can vouch for the failures.
+    unhealthy_for: float = 0.0
 
 
 WORKING_STATES = ("running",)
@@ -185,6 +194,11 @@ def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) 
     if local.busy or pg.busy:
         action = local.busy or pg.busy
         return Decision(keep, f"updated leader lock during {action}" if holds_lock else f"{action} in progress")
+    if holds_lock and pg.role == "primary" and local.unhealthy_for >= settings.health_deadline \
+            and not cluster.paused:
+        # Hung, not dead: it may still commit what it has in flight.  Kill it before letting go.
+        return Decision((RefreshLock(), FencePostgres()),
+                        f"PostgreSQL has not answered for {local.unhealthy_for:.1f}s: fencing it")
 
     if not local.watchdog_usable:
         if holds_lock and pg.role == "primary" and pg.state == "running":

@@ -16,6 +16,7 @@ import errno
 import json
 import socket
 import struct
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -270,6 +271,27 @@ class Reinitialize(Request):
     force: bool = False
 
 
+# -- fencing -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fence(Message):
+    """election -> supervisor: kill every process of this node's hung PostgreSQL and confirm it."""
+
+    ROUTE = ("supervisor",)
+    postmaster_pid: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class FenceDone(Message):
+    """supervisor -> election: only a confirmed fence lets election release the leader key."""
+
+    confirmed: bool
+    killed: tuple[int, ...] = ()
+    reason: str = ""
+
+
 # -- admin requests from the REST API ---------------------------------------------
 
 
@@ -312,7 +334,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     for cls in (
         Ping, Pong, LogRecord, ConfigChanged, Shutdown, ShutdownDone, PgState, ClusterView, Lease, Disarm,
         WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Restart,
-        Reinitialize, AdminRequest, AdminReply, Reply,
+        Reinitialize, AdminRequest, AdminReply, Fence, FenceDone, Reply,
     )
 }
 
@@ -372,6 +394,8 @@ class Channel:
     send() queues; flush() writes what the socket accepts now.  Snapshots
     coalesce in the queue; other messages are bounded by max_queued and
     dropped (and counted) beyond it, so a stopped peer cannot stall us.
+    Sending is thread-safe (a worker's helper threads log through it);
+    receiving belongs to one thread.
     """
 
     def __init__(self, sock: socket.socket, peer: str, max_queued: int = 1000) -> None:
@@ -385,12 +409,17 @@ class Channel:
         self._partial = b""  # bytes of the head frame not yet written
         self._inbuf = bytearray()
         self.closed = False
+        self._lock = threading.RLock()  # two threads flushing could write one frame twice
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def send(self, message: Message) -> bool:
         """Queue a message; returns False if it was dropped."""
+        with self._lock:
+            return self._queue(message)
+
+    def _queue(self, message: Message) -> bool:
         self._seq += 1
         frame = encode(message, self._seq, time.monotonic())
         frame = FRAME_HEADER.pack(len(frame)) + frame
@@ -412,6 +441,10 @@ class Channel:
         return bool(self._partial or self._outbox)
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         while not self.closed:
             if not self._partial:
                 if not self._outbox:
@@ -430,12 +463,13 @@ class Channel:
 
     def send_now(self, message: Message) -> bool:
         """Queue and try to write at once (workers: keeps latency low)."""
-        queued = self.send(message)
-        try:
-            self.flush()
-        except PeerClosed:
-            pass
-        return queued
+        with self._lock:
+            queued = self._queue(message)
+            try:
+                self._flush()
+            except PeerClosed:
+                pass
+            return queued
 
     def receive(self) -> list[Envelope]:
         """Read whatever is available; raises PeerClosed on EOF."""

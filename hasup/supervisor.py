@@ -24,8 +24,10 @@ from setproctitle import setproctitle
 
 from hasup import ipc
 from hasup.config import Config, ConfigError, load_config, parse_dynamic
+from hasup.fence import fence_postgres, read_stat
 from hasup.logwriter import LogWriter
 from hasup.postgresql.control import postmaster_pid
+from hasup.timing import FENCE_TIMEOUT, Deadlines
 from hasup.workers import api, election, postgres, watchdog
 from hasup.workers.base import WorkerContext
 
@@ -35,7 +37,6 @@ ROLES = ("election", "postgres", "watchdog", "api")
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 M_ARENA_MAX = -8
-PING_INTERVAL = 2.0  # deadlines are >= 10 s; pinging more often only costs idle CPU
 ABORT_GRACE = 2.0  # SIGABRT lets a stuck worker dump its stack before SIGKILL
 RESTART_BUDGET = (5, 300.0)  # restarts per window, per worker
 EXIT_CONFIG = 2
@@ -50,19 +51,6 @@ def prctl(option: int, arg: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(option, arg, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl failed")
-
-
-def heartbeat_deadline(role: str, loop_wait: int, retry_timeout: int) -> float:
-    """How long a worker may go without answering a ping.
-
-    Election blocks on etcd for up to retry_timeout per call, a few calls a
-    cycle, plus peer queries; postgres blocks on a probe for its timeout.
-    """
-    if role == "election":
-        return loop_wait + 3 * retry_timeout + 5
-    if role == "postgres":
-        return 10.0
-    return 15.0
 
 
 def limit_malloc_arenas() -> None:
@@ -103,6 +91,7 @@ class Worker:
     started_at: float = 0.0
     last_pong: float = 0.0
     ping_n: int = 0
+    next_ping: float = 0.0
     aborted_at: float | None = None
     budget: RestartBudget = field(default_factory=lambda: RestartBudget(immediate_first=False))
     restart_at: float | None = None
@@ -125,9 +114,12 @@ class Supervisor:
         self.shutdown_started: float | None = None
         self.shutdown_done = False
         self.exit_code = 0
-        self.next_ping = 0.0
         seed, _ = parse_dynamic(config.bootstrap.dcs)
-        self.timing = (seed.loop_wait, seed.retry_timeout)
+        self.deadlines = self.deadlines_for(seed.ttl, seed.loop_wait, seed.retry_timeout)
+
+    def deadlines_for(self, ttl: int, loop_wait: int, retry_timeout: int) -> Deadlines:
+        return Deadlines.of(ttl, loop_wait, retry_timeout, self.config.watchdog.safety_margin,
+                            self.config.postgresql.health_deadline)
 
     # -- process management ---------------------------------------------------------
 
@@ -157,6 +149,7 @@ class Supervisor:
         w.pid = pid
         w.channel = ipc.Channel(ours, role)
         w.started_at = w.last_pong = time.monotonic()
+        w.next_ping = 0.0
         w.aborted_at = None
         w.restart_at = None
         w.stopping = False
@@ -252,6 +245,8 @@ class Supervisor:
             self.workers[sender].last_pong = time.monotonic()
         elif isinstance(msg, ipc.LogRecord):
             self.writer.write(msg, sender)
+        elif isinstance(msg, ipc.Fence):
+            self.fence(msg)
         elif isinstance(msg, ipc.ShutdownDone):
             log.info("election finished its shutdown (postgres stopped: %s, leader key released: %s)",
                      msg.stopped_postgres, msg.released_lock)
@@ -260,7 +255,11 @@ class Supervisor:
             if isinstance(msg, ipc.ClusterView) and msg.config:
                 # Heartbeat deadlines follow the cluster's live timing, not the bootstrap seed.
                 dynamic, _ = parse_dynamic(msg.config)
-                self.timing = (dynamic.loop_wait, dynamic.retry_timeout)
+                deadlines = self.deadlines_for(dynamic.ttl, dynamic.loop_wait, dynamic.retry_timeout)
+                if deadlines != self.deadlines:
+                    for problem in deadlines.problems(self.config.watchdog.mode != "off"):
+                        log.error("timing: %s", problem)
+                    self.deadlines = deadlines
             for dest in msg.ROUTE:
                 self.send(dest, msg)
 
@@ -312,13 +311,11 @@ class Supervisor:
         log.info("configuration reloaded")
 
     def heartbeats(self, now: float) -> None:
-        loop_wait, retry = self.timing
-        if now >= self.next_ping:
-            self.next_ping = now + PING_INTERVAL
-            for w in self.workers.values():
-                if w.channel is not None:
-                    w.ping_n += 1
-                    w.channel.send(ipc.Ping(w.ping_n))
+        for w in self.workers.values():
+            if w.channel is not None and now >= w.next_ping:
+                w.next_ping = now + self.deadlines.ping_interval(w.role)
+                w.ping_n += 1
+                w.channel.send(ipc.Ping(w.ping_n))
         for w in self.workers.values():
             if not w.pid or self.shutdown_started is not None:
                 continue
@@ -326,11 +323,19 @@ class Supervisor:
                 if now - w.aborted_at > ABORT_GRACE:
                     self.kill(w.pid, signal.SIGKILL)
                 continue
-            if now - w.last_pong > heartbeat_deadline(w.role, loop_wait, retry):
-                log.error("%s worker (pid %d) missed its heartbeat for %.1fs: aborting it", w.role, w.pid,
-                          now - w.last_pong)
-                w.aborted_at = now
-                self.kill(w.pid, signal.SIGABRT)
+            if now - w.last_pong > self.deadlines.heartbeat(w.role):
+                # A stopped process cannot act on SIGABRT until it is continued: kill it outright,
+                # every second counts while the watchdog's lease runs out.
+                stat = read_stat(w.pid)
+                stopped = stat is not None and stat.state in ("T", "t")
+                log.error("%s worker (pid %d) missed its heartbeat for %.1fs%s: %s it", w.role, w.pid,
+                          now - w.last_pong, " and is stopped" if stopped else "",
+                          "killing" if stopped else "aborting")
+                w.aborted_at = now - (ABORT_GRACE if stopped else 0.0)
+                self.kill(w.pid, signal.SIGKILL if stopped else signal.SIGABRT)
+
+    def next_ping(self) -> float:
+        return min((w.next_ping for w in self.workers.values() if w.channel is not None), default=time.monotonic() + 1)
 
     @staticmethod
     def kill(pid: int, sig: int) -> None:
@@ -367,6 +372,19 @@ class Supervisor:
                     self.kill(w.pid, signal.SIGKILL)
         return not any(w.pid for w in self.workers.values())
 
+    def fence(self, msg: ipc.Fence) -> None:
+        """Kill every process of our hung PostgreSQL and tell election whether that is confirmed.
+
+        Here, not in a worker: the supervisor is the subreaper that sees orphaned
+        backends, and /proc reads and signals cannot hang on PostgreSQL.
+        """
+        log.warning("fencing PostgreSQL: %s", msg.reason)
+        workers = {w.pid for w in self.workers.values() if w.pid}
+        result = fence_postgres(msg.postmaster_pid, self.config.postgresql.data_dir, self.pid, workers,
+                                timeout=FENCE_TIMEOUT)
+        self.reap()
+        self.send("election", ipc.FenceDone(result.confirmed, tuple(result.killed), result.reason))
+
     def stop_leftover_postmaster(self) -> None:
         """Last resort: the postgres worker died before stopping PostgreSQL."""
         pid = postmaster_pid(self.config.postgresql.data_dir)
@@ -393,7 +411,7 @@ class Supervisor:
                         and self.shutdown_started is None:
                     self.spawn(w.role)
             self.heartbeats(now)
-            self.poll(timeout=min(PING_INTERVAL, max(0.0, self.next_ping - time.monotonic())) or 0.05)
+            self.poll(timeout=max(0.0, self.next_ping() - time.monotonic()) or 0.05)
         self.reap()
         if self.exit_code == 0 and self.shutdown_started is not None:
             self.stop_leftover_postmaster()

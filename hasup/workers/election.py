@@ -11,7 +11,7 @@ import datetime
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 from hasup import ha, ipc
 from hasup.config import initial_dcs_config, parse_dynamic
@@ -21,7 +21,10 @@ from hasup.dcs.watch import KeyWatch
 from hasup.member import member_data, recorded_history
 from hasup.peers import client_context, fetch_all
 from hasup.postgresql.control import pid_alive, postmaster_pid
+from hasup.timing import Deadlines
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
+from hasup.workers.fencing import Fencing, unhealthy_for
+from hasup.workers.offload import OffloadedProxy, Offloader
 from hasup.workers.operator import OperatorDesk
 
 log = logging.getLogger("hasup.election")
@@ -37,7 +40,10 @@ class ElectionWorker:
         cfg = ctx.config
         self.me = ha.Node(cfg.name, cfg.tags.nofailover, cfg.tags.failover_priority)
         self.dynamic, _ = parse_dynamic(cfg.bootstrap.dcs)
-        self.store = EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
+        # etcd and peer calls run on a helper thread so the loop keeps answering its (short) heartbeat.
+        self.offload = Offloader(ctx, lambda: self.dynamic.retry_timeout + 2.0)
+        self.raw_store = EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
+        self.store = cast(EtcdStore, OffloadedProxy(self.raw_store, self.offload))
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         self.watch = KeyWatch(EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout),
@@ -69,6 +75,7 @@ class ElectionWorker:
         self.watchdog: ipc.WatchdogState | None = None if cfg.watchdog.mode != "required" else \
             ipc.WatchdogState("required", False, None, None, None, True, "not reported yet")
         self.desk = OperatorDesk(self, ctx.channel.send_now)
+        self.fencing = Fencing(ctx.channel.send_now)
 
     # -- requests to the postgres worker -----------------------------------------
 
@@ -89,7 +96,9 @@ class ElectionWorker:
             if now > req.deadline:
                 log.warning("%s request %d passed its deadline: outcome unknown", type(req).__name__, rid)
                 del self.pending[rid]
-        return ", ".join(sorted({type(r).__name__.lower() for r, _ in self.pending.values()}))
+        names = {type(r).__name__.lower() for r, _ in self.pending.values()} | ({"fence"} if self.fencing.in_progress
+                                                                                  else set())
+        return ", ".join(sorted(names))
 
     def on_reply(self, reply: ipc.Reply) -> None:
         entry = self.pending.pop(reply.id, None)
@@ -117,11 +126,13 @@ class ElectionWorker:
         self.pg = state
         self.pg_received = time.monotonic()
         self.pg_outdated = False
+        self.fencing.on_pgstate(state)
         # A restarted postgres worker lost whatever it was doing for us.
         for rid, (_req, pid) in list(self.pending.items()):
             if pid is not None and state.worker_pid != pid:
                 del self.pending[rid]
-        if prev is None or (prev.state, prev.role, prev.busy) != (state.state, state.role, state.busy):
+        if prev is None or (prev.state, prev.role, prev.busy, prev.probe_ok, prev.failed_probes) != \
+                (state.state, state.role, state.busy, state.probe_ok, state.failed_probes):
             self.run_now = True
 
     # -- the cycle ----------------------------------------------------------------
@@ -130,7 +141,13 @@ class ElectionWorker:
         d = self.dynamic
         local_rewind = self.ctx.config.postgresql.use_pg_rewind
         return ha.Settings(d.ttl, d.loop_wait, d.retry_timeout, d.maximum_lag_on_failover, d.check_timeline,
-                           d.use_pg_rewind if local_rewind is None else local_rewind)
+                           d.use_pg_rewind if local_rewind is None else local_rewind,
+                           self.ctx.config.postgresql.health_deadline)
+
+    def deadlines(self) -> Deadlines:
+        d, cfg = self.dynamic, self.ctx.config
+        return Deadlines.of(d.ttl, d.loop_wait, d.retry_timeout, cfg.watchdog.safety_margin,
+                            cfg.postgresql.health_deadline)
 
     def read_cluster(self) -> Cluster | None:
         try:
@@ -159,15 +176,19 @@ class ElectionWorker:
         holds = cluster is not None and cluster.leader is not None and cluster.leader.name == self.me.name
         if cluster is not None and (cluster.leader is None or holds and cluster.failover is not None) \
                 and pg is not None and pg.state == "running" and not self.shutting_down:
-            peers = fetch_all(ha.race_candidates(cluster, self.me.name), client_context(self.ctx.config.restapi))
+            peers = self.offload.call(fetch_all, ha.race_candidates(cluster, self.me.name),
+                                      client_context(self.ctx.config.restapi))
         wd = self.watchdog
         usable = not (wd is not None and wd.mode == "required" and wd.failed)
+        now = time.monotonic()
         local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable,
-                         self.failover_age(cluster))
+                         self.failover_age(cluster), unhealthy_for(pg, self.pg_received, now, self.deadlines()))
+        # Just fenced: our PostgreSQL hung while primary; let another node lead first.
+        me = ha.Node(self.me.name, True, self.me.failover_priority) if self.fencing.sitting_out() else self.me
         if self.shutting_down:
             decision = ha.Decision((ha.RefreshLock(),) if holds else (), "shutting down")
         else:
-            decision = ha.decide(cluster, local, self.me, self.settings())
+            decision = ha.decide(cluster, local, me, self.settings())
         for action in decision.actions:
             if not self.execute(action, cluster):
                 self.run_now = True
@@ -175,6 +196,10 @@ class ElectionWorker:
         else:
             self.log_reason(decision.reason)  # only what actually happened
         self.recheck_in = decision.recheck_in
+        if local.unhealthy_for > 0:
+            # Be there the moment the health deadline passes, not a loop_wait later.
+            due = max(0.05, self.settings().health_deadline - local.unhealthy_for)
+            self.recheck_in = min(due, self.recheck_in or due)
         if cluster is not None:
             self.touch_member()
         self.maybe_disarm()
@@ -208,6 +233,8 @@ class ElectionWorker:
         """Carry out one action; False stops the rest of the list."""
         ttl = self.dynamic.ttl
         try:
+            if isinstance(action, ha.AcquireLock | ha.RefreshLock) and self.fencing.failed:
+                return False  # a fence we could not confirm: let the lease run out
             if isinstance(action, ha.AcquireLock | ha.RefreshLock):
                 started = time.monotonic()
                 fn = self.store.acquire_leader if isinstance(action, ha.AcquireLock) else self.store.refresh_leader
@@ -233,6 +260,8 @@ class ElectionWorker:
                 self.write_status()
             elif isinstance(action, ha.WriteHistory):
                 self.write_history(cluster)
+            elif isinstance(action, ha.FencePostgres):
+                self.fencing.start(self.pg, "it did not answer probes within postgresql.health_deadline")
             elif isinstance(action, ha.Fatal):
                 log.critical(action.reason)
                 os._exit(EXIT_FATAL)
@@ -418,7 +447,7 @@ class ElectionWorker:
             return
         if self.cluster is not None and self.cluster.leader is not None and self.cluster.leader.name == self.me.name:
             try:
-                self.store.delete_leader(self.me.name)
+                self.raw_store.delete_leader(self.me.name)
             except DCSError:
                 pass
 
@@ -431,9 +460,10 @@ class ElectionWorker:
             try:
                 if self.ctx.orphaned():
                     raise ipc.PeerClosed("supervisor")
-                timeout = 0.0 if self.run_now else max(0.0, next_cycle - time.monotonic())
+                deferred = self.offload.take_deferred()  # arrived while an etcd call ran
+                timeout = 0.0 if self.run_now or deferred else max(0.0, next_cycle - time.monotonic())
                 woke: list[object] = []
-                for env in pump(self.ctx, timeout, extra=[self.wake_r], on_ready=woke.append):
+                for env in deferred + pump(self.ctx, timeout, extra=[self.wake_r], on_ready=woke.append):
                     self.on_message(env.message)
                 if woke:
                     try:
@@ -468,6 +498,10 @@ class ElectionWorker:
             self.watchdog = msg
         elif isinstance(msg, ipc.Reply):
             self.on_reply(msg)
+        elif isinstance(msg, ipc.FenceDone):
+            if self.fencing.finished(msg, self.dynamic.ttl) and self.holds_lock():
+                self.release_lock()  # a replica can take over at once: nothing of ours can commit now
+            self.run_now = True
         elif isinstance(msg, ipc.AdminRequest):
             self.desk.handle(msg)
             self.run_now = True  # publish what changed (busy, a scheduled restart) at once

@@ -22,12 +22,11 @@ from hasup.config import DynamicConfig, parse_dynamic
 from hasup.postgresql.control import Binaries, Postmaster, controldata, data_dir_empty
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult
+from hasup.timing import PROBE_INTERVAL, PROBE_TIMEOUT
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.postgres")
 
-PROBE_INTERVAL = 1.0
-PROBE_TIMEOUT = 2.0
 # An unchanged PgState is re-sent this often: election treats one older than
 # 10 s as stale, and an idle node should not pay for a message every probe.
 KEEPALIVE = 5.0
@@ -158,6 +157,7 @@ class PostgresWorker:
                     log.warning("probe failed (%d in a row): %s", self.failed_probes, exc)
         else:
             self.prober.close()
+            self.failed_probes = 0  # nothing to probe: failures of a server that is gone mean nothing now
         self.last_probe = probe if probe is not None else (self.last_probe if pid is not None else None)
         empty = data_dir_empty(cfg.postgresql.data_dir)
         now = time.monotonic()
@@ -302,7 +302,9 @@ class PostgresWorker:
                     self.finish_actions()
                 if woke or time.monotonic() >= next_probe:
                     self.report()
-                    next_probe = time.monotonic() + PROBE_INTERVAL
+                    # After a failed probe, ask again at once: a hung primary is fenced after
+                    # FAILED_PROBES_TO_FENCE of them, and that should take seconds, not intervals.
+                    next_probe = time.monotonic() + (0.0 if self.failed_probes == 1 else PROBE_INTERVAL)
             except ipc.PeerClosed:
                 self.orphaned_stop()
                 return

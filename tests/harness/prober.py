@@ -80,6 +80,19 @@ def longest_gap(acked: list[tuple[int, float, str]], start: float, end: float) -
     return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 
+def writer_runs(acked: list[tuple[int, float, str]]) -> list[str]:
+    """The nodes that acknowledged writes, in order, one entry per uninterrupted run.
+
+    A node appearing twice accepted writes again after another node had:
+    two nodes were writable at once (or a demoted primary came back).
+    """
+    runs: list[str] = []
+    for _, _, name in acked:
+        if not runs or runs[-1] != name:
+            runs.append(name)
+    return runs
+
+
 def lost_writes(prober: Prober, node: Node) -> list[int]:
     """Acknowledged values that `node` (the healed cluster's leader) does not have."""
     present = {r[0] for r in node.sql("SELECT v FROM bench_writes WHERE v >= %s", prober.first)}

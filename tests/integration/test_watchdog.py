@@ -12,11 +12,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from tests.harness import TestCluster, kill_pids, wait_for
+from tests.harness import TestCluster, alive, descendants, kill_pids, wait_for
+from tests.harness.prober import start_prober, writer_runs
 
 DCS = {"ttl": 10, "loop_wait": 2, "retry_timeout": 3, "maximum_lag_on_failover": 1048576,
        "postgresql": {"use_pg_rewind": True, "use_slots": False}}
@@ -139,6 +141,92 @@ def test_killed_watchdog_worker_reopens_the_device_in_time(cluster):
         assert tc.leader_name() == leader.name
         time.sleep(1)
     assert leader.sql("SELECT pg_is_in_recovery()") == [(False,)]
+
+
+def fired(emu: Emulators, node) -> bool:
+    return any(e["event"] == "fired" for e in emu.events(node))
+
+
+def test_stuck_postgres_and_election_workers_are_replaced_without_failover(cluster):
+    """Acceptance 3: a SIGSTOPped worker is replaced within its heartbeat; PostgreSQL and leadership stay."""
+    tc, emu, leader = cluster
+    postmaster = leader.postmaster_pid()
+    for role, deadline in (("postgres", 5.0), ("election", 2.5)):
+        stuck = leader.worker_pid(role)
+        assert stuck
+        os.kill(stuck, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            wait_for(lambda r=role, s=stuck: leader.worker_pid(r) not in (None, s), deadline + 5,
+                     f"a new {role} worker")
+            # Noticed within the heartbeat (plus a ping interval), then killed outright: it is stopped.
+            assert time.monotonic() - stopped_at < deadline + 2.0, role
+        finally:
+            kill_pids([stuck], signal.SIGCONT)
+        wait_for(lambda: tc.member(leader.name).get("state") == "running", 20, "the member key refreshed")
+        assert leader.postmaster_pid() == postmaster, role
+        assert tc.leader_name() == leader.name, role
+        assert not fired(emu, leader), role
+    assert f"{'election'} worker (pid" in leader.log_text() and "and is stopped: killing it" in leader.log_text()
+    # A few renewals later: still the same leader, unreset.
+    renewed = tc.etcd.key(tc.key("leader"))["modifiedIndex"]
+    wait_for(lambda: tc.etcd.key(tc.key("leader"))["modifiedIndex"] > renewed, 10, "the lock renewed")
+    assert tc.leader_name() == leader.name and not fired(emu, leader)
+    assert leader.sql("SELECT pg_is_in_recovery()") == [(False,)]
+
+
+def test_frozen_postgres_is_fenced_and_a_replica_takes_over(cluster):
+    """Acceptance 2: keepalive goes on until the health deadline, then every postgres process dies first."""
+    tc, emu, leader = cluster
+    leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
+    tc.wait_streaming(leader, [n for n in tc.nodes if n is not leader], 30)
+    prober, thread = start_prober(tc.nodes, 1)
+    old_writes: list[float] = []  # times the old leader accepted a write after the freeze
+    stop_old = threading.Event()
+
+    def try_old_leader() -> None:
+        while not stop_old.is_set():
+            try:
+                conn = leader.connect(timeout=1)
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SET statement_timeout = 500")
+                        cur.execute("INSERT INTO bench_writes VALUES (-1) ON CONFLICT DO NOTHING")
+                    old_writes.append(time.monotonic())
+                finally:
+                    conn.close()
+            except Exception:
+                pass
+            stop_old.wait(0.1)
+
+    try:
+        wait_for(lambda: len(prober.acked) > 50, 30, "the prober to write")
+        postmaster = leader.postmaster_pid()
+        processes = [postmaster, *descendants(postmaster)]
+        kill_pids(processes, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        checker = threading.Thread(target=try_old_leader, daemon=True)
+        checker.start()
+        new = tc.wait_leader(20, exclude=leader.name)
+        first = wait_for(lambda: next((t for _, t, n in prober.acked if n == new.name and t > frozen_at), None),
+                         10, "writes on the new leader")
+        assert first - frozen_at <= 3.0 + 3.0, first - frozen_at  # health deadline + 3 s
+        assert not any(alive(p) for p in processes), "a process of the fenced PostgreSQL survived"
+        kill_pids(processes, signal.SIGCONT)  # nothing left to continue: they were killed while stopped
+        # The old node rejoins as a replica of the new leader, having accepted no write meanwhile.
+        tc.wait_streaming(new, [leader], 60)
+    finally:
+        stop_old.set()
+        prober.stop.set()
+        thread.join(10)
+    assert old_writes == []
+    assert writer_runs(prober.acked) == [leader.name, new.name]  # never two writable nodes
+    assert "fenced PostgreSQL" in leader.log_text()
+    # The lock was kept (renewed) until the fence: no failover before the health deadline.
+    fenced = log_time(leader, r"fencing PostgreSQL")
+    promoted = log_time(new, r"promoted self to leader")
+    assert promoted >= fenced
+    assert not fired(emu, leader)
 
 
 def test_required_watchdog_without_a_device_never_leads_and_automatic_leads_unarmed():

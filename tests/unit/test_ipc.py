@@ -31,6 +31,8 @@ def sample_messages():
         ipc.Reinitialize(8, 9.0, "node1", "postgres://x:5432/postgres", True),
         ipc.AdminRequest(3, 4.0, "restart", {"schedule": "2030-01-01T00:00:00+00:00", "role": "replica"}),
         ipc.AdminReply(3, 202, "Restart scheduled"),
+        ipc.Fence(4242, "it did not answer probes within postgresql.health_deadline"),
+        ipc.FenceDone(True, (4242, 4250, 4251), "3 processes killed, none left"),
         ipc.Shutdown(), ipc.ShutdownDone(True, True),
     ]
 
