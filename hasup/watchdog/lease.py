@@ -10,7 +10,9 @@ timeout W at time `now` is allowed only if
 where epsilon bounds the time between this check and the pet's syscall.
 After each pet the clock is read again; a pet that landed later than
 epsilon allowed is corrected by setting a shorter timeout (which is itself
-a pet), and when not even one second fits the node must be reset.
+a pet), and when not even one second fits the node must be reset.  When a
+full-timeout pet no longer fits, a pet with the longest whole-second
+timeout that does (`fitting_timeout`) ends within 1 s + epsilon of the limit.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class LeaseRule:
 
     def may_pet(self, now: float, timeout: float, valid_until: float) -> bool:
         return now + timeout + self.epsilon <= self.limit(valid_until)
+
+    def latest_start(self, timeout: float, valid_until: float) -> float:
+        """The last moment a pet with this timeout may start (where may_pet turns false)."""
+        return self.limit(valid_until) - self.epsilon - timeout
 
     def fitting_timeout(self, now: float, valid_until: float) -> int | None:
         """The longest whole-second timeout a pet started at `now` may set; None when not even 1 s fits."""

@@ -130,6 +130,12 @@ class WatchdogWorker:
         if result.action == "armed":
             log.info("watchdog armed with a %ss timeout", result.timeout)
             self.failed, self.reason = False, ""
+        elif result.action == "retimed":
+            log.debug("watchdog petted with a %ss timeout", result.timeout)
+        elif result.action == "refused":
+            shortest = self.petter.shortest
+            self.warn_once(f"the watchdog device refused a {shortest - 1}s timeout: when the lease runs out it "
+                           f"may fire up to about {shortest}s before the lease rule requires")
 
     def state(self) -> ipc.WatchdogState:
         p = self.petter
@@ -140,9 +146,13 @@ class WatchdogWorker:
 
     def next_wake(self) -> float:
         p = self.petter
-        if p is None or not p.armed or p.last_pet is None or p.current is None:
+        if p is None or not p.armed:
             return 1.0 if p is not None else REPORT_INTERVAL
-        return max(0.05, p.last_pet + p.current / 2 - time.monotonic())
+        # The petter knows when its next pet is due, shorter-timeout pets included (not a fixed W/2).
+        due = p.next_due()
+        if due is None:
+            return REPORT_INTERVAL  # nothing to pet until a new lease, whose arrival wakes us anyway
+        return max(0.05, due - time.monotonic())
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "terminating", True))
