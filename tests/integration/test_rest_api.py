@@ -22,7 +22,10 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def tc():
     c = TestCluster(3)
     for node in c.nodes:
-        node.extra.update({"restapi.authentication.username": USER, "restapi.authentication.password": PASSWORD})
+        node.extra.update({"restapi.authentication.username": USER, "restapi.authentication.password": PASSWORD,
+                           # The frozen-PostgreSQL test watches the api's staleness bound, which a
+                           # fence (tests/integration/test_watchdog.py) would otherwise pre-empt.
+                           "postgresql.health_deadline": 60})
     c.etcd.start()
     try:
         c.start_all()

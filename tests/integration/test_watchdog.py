@@ -6,18 +6,16 @@ ttl 10, loop_wait 2, retry_timeout 3, safety_margin 3: the tightest profile DESI
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from tests.harness import TestCluster, alive, descendants, kill_pids, wait_for
+from tests.harness.emulators import Emulators
 from tests.harness.prober import start_prober, writer_runs
 
 DCS = {"ttl": 10, "loop_wait": 2, "retry_timeout": 3, "maximum_lag_on_failover": 1048576,
@@ -25,44 +23,11 @@ DCS = {"ttl": 10, "loop_wait": 2, "retry_timeout": 3, "maximum_lag_on_failover":
 MARGIN = 3
 
 
-class Emulators:
-    def __init__(self, tc: TestCluster) -> None:
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        for node in tc.nodes:
-            sock = os.path.join(node.dir, "watchdog.sock")
-            record = os.path.join(node.dir, "watchdog.jsonl")
-            os.makedirs(node.dir, exist_ok=True)
-            self.procs[node.name] = subprocess.Popen(
-                [sys.executable, "-m", "hasup.watchdog.emulator", "--socket", sock, "--record", record],
-                stdin=subprocess.DEVNULL)
-            node.extra.update({"watchdog.mode": "automatic", "watchdog.driver": "testing",
-                               "watchdog.device": sock, "watchdog.safety_margin": MARGIN})
-            wait_for(lambda sock=sock: os.path.exists(sock), 10, "the emulator's socket")
-
-    @staticmethod
-    def events(node) -> list[dict]:
-        try:
-            with open(os.path.join(node.dir, "watchdog.jsonl")) as f:
-                return [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                kill_pids([p.pid])
-                p.wait()
-
-
 @pytest.fixture
 def cluster():
     c = TestCluster(3, dcs=DCS)
     c.etcd.start()
-    emu = Emulators(c)
+    emu = Emulators(c, MARGIN)
     try:
         leader = c.start_all()
         wait_for(lambda: [e["event"] for e in emu.events(leader)][-1:] in (["keepalive"], ["settimeout"]), 30,

@@ -1,0 +1,47 @@
+"""One emulated watchdog device per node (python -m hasup.watchdog.emulator), for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from tests.harness import Node, TestCluster, kill_pids, wait_for
+
+
+class Emulators:
+    def __init__(self, tc: TestCluster, safety_margin: int) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        for node in tc.nodes:
+            sock = os.path.join(node.dir, "watchdog.sock")
+            record = os.path.join(node.dir, "watchdog.jsonl")
+            os.makedirs(node.dir, exist_ok=True)
+            self.procs[node.name] = subprocess.Popen(
+                [sys.executable, "-m", "hasup.watchdog.emulator", "--socket", sock, "--record", record],
+                stdin=subprocess.DEVNULL)
+            node.extra.update({"watchdog.mode": "automatic", "watchdog.driver": "testing",
+                               "watchdog.device": sock, "watchdog.safety_margin": safety_margin})
+            wait_for(lambda sock=sock: os.path.exists(sock), 10, "the emulator's socket")
+
+    @staticmethod
+    def events(node: Node) -> list[dict[str, Any]]:
+        try:
+            with open(os.path.join(node.dir, "watchdog.jsonl")) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                kill_pids([p.pid])
+                p.wait()
+
+    def fired(self, node: Node) -> dict[str, Any] | None:
+        return next((e for e in self.events(node) if e["event"] == "fired"), None)
