@@ -33,6 +33,7 @@ from tests.harness import (  # noqa: E402
     become_subreaper,
     descendants,
     kill_pids,
+    reap_zombies,
     wait_for,
 )
 from tests.harness.emulators import Emulators  # noqa: E402
@@ -64,7 +65,7 @@ def one_fault(c: TestCluster, emu: Emulators, kind: str, run: int, margin: int) 
     else:  # freeze_tree: the supervisor and election, nothing left that could renew or heal
         frozen = [p for p in (leader.pid, leader.worker_pid("election")) if p]
     kill_pids(frozen, signal.SIGSTOP)
-    fault_at = time.monotonic()
+    fault_at, fault_wall = time.monotonic(), time.time()
     new = c.wait_leader(120, exclude=leader.name)
     first_new = wait_for(lambda: next((t for _, t, n in prober.acked if n == new.name and t > fault_at), None), 30,
                          "writes on the new leader")
@@ -78,7 +79,8 @@ def one_fault(c: TestCluster, emu: Emulators, kind: str, run: int, margin: int) 
         "acked": len(prober.acked), "lost": len(lost_writes(prober, new)),
     }
     if kind == "freeze_tree":
-        fired = wait_for(lambda: emu.fired(leader), 30, "the emulated watchdog to fire")
+        fired = wait_for(lambda: next((e for e in emu.events(leader) if e["event"] == "fired"
+                                       and e["wall"] > fault_wall), None), 30, "the emulated watchdog to fire")
         key_after = c.etcd.key(c.key("leader"))
         expiries = [e for e in (expiry(key_before), expiry(key_after) if key_after and key_after.get("value") ==
                                 leader.name else None) if e is not None]
@@ -86,6 +88,7 @@ def one_fault(c: TestCluster, emu: Emulators, kind: str, run: int, margin: int) 
     kill_pids(frozen, signal.SIGCONT)
     if kind == "freeze_tree":
         wait_for(lambda: not leader.processes(), 20, "the reset node's processes to be gone")
+        reap_zombies()  # a reset node leaves its dead to us (the subreaper); PostgreSQL sees a zombie as alive
         leader.proc = None
         leader.start()
     c.wait_streaming(new, [n for n in c.nodes if n is not new], 180)

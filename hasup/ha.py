@@ -370,8 +370,11 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
     assert pg is not None
     if cluster.paused:
         return Decision((), "cluster is paused: no automatic failover")
-    if pg.role == "primary" and local.watchdog_usable:
-        # A primary that lost its lock may retake it only if nobody promoted since.
+    if pg.role == "primary":
+        # A primary that lost its lock may retake it only if nobody promoted since, and only while
+        # it answers: a hung (or just fenced) one must leave the lock to the replicas.
+        if not (local.watchdog_usable and pg.probe_ok and not me.nofailover):
+            return Decision((), "not taking the lock: this primary is not answering or may not lead")
         if pg.timeline is not None and pg.timeline < cluster.timeline:
             return Decision((RunFollow(None),), "demoting self: a newer timeline exists")
         return Decision((AcquireLock(), WriteStatus()), "acquired session lock as a leader")

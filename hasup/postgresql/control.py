@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from hasup.fence import children_map, is_dead, read_stat, snapshot
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
@@ -93,13 +95,8 @@ def data_dir_empty(data_dir: str) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
+    """The process exists and still runs code (not a zombie)."""
+    return not is_dead(read_stat(pid))
 
 
 def postmaster_pid(data_dir: str) -> int | None:
@@ -123,18 +120,7 @@ def postmaster_pid(data_dir: str) -> int | None:
 
 
 def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-        except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
-            continue
-    return out
+    return children_map(snapshot()).get(pid, [])
 
 
 class Postmaster:

@@ -499,8 +499,10 @@ class ElectionWorker:
         elif isinstance(msg, ipc.Reply):
             self.on_reply(msg)
         elif isinstance(msg, ipc.FenceDone):
-            if self.fencing.finished(msg, self.dynamic.ttl) and self.holds_lock():
-                self.release_lock()  # a replica can take over at once: nothing of ours can commit now
+            if self.fencing.finished(msg, self.dynamic.ttl):
+                self.pg_outdated = True  # what we hold describes the PostgreSQL that was just killed
+                if self.holds_lock():
+                    self.release_lock()  # a replica can take over at once: nothing of ours can commit now
             self.run_now = True
         elif isinstance(msg, ipc.AdminRequest):
             self.desk.handle(msg)

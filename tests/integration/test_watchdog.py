@@ -68,9 +68,14 @@ def test_armed_leader_pets_and_disarms_only_after_postgres_stopped(cluster):
 
 def test_frozen_supervisor_and_election_are_reset_before_the_key_expires(cluster):
     tc, emu, leader = cluster
+    leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
+    tc.wait_streaming(leader, [n for n in tc.nodes if n is not leader], 30)
+    prober, thread = start_prober(tc.nodes, 1)
+    wait_for(lambda: len(prober.acked) > 50, 30, "the prober to write")
     frozen = [leader.pid, leader.worker_pid("election")]
     assert all(frozen)
     kill_pids(frozen, signal.SIGSTOP)  # nothing left that could renew the lease or heal
+    frozen_at = time.monotonic()
     try:
         key = wait_for(lambda: (k := tc.etcd.key(tc.key("leader"))) and k, 5, "the leader key")
         fired = wait_for(lambda: next((e for e in emu.events(leader) if e["event"] == "fired"), None), 20,
@@ -85,8 +90,13 @@ def test_frozen_supervisor_and_election_are_reset_before_the_key_expires(cluster
         wait_for(lambda: not leader.processes(), 10, "the reset node's processes to be gone")
         new = tc.wait_leader(30, exclude=leader.name)
         assert new.sql("SELECT pg_is_in_recovery()") == [(False,)]
+        wait_for(lambda: any(n == new.name and t > frozen_at for _, t, n in prober.acked), 10,
+                 "writes on the new leader")
     finally:
+        prober.stop.set()
+        thread.join(10)
         kill_pids([p for p in frozen if p], signal.SIGCONT)
+    assert writer_runs(prober.acked) == [leader.name, new.name]  # never two nodes accepting writes
 
 
 def test_killed_watchdog_worker_reopens_the_device_in_time(cluster):

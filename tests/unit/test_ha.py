@@ -303,3 +303,47 @@ def test_a_leader_whose_watchdog_fails_demotes_then_lets_go():
     assert d.actions == (ha.RefreshLock(), ha.RunFollow(None)) and "watchdog" in d.reason
     d = ha.decide(cluster(leader="n1"), no_watchdog(pg()), ME, SETTINGS)
     assert d.actions == (ha.ReleaseLock(),)
+
+
+# -- fencing a hung primary ------------------------------------------------------------------
+
+
+def hung(unhealthy_for, **kw):
+    p = replace(pg(role="primary"), probe_ok=False, failed_probes=2, postmaster_pid=4242)
+    return ha.Local(p, True, "", {}, unhealthy_for=unhealthy_for, **kw)
+
+
+def test_a_hung_primary_is_fenced_at_the_health_deadline_not_before():
+    c = cluster(leader="n1")
+    deadline = SETTINGS.health_deadline
+    assert ha.decide(c, hung(deadline - 0.1), ME, SETTINGS).actions == (ha.RefreshLock(), ha.WriteStatus())
+    d = ha.decide(c, hung(deadline), ME, SETTINGS)
+    assert d.actions == (ha.RefreshLock(), ha.FencePostgres()) and "fencing" in d.reason
+    # Never while paused, never while the postgres worker is busy, never without the lock.
+    assert ha.FencePostgres() not in ha.decide(replace(c, config={"ttl": 10, "pause": True}), hung(60), ME,
+                                               SETTINGS).actions
+    assert ha.FencePostgres() not in ha.decide(c, replace(hung(60), busy="restart"), ME, SETTINGS).actions
+    assert ha.FencePostgres() not in ha.decide(cluster(leader="n2"), hung(60), ME, SETTINGS).actions
+
+
+def test_an_unanswering_or_fenced_primary_never_retakes_a_free_lock():
+    free = cluster(leader=None)
+    assert ha.AcquireLock() not in ha.decide(free, hung(0.5), ME, SETTINGS).actions
+    answering = local(pg(role="primary"))
+    assert ha.AcquireLock() in ha.decide(free, answering, ME, SETTINGS).actions
+    sitting_out = ha.Node(ME.name, nofailover=True)
+    assert ha.AcquireLock() not in ha.decide(free, answering, sitting_out, SETTINGS).actions
+
+
+def test_unhealthy_for_needs_a_live_worker_and_enough_failures():
+    from hasup.timing import Deadlines
+    from hasup.workers.fencing import unhealthy_for
+
+    d = Deadlines.of(10, 2, 3, 3)
+    failing = replace(pg(role="primary"), probe_ok=False, failed_probes=2, postmaster_pid=4242, probe_at=100.0)
+    assert unhealthy_for(failing, received_at=103.5, now=104.0, deadlines=d) == 4.0
+    assert unhealthy_for(replace(failing, failed_probes=1), 103.5, 104.0, d) == 0.0  # one slow probe
+    assert unhealthy_for(failing, received_at=90.0, now=104.0, deadlines=d) == 0.0  # silent worker: no evidence
+    assert unhealthy_for(replace(failing, busy="restart"), 103.5, 104.0, d) == 0.0
+    assert unhealthy_for(replace(failing, postmaster_pid=None), 103.5, 104.0, d) == 0.0  # gone, not hung
+    assert unhealthy_for(replace(failing, probe_ok=True), 103.5, 104.0, d) == 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import threading
 import time
 
@@ -92,18 +93,22 @@ def test_concurrent_thread_readers_never_see_torn_copies() -> None:
 
 
 def test_forked_reader_never_sees_torn_copies() -> None:
-    """A reader in another process (as gunicorn's worker is) runs truly in parallel with the writer."""
+    """A reader in another process (as gunicorn's worker is) runs truly in parallel with the writer.
+
+    The writer keeps publishing until the reader has seen many distinct copies, so a busy
+    machine that schedules the reader late cannot make the test pass (or fail) vacuously.
+    """
     buf = SnapshotBuffer(64 * 1024)
     buf.write(payload(0))
     rfd, wfd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: read until the parent's last payload shows up
+    if pid == 0:  # child: read until it has seen enough distinct copies
         os.close(rfd)
         status = 1
         try:
             reads, distinct, last = 0, 0, 0
-            deadline = time.monotonic() + 20
-            while last < 20000 and time.monotonic() < deadline:
+            deadline = time.monotonic() + 30
+            while distinct < 200 and time.monotonic() < deadline:
                 n = check(buf.read())
                 if n < last:
                     raise AssertionError("went back in time")
@@ -118,8 +123,12 @@ def test_forked_reader_never_sees_torn_copies() -> None:
             os._exit(status)
     os.close(wfd)
     try:
-        for n in range(1, 20001):
-            buf.write(payload(n))
+        n = 0
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not select.select([rfd], [], [], 0)[0]:
+            for _ in range(100):
+                n += 1
+                buf.write(payload(n))
         chunks = []
         while chunk := os.read(rfd, 4096):
             chunks.append(chunk)
@@ -133,8 +142,7 @@ def test_forked_reader_never_sees_torn_copies() -> None:
     report = json.loads(b"".join(chunks))
     assert "error" not in report, report
     assert os.waitstatus_to_exitcode(status) == 0
-    assert report["last"] == 20000
-    assert report["distinct"] > 1  # it really read while we wrote
+    assert report["distinct"] >= 200 and report["last"] <= n  # it really read while we wrote
 
 
 def test_cache_decodes_only_when_the_sequence_moves() -> None:
