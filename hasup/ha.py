@@ -172,6 +172,7 @@ class Local:
     # Seconds since PostgreSQL last answered a probe, as reported by a live postgres worker after
     # enough consecutive failures (hasup.timing); 0 when it answers or nobody can vouch for the failures.
     unhealthy_for: float = 0.0
+    fenced: bool = False  # our PostgreSQL was fenced a moment ago: leave the next leader race to the others
 
 
 WORKING_STATES = ("running",)
@@ -219,6 +220,9 @@ def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) 
         return Decision((PublishInitialize(pg.sysid),), "adopting a running primary as the cluster")
 
     if pg.state in NOT_RUNNING:
+        if local.fenced and cluster.leader is None and not holds_lock:
+            # Started now, even as a standby, our (freshest) WAL would make the replicas defer to us.
+            return Decision((), "fenced: waiting for another node to take the lock before rejoining")
         return _not_running(cluster, pg, me, holds_lock)
     if pg.state != "running":
         return Decision(keep, f"postgres is {pg.state}")

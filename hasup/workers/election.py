@@ -182,7 +182,8 @@ class ElectionWorker:
         usable = not (wd is not None and wd.mode == "required" and wd.failed)
         now = time.monotonic()
         local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable,
-                         self.failover_age(cluster), unhealthy_for(pg, self.pg_received, now, self.deadlines()))
+                         self.failover_age(cluster), unhealthy_for(pg, self.pg_received, now, self.deadlines()),
+                         self.fencing.sitting_out())
         # Just fenced: our PostgreSQL hung while primary; let another node lead first.
         me = ha.Node(self.me.name, True, self.me.failover_priority) if self.fencing.sitting_out() else self.me
         if self.shutting_down:

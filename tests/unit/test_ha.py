@@ -347,3 +347,11 @@ def test_unhealthy_for_needs_a_live_worker_and_enough_failures():
     assert unhealthy_for(replace(failing, busy="restart"), 103.5, 104.0, d) == 0.0
     assert unhealthy_for(replace(failing, postmaster_pid=None), 103.5, 104.0, d) == 0.0  # gone, not hung
     assert unhealthy_for(replace(failing, probe_ok=True), 103.5, 104.0, d) == 0.0
+
+
+def test_a_fenced_node_stays_down_until_another_node_leads():
+    crashed = replace(pg(state="crashed", role="primary"), probe_ok=False)
+    leaderless = ha.decide(cluster(leader=None), ha.Local(crashed, True, fenced=True), ME, SETTINGS)
+    assert leaderless.actions == () and "fenced" in leaderless.reason
+    led = ha.decide(cluster(leader="n2"), ha.Local(crashed, True, fenced=True), ME, SETTINGS)
+    assert led.actions == (ha.RunFollow("n2"),)
