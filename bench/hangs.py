@@ -58,6 +58,7 @@ def one_fault(c: TestCluster, emu: Emulators, kind: str, run: int, margin: int) 
     prober, thread = start_prober(c.nodes, run * 10_000_000)
     wait_for(lambda: len(prober.acked) > 100, 30, "the prober to write")
     key_before = c.etcd.key(c.key("leader"))
+    fences_before = leader.log_text().count("fencing PostgreSQL:")
     if kind == "freeze_pg":
         postmaster = leader.postmaster_pid()
         assert postmaster
@@ -92,7 +93,7 @@ def one_fault(c: TestCluster, emu: Emulators, kind: str, run: int, margin: int) 
         leader.proc = None
         leader.start()
     c.wait_streaming(new, [n for n in c.nodes if n is not new], 180)
-    out["fences_logged"] = leader.log_text().count("fencing PostgreSQL:")
+    out["fences"] = leader.log_text().count("fencing PostgreSQL:") - fences_before
     return out
 
 

@@ -180,6 +180,8 @@ class ElectionWorker:
                                       client_context(self.ctx.config.restapi))
         wd = self.watchdog
         usable = not (wd is not None and wd.mode == "required" and wd.failed)
+        if cluster is not None and cluster.leader is not None and cluster.leader.name != self.me.name:
+            self.fencing.someone_else_leads()
         now = time.monotonic()
         local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable,
                          self.failover_age(cluster), unhealthy_for(pg, self.pg_received, now, self.deadlines()),

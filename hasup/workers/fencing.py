@@ -64,3 +64,7 @@ class Fencing:
 
     def sitting_out(self) -> bool:
         return time.monotonic() < self.sit_out_until
+
+    def someone_else_leads(self) -> None:
+        """Another node holds the lock: the race we sat out is over, we are an ordinary replica again."""
+        self.sit_out_until = 0.0
