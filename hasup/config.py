@@ -10,7 +10,9 @@ bootstrapping node writes there. Value converters and name tables live in `hasup
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,7 @@ from hasup.config_schema import (
     TOP_USED,
     UNSAFE_REASONS,
     UNSUPPORTED,
+    VIP_USED,
     WATCHDOG_USED,
     Invalid,
     Reader,
@@ -179,6 +182,31 @@ class LogConfig:
     dir: str | None = None
     file_num: int = 4
     file_size: int = 25000000
+    type: str = "plain"  # plain or json
+    # json: (record attribute, key in the output) pairs, from `format` as a string, list or mapping
+    json_fields: tuple[tuple[str, str], ...] = ()
+    static_fields: dict[str, Any] = field(default_factory=dict)  # json: added to every line
+    mode: int | None = None  # permission bits of the log file
+    loggers: dict[str, str] = field(default_factory=dict)  # logger name -> level
+
+
+@dataclass(frozen=True)
+class VipConfig:
+    """The virtual IP that follows the leader (hasup's own section; Patroni has none)."""
+
+    address: str  # without prefix
+    prefix: int
+    interface: str
+    label: str | None = None  # IPv4 only, "<interface>:<suffix>"
+    broadcast: str | None = None  # None: derived from address and prefix ("brd +")
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefix}"
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.address).version
 
 
 @dataclass(frozen=True)
@@ -235,6 +263,7 @@ class Config:
     log: LogConfig
     watchdog: WatchdogConfig
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the merged YAML + env, for reload/ConfigChanged
+    vip: VipConfig | None = None
 
 
 # -- reading sections ---------------------------------------------------------------------
@@ -531,14 +560,74 @@ def _tags(r: Reader, top: Mapping[str, Any]) -> Tags:
     )
 
 
+_FORMAT_FIELD = re.compile(r"%\((\w+)\)")
+
+
+def _json_fields(r: Reader, value: Any) -> tuple[tuple[str, str], ...] | None:
+    """log.format for the json type: a format string (its %(field)s names), a list of names or
+    {name: alias} mappings, or one such mapping."""
+    pairs: list[tuple[str, str]] = []
+    if isinstance(value, str):
+        pairs = [(f, f) for f in _FORMAT_FIELD.findall(value)]
+    elif isinstance(value, dict):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                pairs.append((item, item))
+            elif isinstance(item, dict):
+                pairs.extend((str(k), str(v)) for k, v in item.items())
+            else:
+                r.problem("log.format", f"expected field names or {{field: alias}} mappings, got {shown(item)}")
+                return None
+    else:
+        r.problem("log.format", f"expected a string, a list or a mapping, got {shown(value)}")
+        return None
+    if not pairs:
+        r.problem("log.format", "names no fields")
+        return None
+    return tuple(pairs)
+
+
+def _file_mode(value: Any) -> int:
+    """Permission bits: an integer (YAML reads 0640 as octal), or a string such as '0o640' or '0640'."""
+    if isinstance(value, str) and value.strip().lower().lstrip("0o").isdigit():
+        try:
+            return int(value.strip().lower().replace("0o", "", 1), 8)
+        except ValueError:
+            raise Invalid("expected octal permission bits", value) from None
+    return to_int(value)
+
+
 def _log(r: Reader, top: Mapping[str, Any]) -> LogConfig:
     sec = r.section(top, "log")
     default = LogConfig()
+    log_type = r.get(sec, "log.type", to_str, default.type).strip().lower()
+    if log_type not in ("plain", "json"):
+        r.problem("log.type", f"expected plain or json, got {log_type!r}")
+        log_type = default.type
     log_format = sec.get("format")
-    if log_format is not None and not isinstance(log_format, str):
-        # Patroni's json logger takes a list of fields here; hasup writes plain lines only.
-        r.warn("log.format", "only a format string is supported by hasup yet; using the default")
+    json_fields: tuple[tuple[str, str], ...] = ()
+    if log_type == "json":
+        json_fields = _json_fields(r, log_format if log_format is not None else default.format) or ()
         log_format = None
+    elif log_format is not None and not isinstance(log_format, str):
+        r.warn("log.format", "a list or mapping of fields is read with log.type json only; using the default")
+        log_format = None
+    loggers: dict[str, str] = {}
+    no_loggers: dict[str, Any] = {}
+    for name, level in r.get(sec, "log.loggers", to_mapping, no_loggers).items():
+        converted = r.convert(f"log.loggers.{name}", level, to_log_level)
+        if converted is not None:
+            loggers[str(name)] = converted
+    mode = r.get(sec, "log.mode", _file_mode, None)
+    if mode is not None and not 0 <= mode <= 0o777:
+        r.problem("log.mode", f"expected permission bits between 0 and 0o777, got {mode}")
+        mode = None
+    no_fields: dict[str, Any] = {}
+    static = r.get(sec, "log.static_fields", to_mapping, no_fields)
+    if static and log_type != "json":
+        r.warn("log.static_fields", "only used with log.type json, ignored")
     r.ignore_rest(sec, "log", LOG_USED)
     return LogConfig(
         level=r.get(sec, "log.level", to_log_level, default.level),
@@ -548,7 +637,62 @@ def _log(r: Reader, top: Mapping[str, Any]) -> LogConfig:
         dir=r.get(sec, "log.dir", to_str, None),
         file_num=r.get(sec, "log.file_num", at_least(0), default.file_num),
         file_size=r.get(sec, "log.file_size", at_least(0), default.file_size),
+        type=log_type,
+        json_fields=json_fields,
+        static_fields=dict(static),
+        mode=mode,
+        loggers=loggers,
     )
+
+
+def _vip(r: Reader, top: Mapping[str, Any]) -> VipConfig | None:
+    """The vip section; None when it is absent or has no address (no virtual IP)."""
+    sec = r.section(top, "vip")
+    r.ignore_rest(sec, "vip", VIP_USED)
+    raw_address = r.get(sec, "vip.address", to_str, "").strip()
+    if not raw_address:
+        return None
+    try:
+        iface = ipaddress.ip_interface(raw_address)
+    except ValueError:
+        r.problem("vip.address", f"expected an IP address, optionally with /prefix, got {shown(raw_address)}")
+        return None
+    full: int = iface.network.max_prefixlen
+    prefix = iface.network.prefixlen if "/" in raw_address else None
+    if sec.get("prefix") not in (None, ""):
+        prefix = r.get(sec, "vip.prefix", at_least(1), full)
+    elif sec.get("netmask") not in (None, ""):
+        try:
+            prefix = ipaddress.ip_network(f"0.0.0.0/{to_str(sec['netmask']).strip()}").prefixlen
+        except (ValueError, Invalid):
+            r.problem("vip.netmask", f"expected a dotted netmask, got {shown(sec['netmask'])}")
+    if prefix is None:
+        prefix = full
+    if prefix > full:
+        r.problem("vip.prefix", f"must be at most {full} for {iface.ip}")
+    interface = r.get(sec, "vip.interface", to_str, "").strip()
+    if not interface:
+        r.problem("vip.interface", "required with vip.address (the device the address goes on)")
+    label = r.get(sec, "vip.label", to_str, "").strip() or None
+    if label is not None:
+        if ":" not in label:
+            label = f"{interface}:{label}"  # VIPLABEL=1 means eth0:1, as `ip ... label ${VIPDEV}:${VIPLABEL}`
+        if not label.startswith(f"{interface}:"):
+            r.problem("vip.label", f"must start with the interface name and a colon ({interface}:...)")
+        if len(label) > 15:
+            r.problem("vip.label", "at most 15 characters (the kernel's interface name limit)")
+        if iface.version == 6:
+            r.warn("vip.label", "labels exist for IPv4 addresses only, ignored")
+            label = None
+    broadcast = r.get(sec, "vip.broadcast", to_str, "").strip() or None
+    if broadcast is not None:
+        try:
+            ipaddress.IPv4Address(broadcast)
+        except ValueError:
+            r.problem("vip.broadcast", f"expected an IPv4 address, got {shown(broadcast)}")
+    if not interface:
+        return None
+    return VipConfig(str(iface.ip), prefix, interface, label, broadcast)
 
 
 def _watchdog(r: Reader, top: Mapping[str, Any]) -> WatchdogConfig:
@@ -568,6 +712,23 @@ def _watchdog(r: Reader, top: Mapping[str, Any]) -> WatchdogConfig:
     )
 
 
+def load_vip(path: str, env: Mapping[str, str] | None = None) -> VipConfig | None:
+    """Only the vip section of the configuration at `path` (with the environment over it).
+
+    For the ExecStopPost helper: it must remove the address even when some other part of
+    the configuration was broken since hasup started.  Raises ConfigError for vip problems.
+    """
+    try:
+        raw = read_sources(path, _environment(env))
+    except SourceError as exc:
+        raise ConfigError(exc.problems) from None
+    r = Reader()
+    vip = _vip(r, raw)
+    if r.problems:
+        raise ConfigError(r.problems)
+    return vip
+
+
 def build_config(raw: Mapping[str, Any]) -> tuple[Config, list[str]]:
     """Validate a merged raw configuration; every problem is collected before ConfigError is raised."""
     r = Reader()
@@ -578,11 +739,12 @@ def build_config(raw: Mapping[str, Any]) -> tuple[Config, list[str]]:
     etcd = _etcd(r, raw)
     bootstrap = _bootstrap(r, raw)
     postgresql = _postgresql(r, raw)
-    tags, log, watchdog = _tags(r, raw), _log(r, raw), _watchdog(r, raw)
+    tags, log, watchdog, vip = _tags(r, raw), _log(r, raw), _watchdog(r, raw), _vip(r, raw)
     if r.problems or name is None or scope is None or restapi is None or etcd is None or postgresql is None:
         raise ConfigError(r.problems or ["configuration: incomplete"])
     _, timing = parse_dynamic(bootstrap.dcs)  # only the timing rule can still warn after strict checks
-    config = Config(scope, namespace, name, restapi, etcd, bootstrap, postgresql, tags, log, watchdog, dict(raw))
+    config = Config(scope, namespace, name, restapi, etcd, bootstrap, postgresql, tags, log, watchdog, dict(raw),
+                    vip)
     return config, r.warnings + [f"bootstrap.dcs: {line}" for line in timing]
 
 

@@ -96,7 +96,7 @@ TOP_DYNAMIC_ONLY = frozenset(DCS_USED) - frozenset(UNSAFE_REASONS) - {"postgresq
 
 TOP_USED = (
     "name", "scope", "namespace", "restapi", "etcd", "bootstrap", "postgresql", "tags", "log",
-    "watchdog", *OTHER_DCS, *UNSAFE_REASONS,
+    "watchdog", "vip", *OTHER_DCS, *UNSAFE_REASONS,
 )
 RESTAPI_USED = ("listen", "connect_address", "authentication", "certfile", "keyfile")
 ETCD_USED = ("host", "hosts", "url", "port", "protocol", "username", "password")
@@ -107,7 +107,11 @@ PG_USED = (
     "health_deadline",
 )
 TAGS_UNUSED = ("replicatefrom", "nostream", "sync_priority")  # Patroni tags hasup publishes but ignores
-LOG_USED = ("level", "traceback_level", "format", "dateformat", "dir", "file_num", "file_size")
+LOG_USED = (
+    "type", "level", "traceback_level", "format", "dateformat", "static_fields", "dir", "mode", "file_num",
+    "file_size", "loggers",
+)
+VIP_USED = ("address", "prefix", "netmask", "broadcast", "interface", "label")
 WATCHDOG_USED = ("mode", "device", "safety_margin", "driver")
 
 
@@ -519,6 +523,16 @@ _POSTGRESQL_SUFFIXES = (
 _PG_BINARIES = ("PG_CTL", "INITDB", "PG_CONTROLDATA", "PG_BASEBACKUP", "POSTGRES", "PG_ISREADY", "PG_REWIND")
 # Values that hold YAML structures (lists, mappings) rather than plain strings.
 _STRUCTURED = frozenset({"LOG_FORMAT", "LOG_STATIC_FIELDS", "LOG_LOGGERS", "RESTAPI_ALLOWLIST"})
+# The variables of the environment file that Patroni-derived HA tools ship with their unit
+# (VIP=..., VIPNETMASKBIT=...): read without a prefix, below the HASUP_VIP_* spellings.
+SEED_VIP_VARIABLES = {
+    "VIP": ("vip", "address"),
+    "VIPNETMASKBIT": ("vip", "prefix"),
+    "VIPNETMASK": ("vip", "netmask"),
+    "VIPBRD": ("vip", "broadcast"),
+    "VIPDEV": ("vip", "interface"),
+    "VIPLABEL": ("vip", "label"),
+}
 _STRUCTURED |= {"RESTAPI_HTTP_EXTRA_HEADERS", "RESTAPI_HTTPS_EXTRA_HEADERS"}
 
 
@@ -541,6 +555,7 @@ def _env_table() -> dict[str, tuple[str, ...]]:
     table.update({f"LOG_{s}": ("log", s.lower()) for s in _LOG_SUFFIXES})
     table.update({f"RESTAPI_{s}": ("restapi", s.lower()) for s in _RESTAPI_SUFFIXES})
     table.update({f"CTL_{s}": ("ctl", s.lower()) for s in _CTL_SUFFIXES})
+    table.update({f"VIP_{s.upper()}": ("vip", s) for s in VIP_USED})
     table.update({f"POSTGRESQL_{s}": ("postgresql", s.lower()) for s in _POSTGRESQL_SUFFIXES})
     table.update({f"POSTGRESQL_BIN_{b}": ("postgresql", "bin_name", b.lower()) for b in _PG_BINARIES})
     for role in ("SUPERUSER", "REPLICATION", "REWIND"):
@@ -581,6 +596,9 @@ def env_names(env: Mapping[str, str]) -> list[str]:
     """Every variable in `env` that hasup reads as configuration (both prefixes)."""
     found = []
     for full in env:
+        if full in SEED_VIP_VARIABLES:
+            found.append(full)
+            continue
         for prefix in ENV_PREFIXES:
             if full.startswith(prefix):
                 name = full[len(prefix) :]
@@ -592,6 +610,9 @@ def env_names(env: Mapping[str, str]) -> list[str]:
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """The configuration the variables in `env` describe, as a nested dict (HASUP_ over PATRONI_)."""
     result: dict[str, Any] = {}
+    for name, (section, key) in SEED_VIP_VARIABLES.items():
+        if env.get(name):
+            result.setdefault(section, {})[key] = env[name]
     for prefix in ENV_PREFIXES:
         for name in _ordered(env, prefix):
             value = env[prefix + name]

@@ -14,6 +14,7 @@ from setproctitle import setproctitle
 
 from hasup import ipc
 from hasup.config import Config, ConfigError, build_config
+from hasup.logwriter import apply_levels, tracebacks_visible
 
 
 @dataclass
@@ -36,15 +37,16 @@ class WorkerContext:
 class PipeLogHandler(logging.Handler):
     """Sends records to the supervisor's log writer; never blocks, drops when the pipe is full."""
 
-    def __init__(self, channel: ipc.Channel, role: str) -> None:
+    def __init__(self, channel: ipc.Channel, role: str, tracebacks: bool = True) -> None:
         super().__init__()
         self.channel = channel
         self.role = role
+        self.tracebacks = tracebacks  # log.traceback_level against log.level
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = record.getMessage()
-            if record.exc_info and record.levelno >= logging.ERROR:
+            if record.exc_info and self.tracebacks:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
             self.channel.send_now(ipc.LogRecord(record.levelno, record.name, text, record.created, self.role))
         except Exception:  # logging must never take a worker down
@@ -56,11 +58,11 @@ def setup_worker(ctx: WorkerContext) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    root.addHandler(PipeLogHandler(ctx.channel, ctx.role))
-    root.setLevel(ctx.config.log.level)
+    root.addHandler(PipeLogHandler(ctx.channel, ctx.role, tracebacks_visible(ctx.config.log)))
     # Client libraries log every retry; hasup logs one line per failed operation instead.
     for noisy in ("urllib3", "etcd"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    apply_levels(ctx.config.log)  # after the defaults above: log.loggers may want them back
 
 
 # Changing these needs a restart: they name the node or where its data and sockets live.

@@ -499,7 +499,7 @@ def test_no_password_appears_in_warnings() -> None:
     [
         ({"restapi.request_queue_size": 9}, "restapi.request_queue_size: not used by hasup yet, ignored"),
         ({"restapi.authentication.realm": "x"}, "restapi.authentication.realm: not used by hasup yet, ignored"),
-        ({"log.type": "json"}, "log.type: not used by hasup yet, ignored"),
+        ({"log.max_queue_size": 10}, "log.max_queue_size: not used by hasup yet, ignored"),
         ({"postgresql.callbacks": {"on_start": "/x"}}, "postgresql.callbacks: not used by hasup yet, ignored"),
         (
             {"postgresql.create_replica_methods": ["wal_e"]},
@@ -537,7 +537,7 @@ def test_no_password_appears_in_warnings() -> None:
         ),
         (
             {"log.format": ["asctime", "message"]},
-            "log.format: only a format string is supported by hasup yet; using the default",
+            "log.format: a list or mapping of fields is read with log.type json only; using the default",
         ),
         (
             {"etcd": {"host": "e1", "hosts": ["e2"]}},
@@ -758,7 +758,6 @@ def test_full_patroni_configuration_loads_with_warnings() -> None:
     for expected in (
         "restapi.request_queue_size: not used by hasup yet, ignored",
         "ctl: not used by hasup yet, ignored",
-        "log.type: not used by hasup yet, ignored",
         "postgresql.callbacks: not used by hasup yet, ignored",
         "postgresql.create_replica_methods: not used by hasup yet, ignored",
     ):
