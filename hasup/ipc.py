@@ -83,6 +83,13 @@ class Shutdown(Message):
 
 
 @dataclass(frozen=True)
+class ApiListening(Message):
+    """api -> supervisor: gunicorn listens (when_ready); one of the conditions for systemd's READY=1."""
+
+    ROUTE = ("supervisor",)
+
+
+@dataclass(frozen=True)
 class ShutdownDone(Message):
     ROUTE = ("supervisor",)
     stopped_postgres: bool
@@ -96,7 +103,7 @@ class ShutdownDone(Message):
 class PgState(Message):
     """What the postgres worker last saw of its PostgreSQL."""
 
-    ROUTE = ("election", "api")
+    ROUTE = ("election", "api", "vip")
     SNAPSHOT = True
     state: str  # Patroni's PostgresqlState strings: running, stopped, starting, ...
     role: str  # primary, replica, uninitialized, demoted, promoted
@@ -128,7 +135,7 @@ class PgState(Message):
 class ClusterView(Message):
     """Election's view of the cluster, for the API and the postgres worker."""
 
-    ROUTE = ("api", "postgres")
+    ROUTE = ("api", "postgres", "vip")
     SNAPSHOT = True
     read_at: float  # monotonic time of the etcd read (0: never read)
     read_at_wall: float
@@ -332,7 +339,7 @@ class Reply(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
-        Ping, Pong, LogRecord, ConfigChanged, Shutdown, ShutdownDone, PgState, ClusterView, Lease, Disarm,
+        Ping, Pong, LogRecord, ConfigChanged, Shutdown, ApiListening, ShutdownDone, PgState, ClusterView, Lease, Disarm,
         WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Restart,
         Reinitialize, AdminRequest, AdminReply, Fence, FenceDone, Reply,
     )

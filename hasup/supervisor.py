@@ -22,18 +22,19 @@ from dataclasses import dataclass, field
 
 from setproctitle import setproctitle
 
-from hasup import ipc
-from hasup.config import Config, ConfigError, load_config, parse_dynamic
+from hasup import caps, ipc, sdnotify
+from hasup import vip as vipaddr
+from hasup.config import Config, ConfigError, VipConfig, load_config, parse_dynamic
 from hasup.fence import fence_postgres, read_stat
 from hasup.logwriter import LogWriter
 from hasup.postgresql.control import postmaster_pid
 from hasup.timing import FENCE_TIMEOUT, Deadlines
-from hasup.workers import api, election, postgres, watchdog
+from hasup.workers import api, election, postgres, vip, watchdog
 from hasup.workers.base import WorkerContext
 
 log = logging.getLogger("hasup.supervisor")
 
-ROLES = ("election", "postgres", "watchdog", "api")
+ROLES = ("election", "postgres", "watchdog", "api")  # always; "vip" too when the vip section is set
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 M_ARENA_MAX = -8
@@ -44,7 +45,10 @@ EXIT_GIVE_UP = 1
 
 TARGETS: dict[str, Callable[[WorkerContext], None]] = {
     "election": election.run, "postgres": postgres.run, "watchdog": watchdog.run, "api": api.run,
+    "vip": vip.run,
 }
+# Snapshots a restarted vip worker gets at once: it must know at once whether we still lead.
+REPLAYED = {"vip": (ipc.ClusterView, ipc.PgState)}
 
 
 def prctl(option: int, arg: int) -> None:
@@ -103,8 +107,9 @@ class Supervisor:
         self.config = config
         self.config_path = config_path
         self.writer = writer
+        self.roles = ROLES + (("vip",) if config.vip is not None else ())
         self.workers = {role: Worker(role, budget=RestartBudget(role in ("election", "watchdog")))
-                        for role in ROLES}
+                        for role in self.roles}
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
@@ -114,6 +119,14 @@ class Supervisor:
         self.shutdown_started: float | None = None
         self.shutdown_done = False
         self.exit_code = 0
+        # Taken out of the environment before the first fork: only we talk to systemd.
+        self.notifier = sdnotify.Notifier.from_environment(os.environ)
+        self.api_listening = False
+        self.ready_sent = False
+        self.next_extend = 0.0
+        self.next_watchdog = 0.0
+        self.last_pg: ipc.PgState | None = None
+        self.last_view: ipc.ClusterView | None = None
         seed, _ = parse_dynamic(config.bootstrap.dcs)
         self.deadlines = self.deadlines_for(seed.ttl, seed.loop_wait, seed.retry_timeout)
 
@@ -133,6 +146,10 @@ class Supervisor:
             try:
                 ours.close()
                 self.child_hygiene(keep={theirs.fileno()} | self.lease_fds(role))
+                if role != "vip":
+                    # CAP_NET_ADMIN/CAP_NET_RAW (AmbientCapabilities) are for the VIP alone:
+                    # PostgreSQL, and whatever a superuser runs through it, must not inherit them.
+                    caps.drop_all()
                 lease = self.lease_election if role == "election" else \
                     self.lease_watchdog if role == "watchdog" else None
                 ctx = WorkerContext(role, self.config, ipc.Channel(theirs, "supervisor"), lease, self.pid)
@@ -157,6 +174,10 @@ class Supervisor:
         log.info("started %s worker (pid %d)", role, pid)
         if w.budget.history:  # a restart, not the first start
             self.send("election", ipc.WorkerRestarted(role))
+        for kind in REPLAYED.get(role, ()):
+            last = self.last_view if kind is ipc.ClusterView else self.last_pg
+            if last is not None:
+                self.send(role, last)
 
     def lease_fds(self, role: str) -> set[int]:
         if role == "election":
@@ -173,6 +194,8 @@ class Supervisor:
         self.sel.close()
         fds = {self.wake_r.fileno(), self.wake_w.fileno(), self.lease_election.fileno(),
                self.lease_watchdog.fileno()}
+        if self.notifier.fileno() is not None:
+            fds.add(self.notifier.fileno())  # type: ignore[arg-type]
         for w in self.workers.values():
             if w.channel is not None:
                 fds.add(w.channel.fileno())
@@ -247,11 +270,19 @@ class Supervisor:
             self.writer.write(msg, sender)
         elif isinstance(msg, ipc.Fence):
             self.fence(msg)
+        elif isinstance(msg, ipc.ApiListening):
+            self.api_listening = True
         elif isinstance(msg, ipc.ShutdownDone):
             log.info("election finished its shutdown (postgres stopped: %s, leader key released: %s)",
                      msg.stopped_postgres, msg.released_lock)
             self.shutdown_done = True
         else:
+            if isinstance(msg, ipc.PgState):
+                self.last_pg = msg
+                self.update_status()
+            elif isinstance(msg, ipc.ClusterView):
+                self.last_view = msg
+                self.update_status()
             if isinstance(msg, ipc.ClusterView) and msg.config:
                 # Heartbeat deadlines follow the cluster's live timing, not the bootstrap seed.
                 dynamic, _ = parse_dynamic(msg.config)
@@ -306,7 +337,7 @@ class Supervisor:
         for w in warnings:
             log.warning(w)
         self.config = config
-        for role in ROLES:
+        for role in self.roles:
             self.send(role, ipc.ConfigChanged(config.raw))
         log.info("configuration reloaded")
 
@@ -344,13 +375,67 @@ class Supervisor:
         except ProcessLookupError:
             pass
 
+    # -- systemd ---------------------------------------------------------------------------------
+
+    def update_status(self) -> None:
+        if self.shutdown_started is not None or not self.ready_sent:
+            return
+        self.notifier.set_status(self.status_line())
+
+    def status_line(self) -> str:
+        pg, view = self.last_pg, self.last_view
+        return sdnotify.describe(pg.role if pg else None, pg.state if pg else None,
+                                 view.leader if view else None, self.config.name,
+                                 view.paused if view else False)
+
+    def notify_step(self, now: float) -> None:
+        """READY=1 once it is true, EXTEND_TIMEOUT_USEC while starting or stopping, WATCHDOG=1.
+
+        READY=1 waits for the signal handlers (installed before any worker), every worker
+        forked and the API listening -- not for PostgreSQL: a replica may clone for hours.
+        """
+        n = self.notifier
+        if not n.enabled:
+            return
+        if self.shutdown_started is None and not self.ready_sent:
+            if self.api_listening and all(self.workers[r].pid for r in self.roles):
+                self.ready_sent = True
+                n.ready(self.status_line())
+                log.info("told systemd we are ready")
+            elif now >= self.next_extend:
+                n.extend_timeout()
+                self.next_extend = now + sdnotify.EXTEND_EVERY
+        elif self.shutdown_started is not None and now >= self.next_extend:
+            # An orderly stop (a checkpoint) may outlast TimeoutStopSec; our own budget bounds it.
+            if now - self.shutdown_started < self.shutdown_budget():
+                n.extend_timeout()
+            self.next_extend = now + sdnotify.EXTEND_EVERY
+        if n.watchdog_interval is not None and now >= self.next_watchdog:
+            # From this loop only: it proves the supervisor turns, not merely that a thread lives.
+            n.watchdog()
+            self.next_watchdog = now + n.watchdog_interval
+
+    def next_notify(self) -> float:
+        n = self.notifier
+        if not n.enabled:
+            return float("inf")
+        due = self.next_watchdog if n.watchdog_interval is not None else float("inf")
+        if not self.ready_sent or self.shutdown_started is not None:
+            due = min(due, self.next_extend)
+        return due
+
     # -- shutdown ------------------------------------------------------------------------------
+
+    def shutdown_budget(self) -> float:
+        return self.config.postgresql.pg_ctl_timeout + 30.0
 
     def begin_shutdown(self) -> None:
         if self.shutdown_started is not None:
             return
         log.info("shutting down")
         self.shutdown_started = time.monotonic()
+        self.notifier.stopping()
+        self.next_extend = 0.0
         if self.workers["election"].pid:
             self.send("election", ipc.Shutdown())
         else:
@@ -359,7 +444,7 @@ class Supervisor:
     def shutdown_step(self, now: float) -> bool:
         """Advance an orderly shutdown; True when every worker is gone."""
         assert self.shutdown_started is not None
-        budget = self.config.postgresql.pg_ctl_timeout + 30
+        budget = self.shutdown_budget()
         election_gone = not self.workers["election"].pid
         if self.shutdown_done or election_gone or now - self.shutdown_started > budget:
             for w in self.workers.values():
@@ -400,10 +485,11 @@ class Supervisor:
         self.install_signals()
         limit_malloc_arenas()
         gc.collect()
-        for role in ROLES:
+        for role in self.roles:
             self.spawn(role)
         while True:
             now = time.monotonic()
+            self.notify_step(now)
             if self.shutdown_started is not None and self.shutdown_step(now):
                 break
             for w in self.workers.values():
@@ -411,12 +497,18 @@ class Supervisor:
                         and self.shutdown_started is None:
                     self.spawn(w.role)
             self.heartbeats(now)
-            self.poll(timeout=max(0.0, self.next_ping() - time.monotonic()) or 0.05)
+            due = min(self.next_ping(), self.next_notify())
+            self.poll(timeout=max(0.0, due - time.monotonic()) or 0.05)
         self.reap()
         if self.exit_code == 0 and self.shutdown_started is not None:
             self.stop_leftover_postmaster()
+        if self.config.vip is not None:
+            # The vip worker removes the address when we stop leading; it may have died first.
+            # Nothing else is left to do, so waiting for `ip` here blocks no one.
+            release_vip(self.config.vip)
         log.info("supervisor exiting (%d)", self.exit_code)
         self.writer.flush()
+        self.notifier.close()
         return self.exit_code
 
     def poll(self, timeout: float) -> None:
@@ -447,6 +539,14 @@ class Supervisor:
                     w.channel.close()
                     w.channel = None
         self.reap()
+
+
+def release_vip(cfg: VipConfig) -> None:
+    try:
+        if vipaddr.remove(cfg):
+            log.info("removed the virtual IP %s from %s", cfg.cidr, cfg.interface)
+    except vipaddr.VipError as exc:
+        log.error("could not remove the virtual IP: %s", exc)
 
 
 def run(config: Config, config_path: str, warnings: list[str]) -> int:

@@ -311,6 +311,7 @@ def run(ctx: WorkerContext) -> None:
             return
         started.append(True)
         os.register_at_fork(after_in_child=lambda: _detach_child(ctx, child_title))
+        ctx.channel.send_now(ipc.ApiListening())  # the listeners are bound: systemd may hear READY=1
         ChannelReader(ctx, renderer, relay, stop_server, _send_lock(logging.getLogger())).start()
 
     def post_fork(arbiter: Any, worker: Any) -> None:

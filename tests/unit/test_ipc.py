@@ -33,7 +33,7 @@ def sample_messages():
         ipc.AdminReply(3, 202, "Restart scheduled"),
         ipc.Fence(4242, "it did not answer probes within postgresql.health_deadline"),
         ipc.FenceDone(True, (4242, 4250, 4251), "3 processes killed, none left"),
-        ipc.Shutdown(), ipc.ShutdownDone(True, True),
+        ipc.Shutdown(), ipc.ShutdownDone(True, True), ipc.ApiListening(),
     ]
 
 
