@@ -111,20 +111,39 @@ class _ModeRotatingFileHandler(logging.handlers.RotatingFileHandler):
         return stream
 
 
+def _handler(cfg: LogConfig) -> logging.Handler:
+    if cfg.dir:
+        return _ModeRotatingFileHandler(os.path.join(cfg.dir, LOG_FILE), cfg.file_size, cfg.file_num, cfg.mode)
+    return logging.StreamHandler(sys.stderr)
+
+
 class LogWriter:
     def __init__(self, cfg: LogConfig) -> None:
         self.cfg = cfg
-        self.handler: logging.Handler
-        if cfg.dir:
-            self.handler = _ModeRotatingFileHandler(os.path.join(cfg.dir, LOG_FILE), cfg.file_size, cfg.file_num,
-                                                    cfg.mode)
-        else:
-            self.handler = logging.StreamHandler(sys.stderr)
+        self.handler = _handler(cfg)
+        self.records_lost = 0
+        self._adopt(cfg)
+
+    def _adopt(self, cfg: LogConfig) -> None:
+        self.cfg = cfg
         self.handler.setFormatter(JsonFormatter(cfg) if cfg.type == "json" else PlainFormatter(cfg))
         self.levels = Levels(cfg.level, cfg.loggers)
         self.level = self.levels.root
         self.tracebacks = tracebacks_visible(cfg)
-        self.records_lost = 0
+
+    def reconfigure(self, cfg: LogConfig) -> None:
+        """A reload: new destination, rotation, format and levels take effect from the next record."""
+        if cfg == self.cfg:
+            return
+        where = (cfg.dir, cfg.file_size, cfg.file_num, cfg.mode)
+        if where != (self.cfg.dir, self.cfg.file_size, self.cfg.file_num, self.cfg.mode):
+            old, self.handler = self.handler, _handler(cfg)
+            if isinstance(old, logging.FileHandler):
+                old.close()
+            else:
+                old.flush()
+        self._adopt(cfg)
+        apply_levels(cfg)
 
     def install(self) -> None:
         """Route the supervisor's own logging through this writer."""

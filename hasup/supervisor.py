@@ -30,7 +30,7 @@ from hasup.logwriter import LogWriter
 from hasup.postgresql.control import postmaster_pid
 from hasup.timing import FENCE_TIMEOUT, Deadlines
 from hasup.workers import api, election, postgres, vip, watchdog
-from hasup.workers.base import WorkerContext
+from hasup.workers.base import PipeLogHandler, WorkerContext
 
 log = logging.getLogger("hasup.supervisor")
 
@@ -157,9 +157,8 @@ class Supervisor:
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
-                import traceback
-                traceback.print_exc()
                 code = 1
+                log_crash(role)
             finally:
                 os._exit(code)
         theirs.close()
@@ -337,6 +336,10 @@ class Supervisor:
         for w in warnings:
             log.warning(w)
         self.config = config
+        try:
+            self.writer.reconfigure(config.log)
+        except OSError as exc:  # e.g. a new log.dir that does not exist: keep writing where we were
+            log.error("log settings not applied: %s", exc)
         for role in self.roles:
             self.send(role, ipc.ConfigChanged(config.raw))
         log.info("configuration reloaded")
@@ -539,6 +542,17 @@ class Supervisor:
                     w.channel.close()
                     w.channel = None
         self.reap()
+
+
+def log_crash(role: str) -> None:
+    """In a dying worker: its traceback through the log writer when the worker had set up
+    logging (then it names the worker and obeys traceback_level), else on stderr."""
+    root = logging.getLogger()
+    if any(isinstance(h, PipeLogHandler) for h in root.handlers):
+        root.critical("%s worker crashed", role, exc_info=True)
+    else:
+        import traceback
+        traceback.print_exc()
 
 
 def release_vip(cfg: VipConfig) -> None:

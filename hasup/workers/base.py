@@ -53,6 +53,14 @@ class PipeLogHandler(logging.Handler):
             pass
 
 
+def configure_logging(cfg: Config) -> None:
+    """Levels, per-logger levels and traceback visibility in this worker (at start and on reload)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PipeLogHandler):
+            handler.tracebacks = tracebacks_visible(cfg.log)
+    apply_levels(cfg.log)
+
+
 def setup_worker(ctx: WorkerContext) -> None:
     setproctitle(ctx.title)
     root = logging.getLogger()
@@ -84,6 +92,8 @@ def apply_reload(ctx: WorkerContext, msg: ipc.ConfigChanged) -> bool:
         logging.getLogger(__name__).warning("reload ignored: %s can only change with a restart", ", ".join(changed))
         return False
     ctx.config = cfg
+    if cfg.log != old.log:
+        configure_logging(cfg)
     return True
 
 

@@ -89,6 +89,9 @@ class VipWorker:
         except addr.VipError as exc:
             log.error("%s", exc)
             self.retry_at = now + RETRY_AFTER
+        except Exception:  # `ip` answered something unexpected: keep the worker, try again
+            log.exception("unexpected error while %s the virtual IP", "taking" if want else "removing")
+            self.retry_at = now + RETRY_AFTER
 
     def why_not(self, now: float) -> str:
         v, pg = self.view, self.pg
@@ -108,6 +111,8 @@ class VipWorker:
                 log.info("removed the virtual IP %s from %s: %s", cfg.cidr, cfg.interface, reason)
         except addr.VipError as exc:
             log.error("%s", exc)
+        except Exception:
+            log.exception("unexpected error while removing the virtual IP")
 
     def announce(self, now: float) -> None:
         due = [t for t in self.announce_at if t <= now]
@@ -140,6 +145,8 @@ class VipWorker:
                 self.holding = addr.present(self.cfg)
             except addr.VipError as exc:
                 log.error("%s", exc)
+            except Exception:
+                log.exception("unexpected error while looking for the virtual IP")
             while True:
                 if self.ctx.orphaned():
                     raise ipc.PeerClosed("supervisor")

@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import psycopg2
 import yaml
 
+from tests.harness.netns import PREFIX, SUBNET, Network, in_netns
+
 T = TypeVar("T")
 FAILURES: list[str] = []  # node ids of failed tests, filled by tests/conftest.py
 TEST_USER = "hasup-test"
@@ -150,7 +152,9 @@ def kill_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:
 
 
 class Etcd:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, netns: str | None = None, host: str = "127.0.0.1") -> None:
+        self.netns = netns  # run inside this network namespace (tests/harness/netns.py)
+        self.host = host
         self.port = free_port()
         self.peer_port = free_port()
         self.data = tempfile.mkdtemp(prefix="hasup-etcd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -159,21 +163,24 @@ class Etcd:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            ["etcd", "--name", "hasup-test", "--data-dir", os.path.join(self.data, "d"), "--enable-v2=true",
+            (["ip", "netns", "exec", self.netns] if self.netns else [])
+            + ["etcd", "--name", "hasup-test", "--data-dir", os.path.join(self.data, "d"), "--enable-v2=true",
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-             "--initial-cluster", f"hasup-test=http://127.0.0.1:{self.peer_port}"],
+             "--listen-peer-urls", f"http://{self.host}:{self.peer_port}",
+             "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_port}",
+             "--initial-cluster", f"hasup-test=http://{self.host}:{self.peer_port}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         wait_for(lambda: self.get("/v2/keys/").get("action") == "get", 20, "etcd to answer")
 
     def get(self, path: str) -> dict[str, Any]:
+        if self.netns:
+            return in_netns(self.netns, lambda: self._outside().get(path))
         try:
             with _opener.open(self.url + path, timeout=3) as r:
                 return dict(json.loads(r.read()))
@@ -185,10 +192,18 @@ class Etcd:
         return node if isinstance(node, dict) else None
 
     def put(self, key: str, value: str) -> None:
+        if self.netns:
+            return in_netns(self.netns, lambda: self._outside().put(key, value))
         data = urllib.parse.urlencode({"value": value}).encode()
         req = urllib.request.Request(f"{self.url}/v2/keys{key}", data=data, method="PUT")
         with _opener.open(req, timeout=3) as r:
             r.read()
+
+    def _outside(self) -> Etcd:
+        """This etcd as seen from inside its namespace (for in_netns calls)."""
+        twin = Etcd.__new__(Etcd)
+        twin.__dict__.update(self.__dict__, netns=None)
+        return twin
 
     def value(self, key: str) -> str | None:
         node = self.key(key)
@@ -217,6 +232,13 @@ class Node:
     pg_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # added to the node's environment
+    # A test host of its own (tests/harness/netns.py): namespace, address, subnet for pg_hba, etcd's address.
+    netns: str | None = None
+    host: str = "127.0.0.1"
+    hba_net: str = "127.0.0.1/32"
+    etcd_host: str = "127.0.0.1"
+    caps: tuple[str, ...] = ()  # ambient capabilities, as systemd's AmbientCapabilities= grants them
 
     @property
     def dir(self) -> str:
@@ -243,22 +265,22 @@ class Node:
             "scope": self.scope,
             "namespace": "/service/",
             "name": self.name,
-            "restapi": {"listen": f"127.0.0.1:{self.api_port}", "connect_address": f"127.0.0.1:{self.api_port}"},
-            "etcd": {"host": f"127.0.0.1:{self.etcd_port}"},
+            "restapi": {"listen": f"{self.host}:{self.api_port}", "connect_address": f"{self.host}:{self.api_port}"},
+            "etcd": {"host": f"{self.etcd_host}:{self.etcd_port}"},
             "log": {"level": "INFO"},
             "bootstrap": {
                 "dcs": self.dcs,
                 "initdb": [{"encoding": "UTF8"}, "data-checksums", {"auth-host": "scram-sha-256"},
                            {"auth-local": "trust"}],
-                "pg_hba": ["host replication replicator 127.0.0.1/32 scram-sha-256",
-                           "host all all 127.0.0.1/32 scram-sha-256"],
+                "pg_hba": [f"host replication replicator {self.hba_net} scram-sha-256",
+                           f"host all all {self.hba_net} scram-sha-256"],
                 "users": {"app": {"password": APP_PASSWORD, "options": ["createdb"]}},
                 # Runs once on the new primary with a superuser DSN as its last argument.
                 "post_bootstrap": f"{PG_BIN}/psql -v ON_ERROR_STOP=1 -c 'CREATE TABLE post_bootstrap_ran ()' -d",
             },
             "postgresql": {
-                "listen": f"127.0.0.1:{self.pg_port}",
-                "connect_address": f"127.0.0.1:{self.pg_port}",
+                "listen": f"{self.host}:{self.pg_port}",
+                "connect_address": f"{self.host}:{self.pg_port}",
                 "data_dir": self.data_dir,
                 "bin_dir": PG_BIN,
                 "pgpass": os.path.join(self.dir, "pgpass"),
@@ -292,16 +314,31 @@ class Node:
                 os.chown(path, *self.owner)
             os.chmod(self.base, 0o755)
 
+    def command(self, *argv: str) -> list[str]:
+        """argv run as this node's user, in its namespace, with its capabilities."""
+        if not self.netns:
+            return list(argv)
+        # `ip netns exec` needs root; setpriv then drops to the node's user, keeping only the
+        # capabilities systemd's AmbientCapabilities= would give (both exec in place: same pid).
+        prefix = ["ip", "netns", "exec", self.netns]
+        if self.owner:
+            caps = ",".join(f"+{c.lower().removeprefix('cap_')}" for c in self.caps) or "-all"
+            prefix += ["setpriv", f"--reuid={self.owner[0]}", f"--regid={self.owner[1]}", "--clear-groups",
+                       f"--inh-caps={caps}", f"--ambient-caps={caps}"]
+        return prefix + list(argv)
+
     def start(self) -> None:
         self.prepare()
         log = open(self.log_path, "ab")
         kwargs: dict[str, Any] = {}
-        if self.owner:
+        if self.owner and not self.netns:
             kwargs.update(user=self.owner[0], group=self.owner[1], extra_groups=[])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PATRONI_", "HASUP_", "PG"))}
         env["HOME"] = self.dir
-        self.proc = subprocess.Popen([hasup_bin(), self.config_path], stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.dir, env=env, **kwargs)
+        env.update(self.env)
+        self.proc = subprocess.Popen(self.command(hasup_bin(), self.config_path), stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
+                                     **kwargs)
         log.close()
 
     @property
@@ -369,7 +406,7 @@ class Node:
     def api_base(self) -> str:
         """The node's REST API root: https:// once restapi.certfile is set."""
         scheme = "https" if self.config()["restapi"].get("certfile") else "http"
-        return f"{scheme}://127.0.0.1:{self.api_port}"
+        return f"{scheme}://{self.host}:{self.api_port}"
 
     def api_context(self) -> ssl.SSLContext | None:
         """How the harness speaks TLS to this node (None for plain HTTP).
@@ -386,6 +423,11 @@ class Node:
         return context
 
     def api(self, path: str, method: str = "GET", timeout: float = 5) -> tuple[int, Any]:
+        if self.netns:
+            return in_netns(self.netns, lambda: self._api(path, method, timeout))
+        return self._api(path, method, timeout)
+
+    def _api(self, path: str, method: str, timeout: float) -> tuple[int, Any]:
         req = urllib.request.Request(self.api_base + path, method=method)
         context = self.api_context()
         opener = _opener if context is None else urllib.request.build_opener(
@@ -405,7 +447,12 @@ class Node:
         return dict(self.api("/patroni")[1])
 
     def connect(self, dbname: str = "postgres", timeout: int = 3) -> Any:
-        conn = psycopg2.connect(host="127.0.0.1", port=self.pg_port, user="postgres", password=SUPERUSER_PASSWORD,
+        if self.netns:
+            return in_netns(self.netns, lambda: self._connect(dbname, timeout))
+        return self._connect(dbname, timeout)
+
+    def _connect(self, dbname: str, timeout: int) -> Any:
+        conn = psycopg2.connect(host=self.host, port=self.pg_port, user="postgres", password=SUPERUSER_PASSWORD,
                                 dbname=dbname, connect_timeout=timeout, application_name="hasup-tests")
         conn.autocommit = True
         return conn
@@ -434,18 +481,24 @@ class TestCluster:
     __test__ = False  # a helper, not a pytest test class
 
     def __init__(self, n: int = 3, dcs: dict[str, Any] | None = None, scope: str | None = None,
-                 base: str | None = None) -> None:
+                 base: str | None = None, network: Network | None = None) -> None:
         self.owner = run_as()
         self.base = base or tempfile.mkdtemp(prefix="hasup-test-")
         os.chmod(self.base, 0o755)
         if self.owner:
             os.chown(self.base, *self.owner)
-        self.etcd = Etcd(self.base)
+        # With a network (hosts "etcd", "node1", ...), each runs in its own namespace on its bridge.
+        where = network.hosts if network is not None else {}
+        self.etcd = Etcd(self.base, where["etcd"].ns, where["etcd"].address) if where else Etcd(self.base)
         self.scope = scope or f"t{os.getpid()}x{int(time.time() * 1000) % 100000}"
         self.dcs = dcs or {"ttl": 10, "loop_wait": 2, "retry_timeout": 4, "maximum_lag_on_failover": 1048576,
                            "postgresql": {"use_pg_rewind": True, "use_slots": False}}
         self.nodes = [Node(f"node{i + 1}", self.base, self.scope, self.etcd.port, self.owner, self.dcs)
                       for i in range(n)]
+        for node in self.nodes if where else ():
+            place = where[node.name]
+            node.netns, node.host, node.etcd_host = place.ns, place.address, self.etcd.host
+            node.hba_net = f"{SUBNET}.0/{PREFIX}"
 
     def start_all(self, timeout: float = 180) -> Node:
         """Start every node (etcd must run) and wait for a leader with every replica streaming."""
