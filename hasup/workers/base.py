@@ -71,6 +71,7 @@ def setup_worker(ctx: WorkerContext) -> None:
     for noisy in ("urllib3", "etcd"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     apply_levels(ctx.config.log)  # after the defaults above: log.loggers may want them back
+    logging.getLogger("hasup.worker").debug("%s worker up (pid %d)", ctx.role, os.getpid())
 
 
 # Changing these needs a restart: they name the node or where its data and sockets live.
