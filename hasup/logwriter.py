@@ -19,6 +19,7 @@ import logging.handlers
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from hasup import ipc
@@ -120,7 +121,15 @@ def _handler(cfg: LogConfig) -> logging.Handler:
 class LogWriter:
     def __init__(self, cfg: LogConfig) -> None:
         self.cfg = cfg
-        self.handler = _handler(cfg)
+        self.problem = ""  # why the configured destination is not used (logged once installed)
+        try:
+            self.handler = _handler(cfg)
+        except OSError as exc:
+            # A node must not refuse to run (or loop under systemd) for want of its log directory.
+            self.problem = f"log.dir: cannot write {os.path.join(cfg.dir or '', LOG_FILE)} ({exc.strerror}); " \
+                           "logging to stderr"
+            self.handler = logging.StreamHandler(sys.stderr)
+            cfg = replace(cfg, dir=None)
         self.records_lost = 0
         self._adopt(cfg)
 
@@ -132,7 +141,9 @@ class LogWriter:
         self.tracebacks = tracebacks_visible(cfg)
 
     def reconfigure(self, cfg: LogConfig) -> None:
-        """A reload: new destination, rotation, format and levels take effect from the next record."""
+        """A reload: new destination, rotation, format and levels take effect from the next record.
+
+        Raises OSError (and keeps the current destination) when the new one cannot be opened."""
         if cfg == self.cfg:
             return
         where = (cfg.dir, cfg.file_size, cfg.file_num, cfg.mode)

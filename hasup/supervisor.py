@@ -566,6 +566,8 @@ def release_vip(cfg: VipConfig) -> None:
 def run(config: Config, config_path: str, warnings: list[str]) -> int:
     writer = LogWriter(config.log)
     writer.install()
+    if writer.problem:
+        log.error(writer.problem)
     for w in warnings:
         log.warning(w)
     try:

@@ -127,3 +127,16 @@ def test_bad_log_settings_are_reported():
         log_config("log: {type: xml, loggers: {a: LOUD}, mode: 0o1777}")
     problems = "\n".join(exc.value.problems)
     assert "log.type" in problems and "log.loggers.a" in problems and "log.mode" in problems
+
+
+def test_a_missing_log_dir_falls_back_to_stderr(tmp_path, capsys):
+    writer = LogWriter(log_config(f"log: {{dir: {tmp_path / 'missing'}}}"))
+    assert "log.dir: cannot write" in writer.problem and writer.cfg.dir is None
+    writer.write(record("still logged"), "election")
+    writer.flush()
+    assert "[election] still logged" in capsys.readouterr().err
+    # A reload to a directory that exists starts writing there.
+    writer.reconfigure(log_config(f"log: {{dir: {tmp_path}}}"))
+    writer.write(record("in the file"), "election")
+    writer.flush()
+    assert "[election] in the file" in (tmp_path / LOG_FILE).read_text()
