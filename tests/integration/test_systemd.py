@@ -141,6 +141,7 @@ def test_a_real_node_notifies_ready_status_and_stopping():
         pm = node.postmaster_pid()
         with open(f"/proc/{pm}/environ", "rb") as f:
             assert b"NOTIFY_SOCKET" not in f.read()
+        wait_for(lambda: sum("WATCHDOG" in f for _, f in listener.messages) >= 3, 10, "WATCHDOG=1 pets")
         node.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         node.proc.wait(60)  # type: ignore[union-attr]
         assert node.proc.returncode == 0  # type: ignore[union-attr]
