@@ -22,7 +22,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from hasup.config import ConfigError, VipConfig, load_vip, take_environment
+from hasup.config import ConfigError, VipConfig, load_vip
 from hasup.ipc import ClusterView, PgState
 
 IP_TIMEOUT = 5.0  # seconds for one `ip` call; netlink answers in milliseconds
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="hasup configuration file or directory (default: $CONFIG_FILE)")
     args = parser.parse_args(argv)
     try:
-        cfg = load_vip(args.config, take_environment(dict(os.environ)))
+        cfg = load_vip(args.config, dict(os.environ))
     except ConfigError as exc:
         for line in exc.problems:
             print(f"hasup-vip: {line}", file=sys.stderr)
