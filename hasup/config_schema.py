@@ -106,7 +106,7 @@ PG_USED = (
     "parameters", "pg_hba", "pg_ctl_timeout", "use_pg_rewind", "custom_conf", "database", "basebackup",
     "health_deadline",
 )
-TAGS_UNUSED = ("replicatefrom", "nostream", "sync_priority")  # Patroni tags hasup publishes but ignores
+TAGS_UNUSED = ("nostream", "sync_priority")  # Patroni tags hasup publishes but ignores
 LOG_USED = (
     "type", "level", "traceback_level", "format", "dateformat", "static_fields", "dir", "mode", "file_num",
     "file_size", "loggers",

@@ -106,6 +106,11 @@ class WriteStatus(Action):
 
 
 @dataclass(frozen=True)
+class YieldLock(Action):
+    """Release the lock and sit out the next leader race: our PostgreSQL is down, let a replica lead."""
+
+
+@dataclass(frozen=True)
 class FencePostgres(Action):
     """Kill every process of our hung PostgreSQL; the lock is released only once that is confirmed."""
 
@@ -132,6 +137,7 @@ class Node:
     name: str
     nofailover: bool = False
     failover_priority: int = 1
+    replicatefrom: str | None = None  # cascade: stream from this member instead of the leader
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ class Settings:
     check_timeline: bool = False
     use_pg_rewind: bool = False
     health_deadline: float = 3.0  # seconds a live postgres worker may fail to reach our primary before a fence
+    primary_start_timeout: int = 300  # seconds a crashed primary is restarted in place before it yields the lock
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,8 @@ class Local:
     # Seconds since PostgreSQL last answered a probe, as reported by a live postgres worker after
     # enough consecutive failures (hasup.timing); 0 when it answers or nobody can vouch for the failures.
     unhealthy_for: float = 0.0
-    fenced: bool = False  # our PostgreSQL was fenced a moment ago: leave the next leader race to the others
+    fenced: bool = False  # our PostgreSQL was fenced (or yielded) a moment ago: leave the next race to others
+    down_for: float = 0.0  # seconds our PostgreSQL has not been running while we held the lock
 
 
 WORKING_STATES = ("running",)
@@ -181,6 +189,31 @@ NOT_RUNNING = ("stopped", "crashed", "start failed", "stop failed", "restart fai
 
 def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) -> Decision:
     """What to do this cycle.  cluster is None when etcd could not be read."""
+    decision = _decide(cluster, local, me, settings)
+    if cluster is not None and cluster.paused:
+        holds_lock = cluster.leader is not None and cluster.leader.name == me.name
+        return _paused(decision, local.pg, holds_lock)
+    return decision
+
+
+# Actions that start, stop or change the role of PostgreSQL: a paused cluster leaves it to the operator.
+_HANDS_ON = (RunStart, RunStop, RunPromote, RunDemote, RunCreateReplica, RunBootstrap, FencePostgres, YieldLock)
+
+
+def _paused(decision: Decision, pg: PgState | None, holds_lock: bool) -> Decision:
+    """Maintenance mode: keep the lock and the keys, touch PostgreSQL only to re-point a running replica."""
+    def allowed(action: Action) -> bool:
+        if isinstance(action, RunFollow):
+            return pg is not None and pg.state == "running" and pg.role == "replica" and not action.rewind
+        return not isinstance(action, _HANDS_ON)
+    kept = tuple(a for a in decision.actions if allowed(a))
+    if holds_lock and not any(isinstance(a, RefreshLock | ReleaseLock) for a in kept):
+        kept = (RefreshLock(), *kept)  # whatever PostgreSQL does, the leader stays the leader
+    reason = decision.reason if kept == decision.actions else f"{decision.reason} (not done: paused)"
+    return Decision(kept, f"PAUSE: {reason}", decision.recheck_in)
+
+
+def _decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) -> Decision:
     pg = local.pg
     if cluster is None:
         if pg is not None and pg.role == "primary" and pg.state == "running":
@@ -223,7 +256,7 @@ def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) 
         if local.fenced and cluster.leader is None and not holds_lock:
             # Started now, even as a standby, our (freshest) WAL would make the replicas defer to us.
             return Decision((), "fenced: waiting for another node to take the lock before rejoining")
-        return _not_running(cluster, pg, me, holds_lock)
+        return _not_running(cluster, local, me, settings, holds_lock)
     if pg.state != "running":
         return Decision(keep, f"postgres is {pg.state}")
 
@@ -247,11 +280,16 @@ def _empty_data_dir(cluster: Cluster, me: Node, holds_lock: bool) -> Decision:
     return Decision((), "waiting for leader to bootstrap")
 
 
-def _not_running(cluster: Cluster, pg: PgState, me: Node, holds_lock: bool) -> Decision:
+def _not_running(cluster: Cluster, local: Local, me: Node, settings: Settings, holds_lock: bool) -> Decision:
+    pg = local.pg
+    assert pg is not None
     if holds_lock:
-        # A crashed primary restarts in place while the lock is ours; replicas
-        # keep waiting for it rather than losing the writes it had.
+        # A crashed primary restarts in place while the lock is ours, for up to
+        # primary_start_timeout; replicas wait for it rather than lose the writes it had.
         if pg.role in ("primary", "demoted", "promoted") and pg.controldata_state != "in archive recovery":
+            if local.down_for >= settings.primary_start_timeout and failover_possible(cluster, me):
+                return Decision((YieldLock(),), f"primary has been down for {local.down_for:.0f}s "
+                                f"(primary_start_timeout {settings.primary_start_timeout}s): releasing the lock")
             return Decision((RefreshLock(), RunStart(as_primary=True)), "starting primary after failure")
         return Decision((RefreshLock(), RunStart(as_primary=False)),
                         "starting as readonly because i had the session lock")
@@ -350,14 +388,32 @@ def stuck_limit(settings: Settings) -> float:
     return max(30.0, 3.0 * settings.loop_wait)
 
 
+def failover_possible(cluster: Cluster, me: Node) -> bool:
+    """Some other member runs as a replica and may take over (by what the members published)."""
+    return any(m.state == "running" and m.data.get("role") == "replica" and not (m.tags or {}).get("nofailover")
+               for name, m in cluster.members.items() if name != me.name)
+
+
+def upstream_for(cluster: Cluster, me: Node) -> str:
+    """Whom to stream from: the replicatefrom member when it runs as a replica, else the leader."""
+    assert cluster.leader is not None
+    source = cluster.members.get(me.replicatefrom) if me.replicatefrom and me.replicatefrom != me.name else None
+    if source is not None and source.state == "running" and source.data.get("role") == "replica" \
+            and source.conn_url:
+        return source.name
+    return cluster.leader.name
+
+
 def _as_follower(cluster: Cluster, local: Local, me: Node, settings: Settings) -> Decision:
     assert cluster.leader is not None and local.pg is not None
     pg = local.pg
     leader = cluster.leader.name
     if pg.role == "primary":
         return Decision((RunFollow(leader),), "demoting self because I do not have the lock and I was a leader")
-    if pg.upstream != leader:
-        return Decision((RunFollow(leader),), f"following new leader {leader}")
+    upstream = upstream_for(cluster, me)
+    if pg.upstream != upstream:
+        return Decision((RunFollow(upstream),), f"following new leader {leader}" if upstream == leader
+                        else f"following {upstream} (replicatefrom), the leader is {leader}")
     leader_member = cluster.leader_member()
     leader_tl = leader_member.timeline if leader_member else None
     if settings.use_pg_rewind and local.not_streaming_for > stuck_limit(settings) and pg.timeline and leader_tl \
@@ -366,6 +422,9 @@ def _as_follower(cluster: Cluster, local: Local, me: Node, settings: Settings) -
         return Decision((RunFollow(leader, rewind=True),),
                         f"not streaming for {local.not_streaming_for:.0f}s on timeline {pg.timeline} "
                         f"behind the leader's {leader_tl}: rewinding")
+    if upstream != leader:
+        return Decision((), f"no action. I am ({me.name}), a secondary, and following {upstream} "
+                            f"(replicatefrom), the leader is {leader}")
     return Decision((), f"no action. I am ({me.name}), a secondary, and following a leader ({leader})")
 
 
@@ -404,7 +463,7 @@ def is_healthiest(cluster: Cluster, local: Local, me: Node, settings: Settings) 
         return False, "I am not allowed to promote"
     if not local.watchdog_usable:
         return False, "Watchdog device is not usable"
-    my_wal = pg.wal_position or 0
+    my_wal = failover_position(pg)
     if cluster.optime is not None and cluster.optime - my_wal > settings.maximum_lag_on_failover:
         return False, "my wal position exceeds maximum replication lag"
     if settings.check_timeline and (pg.timeline is None or pg.timeline < cluster.timeline):
@@ -421,6 +480,13 @@ def is_healthiest(cluster: Cluster, local: Local, me: Node, settings: Settings) 
         if peer.wal_position == my_wal and peer.failover_priority > me.failover_priority:
             return False, f"{name} has the same wal position and a higher failover priority"
     return True, "I am the healthiest node"
+
+
+def failover_position(pg: PgState) -> int:
+    """How far this replica could serve if promoted now: with replay paused, only what it replayed."""
+    if pg.replay_paused and pg.replayed_location is not None:
+        return pg.replayed_location
+    return pg.wal_position or 0
 
 
 def needs_history(cluster: Cluster, pg: PgState) -> bool:

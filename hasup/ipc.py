@@ -94,6 +94,7 @@ class ShutdownDone(Message):
     ROUTE = ("supervisor",)
     stopped_postgres: bool
     released_lock: bool
+    left_running: bool = False  # paused cluster: PostgreSQL and the leader key stay, on purpose
 
 
 # -- snapshots ----------------------------------------------------------------

@@ -31,6 +31,9 @@ def parse_status(name: str, body: dict[str, Any]) -> PeerStatus:
     xlog = body.get("xlog") or {}
     if "location" in xlog:
         wal = int(xlog["location"])
+    elif xlog.get("paused"):
+        # Replay paused (by an operator, on purpose): what it received is not what it could serve.
+        wal = int(xlog.get("replayed_location") or 0)
     else:
         wal = max(int(xlog.get("received_location") or 0), int(xlog.get("replayed_location") or 0))
     tags = body.get("tags") or {}

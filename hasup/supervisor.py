@@ -118,6 +118,7 @@ class Supervisor:
         self.pid = os.getpid()
         self.shutdown_started: float | None = None
         self.shutdown_done = False
+        self.leave_postgres_running = False
         self.exit_code = 0
         # Taken out of the environment before the first fork: only we talk to systemd.
         self.notifier = sdnotify.Notifier.from_environment(os.environ)
@@ -272,8 +273,9 @@ class Supervisor:
         elif isinstance(msg, ipc.ApiListening):
             self.api_listening = True
         elif isinstance(msg, ipc.ShutdownDone):
-            log.info("election finished its shutdown (postgres stopped: %s, leader key released: %s)",
-                     msg.stopped_postgres, msg.released_lock)
+            log.info("election finished its shutdown (postgres stopped: %s, leader key released: %s%s)",
+                     msg.stopped_postgres, msg.released_lock, ", left running: paused" if msg.left_running else "")
+            self.leave_postgres_running = msg.left_running
             self.shutdown_done = True
         else:
             if isinstance(msg, ipc.PgState):
@@ -503,7 +505,7 @@ class Supervisor:
             due = min(self.next_ping(), self.next_notify())
             self.poll(timeout=max(0.0, due - time.monotonic()) or 0.05)
         self.reap()
-        if self.exit_code == 0 and self.shutdown_started is not None:
+        if self.exit_code == 0 and self.shutdown_started is not None and not self.leave_postgres_running:
             self.stop_leftover_postmaster()
         if self.config.vip is not None:
             # The vip worker removes the address when we stop leading; it may have died first.

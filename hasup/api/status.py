@@ -166,6 +166,9 @@ def build_status(snap: Snap, now: float) -> dict[str, Any]:
         out["pending_restart"] = True
     if view and isinstance(view.get("scheduled_restart"), dict):
         out["scheduled_restart"] = view["scheduled_restart"]
+    if view and view.get("last_decision"):
+        # hasup's own: why this node does (or does not do) what it does, e.g. not taking over.
+        out["last_decision"] = str(view["last_decision"])
     watchdog = snap.get("watchdog")
     if isinstance(watchdog, dict) and watchdog.get("failed") and watchdog.get("mode") == "required":
         # Only a required watchdog that cannot run makes a node ineligible.

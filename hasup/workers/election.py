@@ -7,6 +7,7 @@ hasup.ha.decide(); this file gathers inputs and carries out actions.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -14,7 +15,7 @@ import time
 from typing import Any, cast
 
 from hasup import ha, ipc
-from hasup.config import initial_dcs_config, parse_dynamic
+from hasup.config import Config, initial_dcs_config, parse_dynamic
 from hasup.dcs.etcd import DCSError, EtcdStore
 from hasup.dcs.model import Cluster
 from hasup.dcs.watch import KeyWatch
@@ -38,7 +39,7 @@ class ElectionWorker:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         cfg = ctx.config
-        self.me = ha.Node(cfg.name, cfg.tags.nofailover, cfg.tags.failover_priority)
+        self.me = node_of(cfg)
         self.dynamic, _ = parse_dynamic(cfg.bootstrap.dcs)
         # etcd and peer calls run on a helper thread so the loop keeps answering its (short) heartbeat.
         self.offload = Offloader(ctx, lambda: self.dynamic.retry_timeout + 2.0)
@@ -68,6 +69,7 @@ class ElectionWorker:
         self.shutdown_stop_id: int | None = None
         self.run_now = True
         self.recheck_in: float | None = None
+        self.down_since: float | None = None
         self.stuck_since: float | None = None
         self.leased = False  # leases were sent since the last disarm
         self.failover_seen: tuple[int, float] = (0, 0.0)  # (failover key index, when first seen)
@@ -142,7 +144,7 @@ class ElectionWorker:
         local_rewind = self.ctx.config.postgresql.use_pg_rewind
         return ha.Settings(d.ttl, d.loop_wait, d.retry_timeout, d.maximum_lag_on_failover, d.check_timeline,
                            d.use_pg_rewind if local_rewind is None else local_rewind,
-                           self.ctx.config.postgresql.health_deadline)
+                           self.ctx.config.postgresql.health_deadline, d.primary_start_timeout)
 
     def deadlines(self) -> Deadlines:
         d, cfg = self.dynamic, self.ctx.config
@@ -185,9 +187,9 @@ class ElectionWorker:
         now = time.monotonic()
         local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable,
                          self.failover_age(cluster), unhealthy_for(pg, self.pg_received, now, self.deadlines()),
-                         self.fencing.sitting_out())
-        # Just fenced: our PostgreSQL hung while primary; let another node lead first.
-        me = ha.Node(self.me.name, True, self.me.failover_priority) if self.fencing.sitting_out() else self.me
+                         self.fencing.sitting_out(), self.down_for(holds))
+        # Just fenced (or yielded): our PostgreSQL was hung or down while primary; let another node lead first.
+        me = dataclasses.replace(self.me, nofailover=True) if self.fencing.sitting_out() else self.me
         if self.shutting_down:
             decision = ha.Decision((ha.RefreshLock(),) if holds else (), "shutting down")
         else:
@@ -207,6 +209,17 @@ class ElectionWorker:
             self.touch_member()
         self.maybe_disarm()
         self.publish_view(decision.reason)
+
+    def down_for(self, holds_lock: bool) -> float:
+        """Seconds our PostgreSQL has not been running while we hold the lock (primary_start_timeout).
+
+        The clock starts when it is seen down and keeps running through restart attempts."""
+        pg, now = self.pg, time.monotonic()
+        if not holds_lock or pg is None or pg.state == "running":
+            self.down_since = None
+        elif self.down_since is None and pg.state in ha.NOT_RUNNING:
+            self.down_since = now
+        return 0.0 if self.down_since is None else now - self.down_since
 
     def failover_age(self, cluster: Cluster | None) -> float:
         """Seconds since we first saw the current failover request (by its etcd index)."""
@@ -263,6 +276,9 @@ class ElectionWorker:
                 self.write_status()
             elif isinstance(action, ha.WriteHistory):
                 self.write_history(cluster)
+            elif isinstance(action, ha.YieldLock):
+                self.release_lock()
+                self.fencing.sit_out(ttl)
             elif isinstance(action, ha.FencePostgres):
                 self.fencing.start(self.pg, "it did not answer probes within postgresql.health_deadline")
             elif isinstance(action, ha.Fatal):
@@ -307,6 +323,12 @@ class ElectionWorker:
     def grant_lease(self, started: float) -> None:
         # The write succeeded, so etcd cannot expire the key before started + ttl.
         self.lock_valid_until = started + self.dynamic.ttl
+        if self.cluster is not None and self.cluster.paused:
+            # Maintenance mode: the operator may stop PostgreSQL or hasup at will; a reset would surprise.
+            if self.leased:
+                self.send_watchdog(ipc.Disarm("cluster paused"))
+                self.leased = False
+            return
         self.leased = True
         d = self.dynamic
         self.send_watchdog(ipc.Lease(self.lock_valid_until, d.ttl, d.loop_wait, d.retry_timeout))
@@ -417,8 +439,13 @@ class ElectionWorker:
         log.info("switchover: released the leader lock at LSN %s", lsn)
 
     def begin_shutdown(self) -> None:
-        log.info("shutting down: stopping PostgreSQL")
         self.shutting_down = True
+        if self.cluster is not None and self.cluster.paused:
+            # Maintenance mode: the operator owns PostgreSQL; it keeps running and keeps the key.
+            log.info("shutting down while paused: leaving PostgreSQL running and the leader key in place")
+            self.ctx.channel.send_now(ipc.ShutdownDone(False, False, left_running=True))
+            return
+        log.info("shutting down: stopping PostgreSQL")
         self.shutdown_stop_id = self.request(ipc.Stop, mode="fast")
 
     def finish_shutdown(self, stopped: bool) -> None:
@@ -517,9 +544,15 @@ class ElectionWorker:
         elif isinstance(msg, ipc.Shutdown) and not self.shutting_down:
             self.begin_shutdown()
         elif isinstance(msg, ipc.ConfigChanged) and apply_reload(self.ctx, msg):
-            tags = self.ctx.config.tags
-            self.me = ha.Node(self.me.name, tags.nofailover, tags.failover_priority)
+            self.me = node_of(self.ctx.config)
             self.run_now = True  # publish the new tags at once
+
+
+def node_of(cfg: Config) -> ha.Node:
+    tags = cfg.tags
+    source = tags.raw.get("replicatefrom")
+    return ha.Node(cfg.name, tags.nofailover, tags.failover_priority,
+                   str(source) if isinstance(source, str) and source else None)
 
 
 def run(ctx: WorkerContext) -> None:

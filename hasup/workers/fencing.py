@@ -50,7 +50,7 @@ class Fencing:
         self.in_progress = False
         if done.confirmed:
             log.warning("fenced PostgreSQL (%d processes killed): %s", len(done.killed), done.reason)
-            self.sit_out_until = time.monotonic() + ttl
+            self.sit_out(ttl)
             return True
         log.critical("fencing PostgreSQL could not be confirmed (%s): no more leader-key writes, the lease "
                      "runs out and the watchdog (if armed) resets this node", done.reason)
@@ -64,6 +64,10 @@ class Fencing:
 
     def sitting_out(self) -> bool:
         return time.monotonic() < self.sit_out_until
+
+    def sit_out(self, ttl: float) -> None:
+        """We gave the lock up because our PostgreSQL is down: let a replica win the next race."""
+        self.sit_out_until = time.monotonic() + ttl
 
     def someone_else_leads(self) -> None:
         """Another node holds the lock: the race we sat out is over, we are an ordinary replica again."""

@@ -526,7 +526,7 @@ def test_no_password_appears_in_warnings() -> None:
         ({"bootstrap.wal_e": {"command": "x"}}, "bootstrap.wal_e: not used by hasup yet, ignored"),
         ({"bootstrap.users": {"a": {"options": [], "x": 1}}}, "bootstrap.users.a.x: not used by hasup yet, ignored"),
         ({"watchdog.frob": 1}, "watchdog.frob: not used by hasup yet, ignored"),
-        ({"tags.replicatefrom": "node2"}, "tags.replicatefrom: not used by hasup yet, ignored"),
+        ({"tags.nostream": True}, "tags.nostream: not used by hasup yet, ignored"),
         (
             {"ttl": 30},
             "ttl: only read from the dynamic configuration (bootstrap.dcs, then etcd), ignored here",

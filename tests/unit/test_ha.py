@@ -355,3 +355,66 @@ def test_a_fenced_node_stays_down_until_another_node_leads():
     assert leaderless.actions == () and "fenced" in leaderless.reason
     led = ha.decide(cluster(leader="n2"), ha.Local(crashed, True, fenced=True), ME, SETTINGS)
     assert led.actions == (ha.RunFollow("n2"),)
+
+
+# -- primary_start_timeout, pause, replicatefrom -----------------------------------------------
+
+
+def crashed_primary(**kw):
+    return ha.Local(replace(pg(state="crashed", role="primary"), probe_ok=False), True, **kw)
+
+
+def test_a_crashed_primary_restarts_in_place_until_primary_start_timeout():
+    c = cluster(leader="n1")
+    patient = replace(SETTINGS, primary_start_timeout=300)
+    d = ha.decide(c, crashed_primary(down_for=10), ME, patient)
+    assert ha.RunStart(as_primary=True) in d.actions and ha.RefreshLock() in d.actions
+    d = ha.decide(c, crashed_primary(down_for=300), ME, patient)
+    assert d.actions == (ha.YieldLock(),) and "primary_start_timeout" in d.reason
+    hasty = replace(SETTINGS, primary_start_timeout=0)
+    assert ha.decide(c, crashed_primary(down_for=0), ME, hasty).actions == (ha.YieldLock(),)
+    # Nobody could take over: restarting in place beats an empty cluster.
+    alone = replace(c, members={"n1": member("n1", role="primary")})
+    assert ha.RunStart(as_primary=True) in ha.decide(alone, crashed_primary(down_for=0), ME, hasty).actions
+    vetoed = replace(c, members={"n1": member("n1", role="primary"),
+                                 "n2": replace(member("n2"), data={**member("n2").data, "tags": {"nofailover": True}})})
+    assert ha.RunStart(as_primary=True) in ha.decide(vetoed, crashed_primary(down_for=0), ME, hasty).actions
+
+
+def test_paused_cluster_keeps_the_lock_and_leaves_postgresql_alone():
+    paused = replace(cluster(leader="n1"), config={"ttl": 10, "pause": True})
+    d = ha.decide(paused, crashed_primary(down_for=1000), ME, replace(SETTINGS, primary_start_timeout=0))
+    assert d.actions == (ha.RefreshLock(),) and d.reason.startswith("PAUSE: ") and "not done: paused" in d.reason
+    # A replica of a paused cluster is not started, a running primary without the lock is not demoted...
+    follower = ha.decide(replace(paused, leader=Leader("n2", 3)), crashed_primary(), ME, SETTINGS)
+    assert follower.actions == ()
+    stray = ha.decide(replace(paused, leader=Leader("n2", 3)), local(pg(role="primary")), ME, SETTINGS)
+    assert stray.actions == ()
+    # ...but a running replica still follows the leader it is told to.
+    repoint = ha.decide(replace(paused, leader=Leader("n2", 3)), local(pg(upstream="n3")), ME, SETTINGS)
+    assert repoint.actions == (ha.RunFollow("n2"),)
+    assert ha.decide(replace(paused, leader=None), local(pg()), ME, SETTINGS).actions == ()
+
+
+def test_replicatefrom_streams_from_a_running_replica_else_from_the_leader():
+    c = cluster(leader="n2")
+    cascade = ha.Node("n1", replicatefrom="n3")
+    assert ha.decide(c, local(pg(upstream="n2")), cascade, SETTINGS).actions == (ha.RunFollow("n3"),)
+    assert ha.decide(c, local(pg(upstream="n3")), cascade, SETTINGS).actions == ()
+    down = replace(c, members={**c.members, "n3": member("n3", state="stopped")})
+    assert ha.decide(down, local(pg(upstream="n3")), cascade, SETTINGS).actions == (ha.RunFollow("n2"),)
+    itself = ha.Node("n1", replicatefrom="n1")
+    assert ha.decide(c, local(pg(upstream="n2")), itself, SETTINGS).actions == ()
+
+
+def test_a_replica_with_replay_paused_counts_only_what_it_replayed():
+    c = cluster(leader=None, optime=10_000_000)
+    paused = replace(pg(wal=10_000_000), replay_paused=True, replayed_location=1_000, received_location=10_000_000)
+    d = ha.decide(c, local(paused), ME, SETTINGS)
+    assert ha.AcquireLock() not in d.actions and "maximum replication lag" in d.reason
+    assert ha.AcquireLock() in ha.decide(c, local(replace(paused, replay_paused=False)), ME, SETTINGS).actions
+    from hasup.peers import parse_status
+    body = {"role": "replica", "state": "running",
+            "xlog": {"received_location": 9000, "replayed_location": 100, "paused": True}}
+    assert parse_status("n2", body).wal_position == 100
+    assert parse_status("n2", {**body, "xlog": {**body["xlog"], "paused": False}}).wal_position == 9000

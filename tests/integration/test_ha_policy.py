@@ -1,0 +1,197 @@
+"""HA policy on a live cluster (issue 5): tags, primary_start_timeout, maintenance mode, lag on failover.
+
+node3 carries tags noloadbalance, replicatefrom: node2 and failover_priority 2; node1 bootstraps.
+Tests share the cluster and find the current leader themselves; each leaves every node streaming.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.harness import Node, TestCluster, wait_for
+
+DCS = {"ttl": 10, "loop_wait": 2, "retry_timeout": 3, "maximum_lag_on_failover": 1048576,
+       "postgresql": {"use_pg_rewind": True, "use_slots": False}}
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def patch_config(node: Node, body: dict) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{node.api_port}/config", data=json.dumps(body).encode(),
+                                 method="PATCH", headers={"Content-Type": "application/json"})
+    with _opener.open(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+def patch_config_and_wait(leader: Node, body: dict) -> None:
+    """PATCH /config, then wait until the leader has read etcd since (it applies what it reads)."""
+    patched_at = time.time()
+    patch_config(leader, body)
+    wait_for(lambda: leader.status().get("dcs_last_seen", 0) > patched_at + 1, 10, "the leader to read the change")
+
+
+def current_timeline(primary: Node) -> int:
+    return int(primary.sql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")[0][0], 16)
+
+
+def streaming_from(node: Node) -> set[str]:
+    return {r[0] for r in node.sql("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")}
+
+
+def heal(tc: TestCluster) -> Node:
+    """Every node up and streaming (node3 from node2 while node2 is a replica); returns the leader."""
+    for node in tc.nodes:
+        if node.pid is None or not node.processes():
+            node.start()
+    leader = tc.wait_leader(120)
+
+    def healed() -> bool:
+        others = {n.name for n in tc.nodes if n is not leader}
+        if leader.name in ("node2", "node3"):  # no cascade: node3 leads, or its upstream does
+            return others <= streaming_from(leader)
+        return "node2" in streaming_from(leader) and "node3" in streaming_from(tc.node("node2"))
+    wait_for(healed, 120, "every node streaming")
+    return leader
+
+
+@pytest.fixture(scope="module")
+def tc():
+    c = TestCluster(3, dcs=DCS)
+    node1, node2, node3 = c.nodes
+    node3.extra.update({"tags.noloadbalance": True, "tags.replicatefrom": "node2", "tags.failover_priority": 2})
+    c.etcd.start()
+    try:
+        node1.start()
+        assert c.wait_leader(120) is node1
+        node2.start()
+        node3.start()
+        heal(c)
+        node1.sql("CREATE TABLE filler (v text)")
+        yield c
+    finally:
+        c.destroy()
+
+
+def test_noloadbalance_and_replicatefrom(tc):
+    leader = heal(tc)
+    node2, node3 = tc.node("node2"), tc.node("node3")
+    assert leader.name == "node1"
+    assert node3.api("/replica")[0] == 503  # noloadbalance: never in the read pool
+    assert node2.api("/replica")[0] == 200
+    assert "node3" in streaming_from(node2) and "node3" not in streaming_from(leader)  # cascading
+
+
+def test_failover_priority_decides_between_equal_replicas(tc):
+    leader = heal(tc)
+    assert leader.name == "node1"
+    node2, node3 = tc.node("node2"), tc.node("node3")
+
+    def replayed(node: Node) -> int:
+        return int(node.sql("SELECT pg_last_wal_replay_lsn() - '0/0'")[0][0])
+    wait_for(lambda: replayed(node2) == replayed(node3) == int(leader.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0]),
+             30, "both replicas caught up")
+    leader.kill_tree()
+    new = tc.wait_leader(60, exclude="node1")
+    assert new is node3, "equal WAL positions: the higher failover_priority must win"
+    heal(tc)
+
+
+def test_primary_start_timeout_zero_fails_over_and_larger_restarts_in_place(tc):
+    leader = heal(tc)
+    patch_config_and_wait(leader, {"primary_start_timeout": 0})
+    crashed_at = time.monotonic()
+    os.kill(leader.postmaster_pid(), signal.SIGKILL)
+    new = tc.wait_leader(30, exclude=leader.name)
+    assert time.monotonic() - crashed_at < 15
+    assert new is not leader
+    leader = heal(tc)
+
+    patch_config_and_wait(leader, {"primary_start_timeout": 300})
+    timeline = current_timeline(leader)
+    old_pid = leader.postmaster_pid()
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:  # restarted in place: the lock never leaves it
+        assert tc.leader_name() == leader.name
+        pid = leader.postmaster_pid()
+        if pid not in (None, old_pid):
+            try:
+                if leader.sql("SELECT NOT pg_is_in_recovery()") == [(True,)]:
+                    break
+            except Exception:
+                pass
+        assert time.monotonic() < deadline, "the primary was not restarted in place"
+        time.sleep(0.2)
+    assert current_timeline(leader) == timeline  # no promotion anywhere
+    heal(tc)
+
+
+def test_pause_leaves_postgresql_alone_and_resume_heals(tc):
+    leader = heal(tc)
+    replica = next(n for n in tc.nodes if n is not leader)
+    patch_config(leader, {"pause": True})
+    wait_for(lambda: all(n.status().get("pause") for n in tc.nodes), 20, "every node paused")
+    os.kill(leader.postmaster_pid(), signal.SIGINT)  # an operator stops the leader's PostgreSQL
+    wait_for(lambda: leader.postmaster_pid() is None, 30, "PostgreSQL stopped")
+    watched_until = time.monotonic() + 3 * DCS["loop_wait"]
+    while time.monotonic() < watched_until:
+        assert tc.leader_name() == leader.name  # no failover while paused
+        assert leader.postmaster_pid() is None  # and hasup does not start it either
+        time.sleep(0.2)
+    assert "PAUSE: " in leader.log_text()
+    # hasup stopped on a paused node: its PostgreSQL keeps running.
+    replica_pm = replica.postmaster_pid()
+    replica.proc.send_signal(signal.SIGTERM)
+    replica.proc.wait(60)
+    assert replica.postmaster_pid() == replica_pm
+    replica.start()
+    patch_config(leader, {"pause": None})
+    wait_for(lambda: not any(n.status().get("pause") for n in tc.nodes), 20, "every node resumed")
+    healed = heal(tc)
+    assert healed.sql("SELECT NOT pg_is_in_recovery()") == [(True,)]
+
+
+def lag_leader(tc: TestCluster, leader: Node, paused: list[Node]) -> None:
+    """Write ~2.6 MB on the leader while `paused` replicas replay nothing, and publish the optime."""
+    for node in paused:
+        node.sql("SELECT pg_wal_replay_pause()")
+    leader.sql("INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 20000)")
+    lsn = int(leader.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0])
+    wait_for(lambda: json.loads(tc.etcd.value(tc.key("status")) or "{}").get("optime", 0) >= lsn, 20,
+             "the leader to publish its optime")
+
+
+def test_a_replica_with_replay_paused_is_passed_over(tc):
+    leader = heal(tc)
+    laggard, fresh = [n for n in tc.nodes if n is not leader]
+    lag_leader(tc, leader, [laggard])
+    lsn = int(leader.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0])
+    wait_for(lambda: int(fresh.sql("SELECT pg_last_wal_replay_lsn() - '0/0'")[0][0]) >= lsn, 30, "the other replica")
+    leader.kill_tree()
+    assert tc.wait_leader(60, exclude=leader.name) is fresh
+    laggard.sql("SELECT pg_wal_replay_resume()")
+    heal(tc)
+
+
+def test_with_every_replica_too_far_behind_nobody_is_promoted(tc):
+    leader = heal(tc)
+    replicas = [n for n in tc.nodes if n is not leader]
+    lag_leader(tc, leader, replicas)
+    leader.kill_tree()
+    wait_for(lambda: tc.leader_name() is None, 30, "the dead leader's key to expire")
+    for node in replicas:
+        wait_for(lambda n=node: "maximum replication lag" in (n.status().get("last_decision") or ""), 20,
+                 f"{node.name} to say why it does not take over")
+    waited_until = time.monotonic() + 3 * DCS["loop_wait"]
+    while time.monotonic() < waited_until:
+        assert tc.leader_name() is None
+        time.sleep(0.2)
+    for node in replicas:
+        node.sql("SELECT pg_wal_replay_resume()")
+    heal(tc)
