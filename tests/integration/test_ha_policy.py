@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from tests.harness import Node, TestCluster, wait_for
+from tests.harness import Node, TestCluster, kill_pids, wait_for
 
 DCS = {"ttl": 10, "loop_wait": 2, "retry_timeout": 3, "maximum_lag_on_failover": 1048576,
        "postgresql": {"use_pg_rewind": True, "use_slots": False}}
@@ -194,4 +194,22 @@ def test_with_every_replica_too_far_behind_nobody_is_promoted(tc):
         time.sleep(0.2)
     for node in replicas:
         node.sql("SELECT pg_wal_replay_resume()")
+    heal(tc)
+
+
+def test_a_diverged_old_leader_rejoins_through_pg_rewind(tc):
+    leader = heal(tc)
+    walsenders = [int(r[0]) for r in leader.sql("SELECT pid FROM pg_stat_replication")]
+    assert walsenders
+    kill_pids(walsenders, signal.SIGSTOP)  # the replicas stop receiving: what follows exists only here
+    leader.sql("INSERT INTO filler SELECT 'only on the old leader' FROM generate_series(1, 1000)")
+    leader.sql("CHECKPOINT")
+    leader.kill_tree()
+    new = tc.wait_leader(60, exclude=leader.name)
+    assert new.sql("SELECT count(*) FROM filler WHERE v = 'only on the old leader'") == [(0,)]
+    leader.start()
+    wait_for(lambda: leader.name in streaming_from(new) or leader.name in streaming_from(tc.node("node2")),
+             120, "the old leader streaming again")
+    assert "pg_rewind from" in leader.log_text() and "pg_rewind from " + new.name in leader.log_text()
+    assert leader.sql("SELECT count(*) FROM filler WHERE v = 'only on the old leader'") == [(0,)]
     heal(tc)
