@@ -241,6 +241,7 @@ class DynamicConfig:
     check_timeline: bool = False
     synchronous_mode: bool = False
     synchronous_mode_strict: bool = False
+    synchronous_node_count: int = 1
     failsafe_mode: bool = False
     pause: bool = False
     use_pg_rewind: bool = False
@@ -281,8 +282,11 @@ def _refuse_unsafe(r: Reader, section: Mapping[str, Any], prefix: str) -> None:
         path = join_key(prefix, key)
         convert: Callable[[Any], Any] = to_bool
         if key == "synchronous_mode":
-            convert = to_sync_mode
-        elif key == "standby_cluster":
+            # on/off are supported; the quorum flavour is not yet.
+            if r.convert(path, value, to_sync_mode) == "quorum":
+                r.problem(path, f"quorum: {UNSUPPORTED}; {reason}")
+            continue
+        if key == "standby_cluster":
             convert = to_mapping
         if r.convert(path, value, convert):
             r.problem(path, f"{UNSUPPORTED}; {reason}")
@@ -778,11 +782,14 @@ def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
         notes.append(timing)
     flags = {key: lenient(raw, key, to_bool, False, notes) for key in DYNAMIC_BOOLS}
     flags["failsafe_mode"] = lenient(raw, "failsafe_mode", to_bool, False, notes)
-    flags["synchronous_mode"] = lenient(raw, "synchronous_mode", lambda v: bool(to_sync_mode(v)), False, notes)
-    flags["synchronous_mode_strict"] = lenient(raw, "synchronous_mode_strict", to_bool, False, notes)
+    sync_default: bool | str = False
+    sync_mode = lenient(raw, "synchronous_mode", to_sync_mode, sync_default, notes)
+    flags["synchronous_mode"] = bool(sync_mode)  # quorum (not supported) still means: never less than sync
     standby: dict[str, Any] = lenient(raw, "standby_cluster", to_mapping, {}, notes)
     pg: dict[str, Any] = lenient(raw, "postgresql", to_mapping, {}, notes)
-    on = [key for key in (*UNSAFE_REASONS,) if (standby if key == "standby_cluster" else flags[key])]
+    on = [key for key in ("failsafe_mode", "standby_cluster") if (standby if key == "standby_cluster" else flags[key])]
+    if sync_mode == "quorum":
+        on.append("synchronous_mode: quorum (running as synchronous_mode: on)")
     notes.extend(f"{key}: set in the cluster configuration, but {UNSUPPORTED}" for key in on)
     dynamic = DynamicConfig(
         ttl=ints["ttl"],
@@ -795,6 +802,7 @@ def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
         check_timeline=flags["check_timeline"],
         synchronous_mode=flags["synchronous_mode"],
         synchronous_mode_strict=flags["synchronous_mode_strict"],
+        synchronous_node_count=ints["synchronous_node_count"],
         failsafe_mode=flags["failsafe_mode"],
         pause=flags["pause"],
         use_pg_rewind=lenient(pg, "postgresql.use_pg_rewind", to_bool, False, notes),

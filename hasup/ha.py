@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 
+from hasup import sync
 from hasup.dcs.model import Cluster, Member
 from hasup.ipc import PgState
 
@@ -106,6 +107,25 @@ class WriteStatus(Action):
 
 
 @dataclass(frozen=True)
+class WriteSync(Action):
+    """Record in the sync key which standbys are synchronous (hasup.sync: before PostgreSQL drops one)."""
+
+    standbys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClearSync(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class SetSyncStandbys(Action):
+    """synchronous_standby_names for PostgreSQL (hasup.sync: before the key names a new one)."""
+
+    setting: str
+
+
+@dataclass(frozen=True)
 class YieldLock(Action):
     """Release the lock and sit out the next leader race: our PostgreSQL is down, let a replica lead."""
 
@@ -150,6 +170,9 @@ class Settings:
     use_pg_rewind: bool = False
     health_deadline: float = 3.0  # seconds a live postgres worker may fail to reach our primary before a fence
     primary_start_timeout: int = 300  # seconds a crashed primary is restarted in place before it yields the lock
+    synchronous_mode: bool = False
+    synchronous_mode_strict: bool = False
+    synchronous_node_count: int = 1
 
 
 @dataclass(frozen=True)
@@ -305,10 +328,31 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
     actions: list[Action] = [RefreshLock(), WriteStatus()]
     if needs_history(cluster, pg):
         actions.append(WriteHistory())
+    sync_steps = _sync_actions(cluster, pg, me, settings)
+    actions.extend(sync_steps)
+    # A synchronous standby is added in steps (PostgreSQL, then the key): take the next one soon.
+    recheck = SWITCHOVER_RECHECK if sync_steps else None
     if cluster.failover is not None:
         more, reason = _manual_failover(cluster, local, me, settings)
-        return Decision(tuple(actions + more), reason, SWITCHOVER_RECHECK if not more else None)
-    return Decision(tuple(actions), f"no action. I am ({me.name}), the leader with the lock")
+        return Decision(tuple(actions + more), reason, SWITCHOVER_RECHECK if not more else recheck)
+    return Decision(tuple(actions), f"no action. I am ({me.name}), the leader with the lock", recheck)
+
+
+def _sync_actions(cluster: Cluster, pg: PgState, me: Node, settings: Settings) -> list[Action]:
+    """The next safe step of synchronous replication on the leader (hasup.sync), key first."""
+    recorded = (cluster.sync or {}).get("leader")
+    if not settings.synchronous_mode:
+        return [ClearSync()] if recorded else []
+    key = sync.key_standbys(cluster, me.name)
+    configured = sync.parse_setting(pg.sync_standby_names)
+    step = sync.next_step(key, configured, sync.sync_now(pg.replication), sync.candidates(pg.replication, cluster,
+                          me.name), settings.synchronous_node_count, settings.synchronous_mode_strict)
+    actions: list[Action] = []
+    if recorded != me.name or step.key != key:
+        actions.append(WriteSync(step.key))
+    if step.names != configured:
+        actions.append(SetSyncStandbys(sync.standby_names_setting(step.names)))
+    return actions
 
 
 def scheduled_at(failover: dict[str, object]) -> float | None:
@@ -450,6 +494,8 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
         peer = local.peers.get(candidate)
         if peer is not None and peer.state == "running":
             return Decision((), f"following a different leader because {candidate} is the failover candidate")
+    if settings.synchronous_mode and not sync.may_race(cluster, me.name):
+        return Decision((), "following a different leader because I am not a synchronous standby")
     ok, why = is_healthiest(cluster, local, me, settings)
     if not ok:
         return Decision((), f"following a different leader because {why}")
@@ -473,6 +519,8 @@ def is_healthiest(cluster: Cluster, local: Local, me: Node, settings: Settings) 
             continue
         if peer.role in ("primary", "master") and peer.state == "running":
             return False, f"primary ({name}) is still alive"
+        if settings.synchronous_mode and not sync.may_race(cluster, name):
+            continue  # it will not take over, so its WAL position must not hold us back
         if peer.nofailover or peer.watchdog_failed or peer.state != "running":
             continue
         if peer.wal_position > my_wal:

@@ -130,6 +130,7 @@ class PgState(Message):
     timeline_history: tuple[tuple[int, int, str], ...] = ()  # (tli, switch lsn, reason) on a primary
     pending_restart: bool = False
     controldata_state: str | None = None  # "in production", "shut down", ...
+    sync_standby_names: str | None = None  # synchronous_standby_names as PostgreSQL runs with it
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,13 @@ class Stop(Request):
 
 
 @dataclass(frozen=True)
+class SetSyncStandbys(Request):
+    """Run with this synchronous_standby_names (re-render the configuration and reload)."""
+
+    setting: str
+
+
+@dataclass(frozen=True)
 class Restart(Request):
     """Stop fast and start again in the same role; timeout bounds the start (None: pg_ctl_timeout).
 
@@ -342,7 +350,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     for cls in (
         Ping, Pong, LogRecord, ConfigChanged, Shutdown, ApiListening, ShutdownDone, PgState, ClusterView, Lease, Disarm,
         WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Restart,
-        Reinitialize, AdminRequest, AdminReply, Fence, FenceDone, Reply,
+        SetSyncStandbys, Reinitialize, AdminRequest, AdminReply, Fence, FenceDone, Reply,
     )
 }
 

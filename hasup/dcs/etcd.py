@@ -205,6 +205,19 @@ class EtcdStore:
     def set_history(self, history: list[list[Any]]) -> None:
         self._call(lambda c, _t: c.write(self.key("history"), compact(history)))
 
+    def set_sync(self, leader: str, standbys: tuple[str, ...]) -> None:
+        """The sync key as Patroni writes it: the leader and its synchronous standbys (comma-separated)."""
+        value = {"leader": leader, "sync_standby": ",".join(standbys) if standbys else None}
+        self._call(lambda c, _t: c.write(self.key("sync"), compact(value)))
+
+    def delete_sync(self) -> None:
+        def op(c: etcd.Client, _t: float) -> None:
+            try:
+                c.delete(self.key("sync"))
+            except etcd.EtcdKeyNotFound:
+                pass
+        self._call(op)
+
     def set_status(self, status: dict[str, Any]) -> None:
         self._call(lambda c, _t: c.write(self.key("status"), compact(status)))
 

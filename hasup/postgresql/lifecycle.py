@@ -48,6 +48,8 @@ class Lifecycle:
         self.on_state = on_state  # tells the worker which state to report while we work
         self.following: str | None = None
         self.following_url: str | None = None
+        # synchronous_standby_names as election last set it (None: not set since this worker started).
+        self.sync_setting: str | None = None
         self.cancel = threading.Event()
         self.current: subprocess.Popen[str] | None = None
 
@@ -91,6 +93,10 @@ class Lifecycle:
         params, warnings = conf.effective_parameters(self.cfg, self.dynamic)
         for w in warnings:
             log.warning(w)
+        if self.dynamic.synchronous_mode:
+            # Managed by election (hasup.sync); until it says otherwise, strict mode waits for anyone.
+            default = "*" if self.dynamic.synchronous_mode_strict else ""
+            params["synchronous_standby_names"] = self.sync_setting if self.sync_setting is not None else default
         recovery = conf.recovery_parameters(self.cfg, leader_conn_url, None) if standby else {}
         path = os.path.join(pg.config_dir, "postgresql.conf")
         conf.write_private(path, conf.render_postgresql_conf(self.cfg, params, recovery))
@@ -361,6 +367,15 @@ class Lifecycle:
         if leader is not None and leader_conn_url:
             self.maybe_rewind(leader, leader_conn_url, leader_timeline)
         return self.start_replica(leader, leader_conn_url)
+
+    def set_sync_standbys(self, setting: str) -> dict[str, Any]:
+        """Run with this synchronous_standby_names from now on (a reload: no restart needed)."""
+        self.sync_setting = setting
+        if self.postmaster.pid() is not None and os.path.exists(os.path.join(self.data_dir, "PG_VERSION")):
+            standby = os.path.exists(os.path.join(self.data_dir, "standby.signal"))
+            self.write_config(self.following, self.following_url if standby else None, standby)
+            self.reload()
+        return {"setting": setting}
 
     def apply_parameters(self) -> None:
         """Re-render the configuration of a running PostgreSQL and reload it (pending_restart shows the rest)."""

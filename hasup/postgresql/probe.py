@@ -36,7 +36,8 @@ SELECT pg_catalog.pg_is_in_recovery(),
        (SELECT pg_catalog.json_agg(r) FROM (
             SELECT usename, application_name, client_addr::text, state, sync_state, sync_priority
               FROM pg_catalog.pg_stat_replication ORDER BY application_name) r),
-       (SELECT pg_catalog.bool_or(pending_restart) FROM pg_catalog.pg_settings)
+       (SELECT pg_catalog.bool_or(pending_restart) FROM pg_catalog.pg_settings),
+       pg_catalog.current_setting('synchronous_standby_names')
 """
 
 
@@ -56,6 +57,7 @@ class ProbeResult:
     streaming: bool
     replication: tuple[dict[str, Any], ...]
     pending_restart: bool
+    sync_standby_names: str | None = None
 
 
 class ProbeFailed(Exception):
@@ -110,7 +112,7 @@ class Prober:
             raise ProbeFailed(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc
         assert row is not None
         (in_recovery, flush, primary_tl, received, replayed, replay_ts, paused, start_time, version, sysid,
-         received_tli, wr_status, checkpoint_tl, replication, pending) = row
+         received_tli, wr_status, checkpoint_tl, replication, pending, sync_names) = row
         if in_recovery:
             timeline = received_tli or checkpoint_tl
             positions = [p for p in (received, replayed) if p is not None]
@@ -133,6 +135,7 @@ class Prober:
             streaming=wr_status == "streaming",
             replication=tuple(replication or ()),
             pending_restart=bool(pending),
+            sync_standby_names=sync_names,
         )
 
 

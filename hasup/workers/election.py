@@ -22,6 +22,7 @@ from hasup.dcs.watch import KeyWatch
 from hasup.member import member_data, recorded_history
 from hasup.peers import client_context, fetch_all
 from hasup.postgresql.control import pid_alive, postmaster_pid
+from hasup.sync import sync_now
 from hasup.timing import Deadlines
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
 from hasup.workers.fencing import Fencing, unhealthy_for
@@ -70,6 +71,7 @@ class ElectionWorker:
         self.run_now = True
         self.recheck_in: float | None = None
         self.down_since: float | None = None
+        self.sync_written: tuple[str, ...] | None = None
         self.stuck_since: float | None = None
         self.leased = False  # leases were sent since the last disarm
         self.failover_seen: tuple[int, float] = (0, 0.0)  # (failover key index, when first seen)
@@ -136,6 +138,9 @@ class ElectionWorker:
         if prev is None or (prev.state, prev.role, prev.busy, prev.probe_ok, prev.failed_probes) != \
                 (state.state, state.role, state.busy, state.probe_ok, state.failed_probes):
             self.run_now = True
+        elif self.dynamic.synchronous_mode and (prev.sync_standby_names, sync_now(prev.replication)) != \
+                (state.sync_standby_names, sync_now(state.replication)):
+            self.run_now = True  # the next step of a synchronous standby change can be taken now
 
     # -- the cycle ----------------------------------------------------------------
 
@@ -144,7 +149,8 @@ class ElectionWorker:
         local_rewind = self.ctx.config.postgresql.use_pg_rewind
         return ha.Settings(d.ttl, d.loop_wait, d.retry_timeout, d.maximum_lag_on_failover, d.check_timeline,
                            d.use_pg_rewind if local_rewind is None else local_rewind,
-                           self.ctx.config.postgresql.health_deadline, d.primary_start_timeout)
+                           self.ctx.config.postgresql.health_deadline, d.primary_start_timeout,
+                           d.synchronous_mode, d.synchronous_mode_strict, d.synchronous_node_count)
 
     def deadlines(self) -> Deadlines:
         d, cfg = self.dynamic, self.ctx.config
@@ -276,6 +282,13 @@ class ElectionWorker:
                 self.write_status()
             elif isinstance(action, ha.WriteHistory):
                 self.write_history(cluster)
+            elif isinstance(action, ha.WriteSync):
+                if action.standbys != self.sync_written:
+                    log.info("synchronous standbys: %s", ", ".join(action.standbys) or "none")
+                self.store.set_sync(self.me.name, action.standbys)
+                self.sync_written = action.standbys
+            elif isinstance(action, ha.ClearSync):
+                self.store.delete_sync()
             elif isinstance(action, ha.YieldLock):
                 self.release_lock()
                 self.fencing.sit_out(ttl)
@@ -317,6 +330,8 @@ class ElectionWorker:
                          leader_timeline=leader_tl, force_rewind=action.rewind)
         elif isinstance(action, ha.RunStop):
             self.request(ipc.Stop, mode=action.mode)
+        elif isinstance(action, ha.SetSyncStandbys):
+            self.request(ipc.SetSyncStandbys, setting=action.setting)
         else:
             raise TypeError(f"unhandled action {action!r}")
 

@@ -120,6 +120,8 @@ class PostgresWorker:
         if isinstance(req, ipc.Stop):
             self.stopped_on_purpose = True
             return lambda: lc.stop(req.mode)
+        if isinstance(req, ipc.SetSyncStandbys):
+            return lambda: lc.set_sync_standbys(req.setting)
         if isinstance(req, ipc.Restart):
             return lambda: lc.restart(req.timeout, req.leader, req.leader_conn_url)
         if isinstance(req, ipc.Reinitialize):
@@ -181,8 +183,12 @@ class PostgresWorker:
                 upstream=self.lifecycle.following if probe.in_recovery else None,
                 replication=probe.replication,
                 timeline_history=self.timeline_history(probe) if not probe.in_recovery else (),
-                pending_restart=probe.pending_restart,
+                pending_restart=probe.pending_restart, sync_standby_names=probe.sync_standby_names,
             )
+            if self.lifecycle.sync_setting is None and self.dynamic.synchronous_mode:
+                # A restarted worker: keep what PostgreSQL runs with, so a re-render cannot drop a
+                # standby the sync key still names.
+                self.lifecycle.sync_setting = probe.sync_standby_names
             return self.last_good
         self.last_good = None
         cd = controldata(self.postmaster.bins, cfg.postgresql.data_dir) if not empty and not self.action else {}
@@ -274,7 +280,11 @@ class PostgresWorker:
                     log.warning("postgresql.use_slots: replication slots are not managed by this hasup "
                                 "version yet, ignored; replicas stream without slots")
                 if dynamic != self.dynamic:
-                    changed = dynamic.parameters != self.dynamic.parameters
+                    changed = dynamic.parameters != self.dynamic.parameters or \
+                        (dynamic.synchronous_mode, dynamic.synchronous_mode_strict) != \
+                        (self.dynamic.synchronous_mode, self.dynamic.synchronous_mode_strict)
+                    if not dynamic.synchronous_mode:
+                        self.lifecycle.sync_setting = None
                     self.dynamic = dynamic
                     self.lifecycle.dynamic = dynamic
                     if changed and not self.action:

@@ -47,7 +47,7 @@ etcd:
 bootstrap:
   dcs:
     loop_wait: fast
-    synchronous_mode: true
+    synchronous_mode: quorum
 postgresql:
   listen: 127.0.0.1:5432
   connect_address: 127.0.0.1:5432
@@ -58,8 +58,8 @@ postgresql:
 
 BAD_PROBLEMS = [
     "restapi.listen: expected host:port, got '8008'",
-    "bootstrap.dcs.synchronous_mode: not supported by this hasup version; "
-    "refusing to start rather than run without synchronous replication",
+    "bootstrap.dcs.synchronous_mode: quorum: not supported by this hasup version; "
+    "refusing to start rather than run without quorum commit",
     "bootstrap.dcs.loop_wait: expected an integer, got 'fast'",
     "postgresql.data_dir: required",
 ]

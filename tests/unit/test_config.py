@@ -516,10 +516,6 @@ def test_no_password_appears_in_warnings() -> None:
         ({"etcd.cacert": "/ca.pem"}, "etcd.cacert: not used by hasup yet, ignored"),
         ({"bootstrap.dcs.slots": {"s": {"type": "physical"}}}, "bootstrap.dcs.slots: not used by hasup yet, ignored"),
         (
-            {"bootstrap.dcs.synchronous_node_count": 2},
-            "bootstrap.dcs.synchronous_node_count: not used by hasup yet, ignored",
-        ),
-        (
             {"bootstrap.dcs.postgresql": {"recovery_conf": {}}},
             "bootstrap.dcs.postgresql.recovery_conf: not used by hasup yet, ignored",
         ),
@@ -570,16 +566,13 @@ def test_each_ignored_section_warns_once() -> None:
     ("changes", "line"),
     [
         (
-            {"bootstrap.dcs.synchronous_mode": True},
-            "bootstrap.dcs.synchronous_mode: not supported by this hasup version; "
-            "refusing to start rather than run without synchronous replication",
+            {"bootstrap.dcs.synchronous_mode": "quorum"},
+            "bootstrap.dcs.synchronous_mode: quorum: not supported by this hasup version; "
+            "refusing to start rather than run without quorum commit",
         ),
-        ({"bootstrap.dcs.synchronous_mode": "quorum"}, "bootstrap.dcs.synchronous_mode: not supported"),
-        ({"bootstrap.dcs.synchronous_mode": "on"}, "bootstrap.dcs.synchronous_mode: not supported"),
-        ({"bootstrap.dcs.synchronous_mode_strict": "yes"}, "bootstrap.dcs.synchronous_mode_strict: not supported"),
         ({"bootstrap.dcs.failsafe_mode": True}, "bootstrap.dcs.failsafe_mode: not supported"),
         ({"bootstrap.dcs.standby_cluster": {"host": "10.0.0.1"}}, "bootstrap.dcs.standby_cluster: not supported"),
-        ({"synchronous_mode": True}, "synchronous_mode: not supported"),
+        ({"synchronous_mode": "quorum"}, "synchronous_mode: quorum: not supported"),
     ],
 )
 def test_safety_settings_are_refused_with_a_reason(changes: dict[str, Any], line: str) -> None:
@@ -594,6 +587,8 @@ def test_safety_settings_are_refused_with_a_reason(changes: dict[str, Any], line
     [
         {"bootstrap.dcs.synchronous_mode": False},
         {"bootstrap.dcs.synchronous_mode": "off"},
+        {"bootstrap.dcs.synchronous_mode": "on", "bootstrap.dcs.synchronous_mode_strict": "yes",
+         "bootstrap.dcs.synchronous_node_count": 2},
         {"bootstrap.dcs.synchronous_mode_strict": "no"},
         {"bootstrap.dcs.failsafe_mode": 0},
         {"bootstrap.dcs.standby_cluster": {}},
@@ -879,11 +874,13 @@ def test_dynamic_safety_settings_are_reported_and_kept() -> None:
     assert dynamic.synchronous_mode and dynamic.synchronous_mode_strict and dynamic.failsafe_mode
     assert dynamic.standby_cluster == {"host": "10.0.0.9"}
     assert notes == [
-        "synchronous_mode: set in the cluster configuration, but not supported by this hasup version",
-        "synchronous_mode_strict: set in the cluster configuration, but not supported by this hasup version",
         "failsafe_mode: set in the cluster configuration, but not supported by this hasup version",
         "standby_cluster: set in the cluster configuration, but not supported by this hasup version",
+        "synchronous_mode: quorum (running as synchronous_mode: on): set in the cluster configuration, but not "
+        "supported by this hasup version",
     ]
+    on = parse_dynamic({"synchronous_mode": "on", "synchronous_node_count": 2})[0]
+    assert on.synchronous_mode and not on.synchronous_mode_strict and on.synchronous_node_count == 2
     assert parse_dynamic({"standby_cluster": {}})[0].standby_cluster is None
 
 

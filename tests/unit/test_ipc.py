@@ -28,6 +28,7 @@ def sample_messages():
         ipc.Follow(5, 6.0, "node1", "postgres://x/postgres", 2),
         ipc.Stop(6, 7.0, "fast"), ipc.Reply(1, "Bootstrap", True, "", {"sysid": "1"}),
         ipc.Restart(7, 8.0, 30.0, "node1", "postgres://x:5432/postgres"),
+        ipc.SetSyncStandbys(9, 10.0, 'FIRST 2 ("node2", "node3")'),
         ipc.Reinitialize(8, 9.0, "node1", "postgres://x:5432/postgres", True),
         ipc.AdminRequest(3, 4.0, "restart", {"schedule": "2030-01-01T00:00:00+00:00", "role": "replica"}),
         ipc.AdminReply(3, 202, "Restart scheduled"),
