@@ -781,13 +781,12 @@ def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
     if timing:
         notes.append(timing)
     flags = {key: lenient(raw, key, to_bool, False, notes) for key in DYNAMIC_BOOLS}
-    flags["failsafe_mode"] = lenient(raw, "failsafe_mode", to_bool, False, notes)
     sync_default: bool | str = False
     sync_mode = lenient(raw, "synchronous_mode", to_sync_mode, sync_default, notes)
     flags["synchronous_mode"] = bool(sync_mode)  # quorum (not supported) still means: never less than sync
     standby: dict[str, Any] = lenient(raw, "standby_cluster", to_mapping, {}, notes)
     pg: dict[str, Any] = lenient(raw, "postgresql", to_mapping, {}, notes)
-    on = [key for key in ("failsafe_mode", "standby_cluster") if (standby if key == "standby_cluster" else flags[key])]
+    on = ["standby_cluster"] if standby else []
     if sync_mode == "quorum":
         on.append("synchronous_mode: quorum (running as synchronous_mode: on)")
     notes.extend(f"{key}: set in the cluster configuration, but {UNSUPPORTED}" for key in on)

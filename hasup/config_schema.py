@@ -72,7 +72,6 @@ UNSUPPORTED = "not supported by this hasup version"
 UNSAFE_REASONS = {
     # on/off are supported; only the quorum flavour is refused (see _refuse_unsafe).
     "synchronous_mode": "refusing to start rather than run without quorum commit",
-    "failsafe_mode": "refusing to start rather than demote the primary whenever etcd is unreachable",
     "standby_cluster": "refusing to start rather than run as a primary cluster instead of a standby",
 }
 
@@ -89,7 +88,7 @@ DYNAMIC_INT_MINIMUMS: dict[str, int | None] = {
     "synchronous_node_count": 1,
 }
 LEGACY_NAMES = {"primary_start_timeout": "master_start_timeout", "primary_stop_timeout": "master_stop_timeout"}
-DYNAMIC_BOOLS = ("check_timeline", "pause", "synchronous_mode_strict")
+DYNAMIC_BOOLS = ("check_timeline", "pause", "synchronous_mode_strict", "failsafe_mode")
 DCS_USED = (*DYNAMIC_INT_MINIMUMS, *LEGACY_NAMES.values(), *DYNAMIC_BOOLS, *UNSAFE_REASONS, "postgresql")
 DCS_PG_USED = ("use_pg_rewind", "use_slots", "parameters", "pg_hba")
 # Dynamic settings Patroni never reads from the top level of the local file.

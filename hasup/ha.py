@@ -119,6 +119,13 @@ class ClearSync(Action):
 
 
 @dataclass(frozen=True)
+class WriteFailsafe(Action):
+    """The members (name, api_url) that must confirm a leader cut off from etcd (failsafe_mode)."""
+
+    members: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class SetSyncStandbys(Action):
     """synchronous_standby_names for PostgreSQL (hasup.sync: before the key names a new one)."""
 
@@ -173,6 +180,7 @@ class Settings:
     synchronous_mode: bool = False
     synchronous_mode_strict: bool = False
     synchronous_node_count: int = 1
+    failsafe_mode: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,6 +212,8 @@ class Local:
     unhealthy_for: float = 0.0
     fenced: bool = False  # our PostgreSQL was fenced (or yielded) a moment ago: leave the next race to others
     down_for: float = 0.0  # seconds our PostgreSQL has not been running while we held the lock
+    failsafe_confirmed: bool = False  # etcd unreachable, and every member confirmed it is not leading
+    failsafe_leader: str | None = None  # a primary cut off from etcd pinged us within ttl: do not race it
 
 
 WORKING_STATES = ("running",)
@@ -240,6 +250,9 @@ def _decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings)
     pg = local.pg
     if cluster is None:
         if pg is not None and pg.role == "primary" and pg.state == "running":
+            if settings.failsafe_mode and local.failsafe_confirmed:
+                return Decision((), "continue to run as a leader because failsafe mode is enabled and all members "
+                                    "are accessible")
             return Decision((RunStop("immediate"),), "demoted self because DCS is not accessible and I was a leader")
         return Decision((), "DCS is not accessible")
 
@@ -330,6 +343,10 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
         actions.append(WriteHistory())
     sync_steps = _sync_actions(cluster, pg, me, settings)
     actions.extend(sync_steps)
+    if settings.failsafe_mode:
+        wanted = failsafe_members(cluster)
+        if cluster.failsafe != dict(wanted):
+            actions.append(WriteFailsafe(wanted))
     # A synchronous standby is added in steps (PostgreSQL, then the key): take the next one soon.
     recheck = SWITCHOVER_RECHECK if sync_steps else None
     if cluster.failover is not None:
@@ -353,6 +370,11 @@ def _sync_actions(cluster: Cluster, pg: PgState, me: Node, settings: Settings) -
     if step.names != configured:
         actions.append(SetSyncStandbys(sync.standby_names_setting(step.names)))
     return actions
+
+
+def failsafe_members(cluster: Cluster) -> tuple[tuple[str, str], ...]:
+    """Every member with a REST address, the leader included, as the failsafe key lists them."""
+    return tuple(sorted((name, m.api_url) for name, m in cluster.members.items() if m.api_url))
 
 
 def scheduled_at(failover: dict[str, object]) -> float | None:
@@ -494,6 +516,9 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
         peer = local.peers.get(candidate)
         if peer is not None and peer.state == "running":
             return Decision((), f"following a different leader because {candidate} is the failover candidate")
+    if local.failsafe_leader and local.failsafe_leader != me.name:
+        return Decision((), f"following a different leader because {local.failsafe_leader} still leads in "
+                            "failsafe mode")
     if settings.synchronous_mode and not sync.may_race(cluster, me.name):
         return Decision((), "following a different leader because I am not a synchronous standby")
     ok, why = is_healthiest(cluster, local, me, settings)

@@ -96,3 +96,39 @@ def fetch_all(members: list[Member], context: ssl.SSLContext | None = None) -> d
     with ThreadPoolExecutor(max_workers=min(8, len(members))) as pool:
         results = pool.map(lambda m: fetch_status(m, context=context), members)
         return {m.name: r for m, r in zip(members, results, strict=True)}
+
+
+def _failsafe_url(api_url: str) -> str:
+    # Members publish .../patroni; the failsafe endpoint lives beside it.
+    base = api_url.rsplit("/", 1)[0] if api_url.rstrip("/").endswith("patroni") else api_url.rstrip("/")
+    return base + "/failsafe"
+
+
+def ping_failsafe(api_url: str, body: dict[str, Any], auth: str | None, context: ssl.SSLContext | None,
+                  timeout: float = PEER_TIMEOUT, attempts: int = 2) -> bool:
+    """POST /failsafe to one member: True only for its `200 Accepted` (it is not leading and will not)."""
+    data = json.dumps(body).encode()
+    for _ in range(attempts):
+        req = urllib.request.Request(_failsafe_url(api_url), data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        if auth:
+            req.add_header("Authorization", auth)
+        try:
+            with _opener_for(context).open(req, timeout=timeout) as resp:
+                return resp.status == 200
+        except urllib.error.HTTPError as exc:
+            log.warning("failsafe: %s answered %s", api_url, exc.code)
+            return False
+        except OSError:
+            continue
+    return False
+
+
+def failsafe_confirmed(members: dict[str, str], body: dict[str, Any], auth: str | None,
+                       context: ssl.SSLContext | None) -> bool:
+    """Every listed member (api_url by name) confirms it is not leading; an empty list confirms trivially."""
+    if not members:
+        return True
+    with ThreadPoolExecutor(max_workers=min(8, len(members))) as pool:
+        answers = list(pool.map(lambda url: ping_failsafe(url, body, auth, context), members.values()))
+    return all(answers)

@@ -177,7 +177,7 @@ def _view_of(cluster: Cluster) -> dict[str, Any]:
     """A fresh etcd read in the shape of a ClusterView, for the status builders."""
     return {"leader": cluster.leader.name if cluster.leader else None,
             "members": {n: m.data for n, m in cluster.members.items()}, "config": cluster.config or {},
-            "history": cluster.history, "optime": cluster.optime, "sync": cluster.sync,
+            "history": cluster.history, "optime": cluster.optime, "sync": cluster.sync, "failsafe": cluster.failsafe,
             "failover": cluster.failover, "paused": cluster.paused}
 
 
@@ -406,6 +406,30 @@ class ReinitializeResource(_OperatorResource):
         self._operate(resp, "reinitialize", restarts.parse_reinitialize(body))
 
 
+class FailsafeResource(_OperatorResource):
+    """GET: the failsafe key; POST: a leader cut off from etcd asks whether it may keep leading."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        def handle(admin: Admin | None) -> None:
+            view = st.cluster_view(self._fresh(admin)) or {}
+            failsafe = view.get("failsafe")
+            if isinstance(failsafe, dict):
+                _json(resp, 200, failsafe)
+            else:
+                _json(resp, 502, {"error": "no failsafe key in the DCS"})
+        self._run(resp, handle)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        body = _read_body(req, resp)
+        if body is None:
+            return
+        # Whether failsafe_mode is on is election's to say: it keeps the last configuration it read.
+        if not isinstance(body.get("name"), str) or not body["name"]:
+            _json(resp, 400, {"error": "the body must name the leader"})
+            return
+        self._operate(resp, "failsafe", {"name": body["name"]})
+
+
 class _Guard:
     """Access control on the unsafe endpoints, and the extra headers on every answer."""
 
@@ -489,7 +513,8 @@ def create_app(read_snapshot: SnapshotReader, identity: Identity,
                    "/liveness": LivenessResource(ctx), "/readiness": ReadinessResource(ctx),
                    "/metrics": MetricsResource(ctx), "/reload": ReloadResource(ctx),
                    "/switchover": SwitchoverResource(ctx), "/failover": FailoverResource(ctx),
-                   "/restart": RestartResource(ctx), "/reinitialize": ReinitializeResource(ctx)})
+                   "/restart": RestartResource(ctx), "/reinitialize": ReinitializeResource(ctx),
+                   "/failsafe": FailsafeResource(ctx)})
     for path, resource in routes.items():
         app.add_route(path, resource)
         if path != "/":

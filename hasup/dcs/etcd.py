@@ -210,6 +210,9 @@ class EtcdStore:
         value = {"leader": leader, "sync_standby": ",".join(standbys) if standbys else None}
         self._call(lambda c, _t: c.write(self.key("sync"), compact(value)))
 
+    def set_failsafe(self, members: dict[str, str]) -> None:
+        self._call(lambda c, _t: c.write(self.key("failsafe"), compact(members)))
+
     def delete_sync(self) -> None:
         def op(c: etcd.Client, _t: float) -> None:
             try:

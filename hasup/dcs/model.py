@@ -78,6 +78,7 @@ class Cluster:
     etcd_index: int = 0  # X-Etcd-Index of the read, for watches
     failover_index: int = 0  # modifiedIndex of the failover key, for compare-and-swap
     status: dict[str, Any] = field(default_factory=dict)
+    failsafe: dict[str, Any] | None = None  # {member: api_url} the leader keeps while failsafe_mode is on
 
     @property
     def timeline(self) -> int:
@@ -132,6 +133,7 @@ def build_cluster(nodes: dict[str, tuple[str | None, int, str | None]], etcd_ind
     failover = parse_json(nodes.get("failover", (None, 0, None))[0])
     sync = parse_json(nodes.get("sync", (None, 0, None))[0])
     status = parse_json(nodes.get("status", (None, 0, None))[0])
+    failsafe = parse_json(nodes.get("failsafe", (None, 0, None))[0])
     optime = None
     if isinstance(status, dict) and isinstance(status.get("optime"), int):
         optime = status["optime"]
@@ -153,4 +155,5 @@ def build_cluster(nodes: dict[str, tuple[str | None, int, str | None]], etcd_ind
         etcd_index=etcd_index,
         failover_index=nodes["failover"][1] if "failover" in nodes else 0,
         status=status if isinstance(status, dict) else {},
+        failsafe=failsafe if isinstance(failsafe, dict) else None,
     )

@@ -25,6 +25,7 @@ from hasup.postgresql.control import pid_alive, postmaster_pid
 from hasup.sync import sync_now
 from hasup.timing import Deadlines
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
+from hasup.workers.failsafe import Failsafe
 from hasup.workers.fencing import Fencing, unhealthy_for
 from hasup.workers.offload import OffloadedProxy, Offloader
 from hasup.workers.operator import OperatorDesk
@@ -72,6 +73,7 @@ class ElectionWorker:
         self.recheck_in: float | None = None
         self.down_since: float | None = None
         self.sync_written: tuple[str, ...] | None = None
+        self.last_config: dict[str, Any] = {}
         self.stuck_since: float | None = None
         self.leased = False  # leases were sent since the last disarm
         self.failover_seen: tuple[int, float] = (0, 0.0)  # (failover key index, when first seen)
@@ -80,6 +82,7 @@ class ElectionWorker:
             ipc.WatchdogState("required", False, None, None, None, True, "not reported yet")
         self.desk = OperatorDesk(self, ctx.channel.send_now)
         self.fencing = Fencing(ctx.channel.send_now)
+        self.failsafe = Failsafe(cfg)
 
     # -- requests to the postgres worker -----------------------------------------
 
@@ -150,7 +153,8 @@ class ElectionWorker:
         return ha.Settings(d.ttl, d.loop_wait, d.retry_timeout, d.maximum_lag_on_failover, d.check_timeline,
                            d.use_pg_rewind if local_rewind is None else local_rewind,
                            self.ctx.config.postgresql.health_deadline, d.primary_start_timeout,
-                           d.synchronous_mode, d.synchronous_mode_strict, d.synchronous_node_count)
+                           d.synchronous_mode, d.synchronous_mode_strict, d.synchronous_node_count,
+                           d.failsafe_mode)
 
     def deadlines(self) -> Deadlines:
         d, cfg = self.dynamic, self.ctx.config
@@ -164,7 +168,9 @@ class ElectionWorker:
             log.error("cannot read the cluster from etcd: %s", exc)
             return None
         self.read_at, self.read_at_wall = time.monotonic(), time.time()
+        self.failsafe.remember(cluster)
         if cluster.config:
+            self.last_config = cluster.config
             dynamic, warnings = parse_dynamic(cluster.config)
             if dynamic != self.dynamic:
                 for w in warnings:
@@ -191,9 +197,10 @@ class ElectionWorker:
         if cluster is not None and cluster.leader is not None and cluster.leader.name != self.me.name:
             self.fencing.someone_else_leads()
         now = time.monotonic()
+        confirmed = cluster is None and self.failsafe_check(pg)
         local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable,
                          self.failover_age(cluster), unhealthy_for(pg, self.pg_received, now, self.deadlines()),
-                         self.fencing.sitting_out(), self.down_for(holds))
+                         self.fencing.sitting_out(), self.down_for(holds), confirmed, self.failsafe.leader())
         # Just fenced (or yielded): our PostgreSQL was hung or down while primary; let another node lead first.
         me = dataclasses.replace(self.me, nofailover=True) if self.fencing.sitting_out() else self.me
         if self.shutting_down:
@@ -215,6 +222,18 @@ class ElectionWorker:
             self.touch_member()
         self.maybe_disarm()
         self.publish_view(decision.reason)
+
+    def failsafe_check(self, pg: ipc.PgState | None) -> bool:
+        """etcd is unreachable: may our running primary keep leading (failsafe_mode)?"""
+        if not self.dynamic.failsafe_mode or self.shutting_down or pg is None or pg.role != "primary" \
+                or pg.state != "running":
+            return False
+        started = time.monotonic()
+        if not self.failsafe.confirm(self.offload.call):
+            return False
+        # Every member now treats us as the leader until started + ttl: nobody can take over before.
+        self.grant_lease(started)
+        return True
 
     def down_for(self, holds_lock: bool) -> float:
         """Seconds our PostgreSQL has not been running while we hold the lock (primary_start_timeout).
@@ -282,6 +301,9 @@ class ElectionWorker:
                 self.write_status()
             elif isinstance(action, ha.WriteHistory):
                 self.write_history(cluster)
+            elif isinstance(action, ha.WriteFailsafe):
+                self.store.set_failsafe(dict(action.members))
+                self.failsafe.members = dict(action.members)  # etcd may be gone before we read it back
             elif isinstance(action, ha.WriteSync):
                 if action.standbys != self.sync_written:
                     log.info("synchronous standbys: %s", ", ".join(action.standbys) or "none")
@@ -396,7 +418,8 @@ class ElectionWorker:
             leader=c.leader.name if c and c.leader else None, holds_lock=holds,
             lock_valid_until=self.lock_valid_until,
             members={n: m.data for n, m in c.members.items()} if c else {},
-            config=c.config or {} if c else {}, history=tuple(tuple(h) for h in c.history) if c else (),
+            # etcd unreachable: the last configuration read still holds (timing bounds, failsafe_mode).
+            config=(c.config or {}) if c else self.last_config, history=tuple(tuple(h) for h in c.history) if c else (),
             optime=c.optime if c else None, initialize=c.initialize if c else None,
             sync=c.sync if c else None, failover=c.failover if c else None,
             paused=c.paused if c else False, last_decision=reason, scheduled_restart=self.desk.scheduled,
@@ -549,6 +572,10 @@ class ElectionWorker:
                 if self.holds_lock():
                     self.release_lock()  # a replica can take over at once: nothing of ours can commit now
             self.run_now = True
+        elif isinstance(msg, ipc.AdminRequest) and msg.action == "failsafe":
+            code, text = self.failsafe.on_ping(str(msg.params.get("name") or ""), self.pg, self.dynamic.ttl) \
+                if self.dynamic.failsafe_mode else (502, "Failsafe mode is not enabled")
+            self.ctx.channel.send_now(ipc.AdminReply(msg.id, code, text))
         elif isinstance(msg, ipc.AdminRequest):
             self.desk.handle(msg)
             self.run_now = True  # publish what changed (busy, a scheduled restart) at once

@@ -570,7 +570,6 @@ def test_each_ignored_section_warns_once() -> None:
             "bootstrap.dcs.synchronous_mode: quorum: not supported by this hasup version; "
             "refusing to start rather than run without quorum commit",
         ),
-        ({"bootstrap.dcs.failsafe_mode": True}, "bootstrap.dcs.failsafe_mode: not supported"),
         ({"bootstrap.dcs.standby_cluster": {"host": "10.0.0.1"}}, "bootstrap.dcs.standby_cluster: not supported"),
         ({"synchronous_mode": "quorum"}, "synchronous_mode: quorum: not supported"),
     ],
@@ -593,7 +592,7 @@ def test_safety_settings_are_refused_with_a_reason(changes: dict[str, Any], line
         {"bootstrap.dcs.failsafe_mode": 0},
         {"bootstrap.dcs.standby_cluster": {}},
         {"bootstrap.dcs.standby_cluster": None},
-        {"failsafe_mode": False},
+        {"bootstrap.dcs.failsafe_mode": True},
         {"watchdog.mode": "off"},
     ],
 )
@@ -874,7 +873,6 @@ def test_dynamic_safety_settings_are_reported_and_kept() -> None:
     assert dynamic.synchronous_mode and dynamic.synchronous_mode_strict and dynamic.failsafe_mode
     assert dynamic.standby_cluster == {"host": "10.0.0.9"}
     assert notes == [
-        "failsafe_mode: set in the cluster configuration, but not supported by this hasup version",
         "standby_cluster: set in the cluster configuration, but not supported by this hasup version",
         "synchronous_mode: quorum (running as synchronous_mode: on): set in the cluster configuration, but not "
         "supported by this hasup version",

@@ -418,3 +418,29 @@ def test_a_replica_with_replay_paused_counts_only_what_it_replayed():
             "xlog": {"received_location": 9000, "replayed_location": 100, "paused": True}}
     assert parse_status("n2", body).wal_position == 100
     assert parse_status("n2", {**body, "xlog": {**body["xlog"], "paused": False}}).wal_position == 9000
+
+
+# -- failsafe_mode -------------------------------------------------------------------------------
+
+
+def test_a_leader_cut_off_from_etcd_keeps_leading_only_when_every_member_confirmed():
+    failsafe = replace(SETTINGS, failsafe_mode=True)
+    primary = pg(role="primary")
+    assert ha.decide(None, ha.Local(primary, True, failsafe_confirmed=True), ME, failsafe).actions == ()
+    assert ha.decide(None, ha.Local(primary, True, failsafe_confirmed=False), ME, failsafe).actions == \
+        (ha.RunStop("immediate"),)
+    assert ha.decide(None, ha.Local(primary, True, failsafe_confirmed=True), ME, SETTINGS).actions == \
+        (ha.RunStop("immediate"),)  # failsafe_mode off: confirmations count for nothing
+
+
+def test_the_leader_keeps_the_failsafe_key_and_a_pinged_replica_does_not_race():
+    failsafe = replace(SETTINGS, failsafe_mode=True)
+    c = cluster(leader="n1")
+    d = ha.decide(c, local(pg(role="primary")), ME, failsafe)
+    listed = tuple(sorted((n, m.api_url) for n, m in c.members.items()))
+    assert ha.WriteFailsafe(listed) in d.actions
+    written = replace(c, failsafe=dict(listed))
+    assert not any(isinstance(a, ha.WriteFailsafe) for a in ha.decide(written, local(pg(role="primary")), ME,
+                                                                       failsafe).actions)
+    race = ha.decide(cluster(leader=None), ha.Local(pg(), True, failsafe_leader="n2"), ME, failsafe)
+    assert race.actions == () and "failsafe" in race.reason

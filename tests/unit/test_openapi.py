@@ -111,7 +111,7 @@ def test_auth_checked_operations_document_the_denial(access: AccessControl, code
             result = client.simulate_request(method.upper(), path, json={"leader": "n1"})
             assert result.status_code == code, (method, path)
             assert str(code) in item[method]["responses"], (method, path)
-    assert checked == 9
+    assert checked == 10
 
 
 @SCHEMA.parametrize()

@@ -1,0 +1,68 @@
+"""failsafe_mode (reference §3.7): a leader cut off from etcd keeps leading only if every member says so.
+
+The leader keeps the `failsafe` key listing every member.  When etcd cannot
+be read, it POSTs /failsafe to each of them; a member that is not leading
+answers `200 Accepted` and, for ttl seconds, treats the sender as the
+leader even if etcd comes back without a leader key (no leader race).
+Only when every member confirms does the leader keep its role, and then,
+since no member will take over before the ping plus ttl, it may extend its
+watchdog lease that far.  Otherwise it demotes, as without failsafe.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+
+from hasup import ipc
+from hasup.config import Config
+from hasup.dcs.model import Cluster
+from hasup.peers import client_context, failsafe_confirmed
+
+log = logging.getLogger("hasup.election")
+
+
+class Failsafe:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.members: dict[str, str] = {}  # the failsafe key as last read
+        self.pinged_by: tuple[str, float] | None = None  # (leader name, until) from its last ping
+        self.active_until = 0.0
+
+    def remember(self, cluster: Cluster) -> None:
+        self.members = {str(k): str(v) for k, v in (cluster.failsafe or {}).items()}
+
+    def confirm(self, call: Callable[..., bool]) -> bool:
+        """Ask every other listed member; `call` runs the blocking fan-out off the loop (Offloader.call)."""
+        me = self.cfg.name
+        if me not in self.members:
+            log.warning("failsafe: I am not listed in the failsafe key, so I cannot keep leading")
+            return False
+        others = {n: url for n, url in self.members.items() if n != me}
+        body = {"name": me, "conn_url": self.cfg.postgresql.conn_url, "api_url": self.cfg.restapi.api_url}
+        ok = bool(call(failsafe_confirmed, others, body, self._auth(), client_context(self.cfg.restapi)))
+        if not ok:
+            log.warning("failsafe: not every member confirmed; demoting")
+        return ok
+
+    def on_ping(self, leader: str, pg: ipc.PgState | None, ttl: float) -> tuple[int, str]:
+        """Another node, cut off from etcd, asks whether it may keep leading."""
+        if pg is not None and pg.role == "primary" and pg.state == "running":
+            return 500, "Running as a leader"
+        self.pinged_by = (leader, time.monotonic() + ttl)
+        self.active_until = time.monotonic() + ttl
+        return 200, "Accepted"
+
+    def leader(self) -> str | None:
+        """The leader that pinged us within ttl, if any: it still leads, whatever etcd says meanwhile."""
+        if self.pinged_by is not None and time.monotonic() < self.pinged_by[1]:
+            return self.pinged_by[0]
+        return None
+
+    def _auth(self) -> str | None:
+        r = self.cfg.restapi
+        if not r.username or not r.password:
+            return None
+        return "Basic " + base64.b64encode(f"{r.username}:{r.password}".encode()).decode()
