@@ -130,6 +130,8 @@ class PgState(Message):
     timeline_history: tuple[tuple[int, int, str], ...] = ()  # (tli, switch lsn, reason) on a primary
     pending_restart: bool = False
     controldata_state: str | None = None  # "in production", "shut down", ...
+    slots: dict[str, int] | None = None  # leader: managed replication slots and positions (None: not known)
+    retain_slots: tuple[str, ...] = ()  # leader: member slots kept, incl. vanished members within member_slots_ttl
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class ClusterView(Message):
     paused: bool
     last_decision: str = ""
     scheduled_restart: dict[str, Any] | None = None  # this node's, as /patroni shows it
+    status: dict[str, Any] = field(default_factory=dict)  # the status key (optime, slots, retain_slots)
 
 
 @dataclass(frozen=True)
