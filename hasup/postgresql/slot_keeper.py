@@ -30,6 +30,7 @@ SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('wal_level'),
 CONNECT_TIMEOUT = 3  # seconds
 # Creating a logical slot waits for the transactions running at that moment to end.
 STATEMENT_TIMEOUT_MS = 10000
+IDLE_CHECK_INTERVAL = 60.0  # seconds between checks while use_slots is off
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,11 @@ class SlotJob:
 
 
 class SlotKeeper:
-    def __init__(self, dsn: Callable[[str | None], str], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, dsn: Callable[[str | None], str], clock: Callable[[], float] = time.monotonic,
+                 spawn: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.dsn = dsn  # database name (None: the default one) -> libpq DSN
         self.clock = clock
+        self.spawn = spawn or (lambda fn: threading.Thread(target=fn, name="slots", daemon=True).start())
         self._lock = threading.Lock()
         self._waiting: SlotJob | None = None
         self._running = False
@@ -60,16 +63,24 @@ class SlotKeeper:
         self.published: tuple[dict[str, int] | None, tuple[str, ...]] = (None, ())
         self._logged: set[str] = set()  # problems reported by the previous run
         self._said: set[str] = set()  # problems reported by this run
+        self._idle_until = 0.0  # with use_slots off, the next check is due then
 
     # -- scheduling ----------------------------------------------------------------------------
 
     def submit(self, job: SlotJob) -> None:
+        if not job.settings.use_slots:
+            # Only leftovers to clear (slots of a time use_slots was on): now and then is enough.
+            if self.clock() < self._idle_until:
+                return
+            self._idle_until = self.clock() + IDLE_CHECK_INTERVAL
+        else:
+            self._idle_until = 0.0
         with self._lock:
             self._waiting = job
             if self._running:
                 return
             self._running = True
-        threading.Thread(target=self._loop, name="slots", daemon=True).start()
+        self.spawn(self._loop)
 
     def _loop(self) -> None:
         while True:

@@ -294,7 +294,8 @@ def plan(*, me: str, primary: bool, settings: SlotSettings, rows: Iterable[SlotR
         recreated = {name for name, _ in drop}
         for name, spec in wanted.items():
             row = by_name.get(name)
-            if spec.type != "physical" or row is None or row.active or name in recreated or row.restart_lsn is None:
+            if spec.type != "physical" or row is None or row.active or name in recreated or row.restart_lsn is None \
+                    or _ignored(row, settings):
                 continue  # an active slot moves with its walsender (a member cascading from here)
             target = status.get(name)
             if target is None and name == leader_slot:

@@ -76,6 +76,12 @@ CASES: list[tuple[str, list[SlotRow], dict[str, Any], set[str], set[str], dict[s
      {"me": "node2", "primary": False, "members": ("node1", "node3"), "leader": "node1",
       "status_slots": {"node3": 30, "perm_p": 30}, "leader_optime": 40},
      set(), set(), {"node1": 40, "perm_p": 30}),
+    ("replica leaves an ignored copy where it is",
+     [row("node1", restart_lsn=10), row("node3", restart_lsn=10), row("perm_p", restart_lsn=10)],
+     {"me": "node2", "primary": False, "members": ("node1", "node3"), "leader": "node1",
+      "settings": SlotSettings(permanent=(SlotSpec("perm_p"),), ignore=(IgnoreRule(name="perm_p"),)),
+      "status_slots": {"node3": 30, "perm_p": 30}, "leader_optime": 40},
+     set(), set(), {"node1": 40, "node3": 30}),
     ("a nofailover replica keeps no copies, but never drops ignored slots",
      [row("node1"), row("node3"), row("perm_p"), CDC],
      {"me": "node2", "primary": False, "nofailover": True, "members": ("node1", "node3")}, set(),
@@ -236,3 +242,24 @@ def test_rows_and_lsns() -> None:
     assert r.position == (1 << 32) + 16 and row("p", restart_lsn=5).position == 5
     assert slots.parse_lsn(None) is None and slots.parse_lsn("x/y") is None
     assert slots.format_lsn((0x16 << 32) + 0xB374D848) == "16/B374D848"
+
+
+def test_keeper_checks_rarely_while_use_slots_is_off() -> None:
+    now = [0.0]
+    keeper = SlotKeeper(lambda db: "", clock=lambda: now[0], spawn=lambda fn: fn())  # runs inline
+    ran: list[bool] = []
+    keeper.run_once = lambda job: ran.append(job.settings.use_slots)  # type: ignore[method-assign]
+
+    def submit(use_slots: bool) -> None:
+        keeper.submit(SlotJob(me="n1", nofailover=False, holds_lock=True, leader="n1", paused=False, members={},
+                              settings=SlotSettings(use_slots=use_slots)))
+
+    submit(False)
+    now[0] = 30.0
+    submit(False)
+    now[0] = 61.0
+    submit(False)
+    submit(True)
+    submit(True)
+    assert ran == [False, False, True, True]
+
