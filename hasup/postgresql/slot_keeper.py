@@ -118,11 +118,13 @@ class SlotKeeper:
                 names = self._member_slot_names(job, primary)
                 status = job.status or {}
                 optime = status.get("optime")
+                downstream, cascaded = slots.cascades(job.members, job.me, job.leader)
                 result = slots.plan(
                     me=job.me, primary=primary, settings=job.settings, rows=rows, member_slot_names=names,
                     paused=job.paused, nofailover=job.nofailover, logical_ok=wal_level == "logical",
                     leader=job.leader, status_slots=status.get("slots") if isinstance(status.get("slots"), dict)
-                    else {}, leader_optime=optime if isinstance(optime, int) else None)
+                    else {}, leader_optime=optime if isinstance(optime, int) else None, downstream=downstream,
+                    cascaded=cascaded)
                 for note in result.notes:
                     self._say(logging.WARNING, note)
                 changed = self._execute(cur, result)

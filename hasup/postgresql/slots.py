@@ -203,6 +203,36 @@ def member_slots(members: Mapping[str, Mapping[str, Any]], me: str) -> tuple[dic
     return out, notes
 
 
+def upstream_of(members: Mapping[str, Mapping[str, Any]], name: str, leader: str | None) -> str | None:
+    """Whom a member streams from: its replicatefrom member while that one runs as a replica,
+    else the leader (the rule hasup.ha.upstream_for applies on the member itself)."""
+    tags = members[name].get("tags") if name in members else None
+    source = tags.get("replicatefrom") if isinstance(tags, Mapping) else None
+    data = members.get(source) if isinstance(source, str) and source != name else None
+    if data is not None and data.get("state") == "running" and data.get("role") == "replica" \
+            and data.get("conn_url"):
+        return str(source)
+    return leader
+
+
+def cascades(members: Mapping[str, Mapping[str, Any]], me: str, leader: str | None) -> tuple[set[str], dict[str, int]]:
+    """Slots of the members that stream from me, and {slot: WAL position} of those that stream
+    from a node other than the leader (the leader advances their otherwise idle slots)."""
+    downstream: set[str] = set()
+    elsewhere: dict[str, int] = {}
+    for name, data in members.items():
+        if name == me or _tag(data, "nostream"):
+            continue
+        upstream = upstream_of(members, name, leader)
+        if upstream == me:
+            downstream.add(slot_name(name))
+        elif upstream != leader:
+            lsn = data.get("xlog_location")
+            if isinstance(lsn, int) and not isinstance(lsn, bool):
+                elsewhere[slot_name(name)] = lsn
+    return downstream, elsewhere
+
+
 def own_slot(me: str, tags: Mapping[str, Any], use_slots: bool) -> str | None:
     """primary_slot_name for this node as a replica (None: stream without a slot)."""
     return slot_name(me) if use_slots and not tags.get("nostream") else None
@@ -222,13 +252,16 @@ def retain(last_seen: Mapping[str, float], present: Iterable[str], now: float, t
 def plan(*, me: str, primary: bool, settings: SlotSettings, rows: Iterable[SlotRow],
          member_slot_names: Iterable[str], paused: bool = False, nofailover: bool = False,
          logical_ok: bool = True, leader: str | None = None, status_slots: Mapping[str, Any] | None = None,
-         leader_optime: int | None = None) -> Plan:
+         leader_optime: int | None = None, downstream: Iterable[str] = (),
+         cascaded: Mapping[str, int] | None = None) -> Plan:
     """What to change so this node's slots are the ones it should keep.
 
     `primary`: this node leads and PostgreSQL runs as a primary (otherwise it is a replica).
     `member_slot_names`: slots of present members (other than me) and of vanished ones still
     retained.  `logical_ok`: wal_level is logical.  `status_slots`, `leader_optime`: the
-    leader's /status, which a replica follows to advance its copies.
+    leader's /status, which a replica follows to advance its copies.  `downstream`: slots of
+    members streaming from me (a replica keeps them even when nofailover).  `cascaded`: on the
+    leader, {slot: WAL position} of members streaming from another replica.
     """
     rows = [r for r in rows if not r.temporary]
     mine = slot_name(me)
@@ -262,8 +295,10 @@ def plan(*, me: str, primary: bool, settings: SlotSettings, rows: Iterable[SlotR
                 continue
         wanted[spec.name] = spec
     if not primary and nofailover:
-        # Never promoted, so copies would only hold WAL back here.
-        wanted, protected = {}, set()
+        # Never promoted, so copies would only hold WAL back here; members cascading from here
+        # still stream through theirs.
+        wanted = {name: spec for name, spec in wanted.items() if name in set(downstream)}
+        protected = set()
 
     by_name = {r.name: r for r in rows}
     drop: list[tuple[str, str]] = []
@@ -287,21 +322,23 @@ def plan(*, me: str, primary: bool, settings: SlotSettings, rows: Iterable[SlotR
         drop = []  # maintenance mode: nothing is dropped
         create = [s for s in create if s.name not in by_name]
 
+    # An active slot moves with its walsender; an idle one that nobody streams through from
+    # here follows the position of its consumer elsewhere, so it holds no WAL back for nothing.
+    # Replica copies follow the leader's /status (the leader's own slot: its optime); on the
+    # leader, a cascading member's slot follows the member's reported position.
+    targets: Mapping[str, Any] = dict(cascaded or {}) if primary else dict(status_slots or {})
+    if not primary and leader and slot_name(leader) not in targets:
+        targets = {**targets, slot_name(leader): leader_optime}
     advance: list[tuple[str, int]] = []
-    if not primary:
-        status = status_slots or {}
-        leader_slot = slot_name(leader) if leader else None
-        recreated = {name for name, _ in drop}
-        for name, spec in wanted.items():
-            row = by_name.get(name)
-            if spec.type != "physical" or row is None or row.active or name in recreated or row.restart_lsn is None \
-                    or _ignored(row, settings):
-                continue  # an active slot moves with its walsender (a member cascading from here)
-            target = status.get(name)
-            if target is None and name == leader_slot:
-                target = leader_optime  # the leader keeps no slot for itself: follow its WAL position
-            if isinstance(target, int) and not isinstance(target, bool) and target > row.restart_lsn:
-                advance.append((name, target))
+    recreated = {name for name, _ in drop}
+    for name, spec in wanted.items():
+        row = by_name.get(name)
+        if spec.type != "physical" or row is None or row.active or name in recreated or row.restart_lsn is None \
+                or _ignored(row, settings):
+            continue
+        target = targets.get(name)
+        if isinstance(target, int) and not isinstance(target, bool) and target > row.restart_lsn:
+            advance.append((name, target))
     managed = frozenset(wanted) | (protected & set(by_name))
     return Plan(tuple(create), tuple(drop), tuple(advance), tuple(notes), managed)
 

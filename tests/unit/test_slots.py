@@ -86,6 +86,13 @@ CASES: list[tuple[str, list[SlotRow], dict[str, Any], set[str], set[str], dict[s
      [row("node1"), row("node3"), row("perm_p"), CDC],
      {"me": "node2", "primary": False, "nofailover": True, "members": ("node1", "node3")}, set(),
      {"node1", "node3", "perm_p"}, {}),
+    ("a nofailover replica keeps the slots of members cascading from it",
+     [row("node1"), row("node3", active=True, restart_lsn=5)],
+     {"me": "node2", "primary": False, "nofailover": True, "members": ("node1", "node3"), "downstream": ("node3",),
+      "status_slots": {"node3": 50}}, set(), {"node1"}, {}),
+    ("the leader moves the idle slot of a member cascading from a replica to the member's position",
+     [row("node2", active=True, restart_lsn=10), row("node3", restart_lsn=10), row("perm_p", restart_lsn=10)],
+     {"cascaded": {"node3": 70, "node2": 90}, "logical_ok": False}, set(), set(), {"node3": 70}),
     ("use_slots off: only inactive member slots are dropped",
      [row("node2"), row("node3", active=True), row("perm_p"), row("other"), CDC],
      {"settings": SlotSettings(use_slots=False, permanent=(SlotSpec("perm_p"),),
@@ -263,3 +270,27 @@ def test_keeper_checks_rarely_while_use_slots_is_off() -> None:
     submit(True)
     assert ran == [False, False, True, True]
 
+
+
+def member(state: str = "running", role: str = "replica", xlog: int | None = None, **tags: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"state": state, "role": role, "conn_url": "postgres://h:5432/postgres"}
+    if xlog is not None:
+        data["xlog_location"] = xlog
+    if tags:
+        data["tags"] = tags
+    return data
+
+
+def test_upstream_follows_replicatefrom_while_the_source_runs_as_a_replica() -> None:
+    members = {"n1": member(role="primary"), "n2": member(), "n3": member(replicatefrom="n2"),
+               "n4": member(replicatefrom="n4"), "n5": member(replicatefrom="gone"),
+               "n6": member(replicatefrom="n7"), "n7": member(state="stopped")}
+    assert {m: slots.upstream_of(members, m, "n1") for m in members} == \
+        {"n1": "n1", "n2": "n1", "n3": "n2", "n4": "n1", "n5": "n1", "n6": "n1", "n7": "n1"}
+
+
+def test_cascades() -> None:
+    members = {"n1": member(role="primary"), "n2": member(xlog=5), "n3": member(xlog=7, replicatefrom="n2"),
+               "n4": member(replicatefrom="n2", nostream=True)}
+    assert slots.cascades(members, "n1", "n1") == ({"n2"}, {"n3": 7})
+    assert slots.cascades(members, "n2", "n1") == ({"n3"}, {})
