@@ -7,6 +7,7 @@ change-data-capture slot next to a stray one, a removed member, a failover.
 from __future__ import annotations
 
 import json
+import signal
 import urllib.request
 
 import pytest
@@ -119,6 +120,23 @@ def test_a_removed_member_loses_its_slot_and_gets_it_back(tc):
     gone.start()
     wait_for(lambda: streaming_through_slots(leader) == {other.name: other.name, gone.name: gone.name}, 60,
              f"{gone.name} streaming through its slot again")
+
+
+def test_a_cascading_member_streams_through_its_slot_on_the_replica_it_follows(tc):
+    leader = tc.wait_leader(30)
+    source, cascading = sorted((n for n in tc.nodes if n is not leader), key=lambda n: n.name)
+    cascading.extra["tags.replicatefrom"] = source.name
+    cascading.prepare()
+    cascading.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: streaming_through_slots(source) == {cascading.name: cascading.name}, 60,
+             f"{cascading.name} streaming from {source.name} through its slot")
+    wait_for(lambda: streaming_through_slots(leader) == {source.name: source.name}, 30,
+             f"only {source.name} streaming from the leader")
+    # The leader's slot for the cascading member is idle, yet it holds no WAL back.
+    leader.sql("CREATE TABLE cascade_test AS SELECT generate_series(1, 1000) AS v")
+    written = leader.sql("SELECT pg_current_wal_flush_lsn() - '0/0'")[0][0]
+    wait_for(lambda: restart_lsns(leader)[cascading.name] >= written, 30,
+             f"the leader's slot for {cascading.name} to follow it past {written}")
 
 
 def test_after_a_failover_the_new_leader_has_the_permanent_and_member_slots(tc):
