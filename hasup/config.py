@@ -72,6 +72,7 @@ from hasup.config_schema import (
     to_sync_mode,
     to_watchdog_mode,
 )
+from hasup.postgresql.slots import parse_slot_settings
 from hasup.timing import DEFAULT_HEALTH_DEADLINE, MIN_HEALTH_DEADLINE
 
 
@@ -445,6 +446,7 @@ def _check_dcs(r: Reader, dcs: Mapping[str, Any], prefix: str) -> None:
     r.get(pg, f"{prefix}.postgresql.pg_hba", to_str_list, None)
     r.ignore_rest(pg, f"{prefix}.postgresql", DCS_PG_USED)
     r.ignore_rest(dcs, prefix, DCS_USED)
+    r.warnings.extend(f"{prefix}.{note}" for note in parse_slot_settings(dcs)[1])
 
 
 def _options(r: Reader, section: Mapping[str, Any], path: str, forbidden: frozenset[str]) -> tuple[str, ...]:

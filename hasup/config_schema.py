@@ -89,7 +89,8 @@ DYNAMIC_INT_MINIMUMS: dict[str, int | None] = {
 }
 LEGACY_NAMES = {"primary_start_timeout": "master_start_timeout", "primary_stop_timeout": "master_stop_timeout"}
 DYNAMIC_BOOLS = ("check_timeline", "pause", "synchronous_mode_strict", "failsafe_mode")
-DCS_USED = (*DYNAMIC_INT_MINIMUMS, *LEGACY_NAMES.values(), *DYNAMIC_BOOLS, *UNSAFE_REASONS, "postgresql")
+SLOT_KEYS = ("slots", "permanent_slots", "permanent_replication_slots", "ignore_slots", "member_slots_ttl")
+DCS_USED = (*DYNAMIC_INT_MINIMUMS, *LEGACY_NAMES.values(), *DYNAMIC_BOOLS, *UNSAFE_REASONS, *SLOT_KEYS, "postgresql")
 DCS_PG_USED = ("use_pg_rewind", "use_slots", "parameters", "pg_hba")
 # Dynamic settings Patroni never reads from the top level of the local file.
 TOP_DYNAMIC_ONLY = frozenset(DCS_USED) - frozenset(UNSAFE_REASONS) - {"postgresql"}

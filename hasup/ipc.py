@@ -131,6 +131,8 @@ class PgState(Message):
     pending_restart: bool = False
     controldata_state: str | None = None  # "in production", "shut down", ...
     sync_standby_names: str | None = None  # synchronous_standby_names as PostgreSQL runs with it
+    slots: dict[str, int] | None = None  # leader: managed replication slots and positions (None: not known)
+    retain_slots: tuple[str, ...] = ()  # leader: member slots kept, incl. vanished members within member_slots_ttl
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class ClusterView(Message):
     paused: bool
     last_decision: str = ""
     scheduled_restart: dict[str, Any] | None = None  # this node's, as /patroni shows it
+    status: dict[str, Any] = field(default_factory=dict)  # the status key (optime, slots, retain_slots)
 
 
 @dataclass(frozen=True)

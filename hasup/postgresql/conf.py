@@ -190,15 +190,3 @@ def write_private(path: str, text: str, mode: int = 0o600) -> None:
             os.unlink(tmp)
         raise
 
-
-def slot_name(member: str) -> str:
-    """Physical slot name for a member (reference §3.11)."""
-    out = []
-    for ch in member.lower():
-        if ch in "-.":
-            out.append("_")
-        elif ch.isascii() and (ch.isalnum() or ch == "_"):
-            out.append(ch)
-        else:
-            out.append(f"u{ord(ch):04d}")
-    return "".join(out)[:63]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hasup.config import Config, DynamicConfig, UserSpec
-from hasup.postgresql import conf
+from hasup.postgresql import conf, slots
 from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, controldata, data_dir_empty, run
 from hasup.postgresql.probe import ProbeFailed, Prober, run_sql
 
@@ -97,7 +97,8 @@ class Lifecycle:
             # Managed by election (hasup.sync); until it says otherwise, strict mode waits for anyone.
             default = "*" if self.dynamic.synchronous_mode_strict else ""
             params["synchronous_standby_names"] = self.sync_setting if self.sync_setting is not None else default
-        recovery = conf.recovery_parameters(self.cfg, leader_conn_url, None) if standby else {}
+        slot = slots.own_slot(self.cfg.name, self.cfg.tags.raw, self.dynamic.use_slots)
+        recovery = conf.recovery_parameters(self.cfg, leader_conn_url, slot) if standby else {}
         path = os.path.join(pg.config_dir, "postgresql.conf")
         conf.write_private(path, conf.render_postgresql_conf(self.cfg, params, recovery))
         hba = conf.render_pg_hba(self.cfg, self.dynamic)

@@ -22,6 +22,7 @@ from hasup.dcs.watch import KeyWatch
 from hasup.member import member_data, recorded_history
 from hasup.peers import client_context, fetch_all
 from hasup.postgresql.control import pid_alive, postmaster_pid
+from hasup.postgresql.slots import status_value
 from hasup.sync import sync_now
 from hasup.timing import Deadlines
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
@@ -386,7 +387,8 @@ class ElectionWorker:
     def write_status(self) -> None:
         if self.pg is None or self.pg.wal_position is None:
             return
-        status = {"optime": self.pg.wal_position, "slots": {}, "retain_slots": []}
+        status = status_value(self.pg.wal_position, self.pg.slots, self.pg.retain_slots,
+                              self.cluster.status if self.cluster else None)
         if status != self.status_written:
             self.store.set_status(status)
             self.status_written = status
@@ -423,6 +425,7 @@ class ElectionWorker:
             optime=c.optime if c else None, initialize=c.initialize if c else None,
             sync=c.sync if c else None, failover=c.failover if c else None,
             paused=c.paused if c else False, last_decision=reason, scheduled_restart=self.desk.scheduled,
+            status=c.status if c else {},
         )
         self.ctx.channel.send_now(view)
 

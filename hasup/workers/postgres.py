@@ -22,6 +22,8 @@ from hasup.config import DynamicConfig, parse_dynamic
 from hasup.postgresql.control import Binaries, Postmaster, controldata, data_dir_empty
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult
+from hasup.postgresql.slot_keeper import SlotJob, SlotKeeper
+from hasup.postgresql.slots import parse_slot_settings
 from hasup.timing import PROBE_INTERVAL, PROBE_TIMEOUT
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
 
@@ -55,7 +57,7 @@ class PostgresWorker:
         self.history_cache: tuple[int, tuple[tuple[int, int, str], ...]] = (0, ())
         self.last_sent: ipc.PgState | None = None
         self.last_sent_at = 0.0
-        self.slots_warned = False
+        self.slots = SlotKeeper(self.lifecycle.local_dsn)
         self.queued: ipc.Request | None = None
 
     # -- actions ---------------------------------------------------------------
@@ -184,6 +186,7 @@ class PostgresWorker:
                 replication=probe.replication,
                 timeline_history=self.timeline_history(probe) if not probe.in_recovery else (),
                 pending_restart=probe.pending_restart, sync_standby_names=probe.sync_standby_names,
+                slots=self.slots.published[0], retain_slots=self.slots.published[1],
             )
             if self.lifecycle.sync_setting is None and self.dynamic.synchronous_mode:
                 # A restarted worker: keep what PostgreSQL runs with, so a re-render cannot drop a
@@ -275,20 +278,29 @@ class PostgresWorker:
         elif isinstance(msg, ipc.ClusterView):
             if msg.config:
                 dynamic, _ = parse_dynamic(msg.config)
-                if dynamic.use_slots and not self.slots_warned:
-                    self.slots_warned = True
-                    log.warning("postgresql.use_slots: replication slots are not managed by this hasup "
-                                "version yet, ignored; replicas stream without slots")
                 if dynamic != self.dynamic:
-                    changed = dynamic.parameters != self.dynamic.parameters or \
-                        (dynamic.synchronous_mode, dynamic.synchronous_mode_strict) != \
-                        (self.dynamic.synchronous_mode, self.dynamic.synchronous_mode_strict)
+                    # primary_slot_name follows use_slots (reloadable since PostgreSQL 13)
+                    changed = (dynamic.parameters, dynamic.use_slots, dynamic.synchronous_mode,
+                               dynamic.synchronous_mode_strict) != (self.dynamic.parameters, self.dynamic.use_slots,
+                                                                    self.dynamic.synchronous_mode,
+                                                                    self.dynamic.synchronous_mode_strict)
                     if not dynamic.synchronous_mode:
                         self.lifecycle.sync_setting = None
                     self.dynamic = dynamic
                     self.lifecycle.dynamic = dynamic
                     if changed and not self.action:
                         self.lifecycle.apply_parameters()
+                self.keep_slots(msg)
+
+    def keep_slots(self, view: ipc.ClusterView) -> None:
+        """Bring the replication slots in line with the cluster (on a thread: see SlotKeeper)."""
+        if self.action or self.failed_probes or self.last_probe is None or self.postmaster.pid() is None:
+            return
+        cfg = self.ctx.config
+        settings, notes = parse_slot_settings(view.config, self.dynamic.use_slots)
+        self.slots.submit(SlotJob(
+            me=cfg.name, nofailover=cfg.tags.nofailover, holds_lock=view.holds_lock, leader=view.leader,
+            paused=view.paused, members=view.members, settings=settings, status=view.status, notes=tuple(notes)))
 
     def orphaned_stop(self) -> None:
         log.critical("supervisor is gone: stopping PostgreSQL (immediate) and exiting")

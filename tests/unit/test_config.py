@@ -514,7 +514,10 @@ def test_no_password_appears_in_warnings() -> None:
         ({"thread_pool_size": 5}, "thread_pool_size: not used by hasup yet, ignored"),
         ({"frobnicate": 1}, "frobnicate: not used by hasup yet, ignored"),
         ({"etcd.cacert": "/ca.pem"}, "etcd.cacert: not used by hasup yet, ignored"),
-        ({"bootstrap.dcs.slots": {"s": {"type": "physical"}}}, "bootstrap.dcs.slots: not used by hasup yet, ignored"),
+        (
+            {"bootstrap.dcs.slots": {"s": {"type": "logical"}}},
+            "bootstrap.dcs.slots.s: a logical slot needs database and plugin; ignored",
+        ),
         (
             {"bootstrap.dcs.postgresql": {"recovery_conf": {}}},
             "bootstrap.dcs.postgresql.recovery_conf: not used by hasup yet, ignored",

@@ -86,8 +86,3 @@ def test_pg_hba_local_wins_over_dynamic():
     assert conf.render_pg_hba(local, dyn) == "# Written by hasup from postgresql.pg_hba\nlocal all all trust\n"
     assert conf.render_pg_hba(cfg(), DynamicConfig()) is None
 
-
-def test_slot_names():
-    assert conf.slot_name("Node-1.a") == "node_1_a"
-    assert conf.slot_name("nödé") == "nu0246du0233"
-    assert len(conf.slot_name("x" * 100)) == 63
