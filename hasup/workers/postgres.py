@@ -19,6 +19,7 @@ from typing import Any
 
 from hasup import ipc
 from hasup.config import DynamicConfig, parse_dynamic
+from hasup.postgresql.callbacks import Callbacks
 from hasup.postgresql.control import Binaries, Postmaster, controldata, data_dir_empty
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult
@@ -57,6 +58,7 @@ class PostgresWorker:
         self.last_sent_at = 0.0
         self.slots_warned = False
         self.queued: ipc.Request | None = None
+        self.callbacks = Callbacks(lambda: self.ctx.config)
 
     # -- actions ---------------------------------------------------------------
 
@@ -83,6 +85,7 @@ class PostgresWorker:
         self.action = name
         self.action_state = name
         self.report(force=True)  # busy from now on, for the api too
+        self.callbacks.began(req, self.last_sent)
 
         def runner() -> None:
             try:
@@ -138,6 +141,7 @@ class PostgresWorker:
             self.action = ""
             self.action_state = ""
             self.ctx.channel.send_now(reply)
+            self.callbacks.finished(reply, self.lifecycle.following, self.postmaster.pid() is not None)
             self.report(force=True)
         if self.queued is not None and not self.action:
             req, self.queued = self.queued, None
@@ -255,6 +259,7 @@ class PostgresWorker:
 
     def report(self, force: bool = False) -> None:
         state = self.observe()
+        self.callbacks.observed(state)
         now = time.monotonic()
         unchanged = self.last_sent is not None and replace(state, probe_at=0.0) == replace(self.last_sent, probe_at=0.0)
         if unchanged and not force and now - self.last_sent_at < KEEPALIVE:
@@ -271,7 +276,7 @@ class PostgresWorker:
         elif isinstance(msg, ipc.ConfigChanged) and apply_reload(self.ctx, msg):
             self.lifecycle.cfg = self.ctx.config
             if not self.action:
-                self.lifecycle.apply_parameters()
+                self.apply_parameters()
         elif isinstance(msg, ipc.ClusterView):
             if msg.config:
                 dynamic, _ = parse_dynamic(msg.config)
@@ -288,7 +293,11 @@ class PostgresWorker:
                     self.dynamic = dynamic
                     self.lifecycle.dynamic = dynamic
                     if changed and not self.action:
-                        self.lifecycle.apply_parameters()
+                        self.apply_parameters()
+
+    def apply_parameters(self) -> None:
+        self.lifecycle.apply_parameters()
+        self.callbacks.reloaded(self.last_sent)  # on_reload, if PostgreSQL ran and got SIGHUP
 
     def orphaned_stop(self) -> None:
         log.critical("supervisor is gone: stopping PostgreSQL (immediate) and exiting")
@@ -304,12 +313,13 @@ class PostgresWorker:
             try:
                 if self.ctx.orphaned():
                     raise ipc.PeerClosed("supervisor")
-                timeout = max(0.0, next_probe - time.monotonic())
+                timeout = max(0.0, min(next_probe, self.callbacks.next_deadline()) - time.monotonic())
                 woke: list[object] = []
                 for env in pump(self.ctx, timeout, extra=[self.wake_r], on_ready=woke.append):
                     self.on_message(env)
                 if woke or not self.done.empty():
                     self.finish_actions()
+                self.callbacks.poll()  # reap finished callbacks, kill overdue ones: never waits
                 if woke or time.monotonic() >= next_probe:
                     self.report()
                     # After a failed probe, ask again at once: a hung primary is fenced after
