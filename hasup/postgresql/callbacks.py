@@ -30,7 +30,10 @@ from hasup.postgresql.callback_events import Announcer, Before, Event
 log = logging.getLogger(__name__)
 
 MAIN, RELOAD = "main", "reload"
-REAP_INTERVAL = 0.05  # a killed group's leader is reaped this soon after SIGKILL
+# A killed callback is reaped this soon after SIGKILL, for up to REAP_FOR; one stuck in the kernel
+# (state D) after that is reaped at the loop's own pace instead of spinning it.
+REAP_INTERVAL = 0.05
+REAP_FOR = 2.0
 # Variables that may carry secrets (configuration overrides, passwords) never reach a callback.
 SECRET_ENV_PREFIXES = ("HASUP_", "PATRONI_")
 SECRET_ENV = frozenset({"PGPASSWORD", "NOTIFY_SOCKET"})
@@ -59,6 +62,7 @@ class Run:
     proc: Process
     started: float
     deadline: float
+    killed_at: float = 0.0
 
 
 class CallbackRunner:
@@ -110,8 +114,9 @@ class CallbackRunner:
     def next_deadline(self) -> float:
         """When poll() has work next (monotonic); infinity when nothing runs."""
         due = min((run.deadline for run in self.lanes.values()), default=float("inf"))
-        if self.dying:
-            due = min(due, self.clock() + REAP_INTERVAL)
+        now = self.clock()
+        if any(now - run.killed_at < REAP_FOR for run in self.dying):
+            due = min(due, now + REAP_INTERVAL)
         return due
 
     def busy(self) -> bool:
@@ -130,6 +135,7 @@ class CallbackRunner:
             pass
         log.warning("callback %s %s (pid %d) still running %s: killed its process group",
                     run.action, run.role, run.proc.pid, why)
+        run.killed_at = self.clock()
         self.dying.append(run)
 
     def _finished(self, run: Run, code: int, now: float) -> None:

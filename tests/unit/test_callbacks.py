@@ -132,3 +132,40 @@ def test_a_command_that_cannot_start_is_logged_not_raised(tmp_path: Path, runner
     with caplog.at_level(logging.ERROR, "hasup.postgresql.callbacks"):
         assert runner.fire(str(tmp_path / "missing.sh"), "on_start", "primary", "batman", timeout=10) is None
     assert "could not be started" in caplog.text and not runner.busy()
+
+
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+def test_deadlines_and_reaping_pace_with_a_fake_clock() -> None:
+    now = [100.0]
+    procs: list[FakeProcess] = []
+    kills: list[tuple[int, int]] = []
+
+    def spawn(argv: list[str], env: dict[str, str]) -> FakeProcess:
+        procs.append(FakeProcess(1000 + len(procs)))
+        return procs[-1]
+
+    r = CallbackRunner(spawn=spawn, killpg=lambda pid, sig: kills.append((pid, sig)), clock=lambda: now[0],
+                       environ={})
+    assert r.next_deadline() == float("inf")
+    r.fire("/bin/cb", "on_start", "primary", "s", timeout=5)
+    assert r.next_deadline() == 105.0
+    now[0] = 104.9
+    r.poll()
+    assert kills == []
+    now[0] = 105.0
+    r.poll()
+    assert kills == [(1000, 9)] and r.dying  # killed at its deadline, reaped soon after
+    assert r.next_deadline() == pytest.approx(105.05)
+    now[0] = 108.0  # still not reaped (stuck in the kernel): no more fast turns for it
+    assert r.next_deadline() == float("inf")
+    procs[0].code = -9
+    r.poll()
+    assert not r.busy()
