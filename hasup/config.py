@@ -21,6 +21,7 @@ from urllib.parse import SplitResult, urlsplit
 from hasup.config_schema import (
     BASEBACKUP_FORBIDDEN,
     BOOTSTRAP_USED,
+    CALLBACK_ACTIONS,
     DCS_PG_USED,
     DCS_USED,
     DEFAULT_ETCD_PORT,
@@ -62,6 +63,7 @@ from hasup.config_schema import (
     seconds_at_least,
     shown,
     to_bool,
+    to_command,
     to_int,
     to_log_level,
     to_mapping,
@@ -73,7 +75,7 @@ from hasup.config_schema import (
     to_watchdog_mode,
 )
 from hasup.postgresql.slots import parse_slot_settings
-from hasup.timing import DEFAULT_HEALTH_DEADLINE, MIN_HEALTH_DEADLINE
+from hasup.timing import DEFAULT_CALLBACK_TIMEOUT, DEFAULT_HEALTH_DEADLINE, MIN_HEALTH_DEADLINE
 
 
 class ConfigError(Exception):
@@ -160,6 +162,10 @@ class PostgresConfig:
     # hasup's own: how long a live postgres worker may fail to reach the leader's PostgreSQL before it
     # is fenced (killed) and the lock released (docs/operations.md, hasup.timing).
     health_deadline: float = DEFAULT_HEALTH_DEADLINE
+    # postgresql.callbacks: action (on_start, ...) -> command line; hasup's own callback_timeout bounds
+    # each run (hasup/postgresql/callbacks.py).
+    callbacks: dict[str, str] = field(default_factory=dict)
+    callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT
 
     @property
     def listen_hosts(self) -> list[str]:
@@ -541,10 +547,23 @@ def _postgresql(r: Reader, top: Mapping[str, Any]) -> PostgresConfig | None:
         basebackup=_options(r, sec, "postgresql.basebackup", BASEBACKUP_FORBIDDEN),
         health_deadline=r.get(sec, "postgresql.health_deadline", seconds_at_least(MIN_HEALTH_DEADLINE),
                               DEFAULT_HEALTH_DEADLINE),
+        callbacks=_callbacks(r, sec),
+        callback_timeout=r.get(sec, "postgresql.callback_timeout", seconds_at_least(1), DEFAULT_CALLBACK_TIMEOUT),
     )
     r.ignore_rest(sec, "postgresql", PG_USED, dynamic_only=("use_slots",))
     required = (listen, connect_address, data_dir, superuser, replication, rewind)
     return None if any(v is None for v in required) else settings
+
+
+def _callbacks(r: Reader, sec: Mapping[str, Any]) -> dict[str, str]:
+    section = r.section(sec, "postgresql.callbacks")
+    commands = {}
+    for action in CALLBACK_ACTIONS:
+        command = r.get(section, f"postgresql.callbacks.{action}", to_command, "")
+        if command:
+            commands[action] = command
+    r.ignore_rest(section, "postgresql.callbacks", CALLBACK_ACTIONS)
+    return commands
 
 
 def _tags(r: Reader, top: Mapping[str, Any]) -> Tags:

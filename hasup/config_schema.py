@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -106,7 +107,10 @@ PG_USED = (
     "listen", "connect_address", "data_dir", "config_dir", "bin_dir", "pgpass", "authentication",
     "parameters", "pg_hba", "pg_ctl_timeout", "use_pg_rewind", "custom_conf", "database", "basebackup",
     "health_deadline",
+    "callbacks", "callback_timeout",
 )
+# postgresql.callbacks.<action>, each a command line (hasup/postgresql/callbacks.py).
+CALLBACK_ACTIONS = ("on_start", "on_stop", "on_restart", "on_reload", "on_role_change")
 TAGS_UNUSED = ("nostream", "sync_priority")  # Patroni tags hasup publishes but ignores
 LOG_USED = (
     "type", "level", "traceback_level", "format", "dateformat", "static_fields", "dir", "mode", "file_num",
@@ -151,6 +155,18 @@ def to_str(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise Invalid("expected a string", value)
+
+
+def to_command(value: Any) -> str:
+    """A command line, split shell-style when it runs; refused here if it cannot be split."""
+    text = to_str(value)
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise Invalid(f"expected a command line ({exc})", value) from None
+    if not words:
+        raise Invalid("expected a command line", value)
+    return text
 
 
 def to_int(value: Any) -> int:

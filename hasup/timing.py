@@ -29,6 +29,10 @@ EPSILON = 0.5  # the lease rule's check-to-pet allowance (hasup.watchdog.lease)
 RESPAWN = 0.5  # fork a worker, read etcd once, renew: what a replacement election worker needs
 DEFAULT_HEALTH_DEADLINE = 3.0
 MIN_HEALTH_DEADLINE = FAILED_PROBES_TO_FENCE * PROBE_TIMEOUT + PROBE_INTERVAL
+# postgresql.callback_timeout: a callback (on_start, on_role_change, ...) still running after this is
+# killed with its process group. Hooks move a VIP, update DNS or pgbouncer: seconds. A minute, like
+# pg_ctl_timeout's default, leaves room for a slow retry yet ends a hung script; nothing waits for it.
+DEFAULT_CALLBACK_TIMEOUT = 60.0
 ELECTION_PING_INTERVAL = 0.5  # the election heartbeat is short: ping it often enough to measure it
 PING_INTERVAL = 2.0
 MAX_ELECTION_HEARTBEAT = 5.0

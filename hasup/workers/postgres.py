@@ -19,6 +19,7 @@ from typing import Any
 
 from hasup import ipc
 from hasup.config import DynamicConfig, parse_dynamic
+from hasup.postgresql.callbacks import Callbacks
 from hasup.postgresql.control import Binaries, Postmaster, controldata, data_dir_empty
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult
@@ -59,6 +60,7 @@ class PostgresWorker:
         self.last_sent_at = 0.0
         self.slots = SlotKeeper(self.lifecycle.local_dsn)
         self.queued: ipc.Request | None = None
+        self.callbacks = Callbacks(lambda: self.ctx.config)
 
     # -- actions ---------------------------------------------------------------
 
@@ -85,6 +87,7 @@ class PostgresWorker:
         self.action = name
         self.action_state = name
         self.report(force=True)  # busy from now on, for the api too
+        self.callbacks.began(req, self.last_sent)
 
         def runner() -> None:
             try:
@@ -140,6 +143,7 @@ class PostgresWorker:
             self.action = ""
             self.action_state = ""
             self.ctx.channel.send_now(reply)
+            self.callbacks.finished(reply, self.lifecycle.following, self.postmaster.pid() is not None)
             self.report(force=True)
         if self.queued is not None and not self.action:
             req, self.queued = self.queued, None
@@ -258,6 +262,7 @@ class PostgresWorker:
 
     def report(self, force: bool = False) -> None:
         state = self.observe()
+        self.callbacks.observed(state)
         now = time.monotonic()
         unchanged = self.last_sent is not None and replace(state, probe_at=0.0) == replace(self.last_sent, probe_at=0.0)
         if unchanged and not force and now - self.last_sent_at < KEEPALIVE:
@@ -274,7 +279,7 @@ class PostgresWorker:
         elif isinstance(msg, ipc.ConfigChanged) and apply_reload(self.ctx, msg):
             self.lifecycle.cfg = self.ctx.config
             if not self.action:
-                self.lifecycle.apply_parameters()
+                self.apply_parameters()
         elif isinstance(msg, ipc.ClusterView):
             if msg.config:
                 dynamic, _ = parse_dynamic(msg.config)
@@ -289,8 +294,12 @@ class PostgresWorker:
                     self.dynamic = dynamic
                     self.lifecycle.dynamic = dynamic
                     if changed and not self.action:
-                        self.lifecycle.apply_parameters()
+                        self.apply_parameters()
                 self.keep_slots(msg)
+
+    def apply_parameters(self) -> None:
+        self.lifecycle.apply_parameters()
+        self.callbacks.reloaded(self.last_sent)  # on_reload, if PostgreSQL ran and got SIGHUP
 
     def keep_slots(self, view: ipc.ClusterView) -> None:
         """Bring the replication slots in line with the cluster (on a thread: see SlotKeeper)."""
@@ -316,12 +325,13 @@ class PostgresWorker:
             try:
                 if self.ctx.orphaned():
                     raise ipc.PeerClosed("supervisor")
-                timeout = max(0.0, next_probe - time.monotonic())
+                timeout = max(0.0, min(next_probe, self.callbacks.next_deadline()) - time.monotonic())
                 woke: list[object] = []
                 for env in pump(self.ctx, timeout, extra=[self.wake_r], on_ready=woke.append):
                     self.on_message(env)
                 if woke or not self.done.empty():
                     self.finish_actions()
+                self.callbacks.poll()  # reap finished callbacks, kill overdue ones: never waits
                 if woke or time.monotonic() >= next_probe:
                     self.report()
                     # After a failed probe, ask again at once: a hung primary is fenced after

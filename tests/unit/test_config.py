@@ -500,7 +500,7 @@ def test_no_password_appears_in_warnings() -> None:
         ({"restapi.request_queue_size": 9}, "restapi.request_queue_size: not used by hasup yet, ignored"),
         ({"restapi.authentication.realm": "x"}, "restapi.authentication.realm: not used by hasup yet, ignored"),
         ({"log.max_queue_size": 10}, "log.max_queue_size: not used by hasup yet, ignored"),
-        ({"postgresql.callbacks": {"on_start": "/x"}}, "postgresql.callbacks: not used by hasup yet, ignored"),
+        ({"postgresql.callbacks.on_demote": "/x"}, "postgresql.callbacks.on_demote: not used by hasup yet, ignored"),
         (
             {"postgresql.create_replica_methods": ["wal_e"]},
             "postgresql.create_replica_methods: not used by hasup yet, ignored",
@@ -560,6 +560,26 @@ def test_unused_keys_are_warnings_not_errors(changes: dict[str, Any], line: str)
 def test_each_ignored_section_warns_once() -> None:
     _, warnings = load({"ctl": {"insecure": True, "authentication": {"username": "u", "password": "p"}}})
     assert warnings == ["ctl: not used by hasup yet, ignored"]
+
+
+def test_callbacks_are_read_with_their_timeout() -> None:
+    cfg, warnings = load({"postgresql.callbacks": {"on_role_change": "/bin/cb 'a b'", "on_reload": "/bin/r"},
+                          "postgresql.callback_timeout": "2.5"})
+    assert cfg.postgresql.callbacks == {"on_role_change": "/bin/cb 'a b'", "on_reload": "/bin/r"}
+    assert cfg.postgresql.callback_timeout == 2.5
+    assert not any("callback" in w for w in warnings)
+    assert load()[0].postgresql.callback_timeout == 60 and load()[0].postgresql.callbacks == {}
+
+
+def test_bad_callbacks_are_reported() -> None:
+    problems = problems_of({"postgresql.callbacks": {"on_start": "/bin/cb 'unclosed", "on_stop": "  ",
+                                                     "on_restart": ["/bin/cb"]},
+                            "postgresql.callback_timeout": 0})
+    assert "postgresql.callbacks.on_start: expected a command line (No closing quotation), " \
+           "got \"/bin/cb 'unclosed\"" in problems
+    assert "postgresql.callbacks.on_stop: expected a command line, got '  '" in problems
+    assert "postgresql.callbacks.on_restart: expected a string, got ['/bin/cb']" in problems
+    assert "postgresql.callback_timeout: must be at least 1, got 0" in problems
 
 
 # -- safety settings hasup must refuse ---------------------------------------------------------
@@ -755,10 +775,12 @@ def test_full_patroni_configuration_loads_with_warnings() -> None:
     for expected in (
         "restapi.request_queue_size: not used by hasup yet, ignored",
         "ctl: not used by hasup yet, ignored",
-        "postgresql.callbacks: not used by hasup yet, ignored",
         "postgresql.create_replica_methods: not used by hasup yet, ignored",
     ):
         assert expected in warnings
+    assert not any(w.startswith("postgresql.callback") for w in warnings)
+    assert cfg.postgresql.callbacks == dict.fromkeys(("on_start", "on_stop", "on_role_change"),
+                                                     "/usr/local/bin/callback.sh")
     assert not any(w.startswith("bootstrap.dcs.postgresql.parameters") for w in warnings)
     assert all(": " in w for w in warnings)
     assert (cfg.scope, cfg.namespace, cfg.name) == ("batman", "service", "postgresql0")
