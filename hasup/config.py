@@ -166,6 +166,10 @@ class PostgresConfig:
     # each run (hasup/postgresql/callbacks.py).
     callbacks: dict[str, str] = field(default_factory=dict)
     callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT
+    # A replica that cannot rejoin its leader's history is emptied and cloned again, instead of waiting
+    # for an operator (off by default, as in Patroni: it throws data away).
+    remove_data_directory_on_rewind_failure: bool = False
+    remove_data_directory_on_diverged_timelines: bool = False
 
     @property
     def listen_hosts(self) -> list[str]:
@@ -549,6 +553,10 @@ def _postgresql(r: Reader, top: Mapping[str, Any]) -> PostgresConfig | None:
                               DEFAULT_HEALTH_DEADLINE),
         callbacks=_callbacks(r, sec),
         callback_timeout=r.get(sec, "postgresql.callback_timeout", seconds_at_least(1), DEFAULT_CALLBACK_TIMEOUT),
+        remove_data_directory_on_rewind_failure=r.get(
+            sec, "postgresql.remove_data_directory_on_rewind_failure", to_bool, False),
+        remove_data_directory_on_diverged_timelines=r.get(
+            sec, "postgresql.remove_data_directory_on_diverged_timelines", to_bool, False),
     )
     r.ignore_rest(sec, "postgresql", PG_USED, dynamic_only=("use_slots",))
     required = (listen, connect_address, data_dir, superuser, replication, rewind)

@@ -108,6 +108,7 @@ PG_USED = (
     "parameters", "pg_hba", "pg_ctl_timeout", "use_pg_rewind", "custom_conf", "database", "basebackup",
     "health_deadline",
     "callbacks", "callback_timeout",
+    "remove_data_directory_on_rewind_failure", "remove_data_directory_on_diverged_timelines",
 )
 # postgresql.callbacks.<action>, each a command line (hasup/postgresql/callbacks.py).
 CALLBACK_ACTIONS = ("on_start", "on_stop", "on_restart", "on_reload", "on_role_change")

@@ -312,6 +312,11 @@ def _empty_data_dir(cluster: Cluster, me: Node, holds_lock: bool) -> Decision:
         return Decision((ClaimInitialize(), RunBootstrap()), "bootstrapping a new cluster")
     leader = cluster.leader_member()
     if leader is not None and leader.conn_url and leader.state == "running":
+        # A running replica tagged clonefrom spares the leader the basebackup.
+        donor = next((m for n, m in sorted(cluster.members.items()) if n not in (me.name, leader.name)
+                      and m.tags.get("clonefrom") and m.state == "running" and m.conn_url), None)
+        if donor is not None:
+            return Decision((RunCreateReplica(donor.name),), f"trying to bootstrap from replica '{donor.name}'")
         return Decision((RunCreateReplica(leader.name),), f"trying to bootstrap from leader '{leader.name}'")
     return Decision((), "waiting for leader to bootstrap")
 

@@ -322,9 +322,16 @@ class Lifecycle:
 
     def _stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
         budget = timeout if timeout is not None else self.cfg.postgresql.pg_ctl_timeout
+        d = self.dynamic
+        # primary_stop_timeout (synchronous mode only, as in Patroni): a primary whose stop hangs, say
+        # on commits waiting for a standby that is gone, is killed rather than waited for.
+        hard = d.synchronous_mode and d.primary_stop_timeout > 0 and mode != "immediate" \
+            and not os.path.exists(os.path.join(self.data_dir, "standby.signal"))
+        if hard:
+            budget = min(budget, float(d.primary_stop_timeout))
         if self.postmaster.stop(mode, budget):
             return {"stopped": True}
-        if mode != "immediate":
+        if mode != "immediate" and not hard:
             log.warning("PostgreSQL did not stop within %ss (%s); stopping immediately", budget, mode)
             if self.postmaster.stop("immediate", 10):
                 return {"stopped": True}
@@ -335,6 +342,13 @@ class Lifecycle:
             if self.postmaster.wait_gone(pid, 5):
                 return {"stopped": True}
         raise ActionFailed("PostgreSQL could not be stopped")
+
+    def discard_data(self, why: str) -> None:
+        """Empty the data directory so that election clones this replica afresh (never on a running server)."""
+        self.refuse_if_running()
+        log.warning("removing the data directory %s: %s (remove_data_directory_on_* is set)", self.data_dir, why)
+        remove_contents(self.data_dir)
+        raise ActionFailed(f"{why}: data directory removed, to be cloned again")
 
     def restart(self, timeout: float | None, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
         """Stop fast and start again in the role PostgreSQL had, re-rendering its configuration."""
@@ -404,6 +418,9 @@ class Lifecycle:
         if use_rewind is None:
             use_rewind = self.dynamic.use_pg_rewind
         if not use_rewind:
+            if self.cfg.postgresql.remove_data_directory_on_diverged_timelines:
+                self.discard_data(f"timeline {local_tl} is behind the leader's {leader_timeline} and "
+                                  "use_pg_rewind is off")
             log.warning("timeline %s is behind the leader's %s and use_pg_rewind is off; starting anyway",
                         local_tl, leader_timeline)
             return
@@ -419,6 +436,8 @@ class Lifecycle:
                            timeout=None, env=env)
         except CommandFailed as exc:
             log.error("pg_rewind from %s failed: %s", leader, exc)
+            if self.cfg.postgresql.remove_data_directory_on_rewind_failure:
+                self.discard_data(f"pg_rewind from {leader} failed")
             return
         log.info("pg_rewind from %s: %s", leader, " | ".join(out.strip().splitlines()[-2:]))
         if "same timeline" in out:

@@ -102,6 +102,22 @@ def test_failover_priority_decides_between_equal_replicas(tc):
     heal(tc)
 
 
+def test_a_nofailover_replica_never_takes_over(tc):
+    leader = heal(tc)
+    barred, other = [n for n in tc.nodes if n is not leader]
+    barred.extra["tags.nofailover"] = True
+    barred.prepare()
+    barred.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: tc.member(barred.name).get("tags", {}).get("nofailover") is True, 20, "the tag published")
+    leader.kill_tree()
+    assert tc.wait_leader(60, exclude=leader.name) is other
+    barred.extra["tags.nofailover"] = False
+    barred.prepare()
+    barred.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: not tc.member(barred.name).get("tags", {}).get("nofailover"), 20, "the tag withdrawn")
+    heal(tc)
+
+
 def test_primary_start_timeout_zero_fails_over_and_larger_restarts_in_place(tc):
     leader = heal(tc)
     patch_config_and_wait(leader, {"primary_start_timeout": 0})

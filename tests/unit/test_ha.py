@@ -444,3 +444,12 @@ def test_the_leader_keeps_the_failsafe_key_and_a_pinged_replica_does_not_race():
                                                                        failsafe).actions)
     race = ha.decide(cluster(leader=None), ha.Local(pg(), True, failsafe_leader="n2"), ME, failsafe)
     assert race.actions == () and "failsafe" in race.reason
+
+
+def test_a_new_replica_clones_from_a_clonefrom_replica_rather_than_the_leader():
+    c = cluster(leader="n2")
+    empty = local(pg(empty=True))
+    assert ha.decide(c, empty, ME, SETTINGS).actions == (ha.RunCreateReplica("n2"),)
+    donor = replace(member("n3"), data={**member("n3").data, "tags": {"clonefrom": True}})
+    c = replace(c, members={**c.members, "n3": donor})
+    assert ha.decide(c, empty, ME, SETTINGS).actions == (ha.RunCreateReplica("n3"),)
