@@ -45,17 +45,18 @@ def key_standbys(cluster: Cluster, leader: str) -> tuple[str, ...]:
 
 
 def candidates(replication: Iterable[Mapping[str, Any]], cluster: Cluster, me: str) -> list[str]:
-    """Members streaming from us that may be synchronous, most advanced first."""
-    rows = [r for r in replication if r.get("state") == "streaming" and r.get("application_name") != me]
-    rows.sort(key=lambda r: int(r.get("flush_lsn") or r.get("flush_location") or 0), reverse=True)
+    """Members streaming from us that may be synchronous, most advanced first (by their member keys)."""
     out = []
-    for row in rows:
+    for row in replication:
         name = str(row.get("application_name"))
         member = cluster.members.get(name)
-        if member is None or member.tags.get("nosync") or member.tags.get("nofailover"):
+        if row.get("state") != "streaming" or name == me or member is None:
             continue
-        out.append(name)
-    return out
+        if member.tags.get("nosync") or member.tags.get("nofailover"):
+            continue
+        out.append(member)
+    out.sort(key=lambda m: -int(m.data.get("xlog_location") or 0))  # stable: ties keep their order
+    return [m.name for m in out]
 
 
 def sync_now(replication: Iterable[Mapping[str, Any]]) -> set[str]:

@@ -94,3 +94,12 @@ def test_only_a_recorded_synchronous_standby_may_take_over():
     d = ha.decide(c, ha.Local(pg(), True, "", {"n1": peer("n1", wal=9000), "n3": peer("n3")}), n2, SYNC)
     assert ha.AcquireLock() in d.actions
     assert ha.AcquireLock() in ha.decide(c, local(pg()), ME, SETTINGS).actions  # asynchronous mode: anyone
+
+
+def test_candidates_come_most_advanced_first():
+    c = cluster(leader="n1")
+    behind = member("n2", wal=100)
+    ahead = member("n3", wal=9000)
+    c = replace(c, members={**c.members, "n2": behind, "n3": ahead})
+    assert sync.candidates(rows("n2", "n3"), c, "n1") == ["n3", "n2"]
+    assert sync.candidates(rows("n1", "n2"), c, "n1") == ["n2"]  # never ourselves
