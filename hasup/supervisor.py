@@ -490,6 +490,8 @@ class Supervisor:
         self.install_signals()
         limit_malloc_arenas()
         gc.collect()
+        for problem in self.deadlines.problems(self.config.watchdog.mode != "off"):
+            log.error("timing: %s", problem)  # the bootstrap timing; etcd's, once read, is checked again
         for role in self.roles:
             self.spawn(role)
         while True:
