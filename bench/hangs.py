@@ -8,7 +8,7 @@ lacks, and, for the frozen supervisor, how long before the leader key's
 expiry minus safety_margin the emulated watchdog fired.
 
     python bench/hangs.py --profile tight --faults freeze_pg,freeze_tree --runs 5
-    python bench/hangs.py --profile defaults --faults freeze_pg --runs 3
+    python bench/hangs.py --profile defaults --faults freeze_pg --runs 3 [--sync]
     python bench/hangs.py --profile defaults --pgbench-minutes 10   # a busy primary is never fenced
 """
 
@@ -121,11 +121,13 @@ def main() -> int:
     ap.add_argument("--faults", default="freeze_pg,freeze_tree", help="comma-separated: freeze_pg, freeze_tree")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--pgbench-minutes", type=float, default=0.0, help="instead of faults: a busy primary")
+    ap.add_argument("--sync", action="store_true", help="synchronous_mode: on (lost writes must be 0)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     become_subreaper()
     timing, margin = PROFILES[args.profile]
-    dcs = {**timing, "maximum_lag_on_failover": 1048576, "postgresql": {"use_pg_rewind": True, "use_slots": False}}
+    dcs = {**timing, "maximum_lag_on_failover": 1048576, "synchronous_mode": args.sync,
+           "postgresql": {"use_pg_rewind": True, "use_slots": False}}
     results: dict[str, object] = {"profile": args.profile, "settings": dcs, "safety_margin": margin,
                                   "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     c = TestCluster(3, dcs=dcs)
@@ -146,7 +148,7 @@ def main() -> int:
                     print(json.dumps(r), flush=True)
                     runs.append(r)
             results["runs"] = runs
-            name = f"hangs-{args.profile}.json"
+            name = f"hangs-{args.profile}{'-sync' if args.sync else ''}.json"
     finally:
         c.destroy()
         emu.stop()
