@@ -328,6 +328,7 @@ class Node:
         return prefix + list(argv)
 
     def start(self) -> None:
+        reap_zombies()  # a zombie postmaster of an earlier run would keep PostgreSQL from starting
         self.prepare()
         log = open(self.log_path, "ab")
         kwargs: dict[str, Any] = {}
@@ -382,11 +383,19 @@ class Node:
         """SIGKILL the whole node at once: freeze first so nothing forks or reacts."""
         pids = sorted(self.processes())
         kill_pids(pids, signal.SIGSTOP)
-        kill_pids(sorted(self.processes() | set(pids)), signal.SIGKILL)
+        pids = sorted(self.processes() | set(pids))
+        kill_pids(pids, signal.SIGKILL)
         if self.proc is not None:
             self.proc.wait(10)
         wait_for(lambda: not self.processes(), 10, f"{self.name}'s processes to die")
-        reap_zombies()
+        me = os.getpid()
+
+        def reaped() -> bool:
+            # They reach us (the subreaper) as zombies only once their parents are gone, and PostgreSQL
+            # takes an unreaped zombie postmaster for a running one: a restart would refuse to start.
+            reap_zombies()
+            return not any((st := proc_stat(p)) is not None and st[1] == me and st[0] == "Z" for p in pids)
+        wait_for(reaped, 10, f"{self.name}'s processes to be reaped")
 
     def stop(self, timeout: float = 90) -> None:
         if self.pid:
