@@ -318,7 +318,7 @@ class FenceDone(Message):
 class AdminRequest(Message):
     """api -> election: an operator's request (/restart, /reinitialize) that election must carry out.
 
-    action is "restart", "cancel_restart" or "reinitialize"; params are already validated by the api.
+    action is "restart", "cancel_restart", "reinitialize" or "failsafe"; params are already validated by the api.
     """
 
     ROUTE = ("election",)

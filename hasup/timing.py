@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hasup.watchdog.lease import device_timeout, effective_safety_margin, settings_problem
+from hasup.watchdog.lease import MAX_PET_INTERVAL, device_timeout, effective_safety_margin, settings_problem
 
 PROBE_INTERVAL = 1.0  # a healthy PostgreSQL is probed this often
 PROBE_TIMEOUT = 1.0  # a trivial read-only query that takes longer counts as a failed probe
@@ -33,7 +33,7 @@ MIN_HEALTH_DEADLINE = FAILED_PROBES_TO_FENCE * PROBE_TIMEOUT + PROBE_INTERVAL
 # killed with its process group. Hooks move a VIP, update DNS or pgbouncer: seconds. A minute, like
 # pg_ctl_timeout's default, leaves room for a slow retry yet ends a hung script; nothing waits for it.
 DEFAULT_CALLBACK_TIMEOUT = 60.0
-ELECTION_PING_INTERVAL = 0.5  # the election heartbeat is short: ping it often enough to measure it
+FAST_PING_INTERVAL = 0.5  # the election and watchdog heartbeats are short: ping them often enough to measure
 PING_INTERVAL = 2.0
 MAX_ELECTION_HEARTBEAT = 5.0
 POSTGRES_HEARTBEAT = 5.0  # its loop blocks on one probe (1 s) or one pg_controldata at most
@@ -63,7 +63,7 @@ class Deadlines:
     def election_budget(self) -> float:
         """Seconds from a frozen election worker's last answer until a replacement must have renewed."""
         earliest_reset = self.ttl - self.safety_margin - EPSILON - 1.0
-        return earliest_reset - self.loop_wait - RESPAWN - ELECTION_PING_INTERVAL
+        return earliest_reset - self.loop_wait - RESPAWN - FAST_PING_INTERVAL
 
     @property
     def election_heartbeat(self) -> float:
@@ -75,13 +75,25 @@ class Deadlines:
         """How long a worker may go without answering a ping before it is replaced."""
         if role == "election":
             return self.election_heartbeat
+        if role == "watchdog":
+            return self.watchdog_heartbeat
         if role == "postgres":
             return POSTGRES_HEARTBEAT
         return OTHER_HEARTBEAT
 
+    @property
+    def watchdog_heartbeat(self) -> float:
+        """A frozen watchdog worker holds the device open without petting it: the device fires W after the
+        last pet (at most MAX_PET_INTERVAL before the freeze) unless a replacement opens and pets it first.
+        Its loop makes no I/O beyond the device, so a short heartbeat is safe."""
+        w = self.watchdog_timeout
+        if w is None:
+            return OTHER_HEARTBEAT
+        return max(1.0, min(OTHER_HEARTBEAT, w - MAX_PET_INTERVAL - FAST_PING_INTERVAL - RESPAWN - EPSILON))
+
     @staticmethod
     def ping_interval(role: str) -> float:
-        return ELECTION_PING_INTERVAL if role == "election" else PING_INTERVAL
+        return FAST_PING_INTERVAL if role in ("election", "watchdog") else PING_INTERVAL
 
     @property
     def pg_report_max_age(self) -> float:

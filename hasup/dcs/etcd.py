@@ -37,13 +37,17 @@ _RETRYABLE = (
 class _NoRetries:
     """urllib3 retries a timed-out request 3 more times on its own, which would
     stretch one attempt to 4x its timeout and break the retry_timeout bound.
-    We retry ourselves, across endpoints, within that bound."""
+    We retry ourselves, across endpoints, within that bound.  A plain number
+    as timeout bounds the connect and the read each (2x per attempt): it
+    becomes a total."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         kwargs["retries"] = False
+        if isinstance(kwargs.get("timeout"), int | float):
+            kwargs["timeout"] = urllib3.Timeout(total=kwargs["timeout"])
         return getattr(self._pool, name)(*args, **kwargs)
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
@@ -99,9 +103,9 @@ class EtcdStore:
         last: Exception | None = None
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining < 0.2:  # too little for an attempt: one would overrun the bound the leader relies on
                 raise DCSError(f"etcd is not responding properly: {last}")
-            timeout = min(per_try, max(0.2, remaining))
+            timeout = min(per_try, remaining)
             try:
                 if self._client is None:
                     self._client = self._make_client(timeout)

@@ -38,6 +38,15 @@ def ppid_of(pid: int) -> int | None:
         return None
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -61,6 +70,7 @@ class Emulator:
         self.deadline: float | None = None  # monotonic; None = disarmed
         self.timeout = default_timeout
         self.node_root: int | None = None  # the supervisor of the client's node
+        self.node_root_started: int | None = None
         self.magic = False
 
     def record(self, event: str, **fields: object) -> None:
@@ -99,6 +109,7 @@ class Emulator:
         pid = SO_PEERCRED_FMT.unpack(creds)[0]
         # The client is the watchdog worker; its parent is the node's supervisor.
         self.node_root = ppid_of(pid) or pid
+        self.node_root_started = start_time(self.node_root)
         self.magic = False
         if self.deadline is None:
             self.timeout = self.default_timeout
@@ -113,7 +124,10 @@ class Emulator:
             self.record("closed_armed")  # like the kernel: a close without "V" keeps the timer running
 
     def fire(self) -> None:
-        victims = tree(self.node_root) if self.node_root else []
+        # A node already dead (SIGKILLed, say) has nothing left to reset, and its pids may belong to
+        # someone else by now: a real reset would hit that machine only.
+        alive = self.node_root is not None and start_time(self.node_root) == self.node_root_started
+        victims = tree(self.node_root) if alive and self.node_root else []
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGSTOP)  # freeze everything first, as a reset stops all at once
@@ -154,17 +168,19 @@ class Emulator:
                     self.connected(conn)
                     continue
                 conn = key.fileobj  # type: ignore[assignment]
-                data = conn.recv(4096)
+                try:
+                    data = conn.recv(4096)
+                    buffers[conn] += data
+                    while b"\n" in buffers[conn]:
+                        line, buffers[conn] = buffers[conn].split(b"\n", 1)
+                        conn.sendall((self.handle(line.decode()) + "\n").encode())
+                except OSError:  # a client killed with unread replies resets the connection: it is gone all the same
+                    data = b""
                 if not data:
                     sel.unregister(conn)
                     buffers.pop(conn, None)
                     conn.close()
                     self.disconnected()
-                    continue
-                buffers[conn] += data
-                while b"\n" in buffers[conn]:
-                    line, buffers[conn] = buffers[conn].split(b"\n", 1)
-                    conn.sendall((self.handle(line.decode()) + "\n").encode())
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.fire()
         self.record("stopped")

@@ -22,6 +22,13 @@ from dataclasses import dataclass
 
 # Linux watchdog timeouts are whole seconds; below one there is nothing left to set.
 MIN_TIMEOUT = 1
+# Pets come every timeout/2, but at least this often: a frozen watchdog worker then leaves the device
+# nearly its whole timeout, which is the supervisor's time to replace it (hasup.timing).
+MAX_PET_INTERVAL = 1.0
+
+
+def pet_interval(timeout: float) -> float:
+    return min(timeout / 2, MAX_PET_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,16 @@ def settings_problem(ttl: float, loop_wait: float, retry_timeout: float, safety_
     """Why these timings cannot drive a watchdog safely, or None.
 
     A slow but healthy renewal (loop_wait, then up to retry_timeout) must land
-    before petting has to stop, or every slow etcd answer resets the node.
+    before the device can fire.  Whole-second timeouts make it fire up to
+    MIN_TIMEOUT + epsilon before the limit (`fitting_timeout`), so that much
+    comes off the room too; without it, an etcd answer that takes the whole
+    retry_timeout (or a failsafe round after it) resets a healthy leader.
     """
-    if loop_wait + retry_timeout + epsilon > ttl - safety_margin:
-        return (f"loop_wait + retry_timeout + {epsilon:g} must not exceed ttl - safety_margin "
-                f"({loop_wait:g} + {retry_timeout:g} + {epsilon:g} > {ttl:g} - {safety_margin:g})")
+    slack = epsilon + MIN_TIMEOUT
+    if loop_wait + retry_timeout + slack > ttl - safety_margin:
+        return (f"loop_wait + retry_timeout + {slack:g} must not exceed ttl - safety_margin "
+                f"({loop_wait:g} + {retry_timeout:g} + {slack:g} > {ttl:g} - {safety_margin:g}; the {slack:g} s is "
+                "the watchdog's whole-second granularity and the check-to-pet allowance)")
     return None
 
 

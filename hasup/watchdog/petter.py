@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from hasup.watchdog.lease import MIN_TIMEOUT, LeaseRule
+from hasup.watchdog.lease import MIN_TIMEOUT, LeaseRule, pet_interval
 
 
 class DeviceError(Exception):
@@ -87,13 +87,19 @@ class Petter:
                 target = min(target, self.full - 1)  # float rounding must not contradict may_pet
         return target if target is not None and target >= self.shortest else None
 
+    def _interval(self, target: int) -> float:
+        """Full pets come often (a frozen worker then leaves the device nearly all of it: hasup.timing);
+        shorter ones, near the lease's end, every current/2 as their whole-second windows need."""
+        assert self.current is not None
+        return pet_interval(self.current) if target == self.full == self.current else self.current / 2
+
     def _due(self, now: float, target: int) -> bool:
         assert self.last_pet is not None and self.current is not None and self.earliest_deadline is not None
         assert self.valid_until is not None
         if target > self.current:
             # A renewal lets a longer timeout fit again: take it at once, the short deadline may be close.
             return True
-        if now < self.last_pet + self.current / 2:
+        if now < self.last_pet + self._interval(target):
             return False
         if target < self.full and now < self.rule.latest_start(target, self.valid_until) - WAKE_SLACK:
             # Whole seconds: early in the span where `target` fits, it would end up to 1 s short of
@@ -125,8 +131,9 @@ class Petter:
     def next_due(self) -> float | None:
         """When step() next pets (monotonic, maybe already past); None: nothing to pet until a new lease.
 
-        Mirrors step(): a full pet every current/2; a longer timeout at once; a shorter one at the
-        start of its last WAKE_SLACK seconds, and only if it ends later than the pet in force.
+        Mirrors step(): a full pet every pet_interval(current); a longer timeout at once; a shorter one
+        current/2 after the last pet, at the start of its last WAKE_SLACK seconds, and only if it ends later
+        than the pet in force.
         """
         if not self.armed or self.valid_until is None or self.last_pet is None or self.current is None:
             return None
@@ -135,12 +142,19 @@ class Petter:
         target = self._target(now)
         if target is not None and target > self.current:
             return now
-        at = max(now, self.last_pet + self.current / 2)
+        at = max(now, self.last_pet + pet_interval(self.current))
         target = self._target(at)
+        if target != self.full:
+            at = max(now, self.last_pet + self.current / 2)
+            target = self._target(at)
         if target is None:
             return None
         if target < self.full:
-            at = max(at, self.rule.latest_start(target, self.valid_until) - WAKE_SLACK)
+            end = self.rule.latest_start(target, self.valid_until)
+            at = max(at, end - WAKE_SLACK)
+            if at + target <= self.earliest_deadline:
+                # A late full pet can leave the window's opening no better than the pet in force.
+                at = max(at, end - WAKE_SLACK / 2)
         return at if at + target > self.earliest_deadline else None
 
     def _arm(self) -> PetResult:

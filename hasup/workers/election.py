@@ -45,7 +45,8 @@ class ElectionWorker:
         self.me = node_of(cfg)
         self.dynamic, _ = parse_dynamic(cfg.bootstrap.dcs)
         # etcd and peer calls run on a helper thread so the loop keeps answering its (short) heartbeat.
-        self.offload = Offloader(ctx, lambda: self.dynamic.retry_timeout + 2.0)
+        self.offload = Offloader(ctx, lambda: self.dynamic.retry_timeout + 2.0,
+                                urgent=self.urgent)
         self.raw_store = EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
         self.store = cast(EtcdStore, OffloadedProxy(self.raw_store, self.offload))
         self.wake_r, self.wake_w = os.pipe()
@@ -135,6 +136,7 @@ class ElectionWorker:
         self.pg_received = time.monotonic()
         self.pg_outdated = False
         self.fencing.on_pgstate(state)
+        self.maybe_disarm()
         # A restarted postgres worker lost whatever it was doing for us.
         for rid, (_req, pid) in list(self.pending.items()):
             if pid is not None and state.worker_pid != pid:
@@ -376,9 +378,9 @@ class ElectionWorker:
             self.lease_seq += 1
             ipc.send_datagram(self.ctx.lease_sock, msg, self.lease_seq)
 
-    def maybe_disarm(self) -> None:
+    def maybe_disarm(self, pg: ipc.PgState | None = None) -> None:
         """Disarm only once PostgreSQL is confirmed not to be a running primary and we do not lead."""
-        pg = self.pg
+        pg = pg or self.pg
         if self.leased and not self.holds_lock() and pg is not None \
                 and not (pg.role == "primary" and pg.state not in ("stopped", "crashed")):
             self.send_watchdog(ipc.Disarm(f"postgres is {pg.state} as {pg.role}"))
@@ -560,7 +562,27 @@ class ElectionWorker:
         key = "failover" if c.leader.name == self.me.name else "leader"
         self.watch.arm(key, c.etcd_index + 1 if key == "failover" else c.watch_index, until)
 
+    def urgent(self, env: ipc.Envelope) -> bool:
+        """What cannot wait for an etcd call to end (Offloader); True when the message was consumed."""
+        if isinstance(env.message, ipc.PgState):
+            # A leader cut off from etcd demoted and its PostgreSQL is down: disarm now, not after the next
+            # read times out, or the device (armed until the lease runs out) resets the node for nothing.
+            self.maybe_disarm(env.message)
+            return False  # still handled in order once the call returns
+        return self.answer_failsafe_ping(env.message)
+
+    def answer_failsafe_ping(self, msg: ipc.Message) -> bool:
+        """Answer POST /failsafe at once, even in the middle of an etcd call (see Offloader)."""
+        if not (isinstance(msg, ipc.AdminRequest) and msg.action == "failsafe"):
+            return False
+        code, text = self.failsafe.on_ping(str(msg.params.get("name") or ""), self.pg, self.dynamic.ttl) \
+            if self.dynamic.failsafe_mode else (502, "Failsafe mode is not enabled")
+        self.ctx.channel.send_now(ipc.AdminReply(msg.id, code, text))
+        return True
+
     def on_message(self, msg: ipc.Message) -> None:
+        if self.answer_failsafe_ping(msg):
+            return
         if isinstance(msg, ipc.PgState):
             self.on_pgstate(msg)
         elif isinstance(msg, ipc.WatchdogState):
@@ -575,10 +597,6 @@ class ElectionWorker:
                 if self.holds_lock():
                     self.release_lock()  # a replica can take over at once: nothing of ours can commit now
             self.run_now = True
-        elif isinstance(msg, ipc.AdminRequest) and msg.action == "failsafe":
-            code, text = self.failsafe.on_ping(str(msg.params.get("name") or ""), self.pg, self.dynamic.ttl) \
-                if self.dynamic.failsafe_mode else (502, "Failsafe mode is not enabled")
-            self.ctx.channel.send_now(ipc.AdminReply(msg.id, code, text))
         elif isinstance(msg, ipc.AdminRequest):
             self.desk.handle(msg)
             self.run_now = True  # publish what changed (busy, a scheduled restart) at once

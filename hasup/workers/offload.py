@@ -6,7 +6,10 @@ election worker has to be replaced before the watchdog resets the node
 (hasup.timing).  So each call runs on one helper thread and the loop keeps
 pumping the supervisor pipe meanwhile, answering pings.  Anything else that
 arrives is kept for the loop to handle after the call, in order, so no
-handler ever runs in the middle of another.
+handler ever runs in the middle of another, except what `urgent` takes:
+a request that must be answered within a peer's timeout and touches
+nothing a handler could be in the middle of (a failsafe ping: its sender
+is cut off from etcd and resets itself unless every member answers).
 
 Pings are answered only while the call is within its bound: a call stuck
 past it must look like the hang it is, and get the worker replaced.
@@ -27,9 +30,11 @@ T = TypeVar("T")
 
 
 class Offloader:
-    def __init__(self, ctx: WorkerContext, bound: Callable[[], float]) -> None:
+    def __init__(self, ctx: WorkerContext, bound: Callable[[], float],
+                 urgent: Callable[[ipc.Envelope], bool] = lambda env: False) -> None:
         self.ctx = ctx
         self.bound = bound  # seconds one call may take before we stop vouching for the worker
+        self.urgent = urgent  # handles an envelope at once and says so, or leaves it for later
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{ctx.role}-io")
         self.deferred: list[ipc.Envelope] = []
         self.wake_r, self.wake_w = os.pipe()
@@ -43,7 +48,8 @@ class Offloader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break  # stop answering pings: from here on only the call's own return helps
-            self.deferred.extend(pump(self.ctx, remaining, extra=[self.wake_r]))
+            self.deferred.extend(env for env in pump(self.ctx, remaining, extra=[self.wake_r])
+                                 if not self.urgent(env))
         self._drain_wake()
         return future.result()
 

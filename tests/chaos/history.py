@@ -102,6 +102,29 @@ class NemesisReport:
 
 
 @dataclass(frozen=True)
+class LossWindow:
+    """Acknowledged writes of one node, missing from the end, that were acknowledged without a break.
+
+    `explained` when they are the tail of the node's uninterrupted run of
+    acknowledged writes (later writes of that run are missing too: only the
+    end of its WAL stream did not reach the new primary) and the tail began
+    at most REPLICATION_SLACK before a fault, no later than its heal.  That
+    is the asynchronous replication window: what a primary acknowledged but
+    had not shipped when it lost its role.  Anything else has no excuse.
+    """
+
+    node: str
+    values: tuple[int, ...]
+    first_ack: float
+    last_ack: float
+    nemesis: str | None
+    explained: bool
+
+
+REPLICATION_SLACK = 1.0  # seconds of acknowledged-but-unshipped WAL a healthy asynchronous replica may trail by
+
+
+@dataclass(frozen=True)
 class Verdict:
     acknowledged: int
     lost: tuple[int, ...]  # acknowledged, missing from the final primary, no rewind to blame
@@ -110,6 +133,11 @@ class Verdict:
     failed_but_present: tuple[int, ...]  # reported as certainly failed, yet committed
     unknown_present: tuple[int, ...]  # in the final table but never attempted
     nemeses: tuple[NemesisReport, ...] = field(default=())
+    loss_windows: tuple[LossWindow, ...] = field(default=())
+
+    @property
+    def losses_explained(self) -> bool:
+        return all(w.explained for w in self.loss_windows)
 
     @property
     def all_healed(self) -> bool:
@@ -128,6 +156,10 @@ class Verdict:
             healed = f"healed in {n.healed_in:.1f}s" if n.healed_in is not None else "NOT healed"
             lines.append(f"  {n.name:<24} longest gap {n.longest_gap:6.2f}s  {healed}"
                          + ("" if n.healed_within_bound else "  (over the bound)"))
+        for w in self.loss_windows:
+            why = f"in the replication window of {w.nemesis}" if w.explained else "UNEXPLAINED"
+            lines.append(f"  {len(w.values)} acknowledged by {w.node} in ({w.first_ack:.3f}, {w.last_ack:.3f}) "
+                         f"missing: {why}")
         for d in self.dual_primary:
             lines.append(f"  dual primary {d.first}/{d.second} in ({d.start:.3f}, {d.end:.3f}) witness {d.witness}")
         return "\n".join(lines)
@@ -138,6 +170,7 @@ def check(history: History, heal_bound: float) -> Verdict:
     missing = [op for op in acked if op.value not in history.final]
     discarded = {op.value for op in missing if _rewound(op, history.rewinds)}
     attempted = {op.value for op in history.ops}
+    missing_values = {op.value for op in missing}
     return Verdict(
         acknowledged=len(acked),
         lost=tuple(sorted(op.value for op in missing if op.value not in discarded)),
@@ -147,6 +180,7 @@ def check(history: History, heal_bound: float) -> Verdict:
                                         if op.outcome is Outcome.FAILED and op.value in history.final)),
         unknown_present=tuple(sorted(history.final - attempted)),
         nemeses=tuple(_nemesis_reports(history, acked, heal_bound)),
+        loss_windows=tuple(loss_windows(history.ops, missing_values, history.nemeses)),
     )
 
 
@@ -184,6 +218,39 @@ def dual_primaries(ops: Iterable[Op]) -> list[DualPrimary]:
                 if i < len(acked) and acked[i].end < a2.start:
                     found.append(DualPrimary(node, other, a1.end, a2.start, acked[i].value))
     return _merge(found)
+
+
+def loss_windows(ops: Iterable[Op], missing: set[int], nemeses: Iterable[Nemesis]) -> list[LossWindow]:
+    """Group missing acknowledged writes by node and uninterrupted run, and say whether each is a
+    replication window (see LossWindow)."""
+    by_node: dict[str, list[Op]] = defaultdict(list)
+    for op in ops:
+        by_node[op.node].append(op)
+    faults = sorted(nemeses, key=lambda n: n.start)
+    windows: list[LossWindow] = []
+    for node, attempts in sorted(by_node.items()):
+        attempts.sort(key=lambda o: o.start)
+        run: list[Op] = []
+        for op in [*attempts, None]:
+            if op is not None and op.outcome is Outcome.OK:
+                run.append(op)
+                continue
+            windows.extend(_windows_of_run(node, run, missing, faults))
+            run = []
+    return sorted(windows, key=lambda w: w.first_ack)
+
+
+def _windows_of_run(node: str, run: list[Op], missing: set[int], faults: list[Nemesis]) -> list[LossWindow]:
+    lost = [i for i, op in enumerate(run) if op.value in missing]
+    if not lost:
+        return []
+    tail = run[lost[0]:]
+    is_tail = len(lost) == len(tail)
+    first, last = tail[0].end, run[lost[-1]].end
+    fault = next((n for n in reversed(faults) if n.start - REPLICATION_SLACK <= first), None)
+    explained = is_tail and fault is not None and first <= fault.heal
+    values = tuple(run[i].value for i in lost)
+    return [LossWindow(node, values, first, last, fault.name if fault else None, explained)]
 
 
 def _merge(windows: list[DualPrimary]) -> list[DualPrimary]:

@@ -1,9 +1,12 @@
 """Faults for the chaos suite, on a TestCluster placed on network-namespace hosts.
 
-Each nemesis is an inject/heal pair acting on the leader at injection time.
-Partitions take the leader's port on the bridge down inside the bridge's
-namespace: the leader's host keeps its address and its local clients (the
-workload's writer for it), but reaches nobody and nobody reaches it.
+Each nemesis injects a fault aimed at the current leader (or, for the
+replica and etcd faults, beside it) and returns a Fault that knows how long
+to keep it in place (`hold`) and how to take it away (`heal`).  Partitions
+drop packets with nftables inside the cut-off host's namespace: the host
+keeps its address and its local clients (the workload's writer for it).
+A fault that kills a node leaves it down; the runner restarts every node
+that is down after healing, as systemd's Restart= would.
 """
 
 from __future__ import annotations
@@ -11,21 +14,41 @@ from __future__ import annotations
 import json
 import random
 import signal
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tests.harness import Node, TestCluster, descendants, kill_pids
-from tests.harness.netns import Network, in_netns, ip
+from tests.harness import Node, TestCluster, alive, descendants, kill_pids, wait_for
+from tests.harness.emulators import Emulators
+from tests.harness.netns import Network, in_netns
+
+WORKERS = ("election", "postgres", "watchdog", "api")
+KINDS = ("partition-leader", "partition-leader-etcd", "partition-replica-etcd", "sigkill-leader-tree",
+         "sigstop-leader-hasup", "sigstop-leader-postgres", "etcd-down", "etcd-down-failsafe", "switchover",
+         *(f"sigstop-{role}-worker" for role in WORKERS))
 
 
 @dataclass
 class Fault:
-    """The state an injected fault needs to heal itself."""
+    """An injected fault: `hold` returns once it has been in place long enough, `heal` removes it."""
 
     name: str
     target: str
+    hold: Callable[[], None]
     heal: Callable[[], None]
+    notes: list[str] = field(default_factory=list)  # what the cluster did about it, for the report
+
+
+def nothing() -> None:
+    pass
+
+
+def hold_for(seconds: float) -> Callable[[], None]:
+    """A fault's duration: this is the experiment's parameter, not a wait for the system to react."""
+    def hold() -> None:
+        time.sleep(seconds)
+    return hold
 
 
 @dataclass
@@ -33,34 +56,124 @@ class Nemeses:
     tc: TestCluster
     net: Network
     rng: random.Random
-    synchronous: bool = True
+    synchronous: bool
+    emulators: Emulators  # a frozen supervisor can only be stopped by its watchdog: every node has one
     stopped: set[int] = field(default_factory=set)  # SIGSTOPped pids, resumed on heal (and at teardown)
 
-    def _port(self, node: Node) -> str:
-        return f"p{list(self.net.hosts).index(node.name)}"
+    @property
+    def ttl(self) -> float:
+        return float(self.tc.dcs["ttl"])
 
-    def _link(self, node: Node, state: str) -> None:
-        ip("-n", self.net.bridge_ns, "link", "set", self._port(node), state)
+    def all(self) -> dict[str, Callable[[Node], Fault]]:
+        faults: dict[str, Callable[[Node], Fault]] = {
+            "partition-leader": self.partition_leader,
+            "partition-leader-etcd": self.partition_leader_from_etcd,
+            "partition-replica-etcd": self.partition_replica_from_etcd,
+            "sigkill-leader-tree": self.kill_leader,
+            "sigstop-leader-hasup": self.stop_leader_hasup,
+            "sigstop-leader-postgres": self.stop_leader_postgres,
+            "etcd-down": self.stop_etcd,
+            "etcd-down-failsafe": self.stop_etcd_with_failsafe,
+            "switchover": self.switchover,
+        }
+        faults.update({f"sigstop-{role}-worker": self._stop_worker(role) for role in WORKERS})
+        assert tuple(faults) == KINDS
+        return faults
+
+    # -- partitions -------------------------------------------------------------------
+
+    def _new_leader_or(self, old: Node, seconds: float) -> Callable[[], None]:
+        def hold() -> None:
+            self.tc.wait_leader(seconds, exclude=old.name)
+        return hold
 
     def partition_leader(self, leader: Node) -> Fault:
-        self._link(leader, "down")
-        return Fault("partition-leader", leader.name, lambda: self._link(leader, "up"))
+        self.net.cut(leader.name, [h for h in self.net.hosts if h != leader.name])
+        return Fault("partition-leader", leader.name, self._new_leader_or(leader, 60),
+                     lambda: self.net.heal(leader.name))
+
+    def partition_leader_from_etcd(self, leader: Node) -> Fault:
+        """The leader still reaches its replicas (and they it), but not etcd: it must step down by itself."""
+        self.net.cut(leader.name, ["etcd"])
+        return Fault("partition-leader-etcd", leader.name, self._new_leader_or(leader, 60),
+                     lambda: self.net.heal(leader.name))
+
+    def partition_replica_from_etcd(self, leader: Node) -> Fault:
+        replica = self.rng.choice([n for n in self.tc.nodes if n is not leader])
+        self.net.cut(replica.name, ["etcd"])
+        return Fault("partition-replica-etcd", replica.name, hold_for(1.5 * self.ttl),
+                     lambda: self.net.heal(replica.name))
+
+    # -- processes --------------------------------------------------------------------
+
+    def _freeze(self, pids: list[int]) -> Callable[[], None]:
+        self.stopped.update(pids)
+        kill_pids(pids, signal.SIGSTOP)
+
+        def thaw() -> None:
+            kill_pids(pids, signal.SIGCONT)  # whatever is left of them (SIGKILL works on stopped processes)
+            self.stopped.difference_update(pids)
+        return thaw
 
     def kill_leader(self, leader: Node) -> Fault:
         leader.kill_tree()
-        return Fault("sigkill-leader-tree", leader.name, leader.start)
+        return Fault("sigkill-leader-tree", leader.name, self._new_leader_or(leader, 60), nothing)
 
     def stop_leader_postgres(self, leader: Node) -> Fault:
         pm = leader.postmaster_pid()
         assert pm, f"{leader.name} has no postmaster"
-        pids = [pm, *descendants(pm)]
-        self.stopped.update(pids)
-        kill_pids(pids, signal.SIGSTOP)  # hasup should fence it after postgresql.health_deadline
+        thaw = self._freeze([pm, *descendants(pm)])  # hasup should fence it after postgresql.health_deadline
+
+        def hold() -> None:
+            wait_for(lambda: not alive(pm), 30, f"{leader.name}'s frozen PostgreSQL to be fenced")
+        return Fault("sigstop-leader-postgres", leader.name, hold, thaw)
+
+    def stop_leader_hasup(self, leader: Node) -> Fault:
+        """Freeze the supervisor and every worker, not PostgreSQL: it keeps serving, so only the watchdog
+        can stop it before the leader key expires and a replica is promoted."""
+        pm = leader.postmaster_pid()
+        postgres = {pm, *descendants(pm)} if pm else set()
+        thaw = self._freeze(sorted(leader.processes() - postgres))
+        return Fault("sigstop-leader-hasup", leader.name, hold_for(1.5 * self.ttl), thaw)
+
+    def _stop_worker(self, role: str) -> Callable[[Node], Fault]:
+        def inject(leader: Node) -> Fault:
+            pid = leader.worker_pid(role)
+            assert pid, f"{leader.name} has no {role} worker"
+            thaw = self._freeze([pid])
+
+            def hold() -> None:
+                # The supervisor replaces a worker that stops answering; the fault ends then or at 1.5 x ttl.
+                deadline = time.monotonic() + 1.5 * self.ttl
+                while alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            return Fault(f"sigstop-{role}-worker", leader.name, hold, thaw)
+        return inject
+
+    # -- etcd -------------------------------------------------------------------------
+
+    def stop_etcd(self, leader: Node) -> Fault:
+        assert self.tc.etcd.proc is not None
+        thaw = self._freeze([self.tc.etcd.proc.pid])
+        return Fault("etcd-down", leader.name, hold_for(1.5 * self.ttl), thaw)
+
+    def stop_etcd_with_failsafe(self, leader: Node) -> Fault:
+        """failsafe_mode on for this fault only: the leader should keep serving while every member answers."""
+        self._patch_config(leader, {"failsafe_mode": True})
+        wait_for(lambda: self.tc.etcd.value(self.tc.key("failsafe")), 30, "the leader to write the failsafe key")
+        fault = self.stop_etcd(leader)
+        thaw = fault.heal
 
         def heal() -> None:
-            kill_pids(pids, signal.SIGCONT)  # whatever the fence left (SIGKILL works on stopped processes)
-            self.stopped.difference_update(pids)
-        return Fault("sigstop-leader-postgres", leader.name, heal)
+            thaw()
+            now_leader = self.tc.wait_leader(60)
+            self._patch_config(now_leader, {"failsafe_mode": False})
+        return Fault("etcd-down-failsafe", leader.name, fault.hold, heal)
+
+    def _patch_config(self, node: Node, patch: dict[str, object]) -> None:
+        self._post(node, "/config", patch, method="PATCH")
+
+    # -- operator ---------------------------------------------------------------------
 
     def switchover(self, leader: Node) -> Fault:
         replicas = [n for n in self.tc.nodes if n is not leader]
@@ -69,21 +182,20 @@ class Nemeses:
             # Only the synchronous standby is a valid target in synchronous mode.
             sync = json.loads(self.tc.etcd.value(self.tc.key("sync")) or "{}").get("sync_standby")
             candidate = next((n for n in replicas if n.name == sync), candidate)
-        body = json.dumps({"leader": leader.name, "candidate": candidate.name}).encode()
+        self._post(leader, "/switchover", {"leader": leader.name, "candidate": candidate.name})
+        return Fault("switchover", leader.name, nothing, nothing)
+
+    def _post(self, node: Node, path: str, body: dict[str, object], method: str = "POST") -> None:
+        data = json.dumps(body).encode()
 
         def post() -> tuple[int, str]:
-            req = urllib.request.Request(f"http://{leader.host}:{leader.api_port}/switchover", data=body,
-                                         method="POST", headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(f"http://{node.host}:{node.api_port}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
             with opener.open(req, timeout=60) as resp:
                 return resp.status, resp.read().decode()
-        status, text = in_netns(leader.netns, post) if leader.netns else post()
-        assert status == 200, (status, text)
-        return Fault("switchover", leader.name, lambda: None)
-
-    def all(self) -> dict[str, Callable[[Node], Fault]]:
-        return {"partition-leader": self.partition_leader, "sigkill-leader-tree": self.kill_leader,
-                "sigstop-leader-postgres": self.stop_leader_postgres, "switchover": self.switchover}
+        status, text = in_netns(node.netns, post) if node.netns else post()
+        assert status == 200, (path, status, text)
 
     def resume_all(self) -> None:
         kill_pids(sorted(self.stopped), signal.SIGCONT)

@@ -162,3 +162,46 @@ def test_the_longest_gap_counts_a_fault_after_which_writes_never_resumed():
     verdict = check(History(tuple(r.ops), frozenset(r.acked()), nemeses=(Nemesis("kill", 1.0, 1.0, 3.0),),
                             end=4.0), heal_bound=5)
     assert verdict.nemeses[0].longest_gap == 3.0
+
+
+def partitioned_async_primary() -> tuple[Recorder, list[int], list[int]]:
+    """n1 acknowledges writes alone after a partition at 1.0 (asynchronous), n2 takes over at 3.0."""
+    r = Recorder()
+    shipped = r.run("n1", 0.0, 1.0)
+    unshipped = r.run("n1", 1.0, 1.4)  # acknowledged on the cut-off primary until it steps down
+    r.run("n1", 1.4, 6.0, FAILED)
+    r.run("n2", 0.0, 3.0, FAILED)
+    r.run("n2", 3.0, 6.0)
+    return r, shipped, unshipped
+
+
+def test_a_lost_tail_acknowledged_after_a_fault_is_its_replication_window():
+    r, _, unshipped = partitioned_async_primary()
+    partition = Nemesis("partition-leader", 1.0, 4.0, 5.0)
+    final = frozenset(r.acked()) - set(unshipped)
+    verdict = check(History(tuple(r.ops), final, nemeses=(partition,)), heal_bound=10)
+    (window,) = verdict.loss_windows
+    assert window.node == "n1" and window.values == tuple(unshipped)
+    assert window.nemesis == "partition-leader" and window.explained
+    assert verdict.losses_explained
+
+
+def test_a_hole_inside_a_run_is_not_a_replication_window():
+    """A write lost while later writes of the same primary survived cannot be explained by replication lag."""
+    r, shipped, unshipped = partitioned_async_primary()
+    partition = Nemesis("partition-leader", 1.0, 4.0, 5.0)
+    final = frozenset(r.acked()) - {unshipped[1]}
+    verdict = check(History(tuple(r.ops), final, nemeses=(partition,)), heal_bound=10)
+    (window,) = verdict.loss_windows
+    assert window.values == (unshipped[1],) and not window.explained
+    assert not verdict.losses_explained
+
+
+def test_a_tail_that_began_long_before_any_fault_is_not_a_replication_window():
+    r, shipped, unshipped = partitioned_async_primary()
+    late = Nemesis("partition-leader", 1.0 + 3 * 1.0, 4.5, 5.0)  # the tail began 3 s before it
+    final = frozenset(r.acked()) - set(unshipped)
+    verdict = check(History(tuple(r.ops), final, nemeses=(late,)), heal_bound=10)
+    assert [w.explained for w in verdict.loss_windows] == [False]
+    verdict = check(History(tuple(r.ops), final), heal_bound=10)  # no fault at all
+    assert [w.nemesis for w in verdict.loss_windows] == [None] and not verdict.losses_explained

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable
@@ -26,6 +27,15 @@ PREFIX = 24
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=20)
+
+
+def nft(ns: str, script: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, capture_output=True, text=True,
+                   check=True, timeout=20)
+
+
+def nft_available() -> bool:
+    return shutil.which("nft") is not None
 
 
 def netns_available() -> bool:
@@ -112,6 +122,27 @@ class Network:
         for ns in self.namespaces():
             with contextlib.suppress(Exception):
                 ip("netns", "del", ns, check=False)
+
+    def cut(self, name: str, peers: list[str]) -> None:
+        """Silently drop every packet between host `name` and each of `peers`, both ways (nftables).
+
+        Dropped, not refused: established connections hang until their own
+        timeouts, as across a real partition.  Only `name`'s namespace gets the
+        rules, so `heal` has one place to undo.
+        """
+        addresses = ", ".join(self.hosts[p].address for p in peers)
+        nft(self.hosts[name].ns, f"""
+table inet hasup_chaos {{
+  set cut {{ type ipv4_addr; }}
+  chain input {{ type filter hook input priority 0; ip saddr @cut drop; }}
+  chain output {{ type filter hook output priority 0; ip daddr @cut drop; }}
+}}
+add element inet hasup_chaos cut {{ {addresses} }}
+""")
+
+    def heal(self, name: str) -> None:
+        """Undo every `cut` of host `name`."""
+        nft(self.hosts[name].ns, "table inet hasup_chaos {}\ndelete table inet hasup_chaos\n")
 
     def addresses(self, name: str) -> set[str]:
         """The IPv4 addresses on a host's eth0 now."""

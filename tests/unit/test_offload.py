@@ -55,6 +55,36 @@ def test_pings_are_answered_while_a_call_blocks_and_other_messages_wait_in_order
     assert offload.take_deferred() == []
 
 
+def test_an_urgent_request_is_answered_during_the_call_and_the_rest_still_waits(pair) -> None:
+    """A failsafe ping must not wait behind an etcd read that hangs (its sender resets without an answer)."""
+    sup, ctx = pair
+    release = threading.Event()
+    handled: list[ipc.Message] = []
+
+    def urgent(env: ipc.Envelope) -> bool:
+        if isinstance(env.message, ipc.AdminRequest) and env.message.action == "failsafe":
+            handled.append(env.message)
+            ctx.channel.send_now(ipc.AdminReply(env.message.id, 200, "Accepted"))
+            return True
+        return False
+    offload = Offloader(ctx, bound=lambda: 10.0, urgent=urgent)
+    ping = ipc.AdminRequest(5, time.monotonic() + 5, "failsafe", {"name": "node2"})
+
+    def supervisor() -> None:
+        sup.send_now(ipc.Disarm("first"))
+        sup.send_now(ping)
+        answered = receive_until(sup, 1)
+        assert answered == [ipc.AdminReply(5, 200, "Accepted")]
+        release.set()
+
+    helper = threading.Thread(target=supervisor)
+    helper.start()
+    assert offload.call(lambda: release.wait(5) and "done") == "done"
+    helper.join(5)
+    assert handled == [ping]
+    assert [e.message for e in offload.take_deferred()] == [ipc.Disarm("first")]
+
+
 def test_a_call_past_its_bound_stops_vouching_for_the_worker(pair) -> None:
     sup, ctx = pair
     offload = Offloader(ctx, bound=lambda: 0.2)

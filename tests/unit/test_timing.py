@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from hasup import timing
 from hasup.timing import Deadlines
+from hasup.watchdog.lease import MAX_PET_INTERVAL
 
 TIGHT = Deadlines.of(ttl=10, loop_wait=2, retry_timeout=3, safety_margin=3)
 DEFAULTS = Deadlines.of(ttl=30, loop_wait=10, retry_timeout=10, safety_margin=5)
@@ -52,3 +53,24 @@ def test_a_clean_profile_replaces_a_frozen_election_worker_before_the_earliest_r
 def test_health_deadline_fits_the_failed_probes_it_needs() -> None:
     assert timing.MIN_HEALTH_DEADLINE == timing.FAILED_PROBES_TO_FENCE * timing.PROBE_TIMEOUT + timing.PROBE_INTERVAL
     assert timing.DEFAULT_HEALTH_DEADLINE >= timing.MIN_HEALTH_DEADLINE
+
+
+@settings(max_examples=300, deadline=None)
+@given(ttl=st.integers(10, 120), loop_wait=st.integers(1, 30), retry=st.integers(1, 30), margin=st.integers(1, 30))
+def test_a_frozen_watchdog_worker_is_replaced_before_its_device_fires(
+        ttl: int, loop_wait: int, retry: int, margin: int) -> None:
+    d = Deadlines.of(ttl, loop_wait, retry, margin)
+    w = d.watchdog_timeout
+    if d.problems(watchdog=True) or w is None or w < 4:
+        return  # with W under 4 s there is no time to replace it: a frozen watchdog worker costs a reset
+    # It freezes just before a pet was due (the device fires W after the last one), having just answered a ping.
+    last_pet = -MAX_PET_INTERVAL
+    noticed = d.heartbeat("watchdog") + d.ping_interval("watchdog")
+    repetted = noticed + timing.RESPAWN + timing.EPSILON
+    assert repetted <= last_pet + w
+    assert d.heartbeat("watchdog") >= 1.0
+
+
+def test_the_watchdog_heartbeat_at_known_profiles() -> None:
+    assert DEFAULTS.heartbeat("watchdog") == 11.5  # W = 14 s at Patroni's defaults
+    assert TIGHT.heartbeat("watchdog") == 1.5  # W = 4 s

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hasup.watchdog.lease import LeaseRule, device_timeout, effective_safety_margin, settings_problem
+from hasup.watchdog.lease import LeaseRule, device_timeout, effective_safety_margin, pet_interval, settings_problem
 from hasup.watchdog.petter import WAKE_SLACK, DeviceError, PetResult, Petter
 
 RULE = LeaseRule(safety_margin=3, epsilon=0.5)
@@ -268,16 +268,18 @@ def test_a_stalled_lease_is_used_to_the_last_whole_second():
     petter.on_lease(1000.0 + 10)  # limit 1007
     assert petter.step().action == "armed"
     clock.t = 1001.0
-    assert petter.step().action == "pet"  # the last full pet: before, the device fired at 1005, 2 s early
-    assert petter.next_due() == 1003.0  # 3 s fits until 1003.5; its window opens WAKE_SLACK earlier
-    clock.t = 1003.0
-    assert petter.step() == PetResult("retimed", 3)
-    assert petter.next_due() == 1004.5  # current/2 later, inside the window of 2 s (1004 .. 1004.5)
-    clock.t = 1004.5
+    assert petter.step().action == "pet"
+    assert petter.next_due() == 1002.0  # full pets every MAX_PET_INTERVAL while 4 s fits (until 1002.5)
+    clock.t = 1002.0
+    assert petter.step().action == "pet"  # the last full pet: the device fires at 1006 unless petted again
+    # 3 s would end no later (1003 + 3); 2 s fits from 1004 to 1004.5 and ends later: aim inside that window.
+    assert petter.next_due() == 1004.25
+    clock.t = 1004.25
     assert petter.step() == PetResult("retimed", 2)
-    assert device.deadline == 1006.5 == RULE.limit(petter.valid_until) - RULE.epsilon
+    assert device.deadline == 1006.25
+    assert RULE.limit(petter.valid_until) - device.deadline <= RULE.epsilon + WAKE_SLACK
     assert petter.next_due() is None  # no pet can end later now; only a renewal changes that
-    assert [e[0] for e in device.events] == ["open", "set_timeout", "keepalive", "set_timeout", "set_timeout"]
+    assert [e[0] for e in device.events] == ["open", "set_timeout", "keepalive", "keepalive", "set_timeout"]
 
 
 def test_a_renewal_brings_the_full_timeout_back_at_once_and_only_once():
@@ -293,14 +295,14 @@ def test_a_renewal_brings_the_full_timeout_back_at_once_and_only_once():
     assert petter.next_due() == clock.t
     assert petter.step() == PetResult("retimed", 4)
     assert device.events[-1] == ("set_timeout", 1004.4, 4)
-    for _ in range(42):  # stepped often, it pets once per W/2, with a keepalive: the timeout is unchanged
+    for _ in range(42):  # stepped often for 2.1 s, it keeps the timeout and pets once per MAX_PET_INTERVAL
         clock.t += 0.05
         petter.step()
-    assert [e[0] for e in device.events[4:]] == ["keepalive"]
-    assert device.events[-1][1] == pytest.approx(1006.4, abs=0.06)
+    assert [e[0] for e in device.events[4:]] == ["keepalive", "keepalive"]
+    assert [e[1] for e in device.events[4:]] == [pytest.approx(1005.4, abs=0.06), pytest.approx(1006.4, abs=0.11)]
 
 
-def test_pets_are_due_every_current_half_not_in_a_busy_loop():
+def test_pets_are_due_every_pet_interval_not_in_a_busy_loop():
     clock, device, petter, _ = make()
     petter.on_lease(clock.t + 10)
     petter.step()
@@ -309,7 +311,7 @@ def test_pets_are_due_every_current_half_not_in_a_busy_loop():
         petter.step()
     pets = [(t, w) for e, t, w in device.events if e in ("keepalive", "set_timeout")]
     for (t0, w0), (t1, _) in zip(pets, pets[1:], strict=False):
-        assert t1 - t0 >= w0 / 2 - 1e-9
+        assert t1 - t0 >= pet_interval(w0) - 1e-9
     assert len(pets) <= 5
     assert RULE.limit(petter.valid_until) - device.deadline <= RULE.epsilon + WAKE_SLACK + 1e-9
 
@@ -380,5 +382,7 @@ def test_settings_and_timeout_choice():
     assert device_timeout(10, 2, 3) == 4
     assert "must not exceed" in (settings_problem(10, 2, 5, 3) or "")
     assert device_timeout(10, 6, 3) is None  # no W >= 1 fits
-    assert settings_problem(30, 10, 10, 5) is None  # Patroni's defaults: 10 + 10 + 0.5 <= 25
+    assert settings_problem(30, 10, 10, 5) is None  # Patroni's defaults: 10 + 10 + 1.5 <= 25
+    # A renewal that takes all of retry_timeout must beat the device, which may fire 1.5 s before the limit.
+    assert settings_problem(10, 1, 3, 5) is not None and settings_problem(10, 1, 3, 4) is None
     assert effective_safety_margin(-1, 30) == 15 and effective_safety_margin(5, 30) == 5
