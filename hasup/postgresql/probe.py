@@ -64,6 +64,10 @@ class ProbeFailed(Exception):
     pass
 
 
+class ProbeTimedOut(ProbeFailed):
+    """No answer within the probe's deadline: hung or frozen, not merely refusing (starting up, say)."""
+
+
 def _wait(conn: psycopg2.extensions.connection, deadline: float) -> None:
     while True:
         state = conn.poll()
@@ -71,7 +75,7 @@ def _wait(conn: psycopg2.extensions.connection, deadline: float) -> None:
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ProbeFailed("probe timed out")
+            raise ProbeTimedOut("probe timed out")
         fd = conn.fileno()
         if state == psycopg2.extensions.POLL_READ:
             select.select([fd], [], [], remaining)
@@ -107,6 +111,9 @@ class Prober:
             cur.execute(PROBE_SQL)
             _wait(self._conn, deadline)
             row = cur.fetchone()
+        except ProbeTimedOut:
+            self.close()
+            raise
         except (psycopg2.Error, OSError, ProbeFailed) as exc:
             self.close()
             raise ProbeFailed(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc

@@ -28,8 +28,10 @@ from hasup.timing import Deadlines
 from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
 from hasup.workers.failsafe import Failsafe
 from hasup.workers.fencing import Fencing, unhealthy_for
+from hasup.workers.leases import WatchdogLeases
 from hasup.workers.offload import OffloadedProxy, Offloader
 from hasup.workers.operator import OperatorDesk
+from hasup.workers.stopwatches import Stopwatches
 
 log = logging.getLogger("hasup.election")
 
@@ -64,8 +66,7 @@ class ElectionWorker:
         self.cluster: Cluster | None = None
         self.read_at = 0.0
         self.read_at_wall = 0.0
-        self.lock_valid_until = 0.0
-        self.lease_seq = 0
+        self.leases = WatchdogLeases(ctx.lease_sock)
         self.last_reason = ""
         self.reason_logged_at = 0.0
         self.status_written: dict[str, Any] | None = None
@@ -73,12 +74,9 @@ class ElectionWorker:
         self.shutdown_stop_id: int | None = None
         self.run_now = True
         self.recheck_in: float | None = None
-        self.down_since: float | None = None
         self.sync_written: tuple[str, ...] | None = None
         self.last_config: dict[str, Any] = {}
-        self.stuck_since: float | None = None
-        self.leased = False  # leases were sent since the last disarm
-        self.failover_seen: tuple[int, float] = (0, 0.0)  # (failover key index, when first seen)
+        self.stopwatches = Stopwatches()
         # Until the watchdog worker reports, a required watchdog counts as unusable.
         self.watchdog: ipc.WatchdogState | None = None if cfg.watchdog.mode != "required" else \
             ipc.WatchdogState("required", False, None, None, None, True, "not reported yet")
@@ -201,9 +199,10 @@ class ElectionWorker:
             self.fencing.someone_else_leads()
         now = time.monotonic()
         confirmed = cluster is None and self.failsafe_check(pg)
-        local = ha.Local(pg, fresh, self.busy, peers, self.not_streaming_for(cluster), time.time(), usable,
-                         self.failover_age(cluster), unhealthy_for(pg, self.pg_received, now, self.deadlines()),
-                         self.fencing.sitting_out(), self.down_for(holds), confirmed, self.failsafe.leader())
+        watches = self.stopwatches
+        local = ha.Local(pg, fresh, self.busy, peers, watches.not_streaming_for(pg, cluster), time.time(), usable,
+                         watches.failover_age(cluster), unhealthy_for(pg, self.pg_received, now, self.deadlines()),
+                         self.fencing.sitting_out(), watches.down_for(pg, holds), confirmed, self.failsafe.leader())
         # Just fenced (or yielded): our PostgreSQL was hung or down while primary; let another node lead first.
         me = dataclasses.replace(self.me, nofailover=True) if self.fencing.sitting_out() else self.me
         if self.shutting_down:
@@ -238,35 +237,6 @@ class ElectionWorker:
         self.grant_lease(started)
         return True
 
-    def down_for(self, holds_lock: bool) -> float:
-        """Seconds our PostgreSQL has not been running while we hold the lock (primary_start_timeout).
-
-        The clock starts when it is seen down and keeps running through restart attempts."""
-        pg, now = self.pg, time.monotonic()
-        if not holds_lock or pg is None or pg.state == "running":
-            self.down_since = None
-        elif self.down_since is None and pg.state in ha.NOT_RUNNING:
-            self.down_since = now
-        return 0.0 if self.down_since is None else now - self.down_since
-
-    def failover_age(self, cluster: Cluster | None) -> float:
-        """Seconds since we first saw the current failover request (by its etcd index)."""
-        index = cluster.failover_index if cluster is not None and cluster.failover is not None else 0
-        if index != self.failover_seen[0]:
-            self.failover_seen = (index, time.monotonic())
-        return time.monotonic() - self.failover_seen[1] if index else 0.0
-
-    def not_streaming_for(self, cluster: Cluster | None) -> float:
-        pg, now = self.pg, time.monotonic()
-        following = cluster is not None and cluster.leader is not None and pg is not None \
-            and pg.state == "running" and pg.role == "replica" and pg.upstream == cluster.leader.name
-        if not following or (pg is not None and pg.replication_state == "streaming"):
-            self.stuck_since = None
-            return 0.0
-        if self.stuck_since is None:
-            self.stuck_since = now
-        return now - self.stuck_since
-
     def log_reason(self, reason: str) -> None:
         now = time.monotonic()
         if reason != self.last_reason or now - self.reason_logged_at > 60:
@@ -285,12 +255,12 @@ class ElectionWorker:
                 if not fn(self.me.name, ttl):
                     log.warning("could not %s the leader lock", "acquire" if isinstance(action, ha.AcquireLock)
                                 else "refresh")
-                    self.lock_valid_until = 0.0
+                    self.leases.expire()
                     return False
                 self.grant_lease(started)
             elif isinstance(action, ha.ReleaseLock):
                 self.store.delete_leader(self.me.name)
-                self.lock_valid_until = 0.0
+                self.leases.expire()
             elif isinstance(action, ha.ClaimInitialize):
                 if not self.store.claim_initialize():
                     log.info("failed to acquire initialize lock")
@@ -361,30 +331,11 @@ class ElectionWorker:
             raise TypeError(f"unhandled action {action!r}")
 
     def grant_lease(self, started: float) -> None:
-        # The write succeeded, so etcd cannot expire the key before started + ttl.
-        self.lock_valid_until = started + self.dynamic.ttl
-        if self.cluster is not None and self.cluster.paused:
-            # Maintenance mode: the operator may stop PostgreSQL or hasup at will; a reset would surprise.
-            if self.leased:
-                self.send_watchdog(ipc.Disarm("cluster paused"))
-                self.leased = False
-            return
-        self.leased = True
-        d = self.dynamic
-        self.send_watchdog(ipc.Lease(self.lock_valid_until, d.ttl, d.loop_wait, d.retry_timeout))
-
-    def send_watchdog(self, msg: ipc.Message) -> None:
-        if self.ctx.lease_sock is not None:
-            self.lease_seq += 1
-            ipc.send_datagram(self.ctx.lease_sock, msg, self.lease_seq)
+        paused = self.cluster is not None and self.cluster.paused
+        self.leases.grant(started, self.dynamic, paused)
 
     def maybe_disarm(self, pg: ipc.PgState | None = None) -> None:
-        """Disarm only once PostgreSQL is confirmed not to be a running primary and we do not lead."""
-        pg = pg or self.pg
-        if self.leased and not self.holds_lock() and pg is not None \
-                and not (pg.role == "primary" and pg.state not in ("stopped", "crashed")):
-            self.send_watchdog(ipc.Disarm(f"postgres is {pg.state} as {pg.role}"))
-            self.leased = False
+        self.leases.disarm_if_safe(pg or self.pg, self.holds_lock())
 
     def write_status(self) -> None:
         if self.pg is None or self.pg.wal_position is None:
@@ -420,7 +371,7 @@ class ElectionWorker:
         view = ipc.ClusterView(
             read_at=self.read_at if c is not None else 0.0, read_at_wall=self.read_at_wall,
             leader=c.leader.name if c and c.leader else None, holds_lock=holds,
-            lock_valid_until=self.lock_valid_until,
+            lock_valid_until=self.leases.valid_until,
             members={n: m.data for n, m in c.members.items()} if c else {},
             # etcd unreachable: the last configuration read still holds (timing bounds, failsafe_mode).
             config=(c.config or {}) if c else self.last_config, history=tuple(tuple(h) for h in c.history) if c else (),
@@ -452,14 +403,14 @@ class ElectionWorker:
     def holds_lock(self) -> bool:
         c = self.cluster
         return c is not None and c.leader is not None and c.leader.name == self.me.name \
-            and self.lock_valid_until > time.monotonic()
+            and self.leases.valid_until > time.monotonic()
 
     def release_lock(self) -> None:
         try:
             self.store.delete_leader(self.me.name)
         except DCSError as exc:
             log.error("could not release the leader key: %s", exc)
-        self.lock_valid_until = 0.0
+        self.leases.expire()
 
     def finish_switchover(self, reply: ipc.Reply) -> None:
         """PostgreSQL stopped cleanly: connected standbys have flushed the shutdown checkpoint; hand over."""
@@ -500,8 +451,7 @@ class ElectionWorker:
         elif not stopped:
             log.error("PostgreSQL did not stop: keeping the leader key (it expires after ttl)")
         if stopped:
-            self.send_watchdog(ipc.Disarm("PostgreSQL stopped for shutdown"))
-            self.leased = False
+            self.leases.disarm("PostgreSQL stopped for shutdown")
         self.ctx.channel.send_now(ipc.ShutdownDone(stopped, released))
         self.shutdown_stop_id = None
 
@@ -602,8 +552,7 @@ class ElectionWorker:
             self.run_now = True  # publish what changed (busy, a scheduled restart) at once
         elif isinstance(msg, ipc.WorkerRestarted) and msg.role == "watchdog" and self.holds_lock():
             # Its device is armed and counting: give the new worker our lease at once.
-            d = self.dynamic
-            self.send_watchdog(ipc.Lease(self.lock_valid_until, d.ttl, d.loop_wait, d.retry_timeout))
+            self.leases.resend(self.dynamic)
         elif isinstance(msg, ipc.Shutdown) and not self.shutting_down:
             self.begin_shutdown()
         elif isinstance(msg, ipc.ConfigChanged) and apply_reload(self.ctx, msg):

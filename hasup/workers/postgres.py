@@ -22,7 +22,7 @@ from hasup.config import DynamicConfig, parse_dynamic
 from hasup.postgresql.callbacks import Callbacks
 from hasup.postgresql.control import Binaries, Postmaster, controldata, data_dir_empty
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
-from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult
+from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult, ProbeTimedOut
 from hasup.postgresql.slot_keeper import SlotJob, SlotKeeper
 from hasup.postgresql.slots import parse_slot_settings
 from hasup.timing import PROBE_INTERVAL, PROBE_TIMEOUT
@@ -53,6 +53,7 @@ class PostgresWorker:
         self.last_probe: ProbeResult | None = None
         self.last_good: ipc.PgState | None = None  # the last state a probe confirmed (probe_at = when)
         self.failed_probes = 0
+        self.unanswered_since = 0.0  # monotonic: the first probe of the current failing streak that timed out
         self.was_running = False
         self.stopped_on_purpose = False
         self.history_cache: tuple[int, tuple[tuple[int, int, str], ...]] = (0, ())
@@ -159,13 +160,17 @@ class PostgresWorker:
             try:
                 probe = self.prober.probe()
                 self.failed_probes = 0
+                self.unanswered_since = 0.0
             except ProbeFailed as exc:
+                if isinstance(exc, ProbeTimedOut) and not self.unanswered_since:
+                    self.unanswered_since = time.monotonic()
                 self.failed_probes += 1
                 if self.failed_probes in (1, 10) or self.failed_probes % 60 == 0:
                     log.warning("probe failed (%d in a row): %s", self.failed_probes, exc)
         else:
             self.prober.close()
             self.failed_probes = 0  # nothing to probe: failures of a server that is gone mean nothing now
+            self.unanswered_since = 0.0
         self.last_probe = probe if probe is not None else (self.last_probe if pid is not None else None)
         empty = data_dir_empty(cfg.postgresql.data_dir)
         now = time.monotonic()
@@ -213,9 +218,13 @@ class PostgresWorker:
             tl: int | None = int(cd["Latest checkpoint's TimeLineID"]) if cd else None
         except (KeyError, ValueError):
             tl = None
+        # A postmaster hung since a moment we know (this worker started, or an action ran, while it hung):
+        # that moment, not now, is when its facts were last confirmed, or it would never be fenced.  One
+        # that refuses at once (starting up) is not hung.
+        confirmed_at = self.unanswered_since if pid is not None and self.unanswered_since else now
         return ipc.PgState(
             state=state, role=self.stopped_role(empty, cluster_state), data_dir_empty=empty, probe_ok=False,
-            probe_at=now, worker_pid=os.getpid(), failed_probes=self.failed_probes, busy=self.action,
+            probe_at=confirmed_at, worker_pid=os.getpid(), failed_probes=self.failed_probes, busy=self.action,
             postmaster_pid=pid,
             sysid=sysid, timeline=tl, controldata_state=cluster_state,
             upstream=self.lifecycle.following,

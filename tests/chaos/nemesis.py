@@ -161,6 +161,14 @@ class Nemeses:
         """failsafe_mode on for this fault only: the leader should keep serving while every member answers."""
         self._patch_config(leader, {"failsafe_mode": True})
         wait_for(lambda: self.tc.etcd.value(self.tc.key("failsafe")), 30, "the leader to write the failsafe key")
+        # A member that has not read the new configuration yet would rightly refuse the leader's ping:
+        # wait until each has written its member key twice since (the first write may end a cycle that
+        # read the configuration before the change).
+        since = (self.tc.etcd.key(self.tc.key("config")) or {}).get("modifiedIndex", 0)
+        for node in self.tc.nodes:
+            for _ in range(2):
+                since = wait_for(lambda n=node, i=since: self._member_written_after(n, i), 30,  # type: ignore[misc]
+                                 f"{node.name} to run a cycle with failsafe_mode on")
         fault = self.stop_etcd(leader)
         thaw = fault.heal
 
@@ -169,6 +177,10 @@ class Nemeses:
             now_leader = self.tc.wait_leader(60)
             self._patch_config(now_leader, {"failsafe_mode": False})
         return Fault("etcd-down-failsafe", leader.name, fault.hold, heal)
+
+    def _member_written_after(self, node: Node, index: int) -> int | None:
+        written = (self.tc.etcd.key(self.tc.key(f"members/{node.name}")) or {}).get("modifiedIndex", 0)
+        return written if written > index else None
 
     def _patch_config(self, node: Node, patch: dict[str, object]) -> None:
         self._post(node, "/config", patch, method="PATCH")

@@ -231,3 +231,25 @@ def test_required_watchdog_without_a_device_never_leads_and_automatic_leads_unar
         assert "Watchdog device is not usable" in strict.log_text()
     finally:
         c.destroy()
+
+
+def test_postgres_frozen_with_its_worker_is_fenced_by_the_replacement_worker(cluster):
+    """The chaos run's find: a postgres worker that starts while PostgreSQL is already hung never had a
+    good probe; it must still date the hang from its own first timed-out probe, or nothing fences it."""
+    tc, emu, leader = cluster
+    postmaster = leader.postmaster_pid()
+    worker = leader.worker_pid("postgres")
+    assert postmaster and worker
+    processes = [postmaster, *descendants(postmaster)]
+    kill_pids([*processes, worker], signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        new = tc.wait_leader(30, exclude=leader.name)
+        # The worker's heartbeat (5 s), then the health deadline (3 s) counted by the new worker.
+        assert time.monotonic() - frozen_at < 5.0 + 3.0 + 5.0
+        assert not any(alive(p) for p in processes), "a process of the fenced PostgreSQL survived"
+    finally:
+        kill_pids([*processes, worker], signal.SIGCONT)
+    assert "fenced PostgreSQL" in leader.log_text()
+    assert not fired(emu, leader)
+    tc.wait_streaming(new, [leader], 60)
