@@ -80,6 +80,7 @@ def summarise(result: Result) -> dict[str, Any]:
         "failed_but_present": len(v.failed_but_present),
         "unknown_present": len(v.unknown_present),
         "all_healed": v.all_healed and len(faults) == len(result.plan.faults),
+        "not_reacted": [f"{r.name}@{r.target}" for r in faults if not r.reacted],
         "loss_windows": [{"node": w.node, "count": len(w.values), "nemesis": w.nemesis, "explained": w.explained,
                           "seconds": round(w.last_ack - w.first_ack, 3)} for w in v.loss_windows],
         "per_kind": {name: {**k, "notes": dict(k["notes"])} for name, k in sorted(per_kind.items())},
@@ -154,7 +155,9 @@ def render(runs: list[dict[str, Any]]) -> str:
             f"({r['discarded_by_rewind']} of them discarded by a rewind; "
             f"{'all' if r['losses_explained'] else 'NOT all'} explained by a replication window), "
             f"{len(r['dual_primary'])} dual-primary windows, {r['failed_but_present']} failed-but-present, "
-            f"{'every fault healed' if r['all_healed'] else 'NOT every fault healed'}.**",
+            f"{'every fault healed' if r['all_healed'] else 'NOT every fault healed'}"
+            + (f"; the cluster did not react as expected to {', '.join(r['not_reacted'])}"
+               if r.get("not_reacted") else "") + ".**",
             "",
             "| nemesis | n | lost (explained) | dual primary | gap median / max | healed max | notes |",
             "|---|---|---|---|---|---|---|",
@@ -209,6 +212,7 @@ def main() -> int:
         with open(os.path.join(RESULTS, f"chaos-{mode}-{args.seed}.json"), "w") as f:
             json.dump(summary, f, indent=1)
         ok = ok and not summary["dual_primary"] and summary["losses_explained"] and summary["all_healed"] \
+            and not summary["not_reacted"] \
             and (mode == "async" or summary["lost"] + summary["discarded_by_rewind"] == 0)
     report()
     return 0 if ok else 1

@@ -68,7 +68,8 @@ class ProbeTimedOut(ProbeFailed):
     """No answer within the probe's deadline: hung or frozen, not merely refusing (starting up, say)."""
 
 
-def _wait(conn: psycopg2.extensions.connection, deadline: float) -> None:
+def wait_async(conn: psycopg2.extensions.connection, deadline: float) -> None:
+    """Drive an asynchronous connection until its current operation is done; ProbeTimedOut at the deadline."""
     while True:
         state = conn.poll()
         if state == psycopg2.extensions.POLL_OK:
@@ -106,10 +107,10 @@ class Prober:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg2.connect(self.dsn, async_=1)
-                _wait(self._conn, deadline)
+                wait_async(self._conn, deadline)
             cur = self._conn.cursor()
             cur.execute(PROBE_SQL)
-            _wait(self._conn, deadline)
+            wait_async(self._conn, deadline)
             row = cur.fetchone()
         except ProbeTimedOut:
             self.close()

@@ -30,21 +30,22 @@ import time
 SO_PEERCRED_FMT = struct.Struct("3i")
 
 
-def ppid_of(pid: int) -> int | None:
+def _stat_field(pid: int, index: int) -> int | None:
+    """A numeric field of /proc/<pid>/stat, counted from the one after the command name."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
+            return int(f.read().rsplit(")", 1)[1].split()[index])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def ppid_of(pid: int) -> int | None:
+    return _stat_field(pid, 1)
 
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot: with the pid, it names one process for good."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    return _stat_field(pid, 19)
 
 
 def tree(root: int) -> list[int]:

@@ -47,8 +47,7 @@ class ElectionWorker:
         self.me = node_of(cfg)
         self.dynamic, _ = parse_dynamic(cfg.bootstrap.dcs)
         # etcd and peer calls run on a helper thread so the loop keeps answering its (short) heartbeat.
-        self.offload = Offloader(ctx, lambda: self.dynamic.retry_timeout + 2.0,
-                                urgent=self.urgent)
+        self.offload = Offloader(ctx, lambda: self.dynamic.retry_timeout + 2.0, urgent=self.urgent)
         self.raw_store = EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
         self.store = cast(EtcdStore, OffloadedProxy(self.raw_store, self.offload))
         self.wake_r, self.wake_w = os.pipe()

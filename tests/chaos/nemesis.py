@@ -15,6 +15,7 @@ import json
 import random
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,20 +195,31 @@ class Nemeses:
             # Only the synchronous standby is a valid target in synchronous mode.
             sync = json.loads(self.tc.etcd.value(self.tc.key("sync")) or "{}").get("sync_standby")
             candidate = next((n for n in replicas if n.name == sync), candidate)
-        self._post(leader, "/switchover", {"leader": leader.name, "candidate": candidate.name})
-        return Fault("switchover", leader.name, nothing, nothing)
+        status, text = self._request(leader, "/switchover", {"leader": leader.name, "candidate": candidate.name})
+
+        def hold() -> None:
+            # The cluster was whole: a refusal is a finding, recorded as the fault's unexpected reaction.
+            assert status == 200, f"switchover to {candidate.name} refused: {status} {text}"
+        return Fault("switchover", leader.name, hold, nothing)
 
     def _post(self, node: Node, path: str, body: dict[str, object], method: str = "POST") -> None:
+        status, text = self._request(node, path, body, method)
+        assert status == 200, (path, status, text)
+
+    @staticmethod
+    def _request(node: Node, path: str, body: dict[str, object], method: str = "POST") -> tuple[int, str]:
         data = json.dumps(body).encode()
 
-        def post() -> tuple[int, str]:
+        def send() -> tuple[int, str]:
             req = urllib.request.Request(f"http://{node.host}:{node.api_port}{path}", data=data, method=method,
                                          headers={"Content-Type": "application/json"})
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            with opener.open(req, timeout=60) as resp:
-                return resp.status, resp.read().decode()
-        status, text = in_netns(node.netns, post) if node.netns else post()
-        assert status == 200, (path, status, text)
+            try:
+                with opener.open(req, timeout=60) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode(errors="replace")
+        return in_netns(node.netns, send) if node.netns else send()
 
     def resume_all(self) -> None:
         kill_pids(sorted(self.stopped), signal.SIGCONT)

@@ -62,6 +62,7 @@ class FaultRecord:
     heal: float
     healed_at: float | None
     notes: list[str] = field(default_factory=list)
+    reacted: bool = True  # the cluster did what the fault's hold waits for (a new leader, a fence) in time
 
 
 @dataclass
@@ -88,12 +89,17 @@ def sync_standby(tc: TestCluster, leader: Node) -> str | None:
 
 
 def whole(tc: TestCluster, timeout: float, synchronous: bool) -> Node:
+    """A writable leader, every replica streaming and registered, and in synchronous mode a standby
+    named in the sync key that PostgreSQL waits on."""
     deadline = time.monotonic() + timeout
 
     def left() -> float:
         return max(1.0, deadline - time.monotonic())
     leader = tc.wait_leader(timeout)
     tc.wait_streaming(leader, [n for n in tc.nodes if n is not leader], left())
+    # Every member registered again (a node cut from etcd loses its member key after ttl).
+    wait_for(lambda: all(tc.member(n.name).get("state") == "running" for n in tc.nodes), left(),
+             "every member key back, running")
     if synchronous:
         standby = wait_for(lambda: sync_standby(tc, leader), left(), "a sync standby")
         wait_for(lambda: leader.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
@@ -143,6 +149,7 @@ def one_fault(nemeses: Nemeses, workload: Workload, inject: Callable[[Node], Fau
         fault.hold()
     except AssertionError as exc:  # the cluster did not react as the fault's hold expected
         record.notes.append(str(exc))
+        record.reacted = False
     record.heal = time.monotonic()
     fault.heal()
     try:

@@ -20,7 +20,6 @@ Classifying outcomes, conservatively:
 from __future__ import annotations
 
 import itertools
-import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from hasup.postgresql.probe import ProbeFailed, wait_async
 from tests.chaos.history import Op, Outcome
 from tests.harness import SUPERUSER_PASSWORD, Node
 from tests.harness.netns import in_netns
@@ -38,28 +38,6 @@ INTERVAL = 0.01  # the workload's own pacing
 CONNECT_DEADLINE = 1.0
 STATEMENT_DEADLINE = 1.5  # client side; the server's statement_timeout is 1 s
 SYNC_WAIT_CANCELLED = "canceling wait for synchronous replication"
-
-
-class Deadline(Exception):
-    pass
-
-
-def _wait(conn: Any, deadline: float) -> None:
-    """Drive an asynchronous psycopg2 connection until its current operation is done, or raise Deadline."""
-    while True:
-        state = conn.poll()
-        if state == psycopg2.extensions.POLL_OK:
-            return
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Deadline()
-        fd = conn.fileno()
-        if state == psycopg2.extensions.POLL_READ:
-            select.select([fd], [], [], remaining)
-        elif state == psycopg2.extensions.POLL_WRITE:
-            select.select([], [fd], [], remaining)
-        else:
-            raise psycopg2.OperationalError(f"unexpected poll state {state}")
 
 
 @dataclass
@@ -78,7 +56,7 @@ class Writer:
                                 password=SUPERUSER_PASSWORD, dbname="postgres", application_name="hasup-chaos",
                                 options="-c statement_timeout=1000", async_=1)
         try:
-            _wait(conn, time.monotonic() + CONNECT_DEADLINE)
+            wait_async(conn, time.monotonic() + CONNECT_DEADLINE)
         except BaseException:
             conn.close()
             raise
@@ -99,7 +77,7 @@ class Writer:
         if self.conn is None:
             try:
                 self.conn = self._connect()
-            except (psycopg2.Error, Deadline, OSError):
+            except (psycopg2.Error, ProbeFailed, OSError):
                 self.ops.append(Op(value, self.node.name, start, time.monotonic(), Outcome.FAILED))
                 return
         outcome = self._insert(value)
@@ -111,13 +89,13 @@ class Writer:
         try:
             with conn.cursor() as cur:
                 cur.execute(f"INSERT INTO {TABLE} VALUES (%s)", (value,))
-                _wait(conn, time.monotonic() + STATEMENT_DEADLINE)
+                wait_async(conn, time.monotonic() + STATEMENT_DEADLINE)
         except psycopg2.Error as exc:
             if exc.pgcode and not conn.closed:
                 return Outcome.FAILED
             self._drop()
             return Outcome.INDETERMINATE
-        except (Deadline, OSError):
+        except (ProbeFailed, OSError):  # a deadline passed, or the connection broke
             self._drop()
             return Outcome.INDETERMINATE
         if any(SYNC_WAIT_CANCELLED in n for n in conn.notices):
