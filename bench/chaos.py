@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -140,6 +141,22 @@ faults, but writes stopped for 19–28 s at each leader loss, partition or etcd 
 """
 
 
+def lost_text(r: dict[str, Any]) -> str:
+    lost = r["lost"] + r["discarded_by_rewind"]
+    if not lost:
+        return "0 lost"
+    return (f"{lost} lost ({r['discarded_by_rewind']} of them discarded by a rewind; "
+            f"{'all' if r['losses_explained'] else 'NOT all'} explained by a replication window)")
+
+
+def by_kind_of_note(notes: dict[str, int]) -> dict[str, int]:
+    """'restarted node1' and 'restarted node3' count as one kind of note."""
+    out: dict[str, int] = defaultdict(int)
+    for note, n in notes.items():
+        out[re.sub(r" node\d+", "", note)] += n
+    return out
+
+
 def render(runs: list[dict[str, Any]]) -> str:
     out = [PREAMBLE]
     for r in runs:
@@ -151,9 +168,7 @@ def render(runs: list[dict[str, Any]]) -> str:
             f"({r['seconds'] // 60} min). Timing: ttl {r['timing']['ttl']}, loop_wait {r['timing']['loop_wait']}, "
             f"retry_timeout {r['timing']['retry_timeout']}, safety_margin {r['timing']['safety_margin']}.",
             "",
-            f"**{r['acknowledged']} acknowledged, {r['lost'] + r['discarded_by_rewind']} lost "
-            f"({r['discarded_by_rewind']} of them discarded by a rewind; "
-            f"{'all' if r['losses_explained'] else 'NOT all'} explained by a replication window), "
+            f"**{r['acknowledged']} acknowledged, {lost_text(r)}, "
             f"{len(r['dual_primary'])} dual-primary windows, {r['failed_but_present']} failed-but-present, "
             f"{'every fault healed' if r['all_healed'] else 'NOT every fault healed'}"
             + (f"; the cluster did not react as expected to {', '.join(r['not_reacted'])}"
@@ -165,7 +180,7 @@ def render(runs: list[dict[str, Any]]) -> str:
         for name, k in r["per_kind"].items():
             gaps = k["gaps"] or [0.0]
             healed = [h for h in k["healed_in"] if h is not None]
-            notes = ", ".join(f"{note} ×{n}" for note, n in sorted(k["notes"].items()))
+            notes = ", ".join(f"{note} ×{n}" for note, n in sorted(by_kind_of_note(k["notes"]).items()))
             out.append(f"| {name} | {k['count']} | {k['lost']} ({k['explained']}) | {k['dual']} | "
                        f"{statistics.median(gaps):.1f} / {max(gaps):.1f} s | "
                        f"{f'{max(healed):.1f} s' if healed else '—'} | {notes} |")

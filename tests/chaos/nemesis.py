@@ -219,6 +219,8 @@ class Nemeses:
                     return resp.status, resp.read().decode()
             except urllib.error.HTTPError as exc:
                 return exc.code, exc.read().decode(errors="replace")
+            except OSError as exc:  # URLError included: nothing answered
+                return 0, str(exc)
         return in_netns(node.netns, send) if node.netns else send()
 
     def resume_all(self) -> None:

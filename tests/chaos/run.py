@@ -97,9 +97,11 @@ def whole(tc: TestCluster, timeout: float, synchronous: bool) -> Node:
         return max(1.0, deadline - time.monotonic())
     leader = tc.wait_leader(timeout)
     tc.wait_streaming(leader, [n for n in tc.nodes if n is not leader], left())
-    # Every member registered again (a node cut from etcd loses its member key after ttl).
+    # Every member registered again (a node cut from etcd loses its member key after ttl), and every
+    # REST API answering (a replaced api worker takes a moment to listen again).
     wait_for(lambda: all(tc.member(n.name).get("state") == "running" for n in tc.nodes), left(),
              "every member key back, running")
+    wait_for(lambda: all(n.api("/liveness")[0] == 200 for n in tc.nodes), left(), "every REST API answering")
     if synchronous:
         standby = wait_for(lambda: sync_standby(tc, leader), left(), "a sync standby")
         wait_for(lambda: leader.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
@@ -137,13 +139,18 @@ def watchdog_resets(emulators: Emulators, tc: TestCluster, since_wall: float) ->
             if any(e["event"] == "fired" and e["wall"] > since_wall and e.get("killed") for e in emulators.events(n))]
 
 
-def one_fault(nemeses: Nemeses, workload: Workload, inject: Callable[[Node], Fault], plan: Plan) -> FaultRecord:
+def one_fault(nemeses: Nemeses, workload: Workload, name: str, inject: Callable[[Node], Fault],
+              plan: Plan) -> FaultRecord:
     tc = nemeses.tc
     leader = whole(tc, plan.heal_bound, plan.synchronous)
     ready = time.monotonic()
     wait_for(lambda: workload.acked_by(leader.name, ready), 30, "writes on the leader")
     start, start_wall = time.monotonic(), time.time()
-    fault = inject(leader)
+    try:
+        fault = inject(leader)
+    except AssertionError as exc:  # e.g. the worker to freeze was not there: nothing was injected
+        return FaultRecord(name, leader.name, start, start, time.monotonic(), [f"not injected: {exc}"],
+                           reacted=False)
     record = FaultRecord(fault.name, fault.target, start, start, None, fault.notes)
     try:
         fault.hold()
@@ -186,7 +193,7 @@ def run(plan: Plan, say: Callable[[str], None] = print) -> Result:
         records: list[FaultRecord] = []
         try:
             for i, name in enumerate(plan.faults):
-                record = one_fault(nemeses, workload, kinds[name], plan)
+                record = one_fault(nemeses, workload, name, kinds[name], plan)
                 records.append(record)
                 say(f"[{i + 1}/{len(plan.faults)}] {name}@{record.target}: "
                     + (f"healed in {record.healed_at - record.heal:.1f}s" if record.healed_at else "NOT healed")
