@@ -459,21 +459,6 @@ def stuck_limit(settings: Settings) -> float:
     return max(30.0, 3.0 * settings.loop_wait)
 
 
-def diverged_grace(settings: Settings) -> float:
-    """How long a replica that provably diverged may still be connecting before we rewind it."""
-    return max(2.0, float(settings.loop_wait))
-
-
-def went_past_fork(cluster: Cluster, pg: PgState) -> bool:
-    """Our WAL on our timeline reaches beyond where the cluster's history says that timeline ended (a
-    demoted primary's unreplicated tail): no amount of waiting lets us stream.  Without the history
-    entry (the new leader writes it a cycle after promoting) we cannot tell."""
-    for entry in cluster.history:
-        if isinstance(entry, list) and len(entry) >= 2 and entry[0] == pg.timeline and isinstance(entry[1], int):
-            return (pg.wal_position or 0) > entry[1]
-    return False
-
-
 def failover_possible(cluster: Cluster, me: Node) -> bool:
     """Some other member runs as a replica and may take over (by what the members published)."""
     return any(m.state == "running" and m.data.get("role") == "replica" and not (m.tags or {}).get("nofailover")
@@ -502,9 +487,8 @@ def _as_follower(cluster: Cluster, local: Local, me: Node, settings: Settings) -
                         else f"following {upstream} (replicatefrom), the leader is {leader}")
     leader_member = cluster.leader_member()
     leader_tl = leader_member.timeline if leader_member else None
-    if settings.use_pg_rewind and pg.timeline and leader_tl and pg.timeline < leader_tl \
-            and (local.not_streaming_for > stuck_limit(settings)
-                 or local.not_streaming_for > diverged_grace(settings) and went_past_fork(cluster, pg)):
+    if settings.use_pg_rewind and local.not_streaming_for > stuck_limit(settings) and pg.timeline and leader_tl \
+            and pg.timeline < leader_tl:
         # Our WAL went past the point where the leader's timeline forked: streaming can never resume.
         return Decision((RunFollow(leader, rewind=True),),
                         f"not streaming for {local.not_streaming_for:.0f}s on timeline {pg.timeline} "

@@ -201,7 +201,8 @@ class ElectionWorker:
         watches = self.stopwatches
         local = ha.Local(pg, fresh, self.busy, peers, watches.not_streaming_for(pg, cluster), time.time(), usable,
                          watches.failover_age(cluster), unhealthy_for(pg, self.pg_received, now, self.deadlines()),
-                         self.fencing.sitting_out(), watches.down_for(pg, holds), confirmed, self.failsafe.leader())
+                         self.fencing.sitting_out(), watches.down_for(pg, holds), confirmed,
+                         self.failsafe.leader(cluster))
         # Just fenced (or yielded): our PostgreSQL was hung or down while primary; let another node lead first.
         me = dataclasses.replace(self.me, nofailover=True) if self.fencing.sitting_out() else self.me
         if self.shutting_down:

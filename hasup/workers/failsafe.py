@@ -55,11 +55,21 @@ class Failsafe:
         self.active_until = time.monotonic() + ttl
         return 200, "Accepted"
 
-    def leader(self) -> str | None:
-        """The leader that pinged us within ttl, if any: it still leads, whatever etcd says meanwhile."""
-        if self.pinged_by is not None and time.monotonic() < self.pinged_by[1]:
-            return self.pinged_by[0]
-        return None
+    def leader(self, cluster: Cluster | None) -> str | None:
+        """The leader that pinged us within ttl, if any: it still leads, whatever etcd says meanwhile.
+
+        The promise protects a running primary.  Once etcd answers again and that leader's own member
+        key says its PostgreSQL is not one (fenced, stopped, demoted), nobody is left to protect."""
+        if self.pinged_by is None or time.monotonic() >= self.pinged_by[1]:
+            return None
+        name = self.pinged_by[0]
+        member = cluster.members.get(name) if cluster is not None else None
+        if member is not None and not (member.state == "running" and member.data.get("role") == "primary"):
+            log.info("failsafe: %s reports PostgreSQL %s as %s: it no longer needs our promise", name,
+                     member.state, member.data.get("role"))
+            self.pinged_by = None
+            return None
+        return name
 
     def _auth(self) -> str | None:
         r = self.cfg.restapi

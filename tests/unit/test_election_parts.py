@@ -1,4 +1,5 @@
-"""The election worker's bookkeeping parts: lease datagrams to the watchdog and the HA stopwatches."""
+"""The election worker's bookkeeping parts: lease datagrams to the watchdog, the HA stopwatches, the
+failsafe promise."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 
 from hasup import ipc
 from hasup.config import parse_dynamic
+from hasup.workers.failsafe import Failsafe
 from hasup.workers.leases import WatchdogLeases
 from hasup.workers.stopwatches import Stopwatches
+from tests.unit.test_api_worker import make_config
 from tests.unit.test_ha import cluster, member, pg
 
 DYNAMIC, _ = parse_dynamic({"ttl": 30, "loop_wait": 10, "retry_timeout": 10})
@@ -75,3 +78,16 @@ def test_stopwatches_start_when_the_condition_is_seen_and_reset_when_it_ends() -
     assert watches.down_for(down, holds_lock=True) == 3.0
     assert watches.down_for(down, holds_lock=False) == 0.0  # only while we hold the lock
     assert watches.failover_age(c) == 0.0  # no failover key
+
+
+def test_a_failsafe_promise_ends_once_its_leader_says_it_no_longer_runs_a_primary() -> None:
+    """Found by the chaos run: a leader fenced right after an etcd outage kept the others from racing."""
+    failsafe = Failsafe(make_config(1))
+    assert failsafe.on_ping("n3", None, ttl=20) == (200, "Accepted")
+    assert failsafe.leader(None) == "n3"  # etcd unreachable: the promise holds
+    running = replace(cluster(leader=None), members={"n3": member("n3", role="primary")})
+    assert failsafe.leader(running) == "n3"
+    assert failsafe.leader(replace(running, members={})) == "n3"  # its key expired meanwhile: still promised
+    fenced = replace(running, members={"n3": member("n3", state="crashed", role="primary")})
+    assert failsafe.leader(fenced) is None
+    assert failsafe.leader(None) is None  # for good, until it pings again

@@ -196,20 +196,6 @@ def test_a_replica_stuck_on_a_forked_timeline_is_rewound():
         assert ha.decide(c, loc, ME, s).actions == ()
 
 
-def test_a_demoted_primary_whose_wal_went_past_the_fork_is_rewound_without_waiting():
-    """Timeline 2 ended at 4000 (the history key); our WAL on timeline 2 reaches 5000: it can never stream."""
-    forked = replace(cluster(leader="n2", history=[[2, 4000, "no recovery target specified"]]),
-                     members={"n2": member("n2", role="primary", tl=3)})
-    rewinding = replace(SETTINGS, use_pg_rewind=True)
-    past = ha.Local(pg(upstream="n2", tl=2, wal=5000), True, "", {}, not_streaming_for=ha.diverged_grace(rewinding) + 1)
-    assert ha.decide(forked, past, ME, rewinding).actions == (ha.RunFollow("n2", rewind=True),)
-    # Still connecting, short of the fork (it will stream across the switch), or no history yet: wait.
-    for loc, c in ((replace(past, not_streaming_for=1.0), forked),
-                   (replace(past, pg=pg(upstream="n2", tl=2, wal=4000)), forked),
-                   (past, replace(forked, history=[]))):
-        assert ha.decide(c, loc, ME, rewinding).actions == ()
-
-
 # -- switchover ---------------------------------------------------------------------------
 
 STREAMING = tuple({"application_name": n, "state": "streaming"} for n in ("n2", "n3"))
