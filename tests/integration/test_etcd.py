@@ -12,7 +12,7 @@ import pytest
 
 from hasup.config import EtcdConfig
 from hasup.dcs.etcd import DCSError, EtcdStore
-from tests.harness import Etcd
+from tests.harness import Etcd, proc_stat, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +82,19 @@ def test_watch_times_out_quietly(etcd):
     assert time.monotonic() - started < 3
 
 
+def all_threads_stopped(pid: int) -> bool:
+    tasks = os.listdir(f"/proc/{pid}/task")
+    return all((proc_stat(int(t)) or ("", 0))[0] in ("T", "t") for t in tasks)
+
+
 def test_a_frozen_etcd_costs_at_most_retry_timeout(etcd):
     s = store(etcd, "frozen", retry_timeout=3)
     s.get_cluster()
     assert etcd.proc is not None
     os.kill(etcd.proc.pid, signal.SIGSTOP)
     try:
+        # kill() returns before every thread of a Go process has stopped: a request could still be served.
+        wait_for(lambda: all_threads_stopped(etcd.proc.pid), 5, "every etcd thread to stop")
         started = time.monotonic()
         with pytest.raises(DCSError):
             s.get_cluster()
