@@ -133,7 +133,7 @@ class Supervisor:
 
     def deadlines_for(self, ttl: int, loop_wait: int, retry_timeout: int) -> Deadlines:
         return Deadlines.of(ttl, loop_wait, retry_timeout, self.config.watchdog.safety_margin,
-                            self.config.postgresql.health_deadline)
+                            self.config.postgresql.health_deadline, self.config.watchdog.mode != "off")
 
     # -- process management ---------------------------------------------------------
 

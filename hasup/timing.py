@@ -47,12 +47,13 @@ class Deadlines:
     retry_timeout: float
     safety_margin: float
     health_deadline: float = DEFAULT_HEALTH_DEADLINE
+    watchdog_on: bool = True  # watchdog.mode is not off
 
     @classmethod
     def of(cls, ttl: float, loop_wait: float, retry_timeout: float, safety_margin: float,
-           health_deadline: float = DEFAULT_HEALTH_DEADLINE) -> Deadlines:
+           health_deadline: float = DEFAULT_HEALTH_DEADLINE, watchdog_on: bool = True) -> Deadlines:
         return cls(float(ttl), float(loop_wait), float(retry_timeout),
-                   float(effective_safety_margin(safety_margin, ttl)), float(health_deadline))
+                   float(effective_safety_margin(safety_margin, ttl)), float(health_deadline), watchdog_on)
 
     @property
     def watchdog_timeout(self) -> int | None:
@@ -87,9 +88,12 @@ class Deadlines:
         last pet (at most MAX_PET_INTERVAL before the freeze) unless a replacement opens and pets it first.
         Its loop makes no I/O beyond the device, so a short heartbeat is safe."""
         w = self.watchdog_timeout
-        if w is None:
+        if w is None or not self.watchdog_on:
             return OTHER_HEARTBEAT
-        return max(1.0, min(OTHER_HEARTBEAT, w - MAX_PET_INTERVAL - FAST_PING_INTERVAL - RESPAWN - EPSILON))
+        fits = w - MAX_PET_INTERVAL - FAST_PING_INTERVAL - RESPAWN - EPSILON
+        # Under a second no replacement beats the device anyway: a frozen worker costs a reset either way,
+        # and a hair-trigger heartbeat would only restart a busy one.
+        return min(OTHER_HEARTBEAT, fits) if fits >= 1.0 else OTHER_HEARTBEAT
 
     @staticmethod
     def ping_interval(role: str) -> float:

@@ -74,3 +74,6 @@ def test_a_frozen_watchdog_worker_is_replaced_before_its_device_fires(
 def test_the_watchdog_heartbeat_at_known_profiles() -> None:
     assert DEFAULTS.heartbeat("watchdog") == 11.5  # W = 14 s at Patroni's defaults
     assert TIGHT.heartbeat("watchdog") == 1.5  # W = 4 s
+    # No device in use, or too small a W for any replacement to beat it: no hair trigger.
+    assert Deadlines.of(30, 10, 10, 5, watchdog_on=False).heartbeat("watchdog") == timing.OTHER_HEARTBEAT
+    assert Deadlines.of(10, 2, 4, 5).heartbeat("watchdog") == timing.OTHER_HEARTBEAT  # W = 2 s
