@@ -13,6 +13,7 @@ all: test
 system-deps:
 	@missing=""; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	command -v etcdctl >/dev/null 2>&1 || missing="$$missing etcd-client"; \
 	[ -x $(PG_BIN)/postgres ] || missing="$$missing postgresql-15"; \
 	$(SYSTEM_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v ps >/dev/null 2>&1 || missing="$$missing procps"; \

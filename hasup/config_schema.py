@@ -20,7 +20,7 @@ import yaml
 T = TypeVar("T")
 
 # Keys whose values never appear in a message (the same names hasup.ipc redacts).
-SECRET_KEYS = frozenset({"password", "keyfile_password", "sslpassword"})
+SECRET_KEYS = frozenset({"password", "keyfile_password", "sslpassword", "key_password"})
 # Keys under which a wrong-typed value may still hold a secret (e.g. `authentication: "user:pw"`).
 SECRET_CONTAINERS = frozenset({"authentication", "superuser", "replication", "rewind", "users"})
 
@@ -60,7 +60,10 @@ BASEBACKUP_FORBIDDEN = frozenset(
     | {"dbname", "host", "port", "username", "password"}  # the connection comes from the leader
 )
 
-OTHER_DCS = ("etcd3", "consul", "zookeeper", "exhibitor", "kubernetes", "raft")
+# The DCS sections hasup reads (etcd's v2 API, its v3 API), and the Patroni ones it refuses.
+DCS_SECTIONS = ("etcd", "etcd3")
+OTHER_DCS = ("consul", "zookeeper", "exhibitor", "kubernetes", "raft")
+DCS_SUPPORTED = "hasup supports etcd (v2 API, `etcd:`) and etcd3 (v3 API, `etcd3:`)"
 
 # -- which keys hasup reads ---------------------------------------------------------------
 
@@ -97,11 +100,14 @@ DCS_PG_USED = ("use_pg_rewind", "use_slots", "parameters", "pg_hba")
 TOP_DYNAMIC_ONLY = frozenset(DCS_USED) - frozenset(UNSAFE_REASONS) - {"postgresql"}
 
 TOP_USED = (
-    "name", "scope", "namespace", "restapi", "etcd", "bootstrap", "postgresql", "tags", "log",
+    "name", "scope", "namespace", "restapi", *DCS_SECTIONS, "bootstrap", "postgresql", "tags", "log",
     "watchdog", "vip", *OTHER_DCS, *UNSAFE_REASONS,
 )
 RESTAPI_USED = ("listen", "connect_address", "authentication", "certfile", "keyfile")
-ETCD_USED = ("host", "hosts", "url", "port", "protocol", "username", "password")
+# The keys of `etcd:` and `etcd3:` alike.
+ETCD_USED = (
+    "host", "hosts", "url", "port", "protocol", "username", "password", "cacert", "cert", "key", "key_password",
+)
 BOOTSTRAP_USED = ("dcs", "method", "initdb", "pg_hba", "users", "post_bootstrap", "post_init")
 PG_USED = (
     "listen", "connect_address", "data_dir", "config_dir", "bin_dir", "pgpass", "authentication",
@@ -586,8 +592,9 @@ ENV_TABLE = _env_table()
 
 
 def _dcs_key(name: str) -> tuple[str, ...] | None:
-    """`ETCD_HOSTS` -> ("etcd", "hosts"): every DCS section can be built from the environment."""
-    for dcs in ("etcd", *OTHER_DCS):
+    """`ETCD_HOSTS` -> ("etcd", "hosts"), `ETCD3_CACERT` -> ("etcd3", "cacert"): every DCS section can be
+    built from the environment (a refused one too, so the refusal names it)."""
+    for dcs in (*DCS_SECTIONS, *OTHER_DCS):
         head = dcs.upper() + "_"
         if name.startswith(head) and len(name) > len(head):
             return (dcs, name[len(head) :].lower())

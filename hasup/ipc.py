@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 FRAME_HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 20  # a frame this large means a bug or a corrupt stream
 MAX_MESSAGE = 16 * 1024  # design budget for one message (tests check it)
-SECRET_KEYS = frozenset({"password", "keyfile_password", "sslpassword"})
+SECRET_KEYS = frozenset({"password", "keyfile_password", "key_password", "sslpassword"})
 
 
 class ProtocolError(Exception):

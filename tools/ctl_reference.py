@@ -34,8 +34,9 @@ scripts written for patronictl keep working, and patronictl itself works against
   members reports each one and exits 1 if any failed. `HASUPCTL_DEBUG=1` shows tracebacks.
 - etcd that does not answer within `retry_timeout` (from the configuration, default 10 s) is an error.
 
-Differences from patronictl: etcd (v2) is the only DCS; `list` shows one lag column (`Lag in MB`,
-behind the leader's last published WAL position) instead of receive and replay LSNs; `edit-config`
+Differences from patronictl: etcd is the only DCS (`etcd:` for the v2 API, `etcd3:` for v3); `list`
+shows one lag column (`Lag in MB`, behind the leader's last published WAL position) instead of receive
+and replay LSNs; `edit-config`
 refuses a configuration that hasup nodes could not use (the same check as `PATCH /config`), where
 patronictl writes anything; `version` names hasup's version besides the Patroni one it implements.
 """

@@ -1,7 +1,7 @@
 """What the admin endpoints need outside the snapshot: etcd, the peers, the supervisor, election.
 
 `Admin` is the interface the falcon resources call; `EtcdAdmin` implements it
-with an EtcdStore of its own (made in each gunicorn worker process, after
+with an etcd store of its own (made in each gunicorn worker process, after
 the fork: python-etcd's connection pool must not be shared across a fork)
 and a relay to election through the api master; tests pass fakes.  Every
 call may block (etcd for up to retry_timeout, a restart for as long as
@@ -23,8 +23,9 @@ from hasup import peers
 from hasup.api.relay import RelayClient
 from hasup.config import Config, _check_dcs
 from hasup.config_schema import Reader
-from hasup.dcs.etcd import DCSError, EtcdStore
+from hasup.dcs.backends import open_store
 from hasup.dcs.model import Cluster, Member
+from hasup.dcs.store import DCSError, Store
 from hasup.ha import PeerStatus
 
 __all__ = ["Admin", "DCSError", "EtcdAdmin", "LazyAdmin", "config_problems", "patch_config"]
@@ -51,7 +52,7 @@ class Admin(Protocol):
 
 
 class EtcdAdmin:
-    """The real one: etcd through EtcdStore, peers over HTTP, SIGHUP to the supervisor."""
+    """The real one: etcd through a store (v2 or v3), peers over HTTP, SIGHUP to the supervisor."""
 
     def __init__(self, config: Config, supervisor_pid: int, retry_timeout: Callable[[], float],
                  relay: RelayClient | None = None) -> None:
@@ -59,14 +60,14 @@ class EtcdAdmin:
         self.supervisor_pid = supervisor_pid
         self._retry_timeout = retry_timeout
         self._relay = relay
-        # One EtcdStore per request thread: a store keeps its client and endpoint
+        # One store per request thread: a store keeps its client and endpoint
         # rotation as plain attributes, and one slow read must not queue the others.
         self._local = threading.local()
 
-    def _store(self) -> EtcdStore:
-        store: EtcdStore | None = getattr(self._local, "store", None)
+    def _store(self) -> Store:
+        store: Store | None = getattr(self._local, "store", None)
         if store is None:
-            store = EtcdStore(self.config.etcd, self.config.namespace, self.config.scope)
+            store = open_store(self.config.etcd, self.config.namespace, self.config.scope)
             self._local.store = store
         store.retry_timeout = self._retry_timeout()
         return store

@@ -14,8 +14,9 @@ import click
 from hasup.ctl import output, views
 from hasup.ctl.rest import RestClient
 from hasup.ctl.settings import CtlSettings, SettingsError, load_settings
-from hasup.dcs.etcd import DCSError, EtcdStore
+from hasup.dcs.backends import open_store
 from hasup.dcs.model import Cluster
+from hasup.dcs.store import DCSError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,7 +31,7 @@ def one_line(text: object, limit: int = 300) -> str:
 
 
 class Store(Protocol):
-    """The part of EtcdStore hasupctl uses (tests pass an in-memory one)."""
+    """The part of a store hasupctl uses (tests pass an in-memory one)."""
 
     def get_cluster(self) -> Cluster: ...  # raises DCSError
 
@@ -44,7 +45,7 @@ class Store(Protocol):
 
 
 def etcd_store(settings: CtlSettings, scope: str) -> Store:
-    return EtcdStore(settings.etcd, settings.namespace, scope, settings.retry_timeout)
+    return open_store(settings.etcd, settings.namespace, scope, settings.retry_timeout)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "--config-file", "config_file", envvar="PATRONICTL_CONFIG_FILE",
               type=click.Path(dir_okay=True), help="a node's hasup (or Patroni) YAML: its etcd, scope and ctl sections")
-@click.option("-d", "--dcs-url", "--dcs", "dcs_url", envvar="DCS_URL", help="etcd://host:port[/namespace]")
+@click.option("-d", "--dcs-url", "--dcs", "dcs_url", envvar="DCS_URL",
+              help="etcd://host:port[/namespace] (v2 API) or etcd3://host:port[/namespace] (v3)")
 @click.option("-k", "--insecure", is_flag=True, help="do not verify the members' TLS certificates")
 @click.option("-f", "--format", "fmt", type=click.Choice(output.FORMATS), default=None,
               help="output format (default pretty)")

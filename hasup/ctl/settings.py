@@ -1,8 +1,10 @@
 """What hasupctl needs from a node's YAML (or patronictl.yaml): where etcd is, and how to reach the REST API.
 
-Only the `scope`, `namespace`, `etcd`, `ctl`, `restapi` and `loop_wait` keys are read, leniently:
-a file made for patronictl, without `postgresql` or `restapi.listen`, is fine.
-`--dcs-url` replaces the file's etcd endpoints (and its namespace when it names one).
+Only the `scope`, `namespace`, `etcd` or `etcd3`, `ctl`, `restapi` and `loop_wait` keys are read,
+leniently: a file made for patronictl, without `postgresql` or `restapi.listen`, is fine. The DCS
+section is read by the daemon's own rules (hasup.config), its TLS files checked the same way.
+`--dcs-url` replaces the file's DCS section as a whole, as in patronictl (and its namespace when it
+names one).
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hasup.config import EtcdConfig, _etcd
-from hasup.config_schema import DEFAULT_ETCD_PORT, OTHER_DCS, Reader, SourceError, read_sources
+from hasup.config_schema import (
+    DCS_SECTIONS,
+    DCS_SUPPORTED,
+    DEFAULT_ETCD_PORT,
+    OTHER_DCS,
+    Reader,
+    SourceError,
+    read_sources,
+)
 
 # Where patronictl looks when no -c is given; hasupctl reads the same file (drop-in).
 DEFAULT_CONFIG_PATH = os.path.join(os.path.expanduser("~"), ".config", "patroni", "patronictl.yaml")
@@ -48,17 +58,24 @@ class CtlSettings:
     retry_timeout: float = 10.0  # the whole budget of one etcd operation
 
 
+_DCS_URL_FORMS = "etcd://host:port[/namespace] or etcd3://host:port[/namespace]"
+
+
 def parse_dcs_url(url: str) -> tuple[EtcdConfig, str | None]:
-    """`[etcd://|http://|https://]host[:port][/namespace]` -> (etcd endpoints, namespace or None)."""
+    """`[etcd://|etcd3://|http://|https://]host[:port][/namespace]` -> (etcd endpoints, namespace or None).
+
+    etcd3:// means etcd's v3 API; the others its v2 API (http:// and https:// are hasup's own forms).
+    """
     text = url.strip()
     if "://" not in text:
         text = "etcd://" + text
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme in OTHER_DCS:
-        raise SettingsError(f"--dcs-url: hasup works with etcd (v2) only, not {scheme}")
-    if scheme not in ("etcd", "http", "https"):
-        raise SettingsError(f"--dcs-url: unknown scheme {parts.scheme!r} (expected etcd://host:port[/namespace])")
+        raise SettingsError(f"--dcs-url: {scheme} is not supported; hasup works with etcd (v2 API, etcd://) "
+                            f"and etcd3 (v3 API, etcd3://)")
+    if scheme not in ("etcd", "etcd3", "http", "https"):
+        raise SettingsError(f"--dcs-url: unknown scheme {parts.scheme!r} (expected {_DCS_URL_FORMS})")
     try:
         port = parts.port or DEFAULT_ETCD_PORT
     except ValueError:
@@ -67,7 +84,9 @@ def parse_dcs_url(url: str) -> tuple[EtcdConfig, str | None]:
         raise SettingsError(f"--dcs-url: no host in {url!r}")
     namespace = parts.path.strip("/") or None
     protocol = "https" if scheme == "https" else "http"
-    return EtcdConfig(((parts.hostname, port),), protocol, parts.username, parts.password), namespace
+    api_version = 3 if scheme == "etcd3" else 2
+    return EtcdConfig(((parts.hostname, port),), protocol, parts.username, parts.password,
+                      api_version=api_version), namespace
 
 
 def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -92,14 +111,12 @@ def settings_from_raw(raw: Mapping[str, Any], dcs_url: str | None = None, insecu
     if dcs_url:
         etcd, url_namespace = parse_dcs_url(dcs_url)
         namespace = url_namespace or namespace
-    elif "etcd" in raw:
+    elif any(dcs in raw for dcs in (*DCS_SECTIONS, *OTHER_DCS)):
         reader = Reader()
         found = _etcd(reader, raw)
         if reader.problems or found is None:
-            raise SettingsError("; ".join(reader.problems) or "etcd: unusable section")
+            raise SettingsError("; ".join(reader.problems) or f"unusable DCS section; {DCS_SUPPORTED}")
         etcd = found
-    elif any(dcs in raw for dcs in OTHER_DCS):
-        raise SettingsError("hasup works with etcd (v2) only; the configuration names another DCS")
     else:
         etcd = DEFAULT_ETCD
     ctl, restapi = _section(raw, "ctl"), _section(raw, "restapi")

@@ -1,24 +1,29 @@
-"""etcd (v2 API) access through python-etcd, with the key layout of reference §2.
+"""The cluster's keys in etcd's v2 keyspace, through python-etcd (`etcd:`).
 
-Every operation is bounded by retry_timeout: requests are retried across
-the configured endpoints until then, and a DCSError is raised after.  CAS
-failures are results (False), not errors.
+Every operation is bounded by retry_timeout: requests are retried across the
+members (Endpoints, failed ones last) until then, and a DCSError is raised after.
+CAS failures are results (False), not errors.  python-etcd's own HTTP pool is
+replaced by ours (hasup/dcs/tls.py): TLS with the configured files, no retries
+of its own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import etcd
+import urllib3
 import urllib3.exceptions
 
 from hasup.config import EtcdConfig
+from hasup.dcs.endpoints import Endpoints, Exhausted, within_budget
 from hasup.dcs.model import Cluster, build_cluster
+from hasup.dcs.store import DCSError, base_path, compact, sync_value
+from hasup.dcs.tls import pool_manager, reason_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,16 +37,21 @@ _RETRYABLE = (
     TimeoutError,
     OSError,
 )
+_CAS_FAILURES = (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdAlreadyExist, etcd.EtcdNotFile)
 
 
-class _NoRetries:
-    """urllib3 retries a timed-out request 3 more times on its own, which would
-    stretch one attempt to 4x its timeout and break the retry_timeout bound.
-    We retry ourselves, across endpoints, within that bound.  A plain number
-    as timeout bounds the connect and the read each (2x per attempt): it
-    becomes a total."""
+def _classify(exc: BaseException) -> str | None:
+    """A reason when another member is worth asking; None for answers every member would repeat."""
+    if isinstance(exc, _CAS_FAILURES) or not isinstance(exc, _RETRYABLE):
+        return None
+    return reason_of(exc)
 
-    def __init__(self, pool: Any) -> None:
+
+class _Timed:
+    """python-etcd's pool with each request bounded in total (a plain number bounds connect and
+    read each, twice the attempt) and never retried by urllib3 (we retry across members)."""
+
+    def __init__(self, pool: urllib3.PoolManager) -> None:
         self._pool = pool
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -53,12 +63,6 @@ class _NoRetries:
     def request(self, *args: Any, **kwargs: Any) -> Any:
         return self._call("request", *args, **kwargs)
 
-    def request_encode_body(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("request_encode_body", *args, **kwargs)
-
-    def request_encode_url(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("request_encode_url", *args, **kwargs)
-
     def urlopen(self, *args: Any, **kwargs: Any) -> Any:
         return self._call("urlopen", *args, **kwargs)
 
@@ -66,62 +70,49 @@ class _NoRetries:
         return getattr(self._pool, name)
 
 
-class DCSError(Exception):
-    """etcd did not answer properly within retry_timeout."""
-
-
-def compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=False)
-
-
 class EtcdStore:
-    def __init__(self, cfg: EtcdConfig, namespace: str, scope: str, retry_timeout: float = 10) -> None:
+    def __init__(self, cfg: EtcdConfig, namespace: str, scope: str, retry_timeout: float = 10,
+                 endpoints: Endpoints | None = None) -> None:
         self.cfg = cfg
-        self.base = "/" + "/".join(p for p in (namespace.strip("/"), scope) if p)
+        self.base = base_path(namespace, scope)
         self.retry_timeout = retry_timeout
-        self._client: etcd.Client | None = None
-        self._endpoint = 0
+        self.endpoints = endpoints or Endpoints(f"{cfg.protocol}://{host}:{port}" for host, port in cfg.hosts)
+        self._http = _Timed(pool_manager(cfg))
+        self._clients: dict[str, etcd.Client] = {}
+        self._member_written: tuple[str, float] | None = None  # (value, when)
+        self._seen_members: dict[str, str | None] = {}  # member keys at the last read
 
     # -- plumbing ------------------------------------------------------------
 
-    def _make_client(self, timeout: float) -> etcd.Client:
-        host, port = self.cfg.hosts[self._endpoint % len(self.cfg.hosts)]
-        kwargs: dict[str, Any] = {}
-        if self.cfg.username:
-            kwargs["username"] = self.cfg.username
-            kwargs["password"] = self.cfg.password
-        # One endpoint per client; we rotate ourselves so a dead node costs one
-        # bounded attempt, not python-etcd's own unbounded reconnect loop.
-        client = etcd.Client(host=host, port=port, protocol=self.cfg.protocol, read_timeout=timeout,
-                             allow_reconnect=False, **kwargs)
-        client.http = _NoRetries(client.http)
+    def _client(self, url: str) -> etcd.Client:
+        client = self._clients.get(url)
+        if client is None:
+            parts = urlsplit(url)
+            kwargs: dict[str, Any] = {}
+            if self.cfg.username:
+                kwargs["username"] = self.cfg.username
+                kwargs["password"] = self.cfg.password
+            # One member per client: we choose members ourselves, so a dead one costs one bounded
+            # attempt instead of python-etcd's own unbounded reconnect loop.
+            client = etcd.Client(host=parts.hostname, port=parts.port or 2379, protocol=parts.scheme,
+                                 allow_reconnect=False, **kwargs)
+            client.http = self._http
+            self._clients[url] = client
         return client
 
     def _call(self, op: Callable[[etcd.Client, float], T], budget: float | None = None) -> T:
-        deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
-        per_try = max(1.0, (budget or self.retry_timeout) / max(2, len(self.cfg.hosts) * 2))
-        last: Exception | None = None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining < 0.2:  # too little for an attempt: one would overrun the bound the leader relies on
-                raise DCSError(f"etcd is not responding properly: {last}")
-            timeout = min(per_try, remaining)
-            try:
-                if self._client is None:
-                    self._client = self._make_client(timeout)
-                self._client._read_timeout = timeout  # python-etcd exposes no setter
-                return op(self._client, timeout)
-            except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdAlreadyExist, etcd.EtcdNotFile):
+        def attempt(url: str, timeout: float) -> T:
+            client = self._client(url)
+            client._read_timeout = timeout  # python-etcd exposes no setter
+            return op(client, timeout)
+        try:
+            return within_budget(self.endpoints, self.retry_timeout if budget is None else budget, attempt, _classify)
+        except Exhausted as exc:
+            raise DCSError(f"etcd is not responding properly: {exc}") from None
+        except etcd.EtcdException as exc:
+            if isinstance(exc, _CAS_FAILURES):
                 raise
-            except etcd.EtcdException as exc:
-                if not isinstance(exc, _RETRYABLE):
-                    raise DCSError(f"etcd error: {exc}") from exc
-                last = exc
-            except _RETRYABLE as exc:
-                last = exc
-            self._client = None
-            self._endpoint += 1
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic()), random.uniform(0.05, 0.2)))
+            raise DCSError(f"etcd error: {exc}") from exc
 
     def key(self, rel: str) -> str:
         return f"{self.base}/{rel}"
@@ -139,11 +130,24 @@ class EtcdStore:
             for leaf in result.leaves:
                 if leaf.key and leaf.key.startswith(prefix) and not leaf.dir:
                     nodes[leaf.key[len(prefix):]] = (leaf.value, leaf.modifiedIndex, leaf.expiration)
+            self._seen_members = {k: v[0] for k, v in nodes.items() if k.startswith("members/")}
             return build_cluster(nodes, result.etcd_index or 0)
         return self._call(op)
 
-    def watch_leader(self, index: int, timeout: float) -> bool:
-        return self.watch("leader", index, timeout)
+    def read_raw(self) -> dict[str, str]:
+        """Every key of the cluster as {relative key: value}, unparsed (hasupctl migrate-dcs)."""
+        def op(c: etcd.Client, _t: float) -> dict[str, str]:
+            try:
+                result = c.read(self.base, recursive=True)
+            except etcd.EtcdKeyNotFound:
+                return {}
+            prefix = self.base + "/"
+            return {leaf.key[len(prefix):]: leaf.value for leaf in result.leaves
+                    if leaf.key and leaf.key.startswith(prefix) and not leaf.dir and leaf.value is not None}
+        return self._call(op)
+
+    def put_raw(self, rel: str, value: str) -> None:
+        self._call(lambda c, _t: c.write(self.key(rel), value))
 
     def watch(self, rel: str, index: int, timeout: float) -> bool:
         """Block until key `rel` changes at or after index, or timeout. True if it changed."""
@@ -189,7 +193,18 @@ class EtcdStore:
     # -- other keys ------------------------------------------------------------
 
     def touch_member(self, name: str, data: dict[str, Any], ttl: int) -> None:
-        self._call(lambda c, _t: c.write(self.key(f"members/{name}"), compact(data), ttl=ttl))
+        """Write the member key when its value changed, it is not as we left it, or a third of
+        its ttl has passed (v2 renews a ttl only by writing)."""
+        rel = f"members/{name}"
+        value = compact(data)
+        written = self._member_written
+        if written is not None and written[0] == value and time.monotonic() - written[1] < ttl / 3 \
+                and self._seen_members.get(rel) == value:
+            return
+        started = time.monotonic()
+        self._call(lambda c, _t: c.write(self.key(rel), value, ttl=ttl))
+        self._member_written = (value, started)
+        self._seen_members[rel] = value  # until the next read says otherwise
 
     def claim_initialize(self) -> bool:
         return self._cas(lambda c: c.write(self.key("initialize"), "", prevExist=False))
@@ -210,9 +225,7 @@ class EtcdStore:
         self._call(lambda c, _t: c.write(self.key("history"), compact(history)))
 
     def set_sync(self, leader: str, standbys: tuple[str, ...]) -> None:
-        """The sync key as Patroni writes it: the leader and its synchronous standbys (comma-separated)."""
-        value = {"leader": leader, "sync_standby": ",".join(standbys) if standbys else None}
-        self._call(lambda c, _t: c.write(self.key("sync"), compact(value)))
+        self._call(lambda c, _t: c.write(self.key("sync"), compact(sync_value(leader, standbys))))
 
     def set_failsafe(self, members: dict[str, str]) -> None:
         self._call(lambda c, _t: c.write(self.key("failsafe"), compact(members)))

@@ -6,13 +6,13 @@ import os
 import threading
 import time
 
-from hasup.dcs.etcd import EtcdStore
+from hasup.dcs.store import Store
 
 
 class KeyWatch(threading.Thread):
     """Watches one key (armed per cycle) and writes to wake_fd when it changes."""
 
-    def __init__(self, store: EtcdStore, wake_fd: int) -> None:
+    def __init__(self, store: Store, wake_fd: int) -> None:
         super().__init__(name="key-watch", daemon=True)
         self.store = store
         self.wake_fd = wake_fd

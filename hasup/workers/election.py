@@ -16,8 +16,9 @@ from typing import Any, cast
 
 from hasup import ha, ipc
 from hasup.config import Config, initial_dcs_config, parse_dynamic
-from hasup.dcs.etcd import DCSError, EtcdStore
+from hasup.dcs.backends import open_store
 from hasup.dcs.model import Cluster
+from hasup.dcs.store import DCSError, Store
 from hasup.dcs.watch import KeyWatch
 from hasup.member import member_data, recorded_history
 from hasup.peers import client_context, fetch_all
@@ -48,11 +49,11 @@ class ElectionWorker:
         self.dynamic, _ = parse_dynamic(cfg.bootstrap.dcs)
         # etcd and peer calls run on a helper thread so the loop keeps answering its (short) heartbeat.
         self.offload = Offloader(ctx, lambda: self.dynamic.retry_timeout + 2.0, urgent=self.urgent)
-        self.raw_store = EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
-        self.store = cast(EtcdStore, OffloadedProxy(self.raw_store, self.offload))
+        self.raw_store = open_store(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
+        self.store = cast(Store, OffloadedProxy(self.raw_store, self.offload))
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
-        self.watch = KeyWatch(EtcdStore(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout),
+        self.watch = KeyWatch(open_store(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout),
                                  self.wake_w)
         self.pg: ipc.PgState | None = None
         self.pg_received = 0.0

@@ -8,6 +8,7 @@ behind is re-parented to us and can be found and cleaned up by PID.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import json
 import os
@@ -25,12 +26,15 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg2
 import yaml
 
 from tests.harness.netns import PREFIX, SUBNET, Network, in_netns
+
+if TYPE_CHECKING:
+    from tests.harness.etcd3 import Etcd3Cluster
 
 T = TypeVar("T")
 FAILURES: list[str] = []  # node ids of failed tests, filled by tests/conftest.py
@@ -239,6 +243,8 @@ class Node:
     hba_net: str = "127.0.0.1/32"
     etcd_host: str = "127.0.0.1"
     caps: tuple[str, ...] = ()  # ambient capabilities, as systemd's AmbientCapabilities= grants them
+    # Replaces the `etcd:` section of the configuration (e.g. Etcd3Cluster.dcs_section(): `etcd3:` with TLS).
+    dcs_section: dict[str, Any] | None = None
 
     @property
     def dir(self) -> str:
@@ -297,6 +303,9 @@ class Node:
             "tags": {"nofailover": False},
             "watchdog": {"mode": "off"},
         }
+        if self.dcs_section is not None:
+            del cfg["etcd"]
+            cfg.update(copy.deepcopy(self.dcs_section))  # a copy: extra may edit it below
         for dotted, value in self.extra.items():
             d = cfg
             *path, last = dotted.split(".")
@@ -485,12 +494,17 @@ class Node:
 
 
 class TestCluster:
-    """etcd plus N hasup nodes in a temporary directory."""
+    """etcd plus N hasup nodes in a temporary directory.
+
+    etcd: the DCS to use instead of a new single v2 Etcd(base), e.g. an Etcd3Cluster made on the same
+    base; when it has dcs_section(), the nodes' configuration gets that section instead of `etcd:`.
+    """
 
     __test__ = False  # a helper, not a pytest test class
 
     def __init__(self, n: int = 3, dcs: dict[str, Any] | None = None, scope: str | None = None,
-                 base: str | None = None, network: Network | None = None) -> None:
+                 base: str | None = None, network: Network | None = None,
+                 etcd: Etcd | Etcd3Cluster | None = None) -> None:
         self.owner = run_as()
         self.base = base or tempfile.mkdtemp(prefix="hasup-test-")
         os.chmod(self.base, 0o755)
@@ -498,12 +512,21 @@ class TestCluster:
             os.chown(self.base, *self.owner)
         # With a network (hosts "etcd", "node1", ...), each runs in its own namespace on its bridge.
         where = network.hosts if network is not None else {}
-        self.etcd = Etcd(self.base, where["etcd"].ns, where["etcd"].address) if where else Etcd(self.base)
+        self.etcd: Etcd | Etcd3Cluster
+        if etcd is not None:
+            self.etcd = etcd
+        else:
+            self.etcd = Etcd(self.base, where["etcd"].ns, where["etcd"].address) if where else Etcd(self.base)
+        section_of: Callable[[], dict[str, Any]] | None = getattr(self.etcd, "dcs_section", None)
+        dcs_section = section_of() if section_of is not None else None
+        chown: Callable[[tuple[int, int] | None], None] | None = getattr(self.etcd, "chown", None)
+        if chown is not None:
+            chown(self.owner)  # the nodes read its client certificate and key
         self.scope = scope or f"t{os.getpid()}x{int(time.time() * 1000) % 100000}"
         self.dcs = dcs or {"ttl": 10, "loop_wait": 2, "retry_timeout": 4, "maximum_lag_on_failover": 1048576,
                            "postgresql": {"use_pg_rewind": True, "use_slots": False}}
-        self.nodes = [Node(f"node{i + 1}", self.base, self.scope, self.etcd.port, self.owner, self.dcs)
-                      for i in range(n)]
+        self.nodes = [Node(f"node{i + 1}", self.base, self.scope, self.etcd.port, self.owner, self.dcs,
+                           dcs_section=dcs_section) for i in range(n)]
         for node in self.nodes if where else ():
             place = where[node.name]
             node.netns, node.host, node.etcd_host = place.ns, place.address, self.etcd.host

@@ -1,8 +1,11 @@
 """A throwaway PKI for TLS tests, made with the openssl command line.
 
-One CA signs a server certificate for 127.0.0.1 (its key encrypted with a
-pass phrase, as restapi.keyfile_password expects) and a client certificate
-(plain key) for verify_client tests.
+make_pki(): one CA signs a server certificate for 127.0.0.1 (its key encrypted
+with a pass phrase, as restapi.keyfile_password expects) and a client
+certificate (plain key) for verify_client tests.
+
+make_ca() and make_cert() are the building blocks, for other layouts (the
+etcd cluster of tests/harness/etcd3.py builds its own from them).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 
 KEY_PASSWORD = "key-pass-phrase-42"
+DAYS = "2"
 
 
 @dataclass(frozen=True)
@@ -55,22 +59,42 @@ def _openssl(cwd: str, *args: str) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
+def make_ca(directory: str, name: str = "ca", cn: str = "hasup test CA") -> str:
+    """A self-signed CA: <name>.pem and its plain key <name>.key (0600) in directory; returns the .pem path."""
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    _openssl(directory, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+             "-out", f"{name}.pem", "-days", DAYS, "-subj", f"/CN={cn}")
+    os.chmod(os.path.join(directory, f"{name}.key"), 0o600)
+    return os.path.join(directory, f"{name}.pem")
+
+
+def make_cert(directory: str, name: str, cn: str, ca: str = "ca", *, extensions: tuple[str, ...] = (),
+              key_password: str | None = None) -> tuple[str, str]:
+    """<name>.pem signed by the CA <ca>.pem/<ca>.key in directory, and its key <name>.key (0600).
+
+    extensions are openssl extension lines ("subjectAltName=IP:127.0.0.1",
+    "extendedKeyUsage=clientAuth"); the key is encrypted with key_password
+    when one is given, plain otherwise. Returns (certificate, key) paths.
+    """
+    d = directory
+    key_args = ["-passout", f"pass:{key_password}"] if key_password is not None else ["-nodes"]
+    _openssl(d, "req", "-newkey", "rsa:2048", *key_args, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", f"/CN={cn}")
+    ext_args: list[str] = []
+    if extensions:
+        with open(os.path.join(d, f"{name}.ext"), "w") as f:
+            f.write("".join(line + "\n" for line in extensions))
+        ext_args = ["-extfile", f"{name}.ext"]
+    _openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+             "-out", f"{name}.pem", "-days", DAYS, *ext_args)
+    os.chmod(os.path.join(d, f"{name}.key"), 0o600)
+    return os.path.join(d, f"{name}.pem"), os.path.join(d, f"{name}.key")
+
+
 def make_pki(directory: str, key_password: str = KEY_PASSWORD) -> Pki:
     """Create the CA, server and client certificates in directory (created if missing)."""
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    d = directory
-    _openssl(d, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=hasup test CA")
-    _openssl(d, "req", "-newkey", "rsa:2048", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
-             "-passout", f"pass:{key_password}")
-    with open(os.path.join(d, "server.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\n")
-    _openssl(d, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
-    _openssl(d, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
-             "-subj", "/CN=hasup test client")
-    _openssl(d, "x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "client.pem", "-days", "2")
-    for name in ("ca.key", "server.key", "client.key"):
-        os.chmod(os.path.join(d, name), 0o600)
-    return Pki(d, key_password)
+    make_ca(directory)
+    make_cert(directory, "server", "127.0.0.1", extensions=("subjectAltName=IP:127.0.0.1",),
+              key_password=key_password)
+    make_cert(directory, "client", "hasup test client")
+    return Pki(directory, key_password)

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from hasup.dcs.etcd import DCSError, compact
 from hasup.dcs.model import Cluster, build_cluster
+from hasup.dcs.store import DCSError, compact
 
 SCOPE = "main"
 

@@ -16,6 +16,7 @@ import hasup
 import hasup.config as config_module
 from hasup.cli import main
 from hasup.config import Config
+from tests.harness.pki import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
@@ -136,6 +137,45 @@ def test_validate_config_from_environment_only(tmp_path: Path) -> None:
     assert (result.returncode, result.stderr) == (0, "")
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def etcd3_config(**tls: str) -> dict[str, Any]:
+    raw = {k: v for k, v in VALID.items() if k != "etcd"}
+    raw["etcd3"] = {"hosts": ["10.0.0.1:2379", "10.0.0.2:2379"], **tls}
+    return raw
+
+
+def test_validate_config_accepts_etcd3_with_tls(tmp_path: Path, pki: Pki) -> None:
+    raw = etcd3_config(cacert=pki.ca, cert=pki.server_cert, key=pki.server_key, key_password=pki.key_password)
+    result = run_hasup("--validate-config", write(tmp_path, yaml.safe_dump(raw)))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_validate_config_names_each_bad_tls_file_in_one_line(tmp_path: Path, pki: Pki) -> None:
+    raw = etcd3_config(cacert=str(tmp_path / "ca.pem"), cert=pki.server_cert, key=pki.server_key)
+    env = clean_env()
+    env["PATRONI_ETCD3_KEY_PASSWORD"] = "not-the-pass-phrase"
+    result = run_hasup("--validate-config", write(tmp_path, yaml.safe_dump(raw)), env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"etcd3.cacert: cannot read {tmp_path / 'ca.pem'}: No such file or directory",
+        f"etcd3.key_password: does not decrypt the private key in {pki.server_key}",
+    ]
+    assert "Traceback" not in result.stderr and "not-the-pass-phrase" not in result.stderr
+
+
+def test_validate_config_refuses_two_dcs_sections(tmp_path: Path) -> None:
+    raw = {**VALID, "etcd3": {"host": "10.0.0.1:2379"}}
+    result = run_hasup("--validate-config", write(tmp_path, yaml.safe_dump(raw)))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "etcd3: set together with etcd; keep exactly one DCS section (etcd: for etcd's v2 API, etcd3: for its v3 API)"
+    ]
+
+
 def test_starting_with_a_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     result = run_hasup(write(tmp_path, BAD_TEXT))
     assert result.returncode == 2
@@ -193,6 +233,29 @@ def test_start_with_a_bad_config_never_reaches_the_supervisor(
     assert main([write(tmp_path, BAD_TEXT)]) == 2
     assert fake_supervisor == []
     assert capsys.readouterr().err.splitlines() == BAD_PROBLEMS
+
+
+def test_start_with_an_encrypted_etcd_key_and_no_pass_phrase_exits_2(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str],
+    fake_supervisor: list[tuple[Config, str, list[str]]],
+) -> None:
+    raw = etcd3_config(cert=pki.server_cert, key=pki.server_key)
+    assert main([write(tmp_path, yaml.safe_dump(raw))]) == 2  # and no pass phrase prompt on the terminal
+    assert fake_supervisor == []
+    assert capsys.readouterr().err.splitlines() == [
+        f"etcd3.key_password: required: the private key in {pki.server_key} is encrypted"]
+
+
+def test_start_takes_the_etcd3_key_pass_phrase_out_of_the_environment(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch,
+    fake_supervisor: list[tuple[Config, str, list[str]]],
+) -> None:
+    raw = etcd3_config(cacert=pki.ca, cert=pki.server_cert, key=pki.server_key)
+    monkeypatch.setenv("PATRONI_ETCD3_KEY_PASSWORD", pki.key_password)
+    assert main([write(tmp_path, yaml.safe_dump(raw))]) == 0
+    [(config, _, _)] = fake_supervisor
+    assert (config.etcd.api_version, config.etcd.protocol, config.etcd.key_password) == (3, "https", pki.key_password)
+    assert "PATRONI_ETCD3_KEY_PASSWORD" not in os.environ
 
 
 def test_main_returns_the_exit_status_of_argparse(capsys: pytest.CaptureFixture[str]) -> None:

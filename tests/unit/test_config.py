@@ -28,6 +28,9 @@ from hasup.config import (
 from hasup.config_schema import Invalid, apply_timing_rule, to_bool, to_watchdog_mode
 
 DATA = Path(__file__).parent / "data"
+SUPPORTED = "hasup supports etcd (v2 API, `etcd:`) and etcd3 (v3 API, `etcd3:`)"
+BOTH_DCS = ("etcd3: set together with etcd; keep exactly one DCS section "
+            "(etcd: for etcd's v2 API, etcd3: for its v3 API)")
 
 MINIMAL: dict[str, Any] = {
     "scope": "main",
@@ -195,7 +198,11 @@ def test_environment_for_ignored_keys_warns() -> None:
 
 
 def test_environment_dcs_section_other_than_etcd_is_refused() -> None:
-    assert "etcd3: hasup supports only the etcd (v2) DCS" in problems_of({}, {"PATRONI_ETCD3_HOSTS": "h:2379"})
+    assert f"consul: not supported; {SUPPORTED}" in problems_of({}, {"PATRONI_CONSUL_HOST": "h:8500"})
+
+
+def test_environment_etcd3_section_beside_the_file_etcd_section_is_refused() -> None:
+    assert problems_of({}, {"PATRONI_ETCD3_HOSTS": "h:2379"}) == [BOTH_DCS]
 
 
 ENV_ONLY = {
@@ -359,7 +366,7 @@ ERROR_CASES: list[tuple[dict[str, Any], str | list[str]]] = [
         {"bootstrap.dcs.synchronous_mode": "maybe"},
         "bootstrap.dcs.synchronous_mode: expected a boolean or 'quorum', got 'maybe'",
     ),
-    ({"etcd": DELETE}, "etcd: required"),
+    ({"etcd": DELETE}, "etcd: required (or etcd3, for etcd's v3 API)"),
     ({"etcd": {}}, "etcd: one of host, hosts or url is required"),
     (
         {"etcd": {"srv": "example.com"}},
@@ -372,11 +379,18 @@ ERROR_CASES: list[tuple[dict[str, Any], str | list[str]]] = [
     ({"etcd": {"hosts": "http://a:1,https://b:2"}}, "etcd.hosts: mixes http:// and https:// endpoints"),
     ({"etcd": {"url": "ftp://e1"}}, "etcd.url: expected http(s)://host[:port], got 'ftp://e1'"),
     ({"etcd.protocol": "ftp"}, "etcd.protocol: expected http or https, got 'ftp'"),
-    ({"etcd3": {"hosts": "e:2379"}}, "etcd3: hasup supports only the etcd (v2) DCS"),
-    ({"consul": {"host": "c:8500"}}, "consul: hasup supports only the etcd (v2) DCS"),
-    ({"kubernetes": {}}, "kubernetes: hasup supports only the etcd (v2) DCS"),
-    ({"raft": {}}, "raft: hasup supports only the etcd (v2) DCS"),
-    ({"zookeeper": {"hosts": ["z:2181"]}}, "zookeeper: hasup supports only the etcd (v2) DCS"),
+    ({"etcd3": {"hosts": "e:2379"}}, BOTH_DCS),
+    ({"consul": {"host": "c:8500"}}, f"consul: not supported; {SUPPORTED}"),
+    ({"kubernetes": {}}, f"kubernetes: not supported; {SUPPORTED}"),
+    ({"raft": {}}, f"raft: not supported; {SUPPORTED}"),
+    ({"zookeeper": {"hosts": ["z:2181"]}}, f"zookeeper: not supported; {SUPPORTED}"),
+    ({"exhibitor": {"hosts": ["x"]}}, f"exhibitor: not supported; {SUPPORTED}"),
+    ({"etcd": DELETE, "consul": {}}, f"consul: not supported; {SUPPORTED}"),
+    (
+        {"etcd": DELETE, "etcd3": {"hosts": "e:2379", "protocol": "ftp"}},
+        "etcd3.protocol: expected http or https, got 'ftp'",
+    ),
+    ({"etcd": DELETE, "etcd3": {"url": "ftp://e1"}}, "etcd3.url: expected http(s)://host[:port], got 'ftp://e1'"),
     ({"tags.failover_priority": -1}, "tags.failover_priority: must be at least 0, got -1"),
     (
         {"tags.nofailover": "perhaps"},
@@ -460,7 +474,7 @@ def test_every_problem_is_reported_at_once() -> None:
     )
     assert problems == [
         "restapi.listen: expected host:port, got '8008'",
-        "etcd3: hasup supports only the etcd (v2) DCS",
+        BOTH_DCS,
         "bootstrap.dcs.loop_wait: expected an integer, got 'fast'",
         "postgresql.data_dir: required",
         "log.level: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'",
@@ -476,6 +490,9 @@ def test_every_problem_is_reported_at_once() -> None:
         {"restapi.authentication": {"username": "u", "password": {"s3cr3t-value": 1}}},
         {"etcd": {"url": "http://user:s3cr3t-value@e1:notaport"}},
         {"etcd.password": ["s3cr3t-value"]},
+        {"etcd.key_password": ["s3cr3t-value"]},
+        {"etcd": DELETE, "etcd3": {"url": "http://user:s3cr3t-value@e1:notaport"}},
+        {"etcd": DELETE, "etcd3": {"host": "e1", "password": {"s3cr3t-value": 1}}},
         {"bootstrap.users": {"admin": {"password": ["s3cr3t-value"]}}},
         {"bootstrap.users": {"admin": "s3cr3t-value"}},
     ],
@@ -513,7 +530,8 @@ def test_no_password_appears_in_warnings() -> None:
         ({"citus": {"group": 0}}, "citus: not used by hasup yet, ignored"),
         ({"thread_pool_size": 5}, "thread_pool_size: not used by hasup yet, ignored"),
         ({"frobnicate": 1}, "frobnicate: not used by hasup yet, ignored"),
-        ({"etcd.cacert": "/ca.pem"}, "etcd.cacert: not used by hasup yet, ignored"),
+        ({"etcd.srv": "example.com"}, "etcd.srv: not used by hasup yet, ignored"),
+        ({"etcd.use_proxies": True}, "etcd.use_proxies: not used by hasup yet, ignored"),
         (
             {"bootstrap.dcs.slots": {"s": {"type": "logical"}}},
             "bootstrap.dcs.slots.s: a logical slot needs database and plugin; ignored",

@@ -19,8 +19,11 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from hasup.config import EtcdConfig
 from hasup.ctl import cli
 from hasup.ctl.base import Seams
+from hasup.ctl.settings import CtlSettings, parse_dcs_url
+from tests.harness.pki import Pki, make_pki
 from tests.unit.ctl_fakes import SCOPE, FakeApi, FakeClock, FakeStore, Request, fake_apis, three_nodes
 
 MB = 1024 * 1024
@@ -475,3 +478,103 @@ def test_query_prompts_for_the_password_and_reports_connection_errors_in_one_lin
     assert "Password" in result.stdout and "pw-9f8e" not in result.output
     line = single_error_line(result)
     assert line.startswith("Error: node1: ") and "port 1" in line
+
+
+# -- the DCS section and --dcs-url ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def run_seeing_settings(store: FakeStore, *args: str) -> tuple[Result, list[CtlSettings]]:
+    """Run hasupctl and return the settings it opened etcd with."""
+    seen: list[CtlSettings] = []
+    store.put("config", {"ttl": 30})
+
+    def open_store(settings: CtlSettings, _scope: str) -> FakeStore:
+        seen.append(settings)
+        return store
+
+    clock = FakeClock()
+    seams = Seams(store=open_store, clock=clock, sleep=clock.sleep)
+    return CliRunner().invoke(cli, list(args), obj=seams, catch_exceptions=False), seen
+
+
+def write_config(tmp_path: Path, **sections: Any) -> str:
+    path = tmp_path / "ctl.yml"
+    path.write_text(yaml.safe_dump({"scope": SCOPE, **sections}))
+    return str(path)
+
+
+def test_the_files_etcd3_section_is_used_with_tls(store: FakeStore, tmp_path: Path, pki: Pki) -> None:
+    config = write_config(tmp_path, etcd3={"hosts": "10.0.0.1:2379,10.0.0.2:2379", "cacert": pki.ca,
+                                           "cert": pki.server_cert, "key": pki.server_key,
+                                           "key_password": pki.key_password})
+    result, [settings] = run_seeing_settings(store, "-c", config, "show-config")
+    assert result.exit_code == 0, result.output
+    assert settings.etcd == EtcdConfig((("10.0.0.1", 2379), ("10.0.0.2", 2379)), "https", api_version=3,
+                                       cacert=pki.ca, cert=pki.server_cert, key=pki.server_key,
+                                       key_password=pki.key_password)
+
+
+@pytest.mark.parametrize(("sections", "expected"), [
+    ({"etcd3": {"host": "e1", "cacert": "/x/ca.pem"}},
+     "Error: etcd3.cacert: cannot read /x/ca.pem: No such file or directory"),
+    ({"etcd3": {"host": "e1", "protocol": "http", "cert": "CERT", "key": "KEY"}},
+     "Error: etcd3.protocol: TLS files given (etcd3.cert) but the protocol is http; use https or remove them"),
+    ({"etcd3": {"host": "e1", "cert": "CERT", "key": "ENCRYPTED"}},
+     "Error: etcd3.key_password: required: the private key in ENCRYPTED is encrypted"),
+    ({"etcd": {"host": "e1"}, "etcd3": {"host": "e2"}},
+     "Error: etcd3: set together with etcd; keep exactly one DCS section (etcd: for etcd's v2 API, etcd3: for its "
+     "v3 API)"),
+    ({"consul": {"host": "c:8500"}},
+     "Error: consul: not supported; hasup supports etcd (v2 API, `etcd:`) and etcd3 (v3 API, `etcd3:`)"),
+])
+def test_a_bad_dcs_section_is_one_line(store: FakeStore, tmp_path: Path, pki: Pki, sections: dict[str, Any],
+                                       expected: str) -> None:
+    names = {"CERT": pki.client_cert, "KEY": pki.client_key, "ENCRYPTED": pki.server_key}
+    for section in sections.values():
+        section.update({k: names[v] for k, v in section.items() if v in names})
+    result, seen = run_seeing_settings(store, "-c", write_config(tmp_path, **sections), "show-config")
+    assert single_error_line(result) == expected.replace("ENCRYPTED", pki.server_key)
+    assert seen == []
+
+
+@pytest.mark.parametrize(("url", "api_version", "hosts", "namespace"), [
+    ("etcd3://10.0.0.9:2399/other", 3, (("10.0.0.9", 2399),), "other"),
+    ("etcd3://10.0.0.9", 3, (("10.0.0.9", 2379),), "service"),
+    ("etcd://10.0.0.9:2399", 2, (("10.0.0.9", 2399),), "service"),
+    ("10.0.0.9", 2, (("10.0.0.9", 2379),), "service"),
+])
+def test_dcs_url_picks_the_etcd_api(store: FakeStore, tmp_path: Path, url: str, api_version: int,
+                                    hosts: tuple[tuple[str, int], ...], namespace: str) -> None:
+    # --dcs-url replaces the file's DCS section as a whole (as in patronictl), TLS files included.
+    config = write_config(tmp_path, etcd3={"host": "e1", "cacert": "/x/never-read.pem"})
+    result, [settings] = run_seeing_settings(store, "-c", config, "--dcs-url", url, "show-config")
+    assert result.exit_code == 0, result.output
+    assert settings.etcd == EtcdConfig(hosts, "http", api_version=api_version)
+    assert settings.namespace == namespace
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("consul://h:8500", "Error: --dcs-url: consul is not supported; hasup works with etcd (v2 API, etcd://) and "
+                        "etcd3 (v3 API, etcd3://)"),
+    ("zookeeper://h", "Error: --dcs-url: zookeeper is not supported; hasup works with etcd (v2 API, etcd://) and "
+                      "etcd3 (v3 API, etcd3://)"),
+    ("ftp://h", "Error: --dcs-url: unknown scheme 'ftp' (expected etcd://host:port[/namespace] or "
+                "etcd3://host:port[/namespace])"),
+    ("etcd3://h:x", "Error: --dcs-url: the port in 'etcd3://h:x' is not a number"),
+])
+def test_dcs_url_refusals_are_one_line(store: FakeStore, tmp_path: Path, url: str, expected: str) -> None:
+    result, seen = run_seeing_settings(store, "-c", write_config(tmp_path), "--dcs-url", url, "show-config")
+    assert single_error_line(result) == expected and seen == []
+
+
+def test_parse_dcs_url_etcd3() -> None:
+    etcd, namespace = parse_dcs_url("etcd3://u:pw@h:2400/ns/")
+    assert etcd == EtcdConfig((("h", 2400),), "http", "u", "pw", api_version=3) and namespace == "ns"
+    assert etcd.section == "etcd3" and "pw" not in repr(etcd)
+    assert parse_dcs_url("ETCD3://h")[0].api_version == 3
+    assert parse_dcs_url("https://h")[0].api_version == 2

@@ -177,7 +177,7 @@ def test_dcs_url_forms() -> None:
     etcd, ns = parse_dcs_url("10.0.0.5")
     assert etcd.hosts == (("10.0.0.5", 2379),) and ns is None
     assert parse_dcs_url("https://h:1").__getitem__(0).protocol == "https"
-    for bad, why in (("consul://h:8500", "etcd \\(v2\\) only"), ("etcd://h:x", "not a number"), ("ftp://h", "scheme")):
+    for bad, why in (("consul://h:8500", "etcd3 \\(v3 API"), ("etcd://h:x", "not a number"), ("ftp://h", "scheme")):
         with pytest.raises(SettingsError, match=why):
             parse_dcs_url(bad)
 
@@ -199,7 +199,7 @@ def test_settings_take_ctl_auth_and_tls_with_restapi_fallbacks() -> None:
                                                                                      None)
     assert s.tls.insecure and s.etcd.hosts == (("x", 9),) and s.namespace == "other"
     assert "cp" not in repr(s)
-    with pytest.raises(SettingsError, match="etcd \\(v2\\) only"):
+    with pytest.raises(SettingsError, match="etcd3 \\(v3 API"):
         settings_from_raw({"consul": {"host": "h"}})
     with pytest.raises(SettingsError, match="etcd"):
         settings_from_raw({"etcd": {"port": 1}})

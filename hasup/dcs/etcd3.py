@@ -1,0 +1,262 @@
+"""The cluster's keys in etcd's v3 keyspace, as Patroni 4 lays them out (`etcd3:`).
+
+The same paths and values as on v2 (`/<namespace>/<scope>/leader`, `members/<name>`, ...).
+What v3 changes is how keys expire and how writes are made conditional:
+- The leader key hangs on a lease of `ttl` of its own: refreshing it is a lease keep-alive plus a
+  read-only transaction that checks the key still names us on that lease, so a healthy leader
+  writes nothing to the raft log.  A graceful release deletes the key (if ours) and revokes the lease.
+- Each member key hangs on a second lease (so giving up the lock never takes the member key with
+  it); it is rewritten only when its value changes, and the lease kept alive every ttl/3.
+- Every write that must not race is a transaction comparing the key's value, mod or create revision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from hasup.config import EtcdConfig
+from hasup.dcs.endpoints import Endpoints
+from hasup.dcs.etcd3_client import (
+    CallFailed,
+    Etcd3Client,
+    Etcd3Error,
+    KeyValue,
+    b64,
+    header_revision,
+    int64,
+    parse_kv,
+    prefix_end,
+)
+from hasup.dcs.model import Cluster, build_cluster
+from hasup.dcs.store import DCSError, base_path, compact, sync_value
+
+log = logging.getLogger(__name__)
+
+LEASE_NOT_FOUND = "requested lease not found"
+
+
+class Lease:
+    """A lease this store granted: its id, the ttl asked for, and when it was last known alive."""
+
+    def __init__(self, lease_id: int, ttl: int, alive_at: float) -> None:
+        self.id = lease_id
+        self.ttl = ttl
+        self.alive_at = alive_at
+
+
+class Etcd3Store:
+    def __init__(self, cfg: EtcdConfig, namespace: str, scope: str, retry_timeout: float = 10,
+                 endpoints: Endpoints | None = None) -> None:
+        self.cfg = cfg
+        self.base = base_path(namespace, scope)
+        self.retry_timeout = retry_timeout
+        self.client = Etcd3Client(cfg, endpoints)
+        self._leader_lease: Lease | None = None
+        self._member_lease: Lease | None = None
+        self._member_written: str | None = None
+        self._seen: dict[str, tuple[str, int]] = {}  # relative key -> (value, lease) at the last read
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def key(self, rel: str) -> str:
+        return f"{self.base}/{rel}"
+
+    def _call(self, method: str, body: dict[str, Any], budget: float | None = None) -> dict[str, Any]:
+        try:
+            return self.client.call(method, body, self.retry_timeout if budget is None else budget)
+        except CallFailed as exc:
+            raise DCSError(str(exc)) from None
+        except Etcd3Error as exc:
+            raise DCSError(f"etcd refused {method}: {exc}") from None
+
+    def _put(self, rel: str, value: str, lease: int = 0) -> None:
+        body: dict[str, Any] = {"key": b64(self.key(rel)), "value": b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        self._call("/kv/put", body)
+
+    def _delete(self, rel: str) -> bool:
+        return int64(self._call("/kv/deleterange", {"key": b64(self.key(rel))}).get("deleted")) > 0
+
+    def _txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
+        doc = self._call("/kv/txn", {"compare": compare, "success": success})
+        return doc.get("succeeded") is True
+
+    def _compare(self, rel: str, target: str, value: Any) -> dict[str, Any]:
+        field = {"VALUE": "value", "MOD": "mod_revision", "CREATE": "create_revision", "LEASE": "lease"}[target]
+        return {"key": b64(self.key(rel)), "result": "EQUAL", "target": target,
+                field: b64(value) if target == "VALUE" else str(value)}
+
+    def _put_op(self, rel: str, value: str, lease: int = 0) -> dict[str, Any]:
+        put: dict[str, Any] = {"key": b64(self.key(rel)), "value": b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        return {"request_put": put}
+
+    def _delete_op(self, rel: str) -> dict[str, Any]:
+        return {"request_delete_range": {"key": b64(self.key(rel))}}
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _grant(self, ttl: int) -> Lease:
+        started = time.monotonic()
+        doc = self._call("/lease/grant", {"TTL": str(ttl)})
+        lease_id = int64(doc.get("ID"))
+        if not lease_id:
+            raise DCSError(f"etcd granted no lease: {str(doc.get('error') or '')[:200]}")
+        return Lease(lease_id, ttl, started)
+
+    def _keep_alive(self, lease: Lease) -> bool:
+        """Renew lease; False when etcd no longer has it (it expired: its keys are gone)."""
+        started = time.monotonic()
+        doc = self._call("/lease/keepalive", {"ID": str(lease.id)})
+        result = doc.get("result")
+        if isinstance(result, dict) and int64(result.get("TTL")) > 0:
+            lease.alive_at = started
+            return True
+        return False
+
+    def _revoke(self, lease: Lease) -> None:
+        try:
+            self._call("/lease/revoke", {"ID": str(lease.id)})
+        except DCSError as exc:
+            if LEASE_NOT_FOUND not in str(exc):
+                raise
+
+    def _live_lease(self, current: Lease | None, ttl: int) -> tuple[Lease, bool]:
+        """A lease of ttl that etcd has now (renewed or new), and whether it is new."""
+        if current is not None and current.ttl == ttl and self._keep_alive(current):
+            return current, False
+        return self._grant(ttl), True
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _read_all(self) -> tuple[dict[str, KeyValue], int]:
+        """Every key of the cluster by relative key, and the revision of the read."""
+        prefix = self.base + "/"
+        doc = self._call("/kv/range", {"key": b64(prefix), "range_end": prefix_end(prefix)})
+        kvs = doc.get("kvs")
+        parsed = [parse_kv(raw) for raw in kvs] if isinstance(kvs, list) else []
+        return {kv.key[len(prefix):]: kv for kv in parsed if kv is not None and kv.key.startswith(prefix)}, \
+            header_revision(doc)
+
+    def get_cluster(self) -> Cluster:
+        keys, revision = self._read_all()
+        self._seen = {rel: (kv.value, kv.lease) for rel, kv in keys.items()}
+        return build_cluster({rel: (kv.value, kv.mod_revision, None) for rel, kv in keys.items()}, revision)
+
+    def read_raw(self) -> dict[str, str]:
+        """Every key of the cluster as {relative key: value}, unparsed (hasupctl migrate-dcs)."""
+        return {rel: kv.value for rel, kv in self._read_all()[0].items()}
+
+    def put_raw(self, rel: str, value: str) -> None:
+        self._put(rel, value)
+
+    def get_key(self, rel: str) -> KeyValue | None:
+        kvs = self._call("/kv/range", {"key": b64(self.key(rel))}).get("kvs")
+        return parse_kv(kvs[0]) if isinstance(kvs, list) and kvs else None
+
+    def watch(self, rel: str, index: int, timeout: float) -> bool:
+        """Block until key `rel` changes at or after revision index, or timeout. True if it changed.
+
+        A compacted revision counts as a change: the caller reads the whole cluster again."""
+        try:
+            outcome = self.client.watch(self.key(rel), index, timeout)
+        except Etcd3Error as exc:
+            log.warning("etcd watch on %s refused: %s", rel, exc)
+            return False
+        if outcome == "compacted":
+            log.info("etcd compacted revision %d away: reading the cluster again", index)
+        return outcome != "timeout"
+
+    # -- leader lock --------------------------------------------------------------------------
+
+    def acquire_leader(self, name: str, ttl: int) -> bool:
+        lease, _new = self._live_lease(self._leader_lease, ttl)
+        self._leader_lease = lease
+        return self._txn([self._compare("leader", "CREATE", 0)], [self._put_op("leader", name, lease.id)])
+
+    def refresh_leader(self, name: str, ttl: int) -> bool:
+        lease, new = self._live_lease(self._leader_lease, ttl)
+        self._leader_lease = lease
+        if not new and self._txn([self._compare("leader", "VALUE", name), self._compare("leader", "LEASE", lease.id)],
+                                 []):
+            return True
+        # Ours but on another lease (a restarted worker, a new ttl), or gone: put it on this lease.
+        if self._txn([self._compare("leader", "VALUE", name)], [self._put_op("leader", name, lease.id)]):
+            return True
+        return self._txn([self._compare("leader", "CREATE", 0)], [self._put_op("leader", name, lease.id)])
+
+    def take_leader(self, name: str, ttl: int) -> None:
+        lease, _new = self._live_lease(self._leader_lease, ttl)
+        self._leader_lease = lease
+        self._put("leader", name, lease.id)
+
+    def delete_leader(self, name: str) -> bool:
+        deleted = self._txn([self._compare("leader", "VALUE", name)], [self._delete_op("leader")])
+        lease, self._leader_lease = self._leader_lease, None
+        if lease is not None:
+            self._revoke(lease)
+        return deleted
+
+    # -- member key -----------------------------------------------------------------------------
+
+    def touch_member(self, name: str, data: dict[str, Any], ttl: int) -> None:
+        rel = f"members/{name}"
+        value = compact(data)
+        lease = self._member_lease
+        renewed = False
+        if lease is None or lease.ttl != ttl or time.monotonic() - lease.alive_at >= ttl / 3:
+            lease, renewed = self._live_lease(lease, ttl)
+            self._member_lease = lease
+        if renewed or value != self._member_written or self._seen.get(rel) != (value, lease.id):
+            self._put(rel, value, lease.id)
+            self._member_written = value
+            self._seen[rel] = (value, lease.id)  # until the next read says otherwise
+
+    # -- other keys -------------------------------------------------------------------------------
+
+    def claim_initialize(self) -> bool:
+        return self._txn([self._compare("initialize", "CREATE", 0)], [self._put_op("initialize", "")])
+
+    def set_initialize(self, sysid: str) -> None:
+        self._put("initialize", sysid)
+
+    def delete_initialize(self) -> bool:
+        return self._delete("initialize")
+
+    def _set_guarded(self, rel: str, value: str, index: int | None) -> bool:
+        if index:
+            return self._txn([self._compare(rel, "MOD", index)], [self._put_op(rel, value)])
+        self._put(rel, value)
+        return True
+
+    def set_config(self, config: dict[str, Any], index: int | None = None) -> bool:
+        return self._set_guarded("config", compact(config), index)
+
+    def set_history(self, history: list[list[Any]]) -> None:
+        self._put("history", compact(history))
+
+    def set_sync(self, leader: str, standbys: tuple[str, ...]) -> None:
+        self._put("sync", compact(sync_value(leader, standbys)))
+
+    def set_failsafe(self, members: dict[str, str]) -> None:
+        self._put("failsafe", compact(members))
+
+    def delete_sync(self) -> None:
+        self._delete("sync")
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        self._put("status", compact(status))
+
+    def set_failover(self, value: dict[str, Any], index: int | None = None) -> bool:
+        return self._set_guarded("failover", compact(value), index)
+
+    def clear_failover(self, index: int | None = None) -> bool:
+        return self._set_guarded("failover", "{}", index)
+
+    def delete_cluster(self) -> None:
+        prefix = self.base + "/"
+        self._call("/kv/deleterange", {"key": b64(prefix), "range_end": prefix_end(prefix)})

@@ -1,0 +1,149 @@
+"""The v3 backend against a production-like etcd: three members, the v2 API off, client-certificate TLS.
+
+Leases (the leader key's own, the member key's own), writes only when something changed,
+watches across compaction, one bounded attempt for a frozen member, TLS refusals as one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+
+import pytest
+
+from hasup.config import EtcdConfig
+from hasup.dcs.endpoints import per_attempt
+from hasup.dcs.etcd3 import Etcd3Store
+from hasup.dcs.store import DCSError
+from tests.harness.etcd3 import Etcd3Cluster
+
+RETRY_TIMEOUT = 4.0
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    e = Etcd3Cluster(tempfile.mkdtemp(prefix="hasup-etcd3-test-"))
+    e.start()
+    yield e
+    e.stop()
+
+
+def config(etcd: Etcd3Cluster, **files: str) -> EtcdConfig:
+    tls = {"cacert": etcd.pki.ca, "cert": etcd.pki.client_cert, "key": etcd.pki.client_key, **files}
+    return EtcdConfig(tuple(("127.0.0.1", port) for port in etcd.client_ports), "https", api_version=3, **tls)
+
+
+def store(etcd: Etcd3Cluster, scope: str, **files: str) -> Etcd3Store:
+    return Etcd3Store(config(etcd, **files), "service", scope, RETRY_TIMEOUT)
+
+
+def test_the_leader_key_hangs_on_a_lease_of_ttl_and_a_refresh_writes_nothing(etcd):
+    s = store(etcd, "lease")
+    assert s.acquire_leader("n1", 12)
+    s.touch_member("n1", {"role": "primary"}, 12)
+    leader = etcd.key("/service/lease/leader")
+    member = etcd.key("/service/lease/members/n1")
+    assert leader is not None and member is not None and leader["value"] == "n1"
+    assert leader["lease"] and member["lease"] and leader["lease"] != member["lease"]
+    granted, remaining = etcd.lease_ttl(leader["lease"])
+    assert granted == 12 and 0 < remaining <= 12
+    revision = etcd.revision()
+    for _ in range(3):
+        assert s.refresh_leader("n1", 12)
+        s.touch_member("n1", {"role": "primary"}, 12)
+    assert etcd.revision() == revision  # keep-alives and read-only checks only
+    s.touch_member("n1", {"role": "primary", "xlog_location": 5}, 12)
+    assert etcd.revision() == revision + 1
+    assert s.delete_leader("n1")
+    assert etcd.key("/service/lease/leader") is None
+    assert etcd.lease_ttl(leader["lease"])[1] == -1  # revoked, not left to expire
+    assert etcd.key("/service/lease/members/n1") is not None  # the member key has a lease of its own
+
+
+def test_the_lock_is_exclusive_and_conditional(etcd):
+    a, b = store(etcd, "cas"), store(etcd, "cas")
+    assert a.acquire_leader("a", 10)
+    assert not b.acquire_leader("b", 10)
+    assert not b.refresh_leader("b", 10)
+    assert not b.delete_leader("b")
+    assert etcd.value("/service/cas/leader") == "a"
+    c = a.get_cluster()
+    assert a.claim_initialize() and not b.claim_initialize()
+    assert a.set_config({"ttl": 10}, None)
+    index = a.get_cluster().config_index
+    assert not b.set_config({"ttl": 11}, index - 1) and b.set_config({"ttl": 11}, index)
+    assert b.set_failover({"leader": "a", "member": "b"}) and a.clear_failover(a.get_cluster().failover_index)
+    assert c.leader is not None and c.leader.name == "a"
+
+
+def test_a_restarted_worker_or_a_new_ttl_moves_the_key_onto_a_new_lease(etcd):
+    first = store(etcd, "adopt")
+    assert first.acquire_leader("n1", 10)
+    old = etcd.key("/service/adopt/leader")["lease"]
+    second = store(etcd, "adopt")  # what a restarted election worker has: no lease in memory
+    assert second.refresh_leader("n1", 10)
+    moved = etcd.key("/service/adopt/leader")
+    assert moved["value"] == "n1" and moved["lease"] != old
+    assert second.refresh_leader("n1", 15)
+    assert etcd.lease_ttl(etcd.key("/service/adopt/leader")["lease"])[0] == 15
+
+
+def test_a_watch_whose_revision_was_compacted_away_wakes_the_caller(etcd):
+    s = store(etcd, "compact")
+    s.set_history([])
+    old = s.get_cluster().etcd_index + 1
+    for i in range(3):
+        s.set_status({"optime": i})
+    etcd.compact()
+    started = time.monotonic()
+    assert s.watch("leader", old, 10) is True
+    assert time.monotonic() - started < 1
+    # From a current revision the watch waits, and an event ends it at once.
+    current = s.get_cluster().watch_index
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(s.watch("leader", current, 10)))
+    t.start()
+    other = store(etcd, "compact")
+    assert other.acquire_leader("n2", 10)
+    t.join(5)
+    assert result == [True]
+
+
+def test_a_frozen_member_costs_one_bounded_attempt_once(etcd):
+    s = store(etcd, "frozen")
+    s.get_cluster()
+    preferred = s.client.endpoints.order()[0]
+    index = etcd.endpoints.index(preferred)
+    etcd.freeze(index)
+    try:
+        started = time.monotonic()
+        s.get_cluster()
+        first = time.monotonic() - started
+        started = time.monotonic()
+        s.get_cluster()
+        assert s.refresh_leader("n1", 10) or s.acquire_leader("n1", 10)
+        second = time.monotonic() - started
+    finally:
+        etcd.thaw(index)
+    assert first < per_attempt(RETRY_TIMEOUT, 3) + 1.0, first
+    assert second < 1.0, second
+
+
+def test_tls_refusals_are_one_line_per_member_and_an_error_not_a_crash(etcd, caplog):
+    caplog.set_level(logging.WARNING)
+    refused = store(etcd, "tls", cert=etcd.pki.wrong_client_cert, key=etcd.pki.wrong_client_key)
+    for _ in range(2):
+        with pytest.raises(DCSError, match="not responding"):
+            refused.get_cluster()
+    lines = [r.getMessage() for r in caplog.records if r.name == "hasup.dcs.endpoints"]
+    assert len(lines) == 3, lines
+    assert all("TLS" in line for line in lines), lines
+    assert {line.split()[2] for line in lines} == set(etcd.endpoints)
+    caplog.clear()
+    untrusted = store(etcd, "tls", cacert=etcd.pki.wrong_ca)
+    with pytest.raises(DCSError):
+        untrusted.get_cluster()
+    lines = [r.getMessage() for r in caplog.records if r.name == "hasup.dcs.endpoints"]
+    assert len(lines) == 3 and all("certificate was not accepted" in line for line in lines), lines
