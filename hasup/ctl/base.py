@@ -43,6 +43,10 @@ class Store(Protocol):
 
     def delete_cluster(self) -> None: ...
 
+    def read_raw(self) -> dict[str, str]: ...
+
+    def put_raw(self, rel: str, value: str) -> None: ...
+
 
 def etcd_store(settings: CtlSettings, scope: str) -> Store:
     return open_store(settings.etcd, settings.namespace, scope, settings.retry_timeout)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -65,9 +67,11 @@ def test_keys_at_patronis_v3_paths_and_the_leader_key_on_a_lease_of_ttl(tc: Test
     member = etcd.key(tc.key(f"members/{leader.name}"))
     assert member is not None and member["lease"] and member["lease"] != key["lease"]
     assert json.loads(member["value"])["role"] == "primary"
-    # The v2 keyspace is off: nothing answers there.
-    with pytest.raises(Exception):
-        urllib.request.urlopen(f"{etcd.endpoints[0]}/v2/keys/service", timeout=3)
+    # The v2 API is off: with a good client certificate, /v2/keys is not there.
+    context = ssl.create_default_context(cafile=etcd.pki.ca)
+    context.load_cert_chain(etcd.pki.client_cert, etcd.pki.client_key)
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(f"{etcd.endpoints[0]}/v2/keys/service", timeout=3, context=context)
 
 
 def patronictl(tc: TestCluster, *args: str) -> subprocess.CompletedProcess[str]:

@@ -76,6 +76,15 @@ class FakeStore:
         self.nodes.clear()
         self.deleted = True
 
+    def read_raw(self) -> dict[str, str]:
+        if self.down:
+            raise DCSError("etcd is not responding properly: connection refused")
+        return {k: v for k, (v, _i, _e) in self.nodes.items() if v is not None}
+
+    def put_raw(self, rel: str, value: str) -> None:
+        self.writes.append((rel, value, None))
+        self.put(rel, value)
+
 
 @dataclass
 class Request:
