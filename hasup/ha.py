@@ -502,16 +502,18 @@ def _as_follower(cluster: Cluster, local: Local, me: Node, settings: Settings) -
 def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -> Decision:
     pg = local.pg
     assert pg is not None
-    if cluster.paused:
-        return Decision((), "cluster is paused: no automatic failover")
     if pg.role == "primary":
         # A primary that lost its lock may retake it only if nobody promoted since, and only while
-        # it answers: a hung (or just fenced) one must leave the lock to the replicas.
+        # it answers: a hung (or just fenced) one must leave the lock to the replicas.  Paused too
+        # (its system ID matched the cluster's above): the operator's primary leads, as in Patroni,
+        # e.g. when its node comes back after a restart or a move to another etcd keyspace.
         if not (local.watchdog_usable and pg.probe_ok and not me.nofailover):
             return Decision((), "not taking the lock: this primary is not answering or may not lead")
         if pg.timeline is not None and pg.timeline < cluster.timeline:
             return Decision((RunFollow(None),), "demoting self: a newer timeline exists")
         return Decision((AcquireLock(), WriteStatus()), "acquired session lock as a leader")
+    if cluster.paused:
+        return Decision((), "cluster is paused: no automatic failover")
     candidate = (cluster.failover or {}).get("member")
     if candidate == me.name and not me.nofailover and local.watchdog_usable:
         # The old leader handed over to us: it checked we have everything it wrote.

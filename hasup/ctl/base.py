@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -150,6 +151,11 @@ class _Group(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, dcs_url: str | None, insecure: bool, fmt: str | None) -> None:
     """Operate a hasup (or Patroni) cluster."""
+    # The daemon's modules log what a daemon should (an etcd member that failed, say); a command
+    # says what went wrong in its one error line instead.
+    quiet = logging.getLogger("hasup")
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
     seams = ctx.obj if isinstance(ctx.obj, Seams) else None
     ctx.obj = Ctl(config_file, dcs_url, insecure, fmt, seams)
 

@@ -406,7 +406,9 @@ class Node:
             return not any((st := proc_stat(p)) is not None and st[1] == me and st[0] == "Z" for p in pids)
         wait_for(reaped, 10, f"{self.name}'s processes to be reaped")
 
-    def stop(self, timeout: float = 90) -> None:
+    def stop(self, timeout: float = 90, keep_postgres: bool = False) -> None:
+        """SIGTERM hasup and kill what it leaves behind; keep_postgres spares PostgreSQL (a paused
+        cluster's node leaves it running on purpose)."""
         if self.pid:
             self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             try:
@@ -414,6 +416,8 @@ class Node:
             except subprocess.TimeoutExpired:
                 pass
         leftovers = self.processes()
+        if keep_postgres:
+            leftovers = {p for p in leftovers if cmdline(p).startswith("hasup")}
         if leftovers:
             kill_pids(sorted(leftovers))
         reap_zombies()

@@ -85,6 +85,17 @@ def patronictl(tc: TestCluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PATRONICTL, "-c", path, *args], capture_output=True, text=True, timeout=120, env=clean)
 
 
+def test_hasupctl_reads_the_cluster_through_etcd3_with_tls(tc: TestCluster) -> None:
+    leader, replicas = settled(tc)
+    hasupctl = os.path.join(os.path.dirname(hasup_bin()), "hasupctl")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PATRONI", "HASUP_", "PG", "DCS_URL"))}
+    done = subprocess.run([hasupctl, "-c", leader.config_path, "list", "-f", "json"], capture_output=True, text=True,
+                          timeout=60, env=clean)
+    assert done.returncode == 0, done.stderr
+    rows = {r["Member"]: r for r in json.loads(done.stdout)}
+    assert rows[leader.name]["Role"] == "Leader" and all(rows[r.name]["Role"] == "Replica" for r in replicas)
+
+
 def test_patronictl_on_etcd3_with_tls_lists_and_switches_over(tc: TestCluster) -> None:
     leader, replicas = settled(tc)
     listed = patronictl(tc, "list", "-f", "json")

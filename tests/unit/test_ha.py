@@ -177,7 +177,9 @@ def test_policy_invariants(c, p, fresh, busy, peers, nofailover):
             assert not any(x and x.role == "primary" and x.state == "running" for x in peers.values())
             assert not c.paused
     if ha.AcquireLock in acts:
-        assert c.leader is None and not c.paused, d
+        assert c.leader is None, d
+        # Paused, only the operator's running primary takes a free lock, and it is not promoted.
+        assert not c.paused or p.role == "primary" and p.state == "running" and ha.RunPromote not in acts, d
     if not fresh or busy or p.busy:  # nothing but keeping the lock while the picture is unclear
         assert acts <= {ha.RefreshLock}, d
     assert d.reason
@@ -394,6 +396,9 @@ def test_paused_cluster_keeps_the_lock_and_leaves_postgresql_alone():
     repoint = ha.decide(replace(paused, leader=Leader("n2", 3)), local(pg(upstream="n3")), ME, SETTINGS)
     assert repoint.actions == (ha.RunFollow("n2"),)
     assert ha.decide(replace(paused, leader=None), local(pg()), ME, SETTINGS).actions == ()
+    # With no leader at all, the running primary takes the lock (and nothing else), as Patroni's does.
+    unlocked = ha.decide(replace(paused, leader=None), local(pg(role="primary")), ME, SETTINGS)
+    assert unlocked.actions == (ha.AcquireLock(), ha.WriteStatus()) and unlocked.reason.startswith("PAUSE: ")
 
 
 def test_replicatefrom_streams_from_a_running_replica_else_from_the_leader():
