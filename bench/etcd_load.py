@@ -125,6 +125,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     become_subreaper()
+    measured_at = commit()  # before the runs: the code they ran
     kinds = [args.only] if args.only else ["hasup"] + (
         ["patroni"] if os.path.exists(os.path.join(os.path.dirname(hasup_bin()), "patroni")) else [])
     rows = []
@@ -134,7 +135,7 @@ def main() -> int:
                 row = one(kind, api, timing, args.window)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    result = {"commit": commit(), "date": time.strftime("%Y-%m-%d"), "command": "python bench/etcd_load.py "
+    result = {"commit": measured_at, "date": time.strftime("%Y-%m-%d"), "command": "python bench/etcd_load.py "
               + " ".join(sys.argv[1:]), "settings": {"window_s": args.window, "timings": TIMINGS, "nodes": 3,
               "etcd": "one member, etcd 3.4 (Debian)"},
               "machine": {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version()},

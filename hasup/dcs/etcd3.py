@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from hasup.config import EtcdConfig
@@ -57,15 +59,31 @@ class Etcd3Store:
         self._member_lease: Lease | None = None
         self._member_written: str | None = None
         self._seen: dict[str, tuple[str, int]] = {}  # relative key -> (value, lease) at the last read
+        self._deadline: float | None = None  # of the operation in progress (one budget for all its calls)
 
     # -- plumbing ------------------------------------------------------------------------
 
     def key(self, rel: str) -> str:
         return f"{self.base}/{rel}"
 
-    def _call(self, method: str, body: dict[str, Any], budget: float | None = None) -> dict[str, Any]:
+    @contextmanager
+    def _operation(self) -> Iterator[None]:
+        """Several calls (keep-alive, then a transaction...) that must fit in one retry_timeout together:
+        the lease rule counts on a refresh ending within it."""
+        outer = self._deadline is None
+        if outer:
+            self._deadline = time.monotonic() + self.retry_timeout
         try:
-            return self.client.call(method, body, self.retry_timeout if budget is None else budget)
+            yield
+        finally:
+            if outer:
+                self._deadline = None
+
+    def _call(self, method: str, body: dict[str, Any], budget: float | None = None) -> dict[str, Any]:
+        if budget is None:
+            budget = self.retry_timeout if self._deadline is None else self._deadline - time.monotonic()
+        try:
+            return self.client.call(method, body, budget)
         except CallFailed as exc:
             raise DCSError(str(exc)) from None
         except Etcd3Error as exc:
@@ -174,47 +192,52 @@ class Etcd3Store:
     # -- leader lock --------------------------------------------------------------------------
 
     def acquire_leader(self, name: str, ttl: int) -> bool:
-        lease, _new = self._live_lease(self._leader_lease, ttl)
-        self._leader_lease = lease
-        return self._txn([self._compare("leader", "CREATE", 0)], [self._put_op("leader", name, lease.id)])
+        with self._operation():
+            lease, _new = self._live_lease(self._leader_lease, ttl)
+            self._leader_lease = lease
+            return self._txn([self._compare("leader", "CREATE", 0)], [self._put_op("leader", name, lease.id)])
 
     def refresh_leader(self, name: str, ttl: int) -> bool:
-        lease, new = self._live_lease(self._leader_lease, ttl)
-        self._leader_lease = lease
-        if not new and self._txn([self._compare("leader", "VALUE", name), self._compare("leader", "LEASE", lease.id)],
-                                 []):
-            return True
-        # Ours but on another lease (a restarted worker, a new ttl), or gone: put it on this lease.
-        if self._txn([self._compare("leader", "VALUE", name)], [self._put_op("leader", name, lease.id)]):
-            return True
-        return self._txn([self._compare("leader", "CREATE", 0)], [self._put_op("leader", name, lease.id)])
+        with self._operation():
+            lease, new = self._live_lease(self._leader_lease, ttl)
+            self._leader_lease = lease
+            if not new and self._txn([self._compare("leader", "VALUE", name),
+                                      self._compare("leader", "LEASE", lease.id)], []):
+                return True
+            # Ours but on another lease (a restarted worker, a new ttl), or gone: put it on this lease.
+            if self._txn([self._compare("leader", "VALUE", name)], [self._put_op("leader", name, lease.id)]):
+                return True
+            return self._txn([self._compare("leader", "CREATE", 0)], [self._put_op("leader", name, lease.id)])
 
     def take_leader(self, name: str, ttl: int) -> None:
-        lease, _new = self._live_lease(self._leader_lease, ttl)
-        self._leader_lease = lease
-        self._put("leader", name, lease.id)
+        with self._operation():
+            lease, _new = self._live_lease(self._leader_lease, ttl)
+            self._leader_lease = lease
+            self._put("leader", name, lease.id)
 
     def delete_leader(self, name: str) -> bool:
-        deleted = self._txn([self._compare("leader", "VALUE", name)], [self._delete_op("leader")])
-        lease, self._leader_lease = self._leader_lease, None
-        if lease is not None:
-            self._revoke(lease)
-        return deleted
+        with self._operation():
+            deleted = self._txn([self._compare("leader", "VALUE", name)], [self._delete_op("leader")])
+            lease, self._leader_lease = self._leader_lease, None
+            if lease is not None:
+                self._revoke(lease)
+            return deleted
 
     # -- member key -----------------------------------------------------------------------------
 
     def touch_member(self, name: str, data: dict[str, Any], ttl: int) -> None:
         rel = f"members/{name}"
         value = compact(data)
-        lease = self._member_lease
-        renewed = False
-        if lease is None or lease.ttl != ttl or time.monotonic() - lease.alive_at >= ttl / 3:
-            lease, renewed = self._live_lease(lease, ttl)
-            self._member_lease = lease
-        if renewed or value != self._member_written or self._seen.get(rel) != (value, lease.id):
-            self._put(rel, value, lease.id)
-            self._member_written = value
-            self._seen[rel] = (value, lease.id)  # until the next read says otherwise
+        with self._operation():
+            lease = self._member_lease
+            renewed = False
+            if lease is None or lease.ttl != ttl or time.monotonic() - lease.alive_at >= ttl / 3:
+                lease, renewed = self._live_lease(lease, ttl)
+                self._member_lease = lease
+            if renewed or value != self._member_written or self._seen.get(rel) != (value, lease.id):
+                self._put(rel, value, lease.id)
+                self._member_written = value
+                self._seen[rel] = (value, lease.id)  # until the next read says otherwise
 
     # -- other keys -------------------------------------------------------------------------------
 

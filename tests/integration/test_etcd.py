@@ -100,6 +100,7 @@ def all_threads_stopped(pid: int) -> bool:
 def test_a_frozen_etcd_costs_at_most_retry_timeout(etcd):
     s = store(etcd, "frozen", retry_timeout=3)
     s.get_cluster()
+    assert s.acquire_leader("n1", 10)  # so that the refresh below has a lease to keep alive
     pid = etcd.proc.pid if isinstance(etcd, Etcd) and etcd.proc else etcd.pid(0)
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
@@ -113,6 +114,11 @@ def test_a_frozen_etcd_costs_at_most_retry_timeout(etcd):
             s.touch_member("n1", {}, 10)
         elapsed = time.monotonic() - started
         assert elapsed < 2 * 3 + 1.5, elapsed
+        # A refresh is several calls on v3 (keep-alive, then a transaction): one budget for all.
+        started = time.monotonic()
+        with pytest.raises(DCSError):
+            s.refresh_leader("n1", 10)
+        assert time.monotonic() - started < 3 + 0.5
     finally:
         os.kill(pid, signal.SIGCONT)
     assert s.get_cluster() is not None
