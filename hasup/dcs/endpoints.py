@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from hasup.config import EtcdConfig
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -77,6 +79,11 @@ class Endpoints:
                 url = url.rstrip("/")
                 if parts.scheme in ("http", "https") and parts.hostname and url not in self._urls:
                     self._urls.append(url)
+
+
+def configured(cfg: EtcdConfig) -> Endpoints:
+    """The members the configuration names, as URLs."""
+    return Endpoints(f"{cfg.protocol}://{host}:{port}" for host, port in cfg.hosts)
 
 
 class Exhausted(Exception):

@@ -20,7 +20,7 @@ import urllib3
 import urllib3.exceptions
 
 from hasup.config import EtcdConfig
-from hasup.dcs.endpoints import Endpoints, Exhausted, within_budget
+from hasup.dcs.endpoints import Endpoints, Exhausted, configured, within_budget
 from hasup.dcs.model import Cluster, build_cluster
 from hasup.dcs.store import DCSError, base_path, compact, sync_value
 from hasup.dcs.tls import pool_manager, reason_of
@@ -76,7 +76,7 @@ class EtcdStore:
         self.cfg = cfg
         self.base = base_path(namespace, scope)
         self.retry_timeout = retry_timeout
-        self.endpoints = endpoints or Endpoints(f"{cfg.protocol}://{host}:{port}" for host, port in cfg.hosts)
+        self.endpoints = endpoints or configured(cfg)
         self._http = _Timed(pool_manager(cfg))
         self._clients: dict[str, etcd.Client] = {}
         self._member_written: tuple[str, float] | None = None  # (value, when)

@@ -26,7 +26,7 @@ import urllib3
 import urllib3.exceptions
 
 from hasup.config import EtcdConfig
-from hasup.dcs.endpoints import Endpoints, Exhausted, within_budget
+from hasup.dcs.endpoints import Endpoints, Exhausted, configured, within_budget
 from hasup.dcs.tls import pool_manager, reason_of
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class Etcd3Client:
 
     def __init__(self, cfg: EtcdConfig, endpoints: Endpoints | None = None) -> None:
         self.cfg = cfg
-        self.endpoints = endpoints or Endpoints(f"{cfg.protocol}://{host}:{port}" for host, port in cfg.hosts)
+        self.endpoints = endpoints or configured(cfg)
         self.http = pool_manager(cfg)
         self._prefixes: dict[str, str] = {}
         self._token: str | None = None

@@ -147,3 +147,37 @@ def test_tls_refusals_are_one_line_per_member_and_an_error_not_a_crash(etcd, cap
         untrusted.get_cluster()
     lines = [r.getMessage() for r in caplog.records if r.name == "hasup.dcs.endpoints"]
     assert len(lines) == 3 and all("certificate was not accepted" in line for line in lines), lines
+
+
+@pytest.fixture(scope="module")
+def etcd_with_auth():
+    e = Etcd3Cluster(tempfile.mkdtemp(prefix="hasup-etcd3-auth-"), members=1, tls=False)
+    e.start()
+    for step in (("user", "add", "root", "--new-user-password=root-pw-1"),
+                 ("user", "add", "hasup", "--new-user-password=hasup-pw-2"),
+                 ("role", "add", "hasup"),
+                 ("role", "grant-permission", "hasup", "--prefix=true", "readwrite", "/service/"),
+                 ("user", "grant-role", "hasup", "hasup"),
+                 ("auth", "enable")):
+        e.etcdctl(*step, json_output=False)
+    yield e
+    e.stop()
+
+
+def test_username_and_password_on_an_etcd_with_authentication(etcd_with_auth):
+    cfg = EtcdConfig((("127.0.0.1", etcd_with_auth.port),), username="hasup", password="hasup-pw-2", api_version=3)
+    s = Etcd3Store(cfg, "service", "auth", RETRY_TIMEOUT)
+    assert s.acquire_leader("n1", 10) and s.refresh_leader("n1", 10)
+    s.touch_member("n1", {"role": "primary"}, 10)
+    c = s.get_cluster()
+    assert c.leader is not None and c.leader.name == "n1" and "n1" in c.members
+    assert s.watch("leader", c.watch_index, 1.0) is False  # the watch is allowed too, and times out quietly
+    assert s.delete_leader("n1")
+    wrong = Etcd3Store(EtcdConfig(cfg.hosts, username="hasup", password="not-it", api_version=3), "service", "auth",
+                       RETRY_TIMEOUT)
+    with pytest.raises(DCSError, match="authentication as 'hasup' refused") as refused:
+        wrong.get_cluster()
+    assert "not-it" not in str(refused.value)
+    anonymous = Etcd3Store(EtcdConfig(cfg.hosts, api_version=3), "service", "auth", RETRY_TIMEOUT)
+    with pytest.raises(DCSError, match="etcd refused"):
+        anonymous.get_cluster()

@@ -710,9 +710,12 @@ def test_log_levels_are_normalised(level: str, stored: str) -> None:
         ({"url": "http://e1"}, (("e1", 2379),), "http"),
     ],
 )
-def test_etcd_endpoint_forms(etcd: dict[str, Any], hosts: tuple[tuple[str, int], ...], protocol: str) -> None:
-    cfg, _ = load({"etcd": etcd})
-    assert (cfg.etcd.hosts, cfg.etcd.protocol) == (hosts, protocol)
+@pytest.mark.parametrize("section", ["etcd", "etcd3"])
+def test_etcd_endpoint_forms(section: str, etcd: dict[str, Any], hosts: tuple[tuple[str, int], ...],
+                             protocol: str) -> None:
+    cfg, _ = load({"etcd": etcd} if section == "etcd" else {"etcd": DELETE, "etcd3": etcd})
+    assert (cfg.etcd.hosts, cfg.etcd.protocol, cfg.etcd.section) == (hosts, protocol, section)
+    assert cfg.etcd.api_version == (3 if section == "etcd3" else 2)
 
 
 def test_etcd_url_credentials_are_used_when_not_given_separately() -> None:

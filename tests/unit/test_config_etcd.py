@@ -57,26 +57,6 @@ def problems_of(dcs: dict[str, Any] | None, name: str = "etcd3", env: dict[str, 
 # -- the section ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("dcs", "hosts", "protocol"),
-    [
-        ({"host": "e1"}, (("e1", 2379),), "http"),
-        ({"host": "e1", "port": 4001}, (("e1", 4001),), "http"),
-        ({"host": "[::1]:2380"}, (("::1", 2380),), "http"),
-        ({"hosts": ["e1:1", "e2"]}, (("e1", 1), ("e2", 2379)), "http"),
-        ({"hosts": "e1:1, e2:2,"}, (("e1", 1), ("e2", 2)), "http"),
-        ({"hosts": ["https://e1:1", "https://e2:2"]}, (("e1", 1), ("e2", 2)), "https"),
-        ({"hosts": ["e1:1"], "protocol": "HTTPS"}, (("e1", 1),), "https"),
-        ({"url": "https://e1:2381"}, (("e1", 2381),), "https"),
-        ({"url": "http://e1"}, (("e1", 2379),), "http"),
-    ],
-)
-def test_etcd3_section_reads_like_etcd(dcs: dict[str, Any], hosts: tuple[tuple[str, int], ...], protocol: str) -> None:
-    cfg, _ = load(dcs)
-    assert (cfg.etcd.hosts, cfg.etcd.protocol, cfg.etcd.api_version, cfg.etcd.section) == (hosts, protocol, 3,
-                                                                                           "etcd3")
-
-
 def test_etcd_section_is_the_v2_api() -> None:
     cfg, _ = load({"host": "e1"}, name="etcd")
     assert (cfg.etcd.api_version, cfg.etcd.section) == (2, "etcd")
