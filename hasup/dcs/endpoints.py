@@ -23,6 +23,7 @@ T = TypeVar("T")
 PENALTY = 30.0  # seconds a failed member waits behind the others
 MIN_ATTEMPT = 0.2  # an attempt with less time left would overrun the bound the leader's lease relies on
 MAX_ENDPOINTS = 16  # discovered member lists are capped: they come from outside
+DISCOVERY_INTERVAL = 300.0  # seconds between reads of the member list the cluster advertises
 
 
 class Endpoints:

@@ -20,7 +20,7 @@ import urllib3
 import urllib3.exceptions
 
 from hasup.config import EtcdConfig
-from hasup.dcs.endpoints import Endpoints, Exhausted, configured, within_budget
+from hasup.dcs.endpoints import DISCOVERY_INTERVAL, Endpoints, Exhausted, configured, within_budget
 from hasup.dcs.model import Cluster, build_cluster
 from hasup.dcs.store import DCSError, base_path, compact, sync_value
 from hasup.dcs.tls import pool_manager, reason_of
@@ -80,6 +80,7 @@ class EtcdStore:
         self._http = _Timed(pool_manager(cfg))
         self._clients: dict[str, etcd.Client] = {}
         self._member_written: tuple[str, float] | None = None  # (value, when)
+        self._discovered_at: float | None = None
         self._seen_members: dict[str, str | None] = {}  # member keys at the last read
 
     # -- plumbing ------------------------------------------------------------
@@ -104,7 +105,9 @@ class EtcdStore:
         def attempt(url: str, timeout: float) -> T:
             client = self._client(url)
             client._read_timeout = timeout  # python-etcd exposes no setter
-            return op(client, timeout)
+            result = op(client, timeout)
+            self._maybe_discover(client)
+            return result
         try:
             return within_budget(self.endpoints, self.retry_timeout if budget is None else budget, attempt, _classify)
         except Exhausted as exc:
@@ -113,6 +116,19 @@ class EtcdStore:
             if isinstance(exc, _CAS_FAILURES):
                 raise
             raise DCSError(f"etcd error: {exc}") from exc
+
+    def _maybe_discover(self, client: etcd.Client) -> None:
+        """Add the members the cluster advertises (/v2/machines, as Patroni reads it), now and then."""
+        now = time.monotonic()
+        if self._discovered_at is not None and now - self._discovered_at < DISCOVERY_INTERVAL:
+            return
+        self._discovered_at = now
+        try:
+            machines = client.machines
+        except (etcd.EtcdException, *_RETRYABLE):
+            return
+        if isinstance(machines, list):
+            self.endpoints.add(m for m in machines[:16] if isinstance(m, str) and len(m) < 256)
 
     def key(self, rel: str) -> str:
         return f"{self.base}/{rel}"

@@ -26,14 +26,13 @@ import urllib3
 import urllib3.exceptions
 
 from hasup.config import EtcdConfig
-from hasup.dcs.endpoints import Endpoints, Exhausted, configured, within_budget
+from hasup.dcs.endpoints import DISCOVERY_INTERVAL, Endpoints, Exhausted, configured, within_budget
 from hasup.dcs.tls import pool_manager, reason_of
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE = 16 * 1024 * 1024  # a cluster read with a few corrupt megabyte values still fits
 MAX_INT64 = 2**63 - 1
-DISCOVERY_INTERVAL = 300.0  # seconds between refreshes of the member list
 # gRPC codes another member (or the same one a moment later) may answer differently:
 # cancelled, deadline exceeded, resource exhausted, aborted, internal, unavailable.
 RETRYABLE_CODES = frozenset({1, 4, 8, 10, 13, 14})
