@@ -37,6 +37,7 @@ from hasup.dcs.store import DCSError, base_path, compact, sync_value
 log = logging.getLogger(__name__)
 
 LEASE_NOT_FOUND = "requested lease not found"
+WAKE_KEYS = ("leader", "failover", "config", "initialize", "sync")
 
 
 class Lease:
@@ -177,11 +178,17 @@ class Etcd3Store:
         return parse_kv(kvs[0]) if isinstance(kvs, list) and kvs else None
 
     def watch(self, rel: str, index: int, timeout: float) -> bool:
-        """Block until key `rel` changes at or after revision index, or timeout. True if it changed.
+        """Block until the cluster changes in a way that needs a cycle now, at or after revision index,
+        or timeout. True if it changed.
 
-        A compacted revision counts as a change: the caller reads the whole cluster again."""
+        One watch on the whole cluster prefix from the revision after the last read, so nothing
+        that happened since is missed; it ends for `rel` or any key that changes who leads or how
+        (WAKE_KEYS), not for member keys or the status the leader keeps up to date.  A compacted
+        revision counts as a change: the caller reads the whole cluster again."""
+        prefix = self.base + "/"
+        wake = {self.key(k) for k in (rel, *WAKE_KEYS)}
         try:
-            outcome = self.client.watch(self.key(rel), index, timeout)
+            outcome = self.client.watch(prefix, index, timeout, prefix_end(prefix), wake.__contains__)
         except Etcd3Error as exc:
             log.warning("etcd watch on %s refused: %s", rel, exc)
             return False

@@ -18,7 +18,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,18 +273,24 @@ class Etcd3Client:
 
     # -- watch ---------------------------------------------------------------------------
 
-    def watch(self, key: str, start_revision: int, timeout: float) -> str:
-        """Wait for a change of key at or after start_revision: 'changed', 'compacted' or 'timeout'.
+    def watch(self, key: str, start_revision: int, timeout: float, range_end: str | None = None,
+              wanted: Callable[[str], bool] | None = None) -> str:
+        """Wait for a change at or after start_revision: 'changed', 'compacted' or 'timeout'.
 
-        One member is asked (the healthiest); a member without a raft leader cancels the watch
-        (the `hasleader` metadata) rather than keep a watch that would never fire."""
+        Watches key, or the range [key, range_end) (base64) when given, and reports only changes
+        of keys that `wanted` accepts (all when None).  One member is asked (the healthiest); a
+        member without a raft leader cancels the watch (the `hasleader` metadata) rather than keep
+        a watch that would never fire."""
         url = self.endpoints.order()[0]
         deadline = time.monotonic() + timeout
         try:
             prefix = self._prefix(url, min(timeout, 2.0))
             if self.cfg.username and self._token is None:
                 self._authenticate(url, prefix, min(timeout, 2.0))
-            body = {"create_request": {"key": b64(key), "start_revision": str(start_revision)}}
+            request = {"key": b64(key), "start_revision": str(start_revision)}
+            if range_end is not None:
+                request["range_end"] = range_end
+            body = {"create_request": request}
             headers = {**self._headers(), "Grpc-Metadata-Hasleader": "true"}
             resp = self._post(url, prefix + "/watch", body, timeout, headers=headers)
         except Exception as exc:  # classified below: a watch that cannot start is a failed member
@@ -308,7 +314,8 @@ class Etcd3Client:
                     return "compacted"
                 if result.get("canceled"):
                     return "timeout"
-                if isinstance(result.get("events"), list) and result["events"]:
+                events = result.get("events")
+                if isinstance(events, list) and any(wanted is None or wanted(_event_key(e)) for e in events):
                     return "changed"
             return "timeout"
         except Exception as exc:  # a reset or timed-out stream ends this watch; the cycle re-reads anyway
@@ -321,6 +328,11 @@ class Etcd3Client:
         finally:
             resp.close()  # the stream never ends by itself: this connection cannot be reused
             resp.release_conn()
+
+
+def _event_key(event: object) -> str:
+    kv = event.get("kv") if isinstance(event, dict) else None
+    return unb64(kv.get("key")) if isinstance(kv, dict) else ""
 
 
 def _messages(resp: Any, deadline: float) -> Iterator[dict[str, Any]]:

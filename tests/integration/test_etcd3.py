@@ -111,6 +111,22 @@ def test_a_watch_whose_revision_was_compacted_away_wakes_the_caller(etcd):
     assert result == [True]
 
 
+def test_the_watch_covers_the_cluster_prefix_but_wakes_only_for_what_needs_a_cycle(etcd):
+    s, writer = store(etcd, "prefix"), store(etcd, "prefix")
+    writer.set_config({"ttl": 10})
+    index = s.get_cluster().etcd_index + 1
+    writer.touch_member("n2", {"role": "replica"}, 10)  # member keys and the status wake nobody
+    writer.set_status({"optime": 5})
+    started = time.monotonic()
+    assert s.watch("leader", index, 1.0) is False
+    assert time.monotonic() - started >= 0.9
+    writer.set_config({"ttl": 10, "loop_wait": 2})  # a change made before the watch began is not missed
+    assert s.watch("leader", index, 5.0) is True
+    index = s.get_cluster().etcd_index + 1
+    writer.set_failover({"leader": "n1", "member": "n2"})
+    assert s.watch("failover", index, 5.0) is True
+
+
 def test_a_frozen_member_costs_one_bounded_attempt_once(etcd):
     s = store(etcd, "frozen")
     s.get_cluster()
