@@ -12,7 +12,8 @@ more ttl has passed, etcd's own counters are read before and after an idle windo
 
     python bench/etcd_load.py [--window 60] [--only hasup] [--out bench/results]
 
-Writes bench/results/etcd-load.json (commit, settings, machine) and prints the table.
+Writes bench/results/etcd-load.json (commit, settings, machine), prints the table and renders it into
+docs/etcd.md between its etcd-load markers (`--render` re-renders from the results file alone).
 """
 
 from __future__ import annotations
@@ -118,12 +119,48 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "etcd.md")
+BEGIN, END = "<!-- etcd-load:begin (bench/etcd_load.py) -->", "<!-- etcd-load:end -->"
+
+
+def section(result: dict[str, Any]) -> str:
+    """The figures section of docs/etcd.md, from a results file."""
+    machine = result["machine"]
+    return "\n".join([
+        BEGIN,
+        f"Measured {result['date']} at commit `{result['commit'][:12]}` on {machine['arch']}, "
+        f"{machine['cpus']} cores: `{result['command'].strip()}`; {result['settings']['nodes']} nodes, "
+        f"{result['settings']['etcd']}, an idle window of {result['settings']['window_s']:g} s per row, "
+        "every row a fresh cluster, hasup and Patroni in the same run.",
+        "",
+        table(result["rows"]),
+        END,
+    ])
+
+
+def render(result: dict[str, Any]) -> None:
+    with open(DOC) as f:
+        text = f.read()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < 0:
+        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} section")
+    with open(DOC, "w") as f:
+        f.write(text[:start] + section(result) + text[end + len(END):])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=float, default=60.0, help="idle seconds measured per case")
     ap.add_argument("--only", choices=("hasup", "patroni"), default=None)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--render", action="store_true", help="only re-render docs/etcd.md from the results file")
     args = ap.parse_args()
+    path = os.path.join(args.out, "etcd-load.json")
+    if args.render:
+        with open(path) as f:
+            render(json.load(f))
+        return 0
     become_subreaper()
     measured_at = commit()  # before the runs: the code they ran
     kinds = [args.only] if args.only else ["hasup"] + (
@@ -141,9 +178,10 @@ def main() -> int:
               "machine": {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version()},
               "rows": rows}
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "etcd-load.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(table(rows))
+    render(result)
     return 0
 
 
