@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from hasup import PATRONI_COMPAT_VERSION, __version__
-from hasup.config import ConfigError, load_config, take_environment
+from hasup.config import Config, ConfigError, load_config, take_environment
 
 # A configuration that cannot boot exits 2, so systemd does not restart into the same failure.
 EXIT_BAD_CONFIG = 2
@@ -45,14 +45,25 @@ def _print_lines(lines: Sequence[str], prefix: str = "") -> None:
         print(f"{prefix}{line}", file=sys.stderr)
 
 
-def validate(path: str) -> int:
-    """Exit status for `--validate-config`: 0 and only warnings when usable, else 2 and every problem."""
+def _load(path: str, env: Mapping[str, str] | None = None) -> tuple[Config, list[str]] | None:
+    """The configuration and its warnings, or None once every problem is printed, one line each."""
     try:
-        _, warnings = load_config(path)
+        return load_config(path, env)
     except ConfigError as exc:
         _print_lines(exc.problems)
+    except Exception as exc:  # noqa: BLE001 -- a loader bug (RecursionError, say) must still end in one line
+        # Never the exception's text or a traceback: either could quote a password from the file.
+        print(f"{path or 'configuration'}: cannot be loaded ({type(exc).__name__}); please report this",
+              file=sys.stderr)
+    return None
+
+
+def validate(path: str) -> int:
+    """Exit status for `--validate-config`: 0 and only warnings when usable, else 2 and every problem."""
+    loaded = _load(path)
+    if loaded is None:
         return EXIT_BAD_CONFIG
-    _print_lines(warnings, prefix="warning: ")
+    _print_lines(loaded[1], prefix="warning: ")
     return 0
 
 
@@ -61,11 +72,10 @@ def start(path: str) -> int:
     # Taken out of os.environ first, so PostgreSQL and hooks never inherit passwords from it;
     # reloads read the saved copy (see hasup.config.take_environment).
     env = take_environment(os.environ)
-    try:
-        config, warnings = load_config(path, env)
-    except ConfigError as exc:
-        _print_lines(exc.problems)
+    loaded = _load(path, env)
+    if loaded is None:
         return EXIT_BAD_CONFIG
+    config, warnings = loaded
     from hasup.supervisor import run  # imported late: only the daemon needs it
 
     # Absolute, because the supervisor re-reads it on SIGHUP whatever its working directory is then.

@@ -4,8 +4,10 @@
 variables over it, checks every key hasup uses (the etcd TLS files too, loaded as the etcd client
 will load them) and returns a `Config` plus warning lines; every problem is reported at once in
 one `ConfigError`. `parse_dynamic` reads the cluster-wide settings kept in etcd's `config` key
-leniently, the way a running node must; `initial_dcs_config` is what a bootstrapping node writes
-there. Value converters and name tables live in `hasup.config_schema`.
+leniently, the way a running node must: within the same bounds, and never raising;
+`dynamic_problems` lists what it would have to adjust. `initial_dcs_config` is what a
+bootstrapping node writes there. Value converters, bounds, name tables and the YAML loader with
+its limits live in `hasup.config_schema`.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from hasup.config_schema import (
     BASEBACKUP_FORBIDDEN,
     BOOTSTRAP_USED,
     CALLBACK_ACTIONS,
+    DAY,
     DCS_PG_USED,
     DCS_SECTIONS,
     DCS_SUPPORTED,
     DCS_USED,
     DEFAULT_ETCD_PORT,
     DYNAMIC_BOOLS,
-    DYNAMIC_INT_MINIMUMS,
+    DYNAMIC_INT_BOUNDS,
     ETCD_USED,
+    HOUR,
     IGNORED,
     INITDB_FORBIDDEN,
     LEGACY_NAMES,
@@ -52,21 +56,23 @@ from hasup.config_schema import (
     Reader,
     SourceError,
     apply_timing_rule,
-    at_least,
     deep_merge,
     env_names,
     env_overrides,
     etcd_endpoint,
     etcd_host_list,
     host_port,
+    int_between,
     join_key,
     leaf,
     lenient,
+    parameter_problem,
     parse_yaml,
     read_sources,
     render_options,
-    seconds_at_least,
+    seconds_between,
     shown,
+    split_host_port,
     to_bool,
     to_command,
     to_int,
@@ -299,6 +305,9 @@ class Config:
 
 _DYNAMIC_DEFAULTS = DynamicConfig()
 _NO_STRINGS: tuple[str, ...] = ()
+_INT32_MAX = 2**31 - 1  # Patroni's tags are read by tools that keep them in a C int
+_MAX_LOG_FILES = 1000
+_MAX_LOG_FILE_SIZE = 1 << 40  # bytes: beyond a TiB per file, rotation has stopped meaning anything
 
 
 def _refuse_unsafe(r: Reader, section: Mapping[str, Any], prefix: str) -> None:
@@ -358,10 +367,33 @@ def _restapi(r: Reader, top: Mapping[str, Any]) -> RestApiConfig | None:
     r.ignore_rest(sec, "restapi", (*RESTAPI_USED, *_RESTAPI_MORE))
     if listen is None or connect_address is None:
         return None
+    if _beyond_loopback(listen) and username is None and not allowlist and not include_members \
+            and verify_client != "required":
+        r.warn("restapi.listen", f"UNPROTECTED: {listen} is reachable from other hosts and neither "
+                                 "restapi.authentication nor restapi.allowlist is set, so anyone who reaches "
+                                 "the port can change the cluster configuration (PATCH /config; archive_command "
+                                 "runs as postgres), restart, fail over or reinitialize nodes; set "
+                                 "restapi.authentication")
+    if verify_client == "optional":
+        r.warn("restapi.verify_client", "optional is accepted as in Patroni but protects less: clients without "
+                                        "a certificate reach every endpoint, the unsafe ones included; use "
+                                        "required, or restapi.authentication")
     return RestApiConfig(listen, connect_address, username, password, certfile, keyfile,
                          keyfile_password=keyfile_password, cafile=cafile, verify_client=verify_client,
                          allowlist=allowlist, allowlist_include_members=include_members,
                          http_extra_headers=http_headers, https_extra_headers=https_headers)
+
+
+def _beyond_loopback(listen: str) -> bool:
+    """Whether restapi.listen accepts connections from other hosts: any address but a loopback one;
+    a host name counts as reachable (it is not resolved here, and may resolve anywhere later)."""
+    host = split_host_port(listen, allow_empty_host=True)[0].strip().lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 _RESTAPI_MORE = ("keyfile_password", "cafile", "verify_client", "allowlist", "allowlist_include_members",
@@ -408,7 +440,7 @@ def _etcd(r: Reader, top: Mapping[str, Any]) -> EtcdConfig | None:
         return None
     name = present[0]
     sec = r.section(top, name)
-    port = r.get(sec, f"{name}.port", at_least(1), DEFAULT_ETCD_PORT)
+    port = r.get(sec, f"{name}.port", int_between(1, 65535), DEFAULT_ETCD_PORT)
     protocol = r.get(sec, f"{name}.protocol", to_protocol, None)
     username = r.get(sec, f"{name}.username", to_str, None)
     password = r.get(sec, f"{name}.password", to_str, None)
@@ -526,8 +558,13 @@ def _read_tls_file(r: Reader, path_key: str, path: str) -> str | None:
     """The start of the file as text for the PEM checks, or None (with a problem) if unreadable."""
     try:
         # Only regular files: opening a FIFO or a device would block or never end.
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
             r.problem(path_key, f"cannot read {path}: not a regular file")
+            return None
+        # OpenSSL reads the whole file: a PEM bundle is a few hundred KiB at most.
+        if info.st_size > _PEM_SCAN_LIMIT:
+            r.problem(path_key, f"{path}: {info.st_size} bytes, more than a PEM file of {_PEM_SCAN_LIMIT} may have")
             return None
         with open(path, "rb") as handle:
             return handle.read(_PEM_SCAN_LIMIT).decode("latin-1")
@@ -584,21 +621,51 @@ def _ssl_reason(exc: Exception) -> str:
 def _check_dcs(r: Reader, dcs: Mapping[str, Any], prefix: str) -> None:
     """Strict checks of the initial dynamic configuration; the dict itself is kept as given."""
     _refuse_unsafe(r, dcs, prefix)
-    for key, minimum in DYNAMIC_INT_MINIMUMS.items():
-        convert = to_int if minimum is None else at_least(minimum)
+    _check_dynamic_values(r, dcs, prefix)
+    r.ignore_rest(dcs, prefix, DCS_USED)
+    r.warnings.extend(join_key(prefix, note) for note in parse_slot_settings(dcs)[1])
+
+
+def _check_dynamic_values(r: Reader, dcs: Mapping[str, Any], prefix: str) -> None:
+    """Types and bounds of the dynamic settings hasup reads, as problems named `<prefix>.<key>`."""
+    for key, (minimum, maximum) in DYNAMIC_INT_BOUNDS.items():
         for name in (key, LEGACY_NAMES.get(key)):
             if name:
-                r.get(dcs, f"{prefix}.{name}", convert, None)
+                r.get(dcs, join_key(prefix, name), int_between(minimum, maximum), None)
     for key in DYNAMIC_BOOLS:
-        r.get(dcs, f"{prefix}.{key}", to_bool, None)
-    pg = r.section(dcs, f"{prefix}.postgresql")
-    r.get(pg, f"{prefix}.postgresql.use_pg_rewind", to_bool, None)
-    r.get(pg, f"{prefix}.postgresql.use_slots", to_bool, None)
-    r.get(pg, f"{prefix}.postgresql.parameters", to_mapping, None)
-    r.get(pg, f"{prefix}.postgresql.pg_hba", to_str_list, None)
-    r.ignore_rest(pg, f"{prefix}.postgresql", DCS_PG_USED)
-    r.ignore_rest(dcs, prefix, DCS_USED)
-    r.warnings.extend(f"{prefix}.{note}" for note in parse_slot_settings(dcs)[1])
+        r.get(dcs, join_key(prefix, key), to_bool, None)
+    pg_path = join_key(prefix, "postgresql")
+    pg = r.section(dcs, pg_path)
+    r.get(pg, f"{pg_path}.use_pg_rewind", to_bool, None)
+    r.get(pg, f"{pg_path}.use_slots", to_bool, None)
+    _parameters(r, pg, f"{pg_path}.parameters")
+    r.get(pg, f"{pg_path}.pg_hba", to_str_list, None)
+    r.ignore_rest(pg, pg_path, DCS_PG_USED)
+
+
+def dynamic_problems(raw: Any) -> list[str]:
+    """Every type or bound problem of a dynamic configuration (what PATCH/PUT /config would store),
+    one line each, named by its key; [] when hasup can apply it as given. Never raises."""
+    if not isinstance(raw, Mapping):
+        return [f"config: expected a mapping, got {shown(raw)}"]
+    r = Reader()
+    try:
+        _check_dynamic_values(r, raw, "")
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a converter's bug, not the value's
+        r.problem("config", f"cannot be checked ({type(exc).__name__})")
+    return r.problems
+
+
+def _parameters(r: Reader, section: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """postgresql.parameters: every name and value checked before it can reach postgresql.conf."""
+    nothing: dict[str, Any] = {}
+    given = r.get(section, path, to_mapping, nothing)
+    for name, value in given.items():
+        problem = parameter_problem(name, value)
+        if problem is not None:
+            # The name itself may be what is wrong (a newline, a quote): shown quoted, never as a key.
+            r.problem(path, f"{shown(name)}: {problem}")
+    return given
 
 
 def _options(r: Reader, section: Mapping[str, Any], path: str, forbidden: frozenset[str]) -> tuple[str, ...]:
@@ -684,17 +751,18 @@ def _postgresql(r: Reader, top: Mapping[str, Any]) -> PostgresConfig | None:
         superuser=superuser or Credentials(""),
         replication=replication or Credentials(""),
         rewind=rewind or Credentials(""),
-        parameters=r.get(sec, "postgresql.parameters", to_mapping, {}),
+        parameters=_parameters(r, sec, "postgresql.parameters"),
         pg_hba=r.get(sec, "postgresql.pg_hba", to_str_list, None),
-        pg_ctl_timeout=r.get(sec, "postgresql.pg_ctl_timeout", at_least(1), 60),
+        pg_ctl_timeout=r.get(sec, "postgresql.pg_ctl_timeout", int_between(1, DAY), 60),
         use_pg_rewind=r.get(sec, "postgresql.use_pg_rewind", to_bool, None),
         custom_conf=r.get(sec, "postgresql.custom_conf", to_str, None),
         database=r.get(sec, "postgresql.database", to_str, "postgres"),
         basebackup=_options(r, sec, "postgresql.basebackup", BASEBACKUP_FORBIDDEN),
-        health_deadline=r.get(sec, "postgresql.health_deadline", seconds_at_least(MIN_HEALTH_DEADLINE),
+        health_deadline=r.get(sec, "postgresql.health_deadline", seconds_between(MIN_HEALTH_DEADLINE, HOUR),
                               DEFAULT_HEALTH_DEADLINE),
         callbacks=_callbacks(r, sec),
-        callback_timeout=r.get(sec, "postgresql.callback_timeout", seconds_at_least(1), DEFAULT_CALLBACK_TIMEOUT),
+        callback_timeout=r.get(sec, "postgresql.callback_timeout", seconds_between(1, HOUR),
+                               DEFAULT_CALLBACK_TIMEOUT),
         remove_data_directory_on_rewind_failure=r.get(
             sec, "postgresql.remove_data_directory_on_rewind_failure", to_bool, False),
         remove_data_directory_on_diverged_timelines=r.get(
@@ -719,7 +787,7 @@ def _callbacks(r: Reader, sec: Mapping[str, Any]) -> dict[str, str]:
 def _tags(r: Reader, top: Mapping[str, Any]) -> Tags:
     sec = r.section(top, "tags")
     nofailover = r.get(sec, "tags.nofailover", to_bool, False)
-    failover_priority = r.get(sec, "tags.failover_priority", at_least(0), 1)
+    failover_priority = r.get(sec, "tags.failover_priority", int_between(0, _INT32_MAX), 1)
     if nofailover and sec.get("failover_priority") is not None and failover_priority > 0:
         r.warn("tags.failover_priority", "contradicts tags.nofailover: true; nofailover wins")
     for key in TAGS_UNUSED:
@@ -810,8 +878,8 @@ def _log(r: Reader, top: Mapping[str, Any]) -> LogConfig:
         format=log_format or default.format,
         dateformat=r.get(sec, "log.dateformat", to_str, None),
         dir=r.get(sec, "log.dir", to_str, None),
-        file_num=r.get(sec, "log.file_num", at_least(0), default.file_num),
-        file_size=r.get(sec, "log.file_size", at_least(0), default.file_size),
+        file_num=r.get(sec, "log.file_num", int_between(0, _MAX_LOG_FILES), default.file_num),
+        file_size=r.get(sec, "log.file_size", int_between(0, _MAX_LOG_FILE_SIZE), default.file_size),
         type=log_type,
         json_fields=json_fields,
         static_fields=dict(static),
@@ -835,7 +903,7 @@ def _vip(r: Reader, top: Mapping[str, Any]) -> VipConfig | None:
     full: int = iface.network.max_prefixlen
     prefix = iface.network.prefixlen if "/" in raw_address else None
     if sec.get("prefix") not in (None, ""):
-        prefix = r.get(sec, "vip.prefix", at_least(1), full)
+        prefix = r.get(sec, "vip.prefix", int_between(1, 128), full)
     elif sec.get("netmask") not in (None, ""):
         try:
             prefix = ipaddress.ip_network(f"0.0.0.0/{to_str(sec['netmask']).strip()}").prefixlen
@@ -882,7 +950,7 @@ def _watchdog(r: Reader, top: Mapping[str, Any]) -> WatchdogConfig:
     return WatchdogConfig(
         mode=mode or default.mode,
         device=r.get(sec, "watchdog.device", to_str, default.device),
-        safety_margin=r.get(sec, "watchdog.safety_margin", at_least(-1), default.safety_margin),
+        safety_margin=r.get(sec, "watchdog.safety_margin", int_between(-1, HOUR), default.safety_margin),
         driver=driver,
     )
 
@@ -930,22 +998,39 @@ def _dynamic_int(source: Mapping[str, Any], key: str, notes: list[str]) -> int:
     legacy = LEGACY_NAMES.get(key)
     name = legacy if legacy and source.get(key) is None and source.get(legacy) is not None else key
     value = lenient(source, name, to_int, getattr(_DYNAMIC_DEFAULTS, key), notes)
-    minimum = DYNAMIC_INT_MINIMUMS[key]
-    if minimum is not None and value < minimum:
+    minimum, maximum = DYNAMIC_INT_BOUNDS[key]
+    if value < minimum:
         notes.append(f"{name}: {value} is below the minimum {minimum}; using {minimum}")
         value = minimum
+    elif value > maximum:
+        notes.append(f"{name}: {value} is above the maximum {maximum}; using {maximum}")
+        value = maximum
     return value
+
+
+def _dynamic_parameters(pg: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    """postgresql.parameters from etcd without the entries postgresql.conf cannot safely carry."""
+    given: dict[str, Any] = lenient(pg, "postgresql.parameters", to_mapping, {}, notes)
+    kept: dict[str, Any] = {}
+    for name, value in given.items():
+        problem = parameter_problem(name, value)
+        if problem is None:
+            kept[name] = value
+        else:
+            notes.append(f"postgresql.parameters: {shown(name)}: {problem}; ignored")
+    return kept
 
 
 def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
     """The cluster-wide settings from etcd's `config` key (same shape as bootstrap.dcs).
 
-    Never fails: bad values fall back to their defaults and low ones are raised, each with a warning.
+    Never fails, whatever `raw` holds: bad values fall back to their defaults, and values outside
+    their bounds are moved to the nearest bound, each with a warning.
     """
     notes: list[str] = []
     if not isinstance(raw, Mapping):
         return DynamicConfig(), [f"config: expected a mapping, got {shown(raw)}; using the defaults"]
-    ints = {key: _dynamic_int(raw, key, notes) for key in DYNAMIC_INT_MINIMUMS}
+    ints = {key: _dynamic_int(raw, key, notes) for key in DYNAMIC_INT_BOUNDS}
     ints["loop_wait"], ints["retry_timeout"], timing = apply_timing_rule(
         ints["ttl"], ints["loop_wait"], ints["retry_timeout"]
     )
@@ -977,7 +1062,7 @@ def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
         pause=flags["pause"],
         use_pg_rewind=lenient(pg, "postgresql.use_pg_rewind", to_bool, False, notes),
         use_slots=lenient(pg, "postgresql.use_slots", to_bool, True, notes),
-        parameters=lenient(pg, "postgresql.parameters", to_mapping, {}, notes),
+        parameters=_dynamic_parameters(pg, notes),
         pg_hba=lenient(pg, "postgresql.pg_hba", to_str_list, None, notes),
         standby_cluster=standby or None,
     )

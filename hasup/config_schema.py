@@ -1,21 +1,44 @@
 """How the configuration loader reads raw values: converters, key tables, sources.
 
 Nothing here knows hasup's dataclasses. Converters turn one raw YAML or environment value into a
-typed value or raise `Invalid`; `Reader` applies them and collects every problem and warning; the
-tables say which keys hasup reads, which ones are safety settings it must refuse, and which
-environment variables set which keys; `read_sources` reads files, directories and variables into
-one raw mapping. `hasup.config` turns that mapping into a `Config`.
+typed value (bounded: no integer beyond 64 bits, no inf or NaN) or raise `Invalid`; `Reader`
+applies them and collects every problem and warning; the tables say which keys hasup reads, their
+bounds, which ones are safety settings it must refuse, and which environment variables set which
+keys; `read_sources` reads files, directories and variables into one raw mapping through a YAML
+loader with limits on size, depth, aliases, duplicate keys and numbers. `hasup.config` turns that
+mapping into a `Config`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import reprlib
 import shlex
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent, ScalarEvent
+from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.resolver import Resolver
+
+try:  # libyaml scans and parses in C: a 1 MiB file in milliseconds rather than seconds
+    from yaml._yaml import CParser as _EventSource
+except ImportError:  # pragma: no cover -- PyYAML built without libyaml
+    from yaml.parser import Parser
+    from yaml.reader import Reader as _YamlReader
+    from yaml.scanner import Scanner
+
+    class _EventSource(_YamlReader, Scanner, Parser):  # type: ignore[no-redef]
+        def __init__(self, stream: str) -> None:
+            _YamlReader.__init__(self, stream)
+            Scanner.__init__(self)
+            Parser.__init__(self)
 
 T = TypeVar("T")
 
@@ -29,7 +52,26 @@ DEFAULT_ETCD_PORT = 2379
 
 _TRUE = frozenset({"on", "true", "yes", "1"})
 _FALSE = frozenset({"off", "false", "no", "0"})
-_INTEGER = re.compile(r"[+-]?\d+")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+# Every integer hasup keeps fits PostgreSQL's bigint and JSON readers in other languages; beyond it a
+# value is a typo or an attack, and Python would happily carry a 10**400 into every computation.
+INT64_MAX = 2**63 - 1
+
+# -- limits on a configuration file (DESIGN.md §11) -------------------------------------------
+# A real configuration is a few KiB; 1 MiB leaves room for thousands of pg_hba lines and keeps a
+# configuration near the size of one IPC frame (hasup.ipc.MAX_FRAME), which a reload sends to the
+# workers as JSON (a file close to the limit can still exceed the frame: the IPC side must cope).
+MAX_CONFIG_BYTES = 1 << 20
+# Patroni's keys nest about six deep; anything near this is generated or hostile, and the limit
+# keeps every recursive walk of the result (merging, copying, JSON) far from Python's recursion limit.
+MAX_YAML_DEPTH = 64
+# Values (scalars, lists, mappings) in one document, counting each alias as the copy it stands for:
+# bounds the work of parsing a file and of everything that walks the result later (a "billion
+# laughs" file is small on disk but expands exponentially).
+MAX_YAML_VALUES = 50_000
 _URL_USERINFO = re.compile(r"(//[^/@:\s]*):[^/@\s]*@")
 
 LOG_LEVELS = {
@@ -79,22 +121,28 @@ UNSAFE_REASONS = {
     "standby_cluster": "refusing to start rather than run as a primary cluster instead of a standby",
 }
 
-# Integer dynamic settings and their minimums. hasup's ttl minimum is 10, not Patroni's 20: its
-# lease keepalive runs in a worker that a slow PostgreSQL cannot starve (DESIGN.md §7).
-DYNAMIC_INT_MINIMUMS: dict[str, int | None] = {
-    "ttl": 10,
-    "loop_wait": 1,
-    "retry_timeout": 3,
-    "maximum_lag_on_failover": 0,
-    "max_timelines_history": 0,
-    "primary_start_timeout": None,
-    "primary_stop_timeout": None,
-    "synchronous_node_count": 1,
+# Integer dynamic settings: (minimum, maximum). hasup's ttl minimum is 10, not Patroni's 20: its
+# lease keepalive runs in a worker that a slow PostgreSQL cannot starve (DESIGN.md §7). The maxima
+# are far beyond any sane cluster (Patroni has none): they exist so that no value written to etcd
+# or the file can overflow a deadline computation, a sleep or a device timeout (DESIGN.md §11).
+HOUR = 3600
+DAY = 86400
+DYNAMIC_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "ttl": (10, HOUR),
+    "loop_wait": (1, HOUR),
+    "retry_timeout": (3, HOUR),
+    "maximum_lag_on_failover": (0, INT64_MAX),  # bytes of WAL
+    "max_timelines_history": (0, 100_000),  # 0: keep every entry
+    # A negative start or stop timeout means the same as 0 to the code that reads it; crash recovery
+    # of a large primary may take hours, so a day is the ceiling.
+    "primary_start_timeout": (0, DAY),
+    "primary_stop_timeout": (0, DAY),
+    "synchronous_node_count": (1, 1000),
 }
 LEGACY_NAMES = {"primary_start_timeout": "master_start_timeout", "primary_stop_timeout": "master_stop_timeout"}
 DYNAMIC_BOOLS = ("check_timeline", "pause", "synchronous_mode_strict", "failsafe_mode")
 SLOT_KEYS = ("slots", "permanent_slots", "permanent_replication_slots", "ignore_slots", "member_slots_ttl")
-DCS_USED = (*DYNAMIC_INT_MINIMUMS, *LEGACY_NAMES.values(), *DYNAMIC_BOOLS, *UNSAFE_REASONS, *SLOT_KEYS, "postgresql")
+DCS_USED = (*DYNAMIC_INT_BOUNDS, *LEGACY_NAMES.values(), *DYNAMIC_BOOLS, *UNSAFE_REASONS, *SLOT_KEYS, "postgresql")
 DCS_PG_USED = ("use_pg_rewind", "use_slots", "parameters", "pg_hba")
 # Dynamic settings Patroni never reads from the top level of the local file.
 TOP_DYNAMIC_ONLY = frozenset(DCS_USED) - frozenset(UNSAFE_REASONS) - {"postgresql"}
@@ -141,9 +189,27 @@ class Invalid(ValueError):
         return f"{self.message}, got {shown(self.got)}"
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist, _SHORT_REPR.maxstring = 2, 4, 4, 80
+_SHORT_REPR.maxother = 80
+
+
 def shown(value: Any, limit: int = 60) -> str:
-    """A short repr for messages; user:password in URLs is masked."""
-    text = _URL_USERINFO.sub(r"\1:******@", repr(value))
+    """A short repr for messages; user:password in URLs is masked.
+
+    Bounded whatever the value: a huge or deeply nested one (from etcd, or an alias bomb) must not
+    cost seconds, memory or a RecursionError just to be named in a warning.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        # repr() of an integer past 4300 digits raises ValueError; its size is what matters here
+        text = f"<an integer of {value.bit_length()} bits>"
+    elif isinstance(value, str):
+        text = repr(value[: limit + 1])
+    elif isinstance(value, dict | list | tuple | set):
+        text = _SHORT_REPR.repr(value)
+    else:
+        text = repr(value)
+    text = _URL_USERINFO.sub(r"\1:******@", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -159,7 +225,7 @@ def to_str(value: Any) -> str:
     # YAML turns `password: 12345` into an int; accept that, but not bools (`yes` is rarely a name).
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= INT64_MAX:
         return str(value)
     raise Invalid("expected a string", value)
 
@@ -177,40 +243,65 @@ def to_command(value: Any) -> str:
 
 
 def to_int(value: Any) -> int:
+    """An integer within 64 bits, from an int or a string of digits (environment variables, etcd)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(value.strip())
-    raise Invalid("expected an integer", value)
+        number = value
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        number = int(value.strip())
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        raise Invalid(f"out of range (at most {INT64_MAX})", value)
+    else:
+        raise Invalid("expected an integer", value)
+    if abs(number) > INT64_MAX:
+        raise Invalid(f"out of range (at most {INT64_MAX})", value)
+    return number
 
 
-def at_least(minimum: int) -> Callable[[Any], int]:
-    """A converter for integers not below `minimum`."""
+def int_between(minimum: int, maximum: int) -> Callable[[Any], int]:
+    """A converter for integers from `minimum` to `maximum`, both included."""
 
     def convert(value: Any) -> int:
         number = to_int(value)
         if number < minimum:
             raise Invalid(f"must be at least {minimum}", value)
+        if number > maximum:
+            raise Invalid(f"must be at most {maximum}", value)
+        return number
+
+    return convert
+
+
+def at_least(minimum: int) -> Callable[[Any], int]:
+    """A converter for integers not below `minimum` (and within 64 bits, like every integer)."""
+    return int_between(minimum, INT64_MAX)
+
+
+def seconds_between(minimum: float, maximum: float) -> Callable[[Any], float]:
+    """A converter for a finite duration in (possibly fractional) seconds within [minimum, maximum]."""
+
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise Invalid("expected a number of seconds", value)
+        if isinstance(value, str) and len(value) > 40:  # float() of a long digit string is slow and inf
+            raise Invalid("expected a number of seconds", value)
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):  # float(10**400) overflows
+            raise Invalid("expected a number of seconds", value) from None
+        if not math.isfinite(number):
+            raise Invalid("expected a finite number of seconds", value)
+        if number < minimum:
+            raise Invalid(f"must be at least {minimum:g}", value)
+        if number > maximum:
+            raise Invalid(f"must be at most {maximum:g}", value)
         return number
 
     return convert
 
 
 def seconds_at_least(minimum: float) -> Callable[[Any], float]:
-    """A converter for a duration in (possibly fractional) seconds, not below `minimum`."""
-
-    def convert(value: Any) -> float:
-        if isinstance(value, bool):
-            raise Invalid("expected a number of seconds", value)
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise Invalid("expected a number of seconds", value) from None
-        if not number >= minimum:  # also refuses NaN
-            raise Invalid(f"must be at least {minimum:g}", value)
-        return number
-
-    return convert
+    """A converter for a duration of at least `minimum` seconds, and at most a day."""
+    return seconds_between(minimum, DAY)
 
 
 def to_bool(value: Any) -> bool:
@@ -277,11 +368,45 @@ def to_protocol(value: Any) -> str:
     return protocol
 
 
+# -- PostgreSQL parameters ----------------------------------------------------------------
+
+# A parameter name as PostgreSQL's configuration-file lexer reads one: an identifier, or two joined
+# by a dot (an extension's parameter, e.g. pg_stat_statements.max). Anything else (`=`, spaces,
+# quotes, a newline) could smuggle a second setting into postgresql.conf.
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99})?")
+# Directives of postgresql.conf, not parameters: `include = 'file'` would pull any file the postgres
+# user can read into the server's configuration.
+CONF_DIRECTIVES = frozenset({"include", "include_dir", "include_if_exists"})
+MAX_PARAMETER_VALUE = 65536  # characters; the longest real values (archive_command, preload lists) are < 1 KiB
+
+
+def parameter_problem(name: Any, value: Any) -> str | None:
+    """Why `name: value` cannot be written into postgresql.conf, or None when it can."""
+    if not isinstance(name, str) or not _PARAMETER_NAME.fullmatch(name):
+        return "not a parameter name (letters, digits and _, with one dot for an extension's parameter)"
+    if name.lower() in CONF_DIRECTIVES:
+        return "a postgresql.conf directive, not a parameter"
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if abs(value) <= INT64_MAX else f"out of range (at most {INT64_MAX})"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "expected a finite number"
+    if isinstance(value, str):
+        if "\0" in value:
+            return "contains a NUL character"  # no configuration file can carry one
+        if len(value) > MAX_PARAMETER_VALUE:
+            return f"longer than {MAX_PARAMETER_VALUE} characters"
+        return None
+    return "expected a string, a number or a boolean"
+
+
 # -- addresses --------------------------------------------------------------------------
 
 
 def _port(text: str, value: Any, expected: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    # Not str.isdigit(): it accepts digits such as '²' that int() then refuses.
+    if not _PORT.fullmatch(text) or not 1 <= int(text) <= 65535:
         raise Invalid(expected, value)
     return int(text)
 
@@ -415,7 +540,10 @@ def _render_one(item: Any, forbidden: frozenset[str]) -> tuple[str | None, str |
 
 
 def join_key(prefix: str, key: Any) -> str:
-    return f"{prefix}.{key}" if prefix else str(key)
+    # A key with a newline, control character or megabytes of text must not break "one line per
+    # problem": such a key is shown as a short repr.
+    name = key if isinstance(key, str) and key.isprintable() and len(key) <= 100 else shown(key)
+    return f"{prefix}.{name}" if prefix else str(name)
 
 
 def leaf(path: str) -> str:
@@ -480,8 +608,11 @@ def lenient(source: Mapping[str, Any], path: str, convert: Callable[[Any], T], d
     try:
         return convert(value)
     except Invalid as exc:
-        notes.append(f"{path}: {exc.render(show_value=not is_secret_path(path))}; using {default!r}")
-        return default
+        notes.append(f"{path}: {exc.render(show_value=not is_secret_path(path))}; using {shown(default)}")
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # Converters raise only Invalid by design; this keeps a running node going if one slips.
+        notes.append(f"{path}: unreadable value ({type(exc).__name__}); using {shown(default)}")
+    return default
 
 
 def apply_timing_rule(ttl: int, loop_wait: int, retry_timeout: int) -> tuple[int, int, str | None]:
@@ -605,8 +736,8 @@ def _env_value(name: str, value: str) -> Any:
     if name in _STRUCTURED or name.endswith("_HOSTS"):
         # A YAML list or mapping is taken as such; anything else stays the string it was.
         try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
+            parsed = load_yaml(value)
+        except (yaml.YAMLError, RecursionError):
             return value
         return parsed if isinstance(parsed, list | dict) else value
     return value
@@ -679,15 +810,172 @@ class SourceError(Exception):
         self.problems = problems
 
 
-def parse_yaml(text: str, source: str) -> dict[str, Any]:
+# -- YAML with limits ------------------------------------------------------------------------
+# PyYAML's safe loader still parses without bounds: aliases expand without limit, nesting recurses
+# until RecursionError, a second `authentication:` silently replaces the first, 10**400 and .inf
+# are taken as numbers, and a few bad scalars (the date 2024-13-01) escape as plain exceptions.
+# This loader refuses each of those with the line it happened on.
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_LONGEST_INTEGER = 80  # characters: room for 64 bits in binary with underscores, not for int()'s slow path
+
+
+class YamlRefused(yaml.MarkedYAMLError):
+    """A document broke one of the loader's limits or rules; `problem` says which, `problem_mark` where."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class _BoundedComposer(Composer):
+    """Builds the node graph with depth, size and alias limits checked as each event arrives, so a
+    hostile document is refused after at most MAX_YAML_VALUES values have been read."""
+
+    peek_event: Callable[[], Any]  # from the event source it is mixed with
+
+    def _start_bounds(self) -> None:
+        self._depth = 0
+        self._values = 0
+        self._chars = 0
+        # anchor -> (values, scalar characters) of what it names, counted with its own aliases expanded
+        self._anchored: dict[Any, tuple[int, int]] = {}
+        # mapping node -> its pairs as written: a merge key (<<) later rewrites node.value in place
+        self.written_pairs: dict[Node, list[tuple[Node, Node]]] = {}
+
+    def _grow(self, values: int, chars: int, mark: Any, alias: bool) -> None:
+        self._values += values
+        self._chars += chars
+        if self._values > MAX_YAML_VALUES or self._chars > MAX_CONFIG_BYTES:
+            what = "YAML aliases expand the document to" if alias else "the document holds"
+            raise YamlRefused(f"{what} more than {MAX_YAML_VALUES} values or {MAX_CONFIG_BYTES} characters", mark)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            size = self._anchored.get(event.anchor)
+            if size is None and event.anchor in self.anchors:
+                # A value containing itself: every walk of it (merge, copy, JSON) would never end.
+                raise YamlRefused(f"alias {shown(event.anchor)} is used inside the value it names",
+                                  event.start_mark)
+            if size is not None:
+                self._grow(*size, event.start_mark, alias=True)
+            return super().compose_node(parent, index)  # an undefined alias fails there
+        if self._depth >= MAX_YAML_DEPTH:
+            raise YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        values, chars = self._values, self._chars
+        self._grow(1, len(event.value) if isinstance(event, ScalarEvent) else 0, event.start_mark, alias=False)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if event.anchor is not None:
+            self._anchored[event.anchor] = (self._values - values, self._chars - chars)
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> MappingNode:
+        node = super().compose_mapping_node(anchor)
+        self.written_pairs[node] = list(node.value)
+        return node
+
+
+class _StrictConstructor(SafeConstructor):
+    """SafeConstructor that refuses duplicate keys, integers beyond 64 bits and non-finite floats."""
+
+    written_pairs: dict[Node, list[tuple[Node, Node]]]
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, ArithmeticError):
+            # The exception's text may quote the value, and the value may be a password.
+            raise YamlRefused(f"cannot read this value as {node.tag.rpartition(':')[2]}", node.start_mark) from None
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, MappingNode):
+            self._refuse_duplicates(node)
+        return super().construct_mapping(node, deep)
+
+    def _refuse_duplicates(self, node: MappingNode) -> None:
+        # Patroni's loader keeps the last of two equal keys: a second `authentication:` that lacks a
+        # password would silently turn REST authentication off. Merged keys (<<) may be overridden.
+        first: dict[Any, Any] = {}
+        pairs: list[tuple[Node, Node]] = self.written_pairs.get(node) or list(node.value)
+        for key_node, _ in pairs:
+            if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)
+            earlier: Any = first.setdefault(key, key_node.start_mark)
+            if earlier is not key_node.start_mark:
+                raise YamlRefused(f"duplicate key {shown(key)} (first at line {earlier.line + 1})",
+                                  key_node.start_mark)
+
+    def construct_strict_int(self, node: ScalarNode) -> int:
+        if len(str(node.value)) > _LONGEST_INTEGER:
+            raise YamlRefused(_INTEGER_TOO_LARGE, node.start_mark)
+        number: int = self.construct_yaml_int(node)
+        if abs(number) > INT64_MAX:
+            raise YamlRefused(_INTEGER_TOO_LARGE, node.start_mark)
+        return number
+
+    def construct_finite_float(self, node: ScalarNode) -> float:
+        number: float = self.construct_yaml_float(node)
+        if not math.isfinite(number):
+            raise YamlRefused("not a finite number (.inf, .nan and overflowing numbers are refused)",
+                              node.start_mark)
+        return number
+
+
+_INTEGER_TOO_LARGE = "integer out of range (more than 64 bits); quote it if it is meant as a string"
+_StrictConstructor.add_constructor(  # type: ignore[type-var]
+    "tag:yaml.org,2002:int", _StrictConstructor.construct_strict_int)
+_StrictConstructor.add_constructor(  # type: ignore[type-var]
+    "tag:yaml.org,2002:float", _StrictConstructor.construct_finite_float)
+
+
+class _BoundedLoader(_BoundedComposer, _EventSource, _StrictConstructor, Resolver):
+    def __init__(self, stream: str) -> None:
+        _EventSource.__init__(self, stream)
+        Composer.__init__(self)
+        _StrictConstructor.__init__(self)
+        Resolver.__init__(self)
+        self._start_bounds()
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document, parsed within hasup's limits (depth, values, aliases, 64-bit integers,
+    finite floats, unique keys). Raises yaml.YAMLError; YamlRefused when a limit was reached."""
+    loader = _BoundedLoader(text)
     try:
-        data = yaml.safe_load(text)
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _position(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+
+
+def _too_large(source: str, size: int) -> str:
+    return f"{source}: {size} bytes, more than the {MAX_CONFIG_BYTES} a configuration may have"
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise SourceError([_too_large(source, len(text.encode("utf-8", "replace")))])
+    try:
+        data = load_yaml(text)
+    except YamlRefused as exc:
+        raise SourceError([f"{source}: {_position(exc.problem_mark)}: {exc.problem}"]) from None
     except yaml.MarkedYAMLError as exc:
         # Only the position and the parser's complaint: the offending line may hold a password.
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SourceError([f"{source}: invalid YAML{where}: {exc.problem}"]) from None
-    except yaml.YAMLError:
+        context = f" ({exc.context} at line {exc.context_mark.line + 1})" if exc.context and exc.context_mark else ""
+        raise SourceError([f"{source}: invalid YAML{where}: {exc.problem}{context}"]) from None
+    except (yaml.YAMLError, RecursionError):
         raise SourceError([f"{source}: invalid YAML"]) from None
     if data is None:
         return {}
@@ -696,14 +984,32 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def _read_file(path: str) -> dict[str, Any]:
+def _read_text(path: str) -> str:
+    """The file's text; refused before reading when it is not a regular file or is too large."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise SourceError([f"{path}: cannot read ({reason})"]) from None
-    return parse_yaml(text, path)
+        # Non-blocking, so that opening a FIFO does not wait for a writer; fstat then says what it is.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SourceError([f"{path}: cannot read ({exc.strerror})"]) from None
+    except ValueError:  # a NUL in the path
+        raise SourceError([f"{path!r}: cannot read (not a valid path)"]) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceError([f"{path}: cannot read (not a regular file)"])
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise SourceError([_too_large(path, info.st_size)])
+        try:
+            # Read one byte past the limit: a file that grew since fstat is caught too.
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise SourceError([f"{path}: cannot read ({exc.strerror})"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise SourceError([_too_large(path, len(data))])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SourceError([f"{path}: cannot read (not UTF-8 text)"]) from None
 
 
 def _read_path(path: str) -> dict[str, Any]:
@@ -715,9 +1021,17 @@ def _read_path(path: str) -> dict[str, Any]:
         files = [path]
     merged: dict[str, Any] | None = None
     problems: list[str] = []
+    total = 0
     for name in files:
         try:
-            data = _read_file(name)
+            text = _read_text(name)
+            total += len(text)
+            if total > MAX_CONFIG_BYTES:
+                # Each file may be small, yet together they are one configuration.
+                problems.append(f"{path}: its YAML files hold more than the {MAX_CONFIG_BYTES} bytes "
+                                "a configuration may have")
+                break
+            data = parse_yaml(text, name)
         except SourceError as exc:
             problems.extend(exc.problems)
             continue

@@ -2,7 +2,8 @@
 
 Load order inside PostgreSQL (lowest first): postgresql.base.conf or
 custom_conf (included from the top of our postgresql.conf), our
-postgresql.conf, postgresql.auto.conf, then the postmaster command line.
+postgresql.conf, postgresql.auto.conf, then the postmaster command line,
+which carries only the few COMMAND_LINE parameters (no value there is secret).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hasup.config import Config, Credentials, DynamicConfig
+from hasup.config_schema import parameter_problem, shown
 
 # Parameters hasup owns, their defaults and minimums (reference §4.6).  They
 # must match on every node, so only the dynamic config may change them.
@@ -38,6 +40,11 @@ CONTROLLED_MINIMUMS = {
 CONF_ONLY = {"wal_keep_size"}
 NOT_SETTABLE = {"listen_addresses", "port", "cluster_name", "hba_file", "ident_file", "primary_conninfo",
                 "primary_slot_name", "recovery_target_timeline"}
+# The only parameters on the postmaster's command line, as in the reference: the ones every node must
+# agree on or that say where it listens, so that ALTER SYSTEM (postgresql.auto.conf) cannot override
+# them. None holds a secret. Everything else goes only into postgresql.conf (0600): any local user
+# can read a command line through ps or /proc/<pid>/cmdline.
+COMMAND_LINE = (frozenset(CONTROLLED_DEFAULTS) - CONF_ONLY) | {"listen_addresses", "port", "cluster_name"}
 
 
 def _as_int(value: Any) -> int | None:
@@ -51,18 +58,34 @@ def effective_parameters(cfg: Config, dynamic: DynamicConfig) -> tuple[dict[str,
     """Parameters PostgreSQL runs with, and warnings for values that were overridden."""
     warnings: list[str] = []
     params: dict[str, Any] = {}
-    # Dynamic first, local over it, except the controlled ones which are dynamic-only.
+    spelling: dict[str, str] = {}  # lower-case name -> its key in params
+    # Dynamic first, local over it, except the controlled ones which are dynamic-only. The loaders
+    # have checked names and values already; checking again here keeps anything that bypassed them
+    # out of postgresql.conf, where one bad line stops PostgreSQL from starting.
     for source in (dynamic.parameters, cfg.postgresql.parameters):
         for k, v in (source or {}).items():
-            if k in NOT_SETTABLE:
+            problem = parameter_problem(k, v)
+            if problem is not None:
+                warnings.append(f"postgresql.parameters: {shown(k)}: {problem}; ignored")
+                continue
+            if v is None:
+                continue  # null means unset; rendered it would be the string 'None'
+            # PostgreSQL's names are case-insensitive: `Port` is `port`.
+            name = k.lower()
+            if name in NOT_SETTABLE:
                 warnings.append(f"postgresql.parameters.{k}: managed by hasup, ignored")
                 continue
-            if source is cfg.postgresql.parameters and k in CONTROLLED_DEFAULTS:
-                if dynamic.parameters.get(k) is None:
+            if source is cfg.postgresql.parameters and name in CONTROLLED_DEFAULTS:
+                if dynamic.parameters.get(name) is None:
                     warnings.append(f"postgresql.parameters.{k}: set it in the dynamic configuration; "
                                     "local value ignored")
                 continue
-            params[k] = v
+            # One line per parameter: a later source's spelling replaces an earlier one's.
+            earlier = spelling.pop(name, None)
+            if earlier is not None:
+                del params[earlier]
+            spelling[name] = key = name if name in CONTROLLED_DEFAULTS else k
+            params[key] = v
     for k, default in CONTROLLED_DEFAULTS.items():
         v = params.get(k)
         if v is None:
@@ -82,17 +105,24 @@ def effective_parameters(cfg: Config, dynamic: DynamicConfig) -> tuple[dict[str,
     return params, warnings
 
 
+# Inside a quoted postgresql.conf value a raw line break ends the file's line (a syntax error that
+# stops PostgreSQL), so control characters go as the escapes its lexer decodes.
+_CONF_ESCAPES = {"\\": "\\\\", "'": "''", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
 def quote(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, int | float):
         return str(value)
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+    text = "".join(_CONF_ESCAPES.get(c, c) for c in str(value))
+    return "'" + text + "'"
 
 
 def command_line_options(params: Mapping[str, Any]) -> list[str]:
+    """The postmaster's `--name=value` options: only the COMMAND_LINE parameters (see there)."""
     return [f"--{k}={v if not isinstance(v, bool) else ('on' if v else 'off')}"
-            for k, v in sorted(params.items()) if k not in CONF_ONLY]
+            for k, v in sorted(params.items()) if k in COMMAND_LINE]
 
 
 def render_postgresql_conf(cfg: Config, params: Mapping[str, Any], recovery: Mapping[str, Any]) -> str:

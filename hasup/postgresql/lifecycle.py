@@ -22,20 +22,13 @@ from hasup.config import Config, DynamicConfig, UserSpec
 from hasup.postgresql import conf, slots
 from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, controldata, data_dir_empty, run
 from hasup.postgresql.probe import ProbeFailed, Prober, run_sql
+from hasup.postgresql.roles import Role, create_roles, ident
 
 log = logging.getLogger(__name__)
 
 
 class ActionFailed(Exception):
     pass
-
-
-def ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class Lifecycle:
@@ -186,20 +179,21 @@ class Lifecycle:
 
     def post_bootstrap(self) -> None:
         pg = self.cfg.postgresql
-        statements = []
+        users: list[Role] = []
+        grants: list[str] = []
         if pg.replication.username != pg.superuser.username:
-            statements += create_role(pg.replication.username, pg.replication.password, ("REPLICATION",))
+            users.append(Role(pg.replication.username, pg.replication.password, ("REPLICATION",)))
         if pg.rewind.username not in (pg.superuser.username, pg.replication.username):
-            statements += create_role(pg.rewind.username, pg.rewind.password, ())
+            users.append(Role(pg.rewind.username, pg.rewind.password))
             for fn in ("pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)",
                        "pg_read_binary_file(text)", "pg_read_binary_file(text, bigint, bigint, boolean)"):
-                statements.append(f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO {ident(pg.rewind.username)}")
-        for name, spec in self.cfg.bootstrap.users.items():
-            statements += create_role(name, spec.password, options_of(spec))
+                grants.append(f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO {ident(pg.rewind.username)}")
+        users += [Role(name, spec.password, options_of(spec)) for name, spec in self.cfg.bootstrap.users.items()]
         try:
-            run_sql(self.local_dsn(), statements)
-        except Exception as exc:  # psycopg2 errors carry no secrets: passwords go as literals we never log
-            raise ActionFailed(f"creating users failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            create_roles(self.local_dsn(), users, grants)
+        except Exception as exc:  # no secret in the message: the statements carry verifiers, never passwords
+            reason = (str(exc).splitlines() or [""])[0]
+            raise ActionFailed(f"creating users failed: {type(exc).__name__}: {reason}") from exc
         script = self.cfg.bootstrap.post_bootstrap
         if script:
             env = self.env()
@@ -444,16 +438,6 @@ class Lifecycle:
             # The leader's pg_control does not show its new timeline yet (no
             # checkpoint since promotion): starting now would fork our history.
             raise ActionFailed(f"waiting for a checkpoint on {leader} before rewind")
-
-
-def create_role(name: str, password: str | None, options: tuple[str, ...]) -> list[str]:
-    opts = " ".join(("LOGIN", *options))
-    pw = f" PASSWORD {literal(password)}" if password else ""
-    return [
-        "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = "
-        f"{literal(name)}) THEN CREATE ROLE {ident(name)}; END IF; END$$",
-        f"ALTER ROLE {ident(name)} WITH {opts}{pw}",
-    ]
 
 
 def options_of(spec: UserSpec) -> tuple[str, ...]:

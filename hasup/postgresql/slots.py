@@ -19,14 +19,20 @@ What a node keeps:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hasup.config_schema import join_key, shown
+
 VALID_NAME = re.compile(r"[a-z0-9_]{1,63}")
 DEFAULT_MEMBER_SLOTS_TTL = 1800.0  # seconds a vanished member's slot is kept (30min)
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(ms|s|min|h|d)?\s*")
+# A year: a departed member whose slot must outlive that is not coming back. The bound keeps the
+# value finite for the deadline arithmetic it feeds (10**400 or 1e400 written into etcd).
+MAX_DURATION = 365 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 PERMANENT_KEYS = ("slots", "permanent_slots", "permanent_replication_slots")  # first one present wins
 
@@ -110,21 +116,27 @@ def slot_name(member: str) -> str:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from 1800, '1800', '30min', '2h', '500ms', '1d'."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration, got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"expected a duration, got {value!r}")
-        return float(value)
-    m = _DURATION.fullmatch(str(value))
-    if m is None:
-        raise ValueError(f"expected a duration such as 1800, 30min or 2h, got {value!r}")
-    return float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+    """Seconds from 1800, '1800', '30min', '2h', '500ms', '1d': finite, from 0 to MAX_DURATION."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a duration, got {shown(value)}")
+    if isinstance(value, str):
+        m = _DURATION.fullmatch(value) if len(value) <= 40 else None
+        if m is None:
+            raise ValueError(f"expected a duration such as 1800, 30min or 2h, got {shown(value)}")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond a float
+            seconds = math.inf
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_DURATION):
+        raise ValueError(f"expected a duration from 0 to {MAX_DURATION:g} seconds, got {shown(value)}")
+    return seconds
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+    # Only scalars: str() of a deeply nested value from etcd could raise RecursionError.
+    return str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
 
 
 def parse_slot_settings(config: Mapping[str, Any], use_slots: bool = True) -> tuple[SlotSettings, list[str]]:
@@ -140,23 +152,24 @@ def parse_slot_settings(config: Mapping[str, Any], use_slots: bool = True) -> tu
     for name, spec in raw.items():
         spec = spec if spec is not None else {}
         if not isinstance(name, str) or not VALID_NAME.fullmatch(name):
-            notes.append(f"{key}.{name}: a slot name takes 1 to 63 of a-z, 0-9 and _; ignored")
+            notes.append(f"{join_key(key, name)}: a slot name takes 1 to 63 of a-z, 0-9 and _; ignored")
             continue
         if not isinstance(spec, Mapping):
             notes.append(f"{key}.{name}: expected a mapping (type, database, plugin); ignored")
             continue
         if spec.get("cluster_type") not in (None, "primary"):
             continue  # for standby clusters only, which hasup does not run
-        kind = str(spec.get("type") or ("logical" if spec.get("plugin") or spec.get("database") else "physical"))
+        database, plugin = _text(spec.get("database")), _text(spec.get("plugin"))
+        kind = spec.get("type") or ("logical" if plugin or database else "physical")
         if kind == "physical":
             permanent.append(SlotSpec(name))
         elif kind == "logical":
-            if not spec.get("database") or not spec.get("plugin"):
+            if not database or not plugin:
                 notes.append(f"{key}.{name}: a logical slot needs database and plugin; ignored")
                 continue
-            permanent.append(SlotSpec(name, "logical", str(spec["database"]), str(spec["plugin"])))
+            permanent.append(SlotSpec(name, "logical", database, plugin))
         else:
-            notes.append(f"{key}.{name}: type must be physical or logical, got {kind!r}; ignored")
+            notes.append(f"{key}.{name}: type must be physical or logical, got {shown(kind)}; ignored")
     ignore: list[IgnoreRule] = []
     raw_ignore = config.get("ignore_slots") or []
     if not isinstance(raw_ignore, list | tuple):

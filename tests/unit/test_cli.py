@@ -263,3 +263,29 @@ def test_main_returns_the_exit_status_of_argparse(capsys: pytest.CaptureFixture[
     assert main(["--help"]) == 0
     assert main(["a", "b"]) == 2
     capsys.readouterr()
+
+
+def test_a_loader_failure_is_still_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(path: str, env: Any = None) -> Any:
+        raise RecursionError("while reading password hunter2")
+
+    import hasup.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "load_config", broken)
+    path = write(tmp_path, yaml.safe_dump(VALID))
+    assert main(["--validate-config", path]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"{path}: cannot be loaded (RecursionError); please report this"]
+    assert "hunter2" not in err
+
+
+def test_start_refuses_a_hostile_file_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_supervisor: list[tuple[Config, str, list[str]]]
+) -> None:
+    path = write(tmp_path, yaml.safe_dump(VALID) + "bomb: &a [x, x]\nmore: [" + ", ".join(["*a"] * 30_000) + "]\n")
+    assert main([path]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{path}: line ") and "aliases expand" in line
+    assert fake_supervisor == []

@@ -994,3 +994,69 @@ def test_watchdog_required_is_accepted(mode: str) -> None:
 
 def test_unknown_watchdog_driver_is_an_error() -> None:
     assert problems_of({"watchdog.driver": "magic"}) == ["watchdog.driver: expected default or testing, got 'magic'"]
+
+
+UNPROTECTED = "restapi.listen: UNPROTECTED: "
+
+
+@pytest.mark.parametrize(
+    ("changes", "warned"),
+    [
+        ({"restapi.listen": "0.0.0.0:8008"}, True),
+        ({"restapi.listen": ":8008"}, True),
+        ({"restapi.listen": "[::]:8008"}, True),
+        ({"restapi.listen": "db1.example.com:8008"}, True),  # a name may resolve anywhere
+        ({"restapi.listen": "10.0.0.11:8008"}, True),
+        ({"restapi.listen": "127.0.0.2:8008"}, False),
+        ({"restapi.listen": "[::1]:8008"}, False),
+        ({"restapi.listen": "localhost:8008"}, False),
+        ({"restapi.listen": "0.0.0.0:8008", "restapi.authentication": {"username": "u", "password": "p"}}, False),
+        ({"restapi.listen": "0.0.0.0:8008", "restapi.allowlist": ["10.0.0.0/24"]}, False),
+        ({"restapi.listen": "0.0.0.0:8008", "restapi.allowlist_include_members": True}, False),
+        ({"restapi.listen": "0.0.0.0:8008", "restapi.certfile": "/c.pem", "restapi.verify_client": "required"},
+         False),
+    ],
+)
+def test_a_rest_api_open_beyond_loopback_without_protection_is_warned_about(
+        changes: dict[str, Any], warned: bool) -> None:
+    _, warnings = load(changes)
+    unprotected = [w for w in warnings if w.startswith(UNPROTECTED)]
+    assert len(unprotected) == int(warned)
+    if warned:
+        assert "restapi.authentication" in unprotected[0] and "PATCH /config" in unprotected[0]
+
+
+def test_verify_client_optional_is_accepted_with_a_warning() -> None:
+    _, warnings = load({"restapi.certfile": "/c.pem", "restapi.verify_client": "optional"})
+    assert ("restapi.verify_client: optional is accepted as in Patroni but protects less: clients without a "
+            "certificate reach every endpoint, the unsafe ones included; use required, or "
+            "restapi.authentication") in warnings
+
+
+@pytest.mark.parametrize(
+    ("changes", "line"),
+    [
+        ({"bootstrap.dcs.ttl": 3601}, "bootstrap.dcs.ttl: must be at most 3600, got 3601"),
+        ({"bootstrap.dcs.retry_timeout": "99999"}, "bootstrap.dcs.retry_timeout: must be at most 3600, got '99999'"),
+        ({"bootstrap.dcs.master_start_timeout": -1}, "bootstrap.dcs.master_start_timeout: must be at least 0, got -1"),
+        ({"bootstrap.dcs.synchronous_node_count": 1001},
+         "bootstrap.dcs.synchronous_node_count: must be at most 1000, got 1001"),
+        ({"etcd.port": "65536"}, "etcd.port: must be at most 65535, got '65536'"),
+        ({"etcd.host": "127.0.0.1:\u00b2"}, "etcd.host: expected host:port, got '127.0.0.1:\u00b2'"),
+        ({"postgresql.callback_timeout": "nan"}, "postgresql.callback_timeout: expected a finite number of seconds, "
+                                                 "got 'nan'"),
+        ({"postgresql.health_deadline": 10**18}, "postgresql.health_deadline: must be at most 3600, "
+                                                 "got 1000000000000000000"),
+        ({"log.file_num": 10**6}, "log.file_num: must be at most 1000, got 1000000"),
+        ({"watchdog.safety_margin": 86400}, "watchdog.safety_margin: must be at most 3600, got 86400"),
+        ({"vip.address": "10.0.0.100", "vip.interface": "eth0", "vip.prefix": 10**9},
+         "vip.prefix: must be at most 128, got 1000000000"),
+    ],
+)
+def test_every_number_has_a_maximum(changes: dict[str, Any], line: str) -> None:
+    assert line in problems_of(changes)
+
+
+def test_a_key_with_a_line_break_is_still_one_line() -> None:
+    _, warnings = load({"bogus\nkey": 1})
+    assert "'bogus\\nkey': not used by hasup yet, ignored" in warnings

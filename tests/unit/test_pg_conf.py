@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hasup.config import DynamicConfig, load_config_text
+import pytest
+
+from hasup.config import ConfigError, DynamicConfig, load_config_text
 from hasup.postgresql import conf
 
 BASE = """
@@ -24,6 +26,10 @@ postgresql:
 
 def cfg(extra: str = ""):
     return load_config_text(BASE + extra)[0]
+
+
+def with_parameters(more: str):
+    return load_config_text(BASE.replace("parameters: {", "parameters: {" + more + ", "))[0]
 
 
 def test_controlled_defaults_and_identity():
@@ -86,3 +92,41 @@ def test_pg_hba_local_wins_over_dynamic():
     assert conf.render_pg_hba(local, dyn) == "# Written by hasup from postgresql.pg_hba\nlocal all all trust\n"
     assert conf.render_pg_hba(cfg(), DynamicConfig()) is None
 
+
+
+def test_only_the_parameters_that_must_stay_go_on_the_command_line():
+    c = with_parameters("archive_command: 'curl -u user:s3cret https://x/%f', hasup_test.token: s3cret")
+    params, _ = conf.effective_parameters(c, DynamicConfig(parameters={"max_connections": 300}))
+    opts = conf.command_line_options(params)
+    names = {o.partition("=")[0].removeprefix("--") for o in opts}
+    assert names == {"listen_addresses", "port", "cluster_name", "max_connections", "max_wal_senders",
+                     "max_replication_slots", "max_worker_processes", "max_prepared_transactions",
+                     "max_locks_per_transaction", "track_commit_timestamp", "wal_level", "wal_log_hints",
+                     "hot_standby"}
+    assert "--max_connections=300" in opts and not any("s3cret" in o for o in opts)
+    text = conf.render_postgresql_conf(c, params, {})
+    assert "archive_command = 'curl -u user:s3cret https://x/%f'" in text and "hasup_test.token = 's3cret'" in text
+
+
+def test_values_are_escaped_so_postgresql_conf_stays_one_setting_per_line():
+    assert conf.quote("a\nb\\c'd\te") == "'a\\nb\\\\c''d\\te'"
+    text = conf.render_postgresql_conf(cfg(), {"application_name": "x\ninclude '/etc/shadow'"}, {})
+    assert "include '/etc/shadow'" not in text.splitlines()
+    assert "application_name = 'x\\ninclude ''/etc/shadow'''" in text
+
+
+def test_names_that_are_not_parameters_never_reach_postgresql_conf():
+    dyn = DynamicConfig(parameters={"work_mem = '1GB'": 1, "include": "/etc/shadow", "Port": 1,
+                                    "HBA_FILE": "/tmp/hba", "temp_buffers": None, "Work_Mem": "2MB"})
+    params, warnings = conf.effective_parameters(cfg(), dyn)
+    assert "work_mem = '1GB'" not in params and "include" not in params and "temp_buffers" not in params
+    assert params["port"] == 5433 and "Port" not in params and "HBA_FILE" not in params
+    assert params["work_mem"] == "8MB" and "Work_Mem" not in params  # local wins, one spelling kept
+    assert sum("ignored" in w for w in warnings) >= 4
+
+
+def test_the_file_refuses_a_parameter_name_with_an_equals_sign():
+    with pytest.raises(ConfigError) as info:
+        with_parameters("'port=1 --hba_file': x")
+    assert info.value.problems == ["postgresql.parameters: 'port=1 --hba_file': not a parameter name (letters, "
+                                   "digits and _, with one dot for an extension's parameter)"]
