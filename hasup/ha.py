@@ -223,10 +223,39 @@ NOT_RUNNING = ("stopped", "crashed", "start failed", "stop failed", "restart fai
 def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) -> Decision:
     """What to do this cycle.  cluster is None when etcd could not be read."""
     decision = _decide(cluster, local, me, settings)
+    if cluster is not None and standby_cluster_requested(cluster):
+        decision = _no_new_primary(decision, local.pg)
     if cluster is not None and cluster.paused:
         holds_lock = cluster.leader is not None and cluster.leader.name == me.name
         return _paused(decision, local.pg, holds_lock)
     return decision
+
+
+def standby_cluster_requested(cluster: Cluster) -> bool:
+    """The dynamic configuration (written by an existing Patroni standby cluster, or edit-config) asks
+    for a standby cluster, which follows a remote primary and never has a writable one of its own."""
+    value = (cluster.config or {}).get("standby_cluster")
+    return isinstance(value, dict) and bool(value)
+
+
+# What would make a writable primary out of a cluster that is meant to be a standby: hasup does not
+# run standby clusters yet, and promoting anyone would start a second writable copy of the database.
+_NEW_PRIMARY = (RunPromote, RunBootstrap, ClaimInitialize)
+STANDBY_REFUSED = "standby_cluster is set in the cluster configuration and hasup does not run standby " \
+                  "clusters yet: nobody is promoted"
+
+
+def _no_new_primary(decision: Decision, pg: PgState | None) -> Decision:
+    running_primary = pg is not None and pg.role == "primary" and pg.state == "running"
+
+    def allowed(action: Action) -> bool:
+        if isinstance(action, AcquireLock):
+            return running_primary  # retaking the lock makes no new primary; racing for it would
+        return not isinstance(action, _NEW_PRIMARY)
+    kept = tuple(a for a in decision.actions if allowed(a))
+    if kept == decision.actions:
+        return decision
+    return Decision(kept, f"{decision.reason} (not done: {STANDBY_REFUSED})", decision.recheck_in)
 
 
 # Actions that start, stop or change the role of PostgreSQL: a paused cluster leaves it to the operator.
