@@ -512,6 +512,12 @@ def _as_follower(cluster: Cluster, local: Local, me: Node, settings: Settings) -
         return Decision((RunFollow(leader),), "demoting self because I do not have the lock and I was a leader")
     upstream = upstream_for(cluster, me)
     if pg.upstream != upstream:
+        target = cluster.members.get(upstream)
+        if target is None or not target.conn_url:
+            # Following a name without an address would leave PostgreSQL with no primary_conninfo,
+            # and nothing re-follows once the address appears: wait for the member key instead
+            # (after etcd lost every lease, the new leader's key comes a cycle after its lock).
+            return Decision((), f"waiting for {upstream}'s member key (its address) before following it")
         return Decision((RunFollow(upstream),), f"following new leader {leader}" if upstream == leader
                         else f"following {upstream} (replicatefrom), the leader is {leader}")
     leader_member = cluster.leader_member()

@@ -477,3 +477,21 @@ def test_a_standby_cluster_in_the_configuration_promotes_nobody():
     for value in ({}, None, "host=x", ["x"]):
         assert ha.RunPromote() in ha.decide(cluster(leader=None, config={"standby_cluster": value}), local(pg()), ME,
                                             SETTINGS).actions
+
+
+def test_a_replica_waits_for_the_new_leaders_address_before_following_it():
+    # etcd lost every lease: the new leader's lock is back, its member key not yet.
+    c = cluster(leader="n2", members=("n1", "n3"))
+    waiting = ha.decide(c, local(pg(upstream="n3")), ME, SETTINGS)
+    assert waiting.actions == () and "waiting for n2's member key" in waiting.reason
+    blank = replace(c, members={**c.members, "n2": ha_member("n2", conn_url=None)})
+    assert ha.decide(blank, local(pg(upstream="n3")), ME, SETTINGS).actions == ()
+    # Once it is there, the replica follows at once.
+    assert ha.decide(cluster(leader="n2"), local(pg(upstream="n3")), ME, SETTINGS).actions == (ha.RunFollow("n2"),)
+
+
+def ha_member(name, conn_url):
+    data = {"role": "primary", "state": "running", "api_url": f"http://{name}/patroni"}
+    if conn_url:
+        data["conn_url"] = conn_url
+    return Member(name, data)
