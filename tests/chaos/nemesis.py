@@ -7,6 +7,18 @@ drop packets with nftables inside the cut-off host's namespace: the host
 keeps its address and its local clients (the workload's writer for it).
 A fault that kills a node leaves it down; the runner restarts every node
 that is down after healing, as systemd's Restart= would.
+
+etcd is either the single v2 member on host "etcd" or the 3-member v3 TLS
+cluster of tests/harness/etcd3.py on hosts "etcd1".."etcd3".  The etcd
+nemeses that predate the cluster (etcd-down, etcd-down-failsafe,
+partition-leader-etcd, partition-replica-etcd) take etcd as a whole: on the
+cluster they freeze or cut every member.  The member nemeses
+(ETCD_MEMBER_KINDS) need the cluster: one member killed, one member cut from
+the leader's node, a raft leader change.  Losing one member of three must
+cost hasup nothing, so each holds 1.5 x ttl and fails its reaction if the
+hasup leader changed meanwhile (leader key re-created, another timeline, a
+demoted primary).  No nemesis SIGSTOPs one etcd member alone: etcd before
+3.4.28 revokes every lease when a frozen raft leader resumes (docs/etcd.md).
 """
 
 from __future__ import annotations
@@ -20,14 +32,21 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tests.harness import Node, TestCluster, alive, descendants, kill_pids, wait_for
+from tests.harness import Etcd, Node, TestCluster, alive, descendants, kill_pids, wait_for
 from tests.harness.emulators import Emulators
+from tests.harness.etcd3 import Etcd3Cluster, EtcdctlError
 from tests.harness.netns import Network, in_netns
 
 WORKERS = ("election", "postgres", "watchdog", "api")
+ETCD_MEMBER_KINDS = ("etcd-member-down", "partition-leader-etcd-member", "etcd-leader-change")  # etcd3 only
 KINDS = ("partition-leader", "partition-leader-etcd", "partition-replica-etcd", "sigkill-leader-tree",
          "sigstop-leader-hasup", "sigstop-leader-postgres", "etcd-down", "etcd-down-failsafe", "switchover",
-         *(f"sigstop-{role}-worker" for role in WORKERS))
+         *(f"sigstop-{role}-worker" for role in WORKERS), *ETCD_MEMBER_KINDS)
+
+
+def kinds_for(etcd3: bool) -> tuple[str, ...]:
+    """The nemeses that apply to a run on the 3-member v3 cluster (all) or on the single v2 etcd."""
+    return KINDS if etcd3 else tuple(k for k in KINDS if k not in ETCD_MEMBER_KINDS)
 
 
 @dataclass
@@ -78,8 +97,28 @@ class Nemeses:
             "switchover": self.switchover,
         }
         faults.update({f"sigstop-{role}-worker": self._stop_worker(role) for role in WORKERS})
+        faults.update({
+            "etcd-member-down": self.kill_etcd_member,
+            "partition-leader-etcd-member": self.partition_leader_from_etcd_member,
+            "etcd-leader-change": self.change_etcd_leader,
+        })
         assert tuple(faults) == KINDS
         return faults
+
+    # -- etcd as hosts and processes ----------------------------------------------------
+
+    @property
+    def etcd3(self) -> Etcd3Cluster | None:
+        return self.tc.etcd if isinstance(self.tc.etcd, Etcd3Cluster) else None
+
+    def etcd_hosts(self) -> list[str]:
+        """The network hosts etcd runs on: every member of the v3 cluster, or the single v2 etcd."""
+        return list(self.etcd3.names) if self.etcd3 is not None else ["etcd"]
+
+    def _members(self) -> Etcd3Cluster:
+        etcd = self.etcd3
+        assert etcd is not None, "this nemesis needs the 3-member etcd3 cluster (Plan(etcd3=True))"
+        return etcd
 
     # -- partitions -------------------------------------------------------------------
 
@@ -95,13 +134,13 @@ class Nemeses:
 
     def partition_leader_from_etcd(self, leader: Node) -> Fault:
         """The leader still reaches its replicas (and they it), but not etcd: it must step down by itself."""
-        self.net.cut(leader.name, ["etcd"])
+        self.net.cut(leader.name, self.etcd_hosts())
         return Fault("partition-leader-etcd", leader.name, self._new_leader_or(leader, 60),
                      lambda: self.net.heal(leader.name))
 
     def partition_replica_from_etcd(self, leader: Node) -> Fault:
         replica = self.rng.choice([n for n in self.tc.nodes if n is not leader])
-        self.net.cut(replica.name, ["etcd"])
+        self.net.cut(replica.name, self.etcd_hosts())
         return Fault("partition-replica-etcd", replica.name, hold_for(1.5 * self.ttl),
                      lambda: self.net.heal(replica.name))
 
@@ -154,9 +193,32 @@ class Nemeses:
     # -- etcd -------------------------------------------------------------------------
 
     def stop_etcd(self, leader: Node) -> Fault:
-        assert self.tc.etcd.proc is not None
-        thaw = self._freeze([self.tc.etcd.proc.pid])
-        return Fault("etcd-down", leader.name, hold_for(1.5 * self.ttl), thaw)
+        """Every etcd member frozen at once: etcd is down as a whole (clients time out, not refused).
+
+        All members of the cluster stop within milliseconds of each other, so no raft election runs and
+        on resuming the leases simply expire, as v2 keys do: not the lone-frozen-leader bug of docs/etcd.md.
+        """
+        etcd = self.etcd3
+        if etcd is None:
+            single = self.tc.etcd
+            assert isinstance(single, Etcd) and single.proc is not None, "etcd is not running"
+            thaw = self._freeze([single.proc.pid])
+            return Fault("etcd-down", leader.name, hold_for(1.5 * self.ttl), thaw)
+        members = [i for i in range(etcd.size) if etcd.pid(i) is not None]
+        pids = [p for p in (etcd.pid(i) for i in members) if p is not None]
+        self.stopped.update(pids)
+
+        def thaw_members() -> None:
+            for i in members:
+                etcd.thaw(i)
+            self.stopped.difference_update(pids)
+        try:
+            for i in members:
+                etcd.freeze(i)  # waits until every thread of the member has stopped
+        except (AssertionError, RuntimeError) as exc:
+            thaw_members()  # not injected: leave no member frozen behind
+            raise AssertionError(f"could not freeze every etcd member: {exc}") from exc
+        return Fault("etcd-down", leader.name, hold_for(1.5 * self.ttl), thaw_members)
 
     def stop_etcd_with_failsafe(self, leader: Node) -> Fault:
         """failsafe_mode on for this fault only: the leader should keep serving while every member answers."""
@@ -185,6 +247,90 @@ class Nemeses:
 
     def _patch_config(self, node: Node, patch: dict[str, object]) -> None:
         self._post(node, "/config", patch, method="PATCH")
+
+    # -- etcd members (the 3-member cluster): hasup must ride them out ----------------------
+
+    def _leader_mark(self) -> tuple[str, int] | None:
+        """The leader key's value and creation index: a key that expired or was released and taken
+        again (even by the same node) gets a new creation index, on v2 and v3 alike."""
+        node = self.tc.etcd.key(self.tc.key("leader"))
+        return (str(node.get("value")), int(node.get("createdIndex", 0))) if node else None
+
+    @staticmethod
+    def _timeline(node: Node) -> int:
+        """The timeline /patroni reports, waiting for one: a REST API worker that was just replaced
+        (sigstop-api-worker) answers "unknown" without a timeline until its first snapshot arrives."""
+        return int(wait_for(lambda: node.status().get("timeline"), 30, f"a timeline in {node.name}'s /patroni"))
+
+    def _same_leader(self, leader: Node, seconds: float) -> Callable[[], None]:
+        """Hold for `seconds`, then fail (the fault's reaction) if the hasup leader changed meanwhile: the
+        leader key re-created or naming another node, another timeline, or a primary no longer writable."""
+        mark = wait_for(self._leader_mark, 10, "the leader key")
+        timeline = self._timeline(leader)
+
+        def hold() -> None:
+            deadline = time.monotonic() + seconds
+            changes: list[str] = []
+            while time.monotonic() < deadline:
+                time.sleep(1.0)
+                try:
+                    now = self._leader_mark()
+                except Exception:  # our own etcdctl could not read: not the cluster's failure
+                    continue
+                if now != mark and (not changes or changes[-1] != f"leader key {now}"):
+                    changes.append(f"leader key {now}")
+            now = wait_for(lambda: (self._leader_mark(),), 10, "the leader key")[0]
+            if now != mark and (not changes or changes[-1] != f"leader key {now}"):
+                changes.append(f"leader key {now}")
+            assert not changes, f"the hasup leader changed: was {mark}, then {', '.join(changes)}"
+            try:
+                in_recovery = leader.sql("SELECT pg_is_in_recovery()")[0][0]
+            except Exception as exc:  # psycopg2's errors: the hold's verdict, not the runner's crash
+                raise AssertionError(f"{leader.name}'s PostgreSQL does not answer: {exc}") from exc
+            assert not in_recovery, f"{leader.name} is no longer a primary"
+            now_timeline = self._timeline(leader)
+            assert now_timeline == timeline, f"{leader.name} went from timeline {timeline} to {now_timeline}"
+        return hold
+
+    def kill_etcd_member(self, leader: Node) -> Fault:
+        """SIGKILL one etcd member, drawn at random; it is started again on its data when healed."""
+        etcd = self._members()
+        victim = self.rng.choice([i for i in range(etcd.size) if etcd.pid(i) is not None])
+        was_leader = self._raft_leader(etcd) == victim
+        hold = self._same_leader(leader, 1.5 * self.ttl)
+        etcd.kill(victim)
+        return Fault("etcd-member-down", leader.name, hold, lambda: etcd.start_member(victim),
+                     ["killed the etcd raft leader" if was_leader else "killed an etcd follower"])
+
+    def partition_leader_from_etcd_member(self, leader: Node) -> Fault:
+        """Cut the leader's node from the etcd raft leader member; the other two still answer it."""
+        etcd = self._members()
+        member = self._raft_leader(etcd)
+        assert member is not None, "no etcd raft leader to cut"
+        hold = self._same_leader(leader, 1.5 * self.ttl)
+        self.net.cut(leader.name, [etcd.names[member]])
+        return Fault("partition-leader-etcd-member", leader.name, hold, lambda: self.net.heal(leader.name),
+                     ["cut from the etcd raft leader"])
+
+    def change_etcd_leader(self, leader: Node) -> Fault:
+        """`etcdctl move-leader` to another member, drawn at random: a raft leader change, nothing down."""
+        etcd = self._members()
+        old = self._raft_leader(etcd)
+        assert old is not None, "no etcd raft leader to move"
+        to = self.rng.choice([i for i in range(etcd.size) if i != old and etcd.pid(i) is not None])
+        hold = self._same_leader(leader, 1.5 * self.ttl)
+        try:
+            etcd.move_leader(to)
+        except EtcdctlError as exc:
+            raise AssertionError(f"etcdctl move-leader failed: {exc}") from exc
+        return Fault("etcd-leader-change", leader.name, hold, nothing)
+
+    @staticmethod
+    def _raft_leader(etcd: Etcd3Cluster) -> int | None:
+        try:
+            return etcd.leader_index()
+        except AssertionError:
+            return None
 
     # -- operator ---------------------------------------------------------------------
 

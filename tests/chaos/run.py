@@ -1,6 +1,10 @@
 """One chaos run: hosts in network namespaces, a 3-node cluster with emulated watchdogs, a workload, a
 schedule of faults, and the checker's verdict.  Used by tests/chaos/test_short.py and bench/chaos.py.
 
+etcd is a single v2 member on host "etcd" (the default), or with Plan(etcd3=True)
+a 3-member etcd with v2 off and client-certificate TLS, one member per host
+"etcd1".."etcd3", which the nodes reach through their `etcd3:` section.
+
 After each fault is healed the cluster must be whole again within the heal
 bound: a writable leader, every replica streaming (in synchronous mode also
 a synchronous standby that PostgreSQL waits on), and writes acknowledged
@@ -15,15 +19,17 @@ import json
 import os
 import random
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.chaos.history import History, Nemesis, Rewind, Verdict, check
-from tests.chaos.nemesis import Fault, Nemeses
+from tests.chaos.nemesis import Fault, Nemeses, kinds_for
 from tests.chaos.workload import Workload, create_table, final_values
 from tests.harness import Node, TestCluster, become_subreaper, wait_for
 from tests.harness.emulators import Emulators
+from tests.harness.etcd3 import Etcd3Cluster
 from tests.harness.netns import Network
 
 
@@ -35,6 +41,7 @@ class Timing:
     safety_margin: int  # every node has an emulated watchdog
 
 
+ETCD3_MEMBERS = 3
 FAST = Timing(10, 1, 3, 3)  # the short run in `make test`: ttl 10 like the other integration tests
 COMPARISON = Timing(20, 2, 4, 5)  # the issue's Patroni figures were taken at ttl 20 / loop_wait 2 / retry_timeout 4
 
@@ -46,6 +53,10 @@ class Plan:
     seed: int
     timing: Timing = FAST
     heal_bound: float = 60.0
+    etcd3: bool = False  # the 3-member v3 TLS etcd (hosts etcd1..etcd3) instead of the single v2 etcd
+
+    def etcd_hosts(self) -> list[str]:
+        return [f"etcd{i + 1}" for i in range(ETCD3_MEMBERS)] if self.etcd3 else ["etcd"]
 
     def dcs(self) -> dict[str, object]:
         t = self.timing
@@ -171,17 +182,25 @@ def one_fault(nemeses: Nemeses, workload: Workload, name: str, inject: Callable[
 
 
 def run(plan: Plan, say: Callable[[str], None] = print) -> Result:
+    unknown = sorted(set(plan.faults) - set(kinds_for(plan.etcd3)))
+    if unknown:
+        raise ValueError(f"nemeses {', '.join(unknown)} do not apply to "
+                         + ("the etcd3 cluster" if plan.etcd3 else "a single etcd: they need Plan(etcd3=True)"))
     become_subreaper()
     rng = random.Random(plan.seed)
     net = Network(f"c{os.getpid() % 100000}")
-    net.create(["etcd", "node1", "node2", "node3"])
+    net.create([*plan.etcd_hosts(), "node1", "node2", "node3"])
     tc: TestCluster | None = None
     nemeses: Nemeses | None = None
     emulators: Emulators | None = None
     began = time.monotonic()
     wall_minus_mono = time.time() - time.monotonic()
     try:
-        tc = TestCluster(3, dcs=plan.dcs(), network=net)
+        if plan.etcd3:
+            base = tempfile.mkdtemp(prefix="hasup-test-")
+            tc = TestCluster(3, dcs=plan.dcs(), base=base, network=net, etcd=Etcd3Cluster(base, network=net))
+        else:
+            tc = TestCluster(3, dcs=plan.dcs(), network=net)
         emulators = Emulators(tc, plan.timing.safety_margin)
         tc.etcd.start()
         create_table(tc.start_all())

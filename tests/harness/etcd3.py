@@ -1,13 +1,24 @@
 """A production-like etcd for the tests: a 3-member etcd 3.4 cluster, v3 API only, client-certificate TLS.
 
 Clients (hasup nodes, etcdctl) must show a certificate signed by the cluster's
-throwaway CA; the v2 API is off. Peer traffic stays plain http on loopback.
+throwaway CA; the v2 API is off. Peer traffic stays plain http.
 Members' data lives on tmpfs, each member logs to <base>/etcd3-<name>.log.
 The harness reads and writes keys with etcdctl (ETCDCTL_API=3).
 
     etcd = Etcd3Cluster(base)
     with TestCluster(3, base=base, etcd=etcd) as c:   # nodes get etcd.dcs_section()
         ...
+
+By default every member listens on 127.0.0.1 (ports from a free range). Given a
+tests/harness/netns.Network with hosts "etcd1", "etcd2", ..., member i instead
+runs inside host etcd<i+1>'s namespace (`ip netns exec`, same pid) on that host's
+address, ports 2379 (clients) and 2380 (peers), its certificate naming every
+member's address; etcdctl then runs inside the first etcd host's namespace, which
+no chaos partition touches (Network.cut drops packets in the cut host only).
+
+    net.create(["etcd1", "etcd2", "etcd3", "node1", "node2", "node3"])
+    etcd = Etcd3Cluster(base, network=net)
+    TestCluster(3, base=base, network=net, etcd=etcd)
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.harness import free_port, wait_for
+from tests.harness.netns import Network
 from tests.harness.pki import make_ca, make_cert
 
 ETCD_BIN = "/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else "etcd"
@@ -50,7 +62,7 @@ class Etcd3Pki:
         return self.path("ca.pem")
 
     @property
-    def server_cert(self) -> str:  # shared by every member: SAN IP:127.0.0.1
+    def server_cert(self) -> str:  # shared by every member: SAN IP:127.0.0.1 and each placed member's address
         return self.path("server.pem")
 
     @property
@@ -94,11 +106,13 @@ class Etcd3Pki:
             os.chmod(path, 0o600 if path.endswith(".key") else 0o644)
 
 
-def make_etcd3_pki(directory: str) -> Etcd3Pki:
+def make_etcd3_pki(directory: str, addresses: Iterable[str] = ()) -> Etcd3Pki:
+    """The cluster's PKI; the server certificate is good for 127.0.0.1 and each of addresses."""
     make_ca(directory, "ca", "hasup etcd test CA")
+    san = ",".join(f"IP:{a}" for a in dict.fromkeys([HOST, *addresses]))
     # etcd's gRPC gateway dials its own gRPC server with the server certificate: it needs clientAuth too.
     make_cert(directory, "server", HOST, "ca",
-              extensions=(f"subjectAltName=IP:{HOST}", "extendedKeyUsage=serverAuth,clientAuth"))
+              extensions=(f"subjectAltName={san}", "extendedKeyUsage=serverAuth,clientAuth"))
     make_cert(directory, "client", "hasup etcd client", "ca", extensions=("extendedKeyUsage=clientAuth",))
     make_ca(directory, "wrong-ca", "unrelated test CA")
     make_cert(directory, "wrong-client", "hasup etcd client", "wrong-ca", extensions=("extendedKeyUsage=clientAuth",))
@@ -122,23 +136,41 @@ def _threads_stopped(pid: int) -> bool:
 
 
 class Etcd3Cluster:
-    """N etcd 3.4 members on loopback: v2 off, clients verified by certificate when tls (the default)."""
+    """N etcd 3.4 members: v2 off, clients verified by certificate when tls (the default).
 
-    def __init__(self, base: str, members: int = 3, tls: bool = True) -> None:
+    On loopback, or with network, each member on its own host etcd1 ... etcdN of that Network.
+    """
+
+    def __init__(self, base: str, members: int = 3, tls: bool = True, network: Network | None = None) -> None:
         self.base = base
         self.size = members
         self.tls = tls
-        self.host = HOST
-        self.names = [f"etcd{i}" for i in range(members)]
-        self.client_ports = [free_port() for _ in range(members)]
-        self.peer_ports = [free_port() for _ in range(members)]
+        self.network = network
+        if network is not None:
+            # Member i is host etcd<i+1>: its own namespace and address, etcd's usual ports.
+            self.names = [f"etcd{i + 1}" for i in range(members)]
+            missing = [n for n in self.names if n not in network.hosts]
+            if missing:
+                raise ValueError(f"the network has no host {', '.join(missing)} for the etcd members")
+            self.netns: list[str | None] = [network.hosts[n].ns for n in self.names]
+            self.addresses = [network.hosts[n].address for n in self.names]
+            self.client_ports = [2379] * members
+            self.peer_ports = [2380] * members
+        else:
+            self.names = [f"etcd{i}" for i in range(members)]
+            self.netns = [None] * members
+            self.addresses = [HOST] * members
+            self.client_ports = [free_port() for _ in range(members)]
+            self.peer_ports = [free_port() for _ in range(members)]
+        self.host = self.addresses[0]
         self.port = self.client_ports[0]  # what TestCluster hands to Node.etcd_port (unused with dcs_section)
         self.log_paths = [os.path.join(base, f"etcd3-{name}.log") for name in self.names]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * members
         self.frozen: set[int] = set()
         self.data = ""
         self.token = ""
-        self.pki: Etcd3Pki | None = make_etcd3_pki(os.path.join(base, "etcd3-pki")) if tls else None
+        self.pki: Etcd3Pki | None = (make_etcd3_pki(os.path.join(base, "etcd3-pki"), self.addresses) if tls
+                                     else None)
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -148,18 +180,18 @@ class Etcd3Cluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"{self.scheme}://{HOST}:{port}" for port in self.client_ports]
+        return [f"{self.scheme}://{a}:{port}" for a, port in zip(self.addresses, self.client_ports, strict=True)]
 
     @property
     def hosts(self) -> list[str]:
-        return [f"{HOST}:{port}" for port in self.client_ports]
+        return [f"{a}:{port}" for a, port in zip(self.addresses, self.client_ports, strict=True)]
 
     @property
     def url(self) -> str:
         return self.endpoints[0]
 
     def _peer_url(self, i: int) -> str:
-        return f"http://{HOST}:{self.peer_ports[i]}"
+        return f"http://{self.addresses[i]}:{self.peer_ports[i]}"
 
     def dcs_section(self, *members: int, cert: str | None = None, key: str | None = None,
                     cacert: str | None = None) -> dict[str, Any]:
@@ -197,13 +229,15 @@ class Etcd3Cluster:
         return [i for i in range(self.size) if self.pid(i) is not None and i not in self.frozen]
 
     def _command(self, i: int, state: str) -> list[str]:
-        name, url = self.names[i], f"{self.scheme}://{HOST}:{self.client_ports[i]}"
-        cmd = [ETCD_BIN, "--name", name, "--data-dir", os.path.join(self.data, name), "--enable-v2=false",
-               "--listen-client-urls", url, "--advertise-client-urls", url,
-               "--listen-peer-urls", self._peer_url(i), "--initial-advertise-peer-urls", self._peer_url(i),
-               "--initial-cluster", ",".join(f"{n}={self._peer_url(j)}" for j, n in enumerate(self.names)),
-               "--initial-cluster-state", state, "--initial-cluster-token", self.token,
-               "--logger", "zap", "--log-outputs", "stderr"]
+        name, url = self.names[i], self.endpoints[i]
+        netns = self.netns[i]
+        cmd = (["ip", "netns", "exec", netns] if netns else []) + [  # exec in place: the pid is etcd's
+            ETCD_BIN, "--name", name, "--data-dir", os.path.join(self.data, name), "--enable-v2=false",
+            "--listen-client-urls", url, "--advertise-client-urls", url,
+            "--listen-peer-urls", self._peer_url(i), "--initial-advertise-peer-urls", self._peer_url(i),
+            "--initial-cluster", ",".join(f"{n}={self._peer_url(j)}" for j, n in enumerate(self.names)),
+            "--initial-cluster-state", state, "--initial-cluster-token", self.token,
+            "--logger", "zap", "--log-outputs", "stderr"]
         if self.pki is not None:
             cmd += ["--client-cert-auth", "--trusted-ca-file", self.pki.ca,
                     "--cert-file", self.pki.server_cert, "--key-file", self.pki.server_key]
@@ -330,7 +364,10 @@ class Etcd3Cluster:
             argv += ["-w", "json"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDCTL_", "ETCD_"))}
         env["ETCDCTL_API"] = "3"
-        r = subprocess.run(argv + list(args), capture_output=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+        # Placed members are reached from inside the first etcd host (any etcd host reaches every member).
+        prefix = ["ip", "netns", "exec", self.netns[0]] if self.netns[0] else []
+        r = subprocess.run(prefix + argv + list(args), capture_output=True, env=env, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
         if check and r.returncode != 0:
             raise EtcdctlError(f"etcdctl {' '.join(args)} exited {r.returncode}: "
                                f"{r.stderr.decode(errors='replace').strip()[-2000:]}")
@@ -346,25 +383,29 @@ class Etcd3Cluster:
     def key(self, key: str) -> dict[str, Any] | None:
         """The key as a dict, None when absent.
 
-        value, modifiedIndex (= mod_revision, as the v2 harness names it), mod_revision, create_revision,
-        version, lease (0 when none), and ttl (the lease's remaining seconds) when it has a lease.
+        value, modifiedIndex (= mod_revision, as the v2 harness names it), mod_revision, createdIndex
+        (= create_revision), create_revision, version, lease (0 when none), and ttl (the lease's remaining
+        seconds) when it has a lease.
         """
+        node = self._get(key)
+        if node is not None and node["lease"]:
+            node["ttl"] = self.lease_ttl(node["lease"])[1]
+        return node
+
+    def _get(self, key: str) -> dict[str, Any] | None:
         kvs = self._json("get", "--", key).get("kvs") or []
         if not kvs:
             return None
         kv = kvs[0]
-        node: dict[str, Any] = {
+        return {
             "key": self._decode(kv.get("key")), "value": self._decode(kv.get("value")),
             "modifiedIndex": int(kv.get("mod_revision", 0)), "mod_revision": int(kv.get("mod_revision", 0)),
-            "create_revision": int(kv.get("create_revision", 0)), "version": int(kv.get("version", 0)),
-            "lease": int(kv.get("lease", 0)),
+            "createdIndex": int(kv.get("create_revision", 0)), "create_revision": int(kv.get("create_revision", 0)),
+            "version": int(kv.get("version", 0)), "lease": int(kv.get("lease", 0)),
         }
-        if node["lease"]:
-            node["ttl"] = self.lease_ttl(node["lease"])[1]
-        return node
 
     def value(self, key: str) -> str | None:
-        node = self.key(key)
+        node = self._get(key)  # one etcdctl call: no lease lookup
         return node["value"] if node else None
 
     def keys(self, prefix: str) -> dict[str, str]:
@@ -417,6 +458,12 @@ class Etcd3Cluster:
             return next((s["index"] for s in self.statuses() if s["member_id"] == s["leader"]), None)
         # 0 is a valid answer: wrap it so wait_for sees something truthy.
         return wait_for(lambda: (i,) if (i := leader()) is not None else None, timeout, "an etcd raft leader")[0]
+
+    def move_leader(self, to: int, timeout: float = 10) -> None:
+        """Hand raft leadership to member `to` (`etcdctl move-leader`) and wait until it leads."""
+        target = next(s["member_id"] for s in self.statuses() if s["index"] == to)
+        self.etcdctl("move-leader", f"{target:x}", json_output=False)
+        wait_for(lambda: self.leader_index(timeout) == to, timeout, f"etcd member {to} to lead")
 
     def __enter__(self) -> Etcd3Cluster:
         self.start()
