@@ -28,6 +28,7 @@ import platform
 import random
 import re
 import statistics
+import subprocess
 import sys
 from collections import defaultdict
 from typing import Any
@@ -51,7 +52,7 @@ def etcd_of(r: dict[str, Any]) -> str:
     return "etcd3: 3 members, TLS" if r.get("etcd") == "etcd3" else "etcd: 1 member, v2"
 
 
-def summarise(result: Result, kinds: list[str] | None = None) -> dict[str, Any]:
+def summarise(result: Result, kinds: list[str] | None = None, commit: str | None = None) -> dict[str, Any]:
     v = result.verdict
     faults = sorted(result.faults, key=lambda r: r.start)
 
@@ -89,6 +90,7 @@ def summarise(result: Result, kinds: list[str] | None = None) -> dict[str, Any]:
         "timing": dataclasses.asdict(result.plan.timing),
         "seconds": round(result.seconds),
         "date": datetime.date.today().isoformat(),
+        "commit": commit,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "acknowledged": v.acknowledged,
         "lost": len(v.lost),
@@ -193,7 +195,8 @@ def render(runs: list[dict[str, Any]]) -> str:
     out = [PREAMBLE]
     for r in runs:
         out += [
-            f"## {r['mode']}, seed {r['seed']}, {r['faults']} faults, {etcd_of(r)} ({r['date']}, {r['machine']})",
+            f"## {r['mode']}, seed {r['seed']}, {r['faults']} faults, {etcd_of(r)} ({r['date']}, {r['machine']}"
+            + (f", commit `{r['commit'][:12]}`" if r.get("commit") else "") + ")",
             "",
             f"Command: `python bench/chaos.py{' --etcd3' if r.get('etcd') == 'etcd3' else ''} --mode {r['mode']} "
             f"--faults {r['faults']} --seed {r['seed']}"
@@ -233,6 +236,14 @@ def report() -> None:
     print(f"wrote {REPORT} ({len(runs)} runs)")
 
 
+def head_commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "hasup"], capture_output=True,
+                           text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["sync", "async", "both"], default="both")
@@ -262,12 +273,13 @@ def main() -> int:
               f"{', '.join(known)})", file=sys.stderr)
         return 2
     ok = True
+    commit = head_commit()  # before the runs: the code they run
     for mode in (["sync", "async"] if args.mode == "both" else [args.mode]):
         faults = schedule(kinds, args.faults, random.Random(f"{args.seed}-{mode}"))
         result = run(Plan(synchronous=mode == "sync", faults=faults, seed=args.seed,
                           timing=FAST if args.fast else COMPARISON, etcd3=args.etcd3),
                      say=lambda line: print(line, flush=True))
-        summary = summarise(result, kinds)
+        summary = summarise(result, kinds, commit)
         print(summary["summary"], flush=True)
         os.makedirs(RESULTS, exist_ok=True)
         name = f"chaos-{'etcd3-' if args.etcd3 else ''}{mode}-{args.seed}.json"
