@@ -928,7 +928,15 @@ class _StrictConstructor(SafeConstructor):
         return number
 
 
+    def construct_timestamp_text(self, node: ScalarNode) -> str:
+        # Kept as written: the configuration travels as JSON (IPC, etcd, the member key's tags), which
+        # has no dates, and a date object there crashed whoever encoded it.
+        return str(self.construct_scalar(node))
+
+
 _INTEGER_TOO_LARGE = "integer out of range (more than 64 bits); quote it if it is meant as a string"
+_StrictConstructor.add_constructor(  # type: ignore[type-var]
+    "tag:yaml.org,2002:timestamp", _StrictConstructor.construct_timestamp_text)
 _StrictConstructor.add_constructor(  # type: ignore[type-var]
     "tag:yaml.org,2002:int", _StrictConstructor.construct_strict_int)
 _StrictConstructor.add_constructor(  # type: ignore[type-var]
