@@ -48,7 +48,9 @@ def recorded_history(history: list[list[Any]], timeline_history: tuple[tuple[int
                      me: str) -> list[list[Any]]:
     """The history key after a promotion: entries already recorded stay as they are; the
     newest switch (ours) gains its time and new leader."""
-    recorded = {int(e[0]): e for e in history if isinstance(e, list) and e and isinstance(e[0], int)}
+    # hasup.dcs.parse lets only well-formed entries in; skip anything else rather than fail a promotion.
+    recorded = {e[0]: e for e in history
+                if isinstance(e, list | tuple) and e and isinstance(e[0], int) and not isinstance(e[0], bool)}
     out: list[list[Any]] = []
     for i, (tli, lsn, reason) in enumerate(timeline_history):
         if tli in recorded:

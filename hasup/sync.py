@@ -55,7 +55,8 @@ def candidates(replication: Iterable[Mapping[str, Any]], cluster: Cluster, me: s
         if member.tags.get("nosync") or member.tags.get("nofailover"):
             continue
         out.append(member)
-    out.sort(key=lambda m: -int(m.data.get("xlog_location") or 0))  # stable: ties keep their order
+    # Member.wal_position: 0 for a position that is missing or not a number (etcd holds what anyone wrote).
+    out.sort(key=lambda m: -m.wal_position)  # stable: ties keep their order
     return [m.name for m in out]
 
 

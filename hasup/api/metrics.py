@@ -52,6 +52,10 @@ def _flag(value: Any) -> int:
     return 1 if value else 0
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def values(snap: st.Snap, now: float) -> list[tuple[str, str, str, float]]:
     """(name, type, help, value) for every metric, in Patroni's order."""
     status = st.build_status(snap, now)
@@ -120,6 +124,11 @@ def values(snap: st.Snap, now: float) -> list[tuple[str, str, str, float]]:
          state_index),
         ("patroni_failover_priority", "gauge", "Failover priority of this node; 0 means it never takes over.",
          priority if isinstance(priority, int) else 1),
+        # hasup's own (DESIGN.md §11): corrupt etcd values ignored, and election cycles that failed.
+        ("hasup_dcs_bad_values_total", "counter", "etcd values rejected by the boundary checks (ignored).",
+         _count(view.get("dcs_bad_values"))),
+        ("hasup_election_cycle_errors_total", "counter", "Election cycles ended by an unexpected error.",
+         _count(view.get("cycle_errors"))),
     ]
     return out
 
@@ -134,7 +143,8 @@ class SnapshotCollector:
         identity: Mapping[str, Any] = self.snap.get("identity") or {}
         labels = {"scope": str(identity.get("scope") or ""), "name": str(identity.get("name") or "")}
         for name, kind, text, value in values(self.snap, self.now):
-            metric = Metric(name, text, kind)
+            # prometheus_client adds `_total` to a counter family's name itself.
+            metric = Metric(name.removesuffix("_total") if kind == "counter" else name, text, kind)
             metric.add_sample(name, labels, float(value))
             yield metric
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
+
+from hasup.dcs import parse
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -16,11 +21,13 @@ class Member:
 
     @property
     def conn_url(self) -> str | None:
-        return self.data.get("conn_url")
+        v = self.data.get("conn_url")
+        return v if isinstance(v, str) else None
 
     @property
     def api_url(self) -> str | None:
-        return self.data.get("api_url")
+        v = self.data.get("api_url")
+        return v if isinstance(v, str) else None
 
     @property
     def state(self) -> str:
@@ -33,12 +40,12 @@ class Member:
     @property
     def wal_position(self) -> int:
         v = self.data.get("xlog_location")
-        return int(v) if isinstance(v, int | float) else 0
+        return v if parse.is_int(v, 0, parse.LSN_END) else 0
 
     @property
     def timeline(self) -> int | None:
         v = self.data.get("timeline")
-        return int(v) if isinstance(v, int) else None
+        return v if parse.is_int(v, 0, parse.MAX_TIMELINE + 1) else None
 
     @property
     def tags(self) -> dict[str, Any]:
@@ -53,8 +60,11 @@ class Member:
     def host_port(self) -> tuple[str, int] | None:
         if not self.conn_url:
             return None
-        u = urlparse(self.conn_url)
-        return (u.hostname or "", u.port or 5432)
+        try:
+            u = urlparse(self.conn_url)
+            return (u.hostname or "", u.port or 5432)
+        except ValueError:  # a port out of range (parse.url_problem keeps these out of etcd reads)
+            return None
 
 
 @dataclass(frozen=True)
@@ -79,16 +89,16 @@ class Cluster:
     failover_index: int = 0  # modifiedIndex of the failover key, for compare-and-swap
     status: dict[str, Any] = field(default_factory=dict)
     failsafe: dict[str, Any] | None = None  # {member: api_url} the leader keeps while failsafe_mode is on
+    rejected: frozenset[str] = frozenset()  # keys whose values failed their boundary check (hasup.dcs.parse)
 
     @property
     def timeline(self) -> int:
         """Cluster timeline: one past the last history entry's (1 without history)."""
-        if not self.history:
-            return 1
-        try:
-            return int(self.history[-1][0]) + 1
-        except (TypeError, ValueError, IndexError):
-            return 0
+        for entry in reversed(self.history):
+            # build_cluster lets only well-formed entries through; a Cluster made by hand may hold others.
+            if isinstance(entry, list | tuple) and entry and parse.is_int(entry[0], 1, parse.MAX_TIMELINE + 1):
+                return int(entry[0]) + 1
+        return 1
 
     @property
     def paused(self) -> bool:
@@ -106,54 +116,78 @@ class Cluster:
         return max(self.etcd_index, self.leader.index if self.leader else 0) + 1
 
 
-def parse_json(value: str | None) -> Any:
-    if value is None:
-        return None
-    try:
-        return json.loads(value)
-    except ValueError:
-        return None
+# Keys whose rejected value is better replaced by the last good one than taken as absent: without
+# them a node would fall back to default timing or an unpaused cluster (config), see an older
+# timeline (history), let any replica race in synchronous mode (sync), skip the lag check (status),
+# confirm a cut-off leader with nobody (failsafe), or lose the system identifier check (initialize).
+LAST_GOOD_KEYS = ("config", "history", "sync", "status", "failsafe", "initialize")
 
 
-def build_cluster(nodes: dict[str, tuple[str | None, int, str | None]], etcd_index: int) -> Cluster:
-    """Build the model from {relative key: (value, modifiedIndex, expiration)} of one recursive read."""
-    members = {}
-    for key, (value, index, _exp) in nodes.items():
-        if key.startswith("members/") and value is not None:
-            name = key[len("members/"):]
-            data = parse_json(value)
-            members[name] = Member(name, data if isinstance(data, dict) else {}, index)
-    leader = None
-    if "leader" in nodes and nodes["leader"][0]:
-        value, index, exp = nodes["leader"]
-        leader = Leader(str(value), index, exp)
-    config_value, config_index = (nodes["config"][0], nodes["config"][1]) if "config" in nodes else (None, 0)
-    config = parse_json(config_value)
-    history = parse_json(nodes.get("history", (None, 0, None))[0])
-    failover = parse_json(nodes.get("failover", (None, 0, None))[0])
-    sync = parse_json(nodes.get("sync", (None, 0, None))[0])
-    status = parse_json(nodes.get("status", (None, 0, None))[0])
-    failsafe = parse_json(nodes.get("failsafe", (None, 0, None))[0])
-    optime = None
-    if isinstance(status, dict) and isinstance(status.get("optime"), int):
-        optime = status["optime"]
-    elif "optime/leader" in nodes:
-        try:
-            optime = int(nodes["optime/leader"][0] or "")
-        except ValueError:
-            optime = None
+def build_cluster(nodes: dict[str, tuple[str | None, int, str | None]], etcd_index: int,
+                  bad_values: parse.BadValues | None = None) -> Cluster:
+    """Build the model from {relative key: (value, modifiedIndex, expiration)} of one recursive read.
+
+    Every value goes through its boundary parser (hasup.dcs.parse); a rejected one is counted,
+    logged once, left out (as if absent) and named in Cluster.rejected, so that the election
+    worker can keep the last good one where absence would be unsafe (with_last_good)."""
+    rejected: set[str] = set()
+
+    def take(key: str, parser: Callable[[str | None], T | parse.Bad]) -> T | None:
+        raw = nodes[key][0] if key in nodes else None
+        value = parse.checked(key, raw, parser, bad_values)
+        if isinstance(value, parse.Bad):
+            rejected.add(key)
+            return None
+        return value
+
+    leader_name = take("leader", parse.parse_leader)
+    leader = Leader(leader_name, nodes["leader"][1], nodes["leader"][2]) if leader_name else None
+    members: dict[str, Member] = {}
+    named = sorted((key[len("members/"):], key) for key, (value, _i, _e) in nodes.items()
+                   if key.startswith("members/") and value is not None)
+    # The leader's own key first: a flood of member keys must not push it out.
+    named.sort(key=lambda pair: pair[0] != leader_name)
+    for name, key in named:
+        if not parse.valid_name(name) or len(members) >= parse.MAX_MEMBERS:
+            why = f"more than {parse.MAX_MEMBERS} members" if parse.valid_name(name) else "not a member name"
+            (bad_values or parse.BAD_VALUES).report(key, nodes[key][0], parse.Bad(why))
+            rejected.add(key)
+        else:
+            data = take(key, parse.parse_member)
+            if data is not None:
+                members[name] = Member(name, data, nodes[key][1])
+    status = take("status", parse.parse_status)
+    legacy_optime = take("optime/leader", parse.parse_optime)  # Patroni before 2.1 wrote only this
+    optime = status.get("optime") if status else None
+    if optime is None:
+        optime = legacy_optime
     return Cluster(
-        initialize=nodes["initialize"][0] if "initialize" in nodes else None,
-        config=config if isinstance(config, dict) else None,
-        config_index=config_index,
+        initialize=take("initialize", parse.parse_initialize),
+        config=take("config", parse.parse_config),
+        config_index=nodes["config"][1] if "config" in nodes else 0,
         leader=leader,
         members=members,
-        history=history if isinstance(history, list) else [],
-        failover=failover if isinstance(failover, dict) and failover else None,
-        sync=sync if isinstance(sync, dict) else None,
+        history=take("history", parse.parse_history) or [],
+        failover=take("failover", parse.parse_failover),
+        sync=take("sync", parse.parse_sync),
         optime=optime,
         etcd_index=etcd_index,
         failover_index=nodes["failover"][1] if "failover" in nodes else 0,
-        status=status if isinstance(status, dict) else {},
-        failsafe=failsafe if isinstance(failsafe, dict) else None,
+        status=status or {},
+        failsafe=take("failsafe", parse.parse_failsafe),
+        rejected=frozenset(rejected),
     )
+
+
+def with_last_good(cluster: Cluster, last: Cluster | None) -> Cluster:
+    """cluster, with each rejected LAST_GOOD_KEYS value replaced by its value in `last` (the previous
+    read, itself already patched): a corrupt value keeps the last good one in force until fixed."""
+    keys = cluster.rejected.intersection(LAST_GOOD_KEYS)
+    if last is None or not keys:
+        return cluster
+    changes: dict[str, Any] = {key: getattr(last, key) for key in keys if key != "status"}
+    if "status" in keys:
+        changes["status"] = last.status
+        if cluster.optime is None:
+            changes["optime"] = last.optime
+    return dataclasses.replace(cluster, **changes)

@@ -12,12 +12,14 @@ import datetime
 import logging
 import os
 import time
+import traceback
 from typing import Any, cast
 
 from hasup import ha, ipc
 from hasup.config import Config, initial_dcs_config, parse_dynamic
 from hasup.dcs.backends import open_store
-from hasup.dcs.model import Cluster
+from hasup.dcs.model import Cluster, with_last_good
+from hasup.dcs.parse import BAD_VALUES
 from hasup.dcs.store import DCSError, Store
 from hasup.dcs.watch import KeyWatch
 from hasup.member import member_data, recorded_history
@@ -38,6 +40,7 @@ log = logging.getLogger("hasup.election")
 
 EXIT_FATAL = 3  # the supervisor stops the node and exits 1: retrying cannot help
 STALE_PGSTATE = 10.0  # seconds; older PgState is not acted on (the worker is restarting)
+CYCLE_ERROR_RELOG = 300.0  # seconds before the same failure of a cycle is logged with its traceback again
 REQUEST_DEADLINES = {"Bootstrap": 3600.0, "CreateReplica": 86400.0, "Reinitialize": 86400.0}
 
 
@@ -64,6 +67,7 @@ class ElectionWorker:
         self.pending: dict[int, tuple[ipc.Request, int | None]] = {}  # id -> (request, worker pid at send)
         self.next_id = 1
         self.cluster: Cluster | None = None
+        self.last_read: Cluster | None = None  # the last successful read, rejected values patched (with_last_good)
         self.read_at = 0.0
         self.read_at_wall = 0.0
         self.leases = WatchdogLeases(ctx.lease_sock)
@@ -83,6 +87,10 @@ class ElectionWorker:
         self.desk = OperatorDesk(self, ctx.channel.send_now)
         self.fencing = Fencing(ctx.channel.send_now)
         self.failsafe = Failsafe(cfg)
+        self.cycle_errors = 0
+        self.cycle_errors_logged: dict[tuple[str, str, int], float] = {}  # failure -> when its traceback was logged
+        self.emergency_stop_id: int | None = None
+        self.failed_in_a_row = 0  # cycles in a row whose actions stopped at a failure
 
     # -- requests to the postgres worker -----------------------------------------
 
@@ -168,6 +176,8 @@ class ElectionWorker:
         except DCSError as exc:
             log.error("cannot read the cluster from etcd: %s", exc)
             return None
+        cluster = with_last_good(cluster, self.last_read)
+        self.last_read = cluster
         self.read_at, self.read_at_wall = time.monotonic(), time.time()
         self.failsafe.remember(cluster)
         if cluster.config:
@@ -212,9 +222,14 @@ class ElectionWorker:
             decision = ha.decide(cluster, local, me, self.settings())
         for action in decision.actions:
             if not self.execute(action, cluster):
-                self.run_now = True
+                # Look again at once: what we read is out of date.  Not after a second failure in a row,
+                # though: what keeps an action failing (a leader key holding a value that names nobody,
+                # a fence not confirmed) would spin the loop against etcd and flood the log.
+                self.failed_in_a_row += 1
+                self.run_now = self.failed_in_a_row < 2
                 break
         else:
+            self.failed_in_a_row = 0
             self.log_reason(decision.reason)  # only what actually happened
         self.recheck_in = decision.recheck_in
         if local.unhealthy_for > 0:
@@ -379,7 +394,7 @@ class ElectionWorker:
             optime=c.optime if c else None, initialize=c.initialize if c else None,
             sync=c.sync if c else None, failover=c.failover if c else None,
             paused=c.paused if c else False, last_decision=reason, scheduled_restart=self.desk.scheduled,
-            status=c.status if c else {},
+            status=c.status if c else {}, dcs_bad_values=BAD_VALUES.total, cycle_errors=self.cycle_errors,
         )
         self.ctx.channel.send_now(view)
 
@@ -498,12 +513,56 @@ class ElectionWorker:
                 if self.run_now or time.monotonic() >= next_cycle:
                     self.run_now = False
                     started = time.monotonic()
-                    self.cycle()
+                    self.guarded_cycle()
                     next_cycle = started + min(self.dynamic.loop_wait, self.recheck_in or self.dynamic.loop_wait)
                     self.arm_watch(next_cycle)
             except ipc.PeerClosed:
                 self.orphaned()
                 return
+
+    def guarded_cycle(self) -> None:
+        """One cycle; an unexpected error costs this cycle, not the worker (the next one starts afresh)."""
+        try:
+            self.cycle()
+        except (ipc.PeerClosed, ipc.ProtocolError):
+            raise  # the supervisor is gone (run() handles that safely) or its pipe is beyond repair
+        except Exception as exc:
+            self.cycle_failed(exc)
+
+    def cycle_failed(self, exc: Exception) -> None:
+        """Log (a traceback once per kind of failure), count, publish, and keep a lapsing lease safe."""
+        self.cycle_errors += 1
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = frames[-1] if frames else None
+        kind = (type(exc).__name__, where.filename if where else "", (where.lineno or 0) if where else 0)
+        now = time.monotonic()
+        if now - self.cycle_errors_logged.get(kind, -CYCLE_ERROR_RELOG) >= CYCLE_ERROR_RELOG:
+            self.cycle_errors_logged[kind] = now
+            log.error("election cycle failed (%d so far); carrying on", self.cycle_errors, exc_info=exc)
+        else:
+            log.warning("election cycle failed again (%d so far): %s: %s", self.cycle_errors, type(exc).__name__,
+                        str(exc)[:200])
+        self.stop_if_lease_lapses(now)
+        try:
+            self.publish_view(f"election cycle failed: {type(exc).__name__}")
+        except Exception:  # the view may be what failed; the next good cycle publishes again
+            pass
+
+    def stop_if_lease_lapses(self, now: float) -> None:
+        """Cycles that keep failing cannot renew the lock: stop a running primary before its lease ends,
+        as a leader cut off from etcd does, so no replica that takes over finds it still writable."""
+        pg = self.pg
+        if pg is None or pg.role != "primary" or pg.state != "running" or self.shutting_down:
+            return
+        if self.cluster is not None and self.cluster.paused:
+            return  # maintenance mode: the operator owns PostgreSQL
+        if self.leases.valid_until - now > self.dynamic.loop_wait + self.dynamic.retry_timeout:
+            return  # the next cycle may still renew it
+        if self.emergency_stop_id is not None and self.emergency_stop_id in self.pending:
+            return
+        log.critical("election cycles keep failing and the leader lease runs out: stopping PostgreSQL")
+        self.leases.expire()
+        self.emergency_stop_id = self.request(ipc.Stop, mode="immediate")
 
     def arm_watch(self, until: float) -> None:
         c = self.cluster

@@ -244,8 +244,11 @@ def test_metrics_parse_and_match_the_status() -> None:
                 "patroni_postgres_in_archive_recovery", "patroni_postgres_server_version", "patroni_cluster_unlocked",
                 "patroni_failsafe_mode_is_active", "patroni_failsafe_mode_enabled", "patroni_failsafe_member",
                 "patroni_postgres_timeline", "patroni_dcs_last_seen", "patroni_pending_restart", "patroni_is_paused",
-                "patroni_postgres_state", "patroni_failover_priority"}
+                "patroni_postgres_state", "patroni_failover_priority",
+                "hasup_dcs_bad_values", "hasup_election_cycle_errors"}  # hasup's own counters (DESIGN.md §11)
     assert set(families) == expected
+    assert value["hasup_dcs_bad_values"] == 0 and families["hasup_dcs_bad_values"].type == "counter"
+    assert "hasup_dcs_bad_values_total{" in result.text and "hasup_election_cycle_errors_total{" in result.text
 
 
 def test_metrics_of_a_replica_and_of_nothing() -> None:

@@ -1,15 +1,22 @@
 """The election worker's bookkeeping parts: lease datagrams to the watchdog, the HA stopwatches, the
-failsafe promise."""
+failsafe promise, and what a failing cycle costs."""
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
+import time
 from dataclasses import replace
 
 import pytest
 
 from hasup import ipc
 from hasup.config import parse_dynamic
+from hasup.dcs import parse
+from hasup.dcs.model import build_cluster
+from hasup.workers.base import WorkerContext
+from hasup.workers.election import ElectionWorker
 from hasup.workers.failsafe import Failsafe
 from hasup.workers.leases import WatchdogLeases
 from hasup.workers.stopwatches import Stopwatches
@@ -91,3 +98,90 @@ def test_a_failsafe_promise_ends_once_its_leader_says_it_no_longer_runs_a_primar
     fenced = replace(running, members={"n3": member("n3", state="crashed", role="primary")})
     assert failsafe.leader(fenced) is None
     assert failsafe.leader(None) is None  # for good, until it pings again
+
+
+# -- a failing cycle costs the cycle, not the worker (issue 13) -------------------------------------------
+
+
+@pytest.fixture
+def worker():
+    sup_end, worker_end = ipc.channel_pair("election")
+    sup, ours = ipc.Channel(sup_end, "election"), ipc.Channel(worker_end, "supervisor")
+    election = ElectionWorker(WorkerContext("election", make_config(1), ours, supervisor_pid=os.getpid()))
+    yield election, sup
+    election.offload.executor.shutdown(wait=True)
+    for fd in (election.wake_r, election.wake_w, election.offload.wake_r, election.offload.wake_w):
+        os.close(fd)
+    sup.close()
+    ours.close()
+
+
+def sent(sup: ipc.Channel) -> list[ipc.Message]:
+    return [e.message for e in sup.receive()]
+
+
+def test_a_cycle_that_raises_is_logged_once_with_its_traceback_counted_and_published(
+        worker, caplog: pytest.LogCaptureFixture) -> None:
+    election, sup = worker
+    caplog.set_level(logging.INFO, "hasup.election")
+
+    def broken() -> None:
+        raise KeyError("a value nobody expected")
+    election.cycle = broken
+    for _ in range(3):
+        election.guarded_cycle()
+    assert election.cycle_errors == 3
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert len([r for r in caplog.records if "failed again" in r.getMessage()]) == 2
+    views = [m for m in sent(sup) if isinstance(m, ipc.ClusterView)]
+    assert views and views[-1].cycle_errors == 3 and "KeyError" in views[-1].last_decision
+
+
+def test_the_supervisor_going_away_still_ends_the_loop(worker) -> None:
+    election, _sup = worker
+
+    def orphaned() -> None:
+        raise ipc.PeerClosed("supervisor")
+    election.cycle = orphaned
+    with pytest.raises(ipc.PeerClosed):
+        election.guarded_cycle()
+    assert election.cycle_errors == 0
+
+
+def test_failing_cycles_stop_a_primary_before_its_lease_runs_out(worker) -> None:
+    election, sup = worker
+    election.pg = pg(role="primary")
+    election.leases.valid_until = time.monotonic() + 100  # renewed a moment ago: the next cycle may renew it
+    election.stop_if_lease_lapses(time.monotonic())
+    assert not [m for m in sent(sup) if isinstance(m, ipc.Stop)]
+    election.leases.valid_until = time.monotonic() + 1  # no cycle can renew it in time
+    election.stop_if_lease_lapses(time.monotonic())
+    election.stop_if_lease_lapses(time.monotonic())  # once, while that stop is pending
+    stops = [m for m in sent(sup) if isinstance(m, ipc.Stop)]
+    assert [s.mode for s in stops] == ["immediate"] and election.leases.valid_until == 0.0
+    election.pg = pg()  # a replica has nothing to stop
+    election.pending.clear()
+    election.stop_if_lease_lapses(time.monotonic())
+    assert not [m for m in sent(sup) if isinstance(m, ipc.Stop)]
+
+
+def test_a_corrupt_config_read_keeps_the_last_good_one_in_force(worker) -> None:
+    election, _sup = worker
+    reads = iter([{"config": ('{"ttl": 20, "loop_wait": 3, "retry_timeout": 5, "pause": true}', 1, None)},
+                  {"config": ('{"ttl": 1e400, "pause": "maybe"}', 2, None)},
+                  {"config": ("[" * 600 + "]" * 600, 3, None)}])
+
+    class Store:
+        retry_timeout = 10.0
+
+        def get_cluster(self):
+            return build_cluster(next(reads), 5, parse.BadValues())
+    election.store = Store()
+    election.watch.store = Store()
+    first = election.read_cluster()
+    assert first is not None and election.dynamic.ttl == 20 and first.paused
+    for _ in range(2):
+        again = election.read_cluster()
+        assert again is not None and again.config == first.config and again.paused and "config" in again.rejected
+        assert election.dynamic.ttl == 20 and election.dynamic.loop_wait == 3
