@@ -7,6 +7,15 @@ datagram is one whole frame, so a writer killed mid-send cannot tear it.
 Messages are small frozen dataclasses.  Each declares where the supervisor
 routes it (``ROUTE``) and whether it is a snapshot (latest value wins, so
 queued copies coalesce) or something that must be delivered in order.
+
+No frame is ever larger than MAX_FRAME, and the sender sees to it when it
+makes the frame (``fit``): a message that carries outside data (a cluster
+view holding etcd's values, a log line quoting one) loses its least needed
+parts in a fixed order (``SHRINK``), says so once, and is dropped rather
+than sent over the limit.  A configuration reload, which must arrive whole,
+travels as several ``Part`` frames instead.  A receiver drops a frame over
+the limit, or one it cannot decode, and counts it: a peer is only cut off
+for a stream it can no longer follow.
 """
 
 from __future__ import annotations
@@ -14,18 +23,30 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
 import socket
 import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, TypeVar
 
 FRAME_HEADER = struct.Struct(">I")
-MAX_FRAME = 1 << 20  # a frame this large means a bug or a corrupt stream
+MAX_FRAME = 1 << 20  # no frame is larger, sent or received
+# Senders aim this far below MAX_FRAME: the supervisor re-encodes what it relays with its own
+# sequence number and clock, which may take a few more digits than the original's.
+FRAME_SLACK = 256
 MAX_MESSAGE = 16 * 1024  # design budget for one message (tests check it)
+# A header announcing more than this is not an over-large message but a stream out of step.
+MAX_SKIP = 64 << 20
+BAD_FRAMES_IN_A_ROW = 8  # undecodable frames one after another: the stream is out of step
+MAX_ASSEMBLED = 16 << 20  # bytes of one message sent in parts (a configuration reload)
+LOG_REPEAT = 300.0  # seconds before the same trimming or dropping is logged again
 SECRET_KEYS = frozenset({"password", "keyfile_password", "key_password", "sslpassword"})
+
+log = logging.getLogger("hasup.ipc")
 
 
 class ProtocolError(Exception):
@@ -40,6 +61,10 @@ class PeerClosed(Exception):
 class Message:
     ROUTE: ClassVar[tuple[str, ...]] = ()
     SNAPSHOT: ClassVar[bool] = False
+    SPLIT: ClassVar[bool] = False  # too large for one frame, it travels in Parts rather than shrinking
+
+
+M = TypeVar("M", bound=Message)
 
 
 # -- heartbeats, logs, lifecycle ---------------------------------------------
@@ -69,6 +94,7 @@ class LogRecord(Message):
 class ConfigChanged(Message):
     """The supervisor re-read the configuration file (SIGHUP)."""
 
+    SPLIT = True  # a file may hold 1 MiB, more as JSON; a configuration cut short would be a wrong one
     raw: dict[str, Any]
 
     def __repr__(self) -> str:
@@ -157,6 +183,11 @@ class ClusterView(Message):
     last_decision: str = ""
     scheduled_restart: dict[str, Any] | None = None  # this node's, as /patroni shows it
     status: dict[str, Any] = field(default_factory=dict)  # the status key (optime, slots, retain_slots)
+    dcs_bad_values: int = 0  # etcd values rejected at the boundary so far (hasup.dcs.parse), for /metrics
+    cycle_errors: int = 0  # election cycles that failed with an unexpected error so far, for /metrics
+    # What fit() left out to keep the view within a frame (VIEW_PARTS names); a consumer must not take
+    # a part named here for the whole (the postgres worker keeps its last complete config and slots).
+    left_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -348,12 +379,25 @@ class Reply(Message):
     result: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Part(Message):
+    """One piece of a SPLIT message's encoding; the receiving Channel puts them together again.
+
+    The pieces of one message are queued together and a stream keeps their order, so they
+    arrive one after another: index 0 starts a message, count ends it."""
+
+    total: int  # bytes of the whole encoding
+    index: int
+    count: int
+    data: str  # a slice of the encoding (ASCII: json.dumps escapes everything else)
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
         Ping, Pong, LogRecord, ConfigChanged, Shutdown, ApiListening, ShutdownDone, PgState, ClusterView, Lease, Disarm,
         WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Restart,
-        SetSyncStandbys, Reinitialize, AdminRequest, AdminReply, Fence, FenceDone, Reply,
+        SetSyncStandbys, Reinitialize, AdminRequest, AdminReply, Fence, FenceDone, Reply, Part,
     )
 }
 
@@ -377,10 +421,245 @@ class Envelope:
     sent_at: float  # sender's monotonic clock
 
 
+def _dumps(value: Any) -> str:
+    # default=str: YAML hands the configuration over with dates in it; a reload must not raise on one.
+    # ensure_ascii (the default) keeps every encoding ASCII, which Part relies on.
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
 def encode(message: Message, seq: int, clock: float) -> bytes:
     body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
-    return json.dumps({"k": type(message).__name__, "s": seq, "t": clock, "b": body},
-                      separators=(",", ":")).encode()
+    return _dumps({"k": type(message).__name__, "s": seq, "t": clock, "b": body}).encode()
+
+
+# -- fitting a message into a frame ---------------------------------------------------
+
+VIEW_HISTORY = 16  # newest history entries a trimmed view keeps (the cluster timeline is the last one's)
+TEXT_LIMIT = 4096  # characters of free text (a reason, a reply, a decision) a trimmed message keeps
+LOG_TEXT_LIMIT = 64 * 1024  # characters of a log line a trimmed record keeps: a traceback, not a quoted 1 MB value
+CONFIG_VALUE_LIMIT = 4096  # bytes (as JSON) of one configuration value a trimmed view keeps
+MEMBER_VALUE_LIMIT = 2048  # bytes (as JSON) of one field of a member's data a trimmed view keeps
+# What hasup reads of a member's data: the health and /cluster documents (state, role, urls, positions,
+# tags, restarts), the slot keeper (tags, state, role, conn_url, xlog_location), versions for humans.
+MEMBER_FIELDS = frozenset({
+    "conn_url", "api_url", "state", "role", "version", "hasup_version", "tags", "xlog_location", "timeline",
+    "replication_state", "receive_lsn", "replay_lsn", "pending_restart", "pending_restart_reason",
+    "scheduled_restart", "pause",
+})
+SYNC_FIELDS = frozenset({"leader", "sync_standby", "quorum"})
+FREE_TEXT = frozenset({"message", "reason", "logger", "last_decision"})  # fields of prose, safe to cut
+# The parts a ClusterView loses, in this order, while it is over the limit (its left_out names them).
+# Never lost: leader, holds_lock, lock_valid_until, read_at, paused, optime, the small configuration
+# values (ttl, loop_wait, retry_timeout, maximum_lag_on_failover, synchronous_mode, standby_cluster),
+# the sync key's leader, sync_standby and quorum -- what /primary, /replica and /health answer from.
+VIEW_PARTS = ("history", "member_fields", "status_slots", "config_values", "members", "extras", "sync_fields")
+
+# A step gets the message and how many bytes it is over; it returns a smaller message and a few
+# words on what went, or None for the detail when it had nothing to take.
+Step = Callable[[Any, int], tuple[Any, str | None]]
+
+
+def _size(value: Any) -> int:
+    return len(_dumps(value))
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} characters left out]"
+
+
+def _view_history(v: ClusterView, _over: int) -> tuple[ClusterView, str | None]:
+    if len(v.history) <= VIEW_HISTORY:
+        return v, None
+    return replace(v, history=tuple(v.history[-VIEW_HISTORY:])), \
+        f"history before the last {VIEW_HISTORY} of {len(v.history)} entries"
+
+
+def _member_essentials(data: Any) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        return {}
+    return {k: value for k, value in data.items() if k in MEMBER_FIELDS and _size(value) <= MEMBER_VALUE_LIMIT}
+
+
+def _view_member_fields(v: ClusterView, _over: int) -> tuple[ClusterView, str | None]:
+    members = {name: _member_essentials(data) for name, data in v.members.items()}
+    if members == v.members:
+        return v, None
+    return replace(v, members=members), \
+        f"members' fields hasup does not read, and any over {MEMBER_VALUE_LIMIT} bytes"
+
+
+def _view_status_slots(v: ClusterView, _over: int) -> tuple[ClusterView, str | None]:
+    status = v.status if isinstance(v.status, Mapping) else {}
+    optime = status.get("optime")
+    kept = {"optime": optime} if isinstance(optime, int) else {}
+    if kept == v.status:
+        return v, None
+    return replace(v, status=kept), "the status key's slot positions (optime kept)"
+
+
+def _trim_values(value: Mapping[str, Any], path: str, limit: int, left: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        where = f"{path}.{key}" if path else str(key)
+        if _size(key) > limit:
+            left.append(where[:40] + "...")
+        elif _size(item) <= limit:
+            out[key] = item
+        elif isinstance(item, Mapping):
+            out[key] = _trim_values(item, where, limit, left)  # a big section keeps its small settings
+        else:
+            left.append(where[:80])
+    return out
+
+
+def _view_config_values(v: ClusterView, _over: int) -> tuple[ClusterView, str | None]:
+    left: list[str] = []
+    config = _trim_values(v.config, "", CONFIG_VALUE_LIMIT, left) if isinstance(v.config, Mapping) else {}
+    if not left:
+        return v, None
+    named = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    return replace(v, config=config), f"configuration values over {CONFIG_VALUE_LIMIT} bytes ({named})"
+
+
+def _view_members(v: ClusterView, over: int) -> tuple[ClusterView, str | None]:
+    """As few members as it takes, by name from the end; the leader and synchronous standbys stay."""
+    sync = v.sync if isinstance(v.sync, Mapping) else {}
+    listed = sync.get("sync_standby")
+    kept = {v.leader} | ({n.strip() for n in listed.split(",")} if isinstance(listed, str) else
+                         {str(n) for n in listed} if isinstance(listed, list | tuple) else set())
+    members = dict(v.members)
+    freed = 0
+    for name in sorted(members, reverse=True):
+        if freed >= over:
+            break
+        if name not in kept:
+            freed += _size(name) + _size(members.pop(name)) + 2
+    if len(members) == len(v.members):
+        return v, None
+    return replace(v, members=members), f"{len(v.members) - len(members)} of {len(v.members)} members"
+
+
+def _view_extras(v: ClusterView, _over: int) -> tuple[ClusterView, str | None]:
+    smaller = replace(v, history=(), failover=None, scheduled_restart=None,
+                      last_decision=_cut(v.last_decision, TEXT_LIMIT),
+                      initialize=_cut(v.initialize, TEXT_LIMIT) if v.initialize is not None else None)
+    if smaller == v:
+        return v, None
+    return smaller, "all history, failover, scheduled_restart, and long text"
+
+
+def _view_sync_fields(v: ClusterView, _over: int) -> tuple[ClusterView, str | None]:
+    if not isinstance(v.sync, Mapping):
+        return v, None
+    sync = {k: value for k, value in v.sync.items() if k in SYNC_FIELDS}
+    if sync == v.sync:
+        return v, None
+    return replace(v, sync=sync), "sync keys other than leader, sync_standby and quorum"
+
+
+def _pg_timeline_history(pg: PgState, _over: int) -> tuple[PgState, str | None]:
+    if len(pg.timeline_history) <= VIEW_HISTORY:
+        return pg, None
+    return replace(pg, timeline_history=pg.timeline_history[-VIEW_HISTORY:]), \
+        f"timeline history before the last {VIEW_HISTORY} of {len(pg.timeline_history)} switches"
+
+
+def _pg_slots(pg: PgState, _over: int) -> tuple[PgState, str | None]:
+    if pg.slots is None and not pg.retain_slots:
+        return pg, None
+    return replace(pg, slots=None, retain_slots=()), "slot positions (reported as not known)"
+
+
+def _pg_replication(pg: PgState, over: int) -> tuple[PgState, str | None]:
+    rows = list(pg.replication)
+    freed = 0
+    while rows and freed < over:
+        freed += _size(rows.pop()) + 1
+    if len(rows) == len(pg.replication):
+        return pg, None
+    return replace(pg, replication=tuple(rows)), f"{len(pg.replication) - len(rows)} replication rows"
+
+
+def _texts(message: Message, _over: int) -> tuple[Message, str | None]:
+    """Every free-text field cut to its limit: the last resort for any message.  Only prose: a
+    name or a URL cut short would be a different one, so a message too long in those is dropped."""
+    limit = LOG_TEXT_LIMIT if isinstance(message, LogRecord) else TEXT_LIMIT
+    cut = {f.name: _cut(value, limit) for f in dataclasses.fields(message)
+           if f.name in FREE_TEXT and isinstance(value := getattr(message, f.name), str) and len(value) > limit}
+    if not cut:
+        return message, None
+    return replace(message, **cut), f"text beyond {limit} characters in {', '.join(cut)}"
+
+
+SHRINK: dict[type[Message], tuple[tuple[str, Step], ...]] = {
+    ClusterView: (("history", _view_history), ("member_fields", _view_member_fields),
+                  ("status_slots", _view_status_slots), ("config_values", _view_config_values),
+                  ("members", _view_members), ("extras", _view_extras), ("sync_fields", _view_sync_fields)),
+    PgState: (("timeline_history", _pg_timeline_history), ("slots", _pg_slots), ("replication", _pg_replication)),
+}
+
+
+@dataclass(frozen=True)
+class Fitted:
+    message: Message
+    payload: bytes  # its encoding, within the limit
+    left_out: tuple[str, ...] = ()  # names of the parts taken (SHRINK's, then "texts")
+    details: tuple[str, ...] = ()  # what they held, for the log
+
+
+def fit(message: Message, seq: int, clock: float, limit: int = MAX_FRAME - FRAME_SLACK) -> Fitted | None:
+    """The message encoded within limit bytes, shrunk by SHRINK's steps in order as far as needed;
+    None when even the smallest form is over (the caller drops it).  A view records what it lost."""
+    payload = encode(message, seq, clock)
+    if len(payload) <= limit:
+        return Fitted(message, payload)
+    left: list[str] = []
+    details: list[str] = []
+    records = any(f.name == "left_out" for f in dataclasses.fields(message))
+    for name, step in SHRINK.get(type(message), ()) + (("texts", _texts),):
+        message, detail = step(message, len(payload) - limit)
+        if detail is None:
+            continue
+        left.append(name)
+        details.append(detail)
+        if records:
+            message = replace(message, left_out=tuple(left))  # type: ignore[call-arg]
+        payload = encode(message, seq, clock)
+        if len(payload) <= limit:
+            return Fitted(message, payload, tuple(left), tuple(details))
+    return None
+
+
+def shrink(message: M, limit: int = MAX_FRAME - FRAME_SLACK) -> tuple[M, tuple[str, ...]] | None:
+    """For a producer that wants its own budget: the message within limit bytes and what it lost."""
+    fitted = fit(message, 0, 0.0, limit)
+    return (fitted.message, fitted.left_out) if fitted is not None else None  # type: ignore[return-value]
+
+
+def complete(view: ClusterView, part: str) -> bool:
+    """Whether the view carries this part (a VIEW_PARTS name) whole, as etcd holds it."""
+    return part not in view.left_out
+
+
+class _Notes:
+    """One log line per key per LOG_REPEAT seconds: a message trimmed every cycle says so once."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._last: dict[Any, float] = {}
+
+    def __call__(self, key: Any, level: int, text: str, *args: Any) -> None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < LOG_REPEAT:
+            return
+        if len(self._last) > 1000:  # keys carry what was left out, which varies: never let them pile up
+            self._last.clear()
+        self._last[key] = now
+        log.log(level, text, *args)
+
+
+NOTES = _Notes()
 
 
 def _tuplify(value: Any) -> Any:
@@ -400,8 +679,8 @@ def decode(payload: bytes) -> Envelope:
                 # Frozen messages carry tuples; JSON only knows lists.
                 kwargs[f.name] = _tuplify(v) if isinstance(v, list) else v
         return Envelope(cls(**kwargs), int(raw["s"]), float(raw["t"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProtocolError(f"undecodable message: {exc}") from exc
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: absurd nesting
+        raise ProtocolError(f"undecodable message: {str(exc)[:200]}") from exc
 
 
 # -- channels ---------------------------------------------------------------------
@@ -413,6 +692,10 @@ class Channel:
     send() queues; flush() writes what the socket accepts now.  Snapshots
     coalesce in the queue; other messages are bounded by max_queued and
     dropped (and counted) beyond it, so a stopped peer cannot stall us.
+    Every frame is made within the limit (fit; a SPLIT message in Parts),
+    and one that cannot be is not sent (counted in oversize).  Received
+    frames over the limit or undecodable are dropped and counted in
+    rejected; only a stream out of step raises ProtocolError.
     Sending is thread-safe (a worker's helper threads log through it);
     receiving belongs to one thread.
     """
@@ -422,11 +705,16 @@ class Channel:
         self.sock = sock
         self.peer = peer
         self.max_queued = max_queued
-        self.dropped = 0
+        self.dropped = 0  # queue full
+        self.oversize = 0  # too large for a frame even shrunk: never sent
+        self.rejected = 0  # received but dropped: over the limit, undecodable, or a broken series of Parts
         self._seq = 0
         self._outbox: deque[list[Any]] = deque()  # [kind or None, frame bytes]
         self._partial = b""  # bytes of the head frame not yet written
         self._inbuf = bytearray()
+        self._skip = 0  # bytes still to discard of an over-large frame
+        self._bad_in_a_row = 0
+        self._parts: list[str] | None = None  # a SPLIT message being put together
         self.closed = False
         self._lock = threading.RLock()  # two threads flushing could write one frame twice
 
@@ -440,20 +728,55 @@ class Channel:
 
     def _queue(self, message: Message) -> bool:
         self._seq += 1
-        frame = encode(message, self._seq, time.monotonic())
-        frame = FRAME_HEADER.pack(len(frame)) + frame
+        kind = type(message).__name__
+        now = time.monotonic()
+        fitted = fit(message, self._seq, now) if not message.SPLIT else None
+        if message.SPLIT:
+            payload = encode(message, self._seq, now)
+            if len(payload) > MAX_FRAME - FRAME_SLACK:
+                return self._queue_parts(kind, payload)
+            fitted = Fitted(message, payload)
+        if fitted is None:
+            self.oversize += 1
+            NOTES(("oversize", kind), logging.ERROR, "a %s message could not be made to fit in a frame of %d bytes:"
+                  " not sent (%d so far on this pipe)", kind, MAX_FRAME, self.oversize)
+            return False
+        frame = FRAME_HEADER.pack(len(fitted.payload)) + fitted.payload
         if message.SNAPSHOT:
-            kind = type(message).__name__
             for entry in self._outbox:
                 if entry[0] == kind:
                     entry[1] = frame
-                    return True
-            self._outbox.append([kind, frame])
+                    break
+            else:
+                self._outbox.append([kind, frame])
         elif len(self._outbox) >= self.max_queued:
             self.dropped += 1
             return False
         else:
             self._outbox.append([None, frame])
+        if fitted.left_out:
+            # Logged after queueing: in a worker this line is itself a message on this channel.
+            NOTES(("shrunk", kind, fitted.left_out), logging.WARNING, "%s too large for one frame: left out %s",
+                  kind, "; ".join(fitted.details))
+        return True
+
+    def _queue_parts(self, kind: str, payload: bytes) -> bool:
+        if len(payload) > MAX_ASSEMBLED:
+            self.oversize += 1
+            NOTES(("oversize", kind), logging.ERROR, "a %s message of %d bytes is over the %d a message may have:"
+                  " not sent", kind, len(payload), MAX_ASSEMBLED)
+            return False
+        # Escaping a slice of ASCII JSON for Part.data at most doubles it (every quote and backslash).
+        size = (MAX_FRAME - FRAME_SLACK - 512) // 2
+        pieces = [payload[i:i + size] for i in range(0, len(payload), size)]
+        if len(self._outbox) + len(pieces) > self.max_queued:
+            self.dropped += 1
+            return False
+        now = time.monotonic()
+        for i, piece in enumerate(pieces):
+            self._seq += bool(i)  # the first part has the number the whole message was given
+            part = encode(Part(len(payload), i, len(pieces), piece.decode("ascii")), self._seq, now)
+            self._outbox.append([None, FRAME_HEADER.pack(len(part)) + part])
         return True
 
     def wants_write(self) -> bool:
@@ -491,7 +814,8 @@ class Channel:
             return queued
 
     def receive(self) -> list[Envelope]:
-        """Read whatever is available; raises PeerClosed on EOF."""
+        """Read whatever is available; raises PeerClosed on EOF, ProtocolError on a stream out of step."""
+        out: list[Envelope] = []
         while True:
             try:
                 chunk = self.sock.recv(65536)
@@ -502,24 +826,82 @@ class Channel:
                 raise PeerClosed(self.peer) from exc
             if not chunk:
                 self.closed = True
-                if self._inbuf:
-                    break
-                raise PeerClosed(self.peer)
-            self._inbuf += chunk
-        out: list[Envelope] = []
-        while len(self._inbuf) >= FRAME_HEADER.size:
-            (size,) = FRAME_HEADER.unpack_from(self._inbuf)
-            if size > MAX_FRAME:
-                raise ProtocolError(f"frame of {size} bytes from {self.peer}")
-            end = FRAME_HEADER.size + size
-            if len(self._inbuf) < end:
                 break
-            payload = bytes(self._inbuf[FRAME_HEADER.size:end])
-            del self._inbuf[:end]
-            out.append(decode(payload))
+            self._inbuf += chunk
+            self._parse(out)  # as it comes: an over-large frame's bytes are discarded, never held
         if self.closed and not out:
             raise PeerClosed(self.peer)
         return out
+
+    def _parse(self, out: list[Envelope]) -> None:
+        while True:
+            if self._skip:
+                n = min(self._skip, len(self._inbuf))
+                del self._inbuf[:n]
+                self._skip -= n
+                if self._skip:
+                    return
+            if len(self._inbuf) < FRAME_HEADER.size:
+                return
+            (size,) = FRAME_HEADER.unpack_from(self._inbuf)
+            if size > MAX_FRAME:
+                if size > MAX_SKIP:
+                    raise ProtocolError(f"frame of {size} bytes from {self.peer}: the stream is out of step")
+                del self._inbuf[:FRAME_HEADER.size]
+                self._skip = size
+                self._bad(f"a frame of {size} bytes, over the limit of {MAX_FRAME}")
+                continue
+            end = FRAME_HEADER.size + size
+            if len(self._inbuf) < end:
+                return
+            payload = bytes(self._inbuf[FRAME_HEADER.size:end])
+            del self._inbuf[:end]
+            try:
+                env: Envelope | None = decode(payload)
+            except ProtocolError as exc:
+                self._bad(str(exc))
+                continue
+            self._bad_in_a_row = 0
+            if env is not None and isinstance(env.message, Part):
+                env = self._assemble(env.message)
+            if env is not None:
+                out.append(env)
+
+    def _bad(self, why: str) -> None:
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= BAD_FRAMES_IN_A_ROW:
+            raise ProtocolError(f"{self._bad_in_a_row} bad frames in a row from {self.peer}: {why}")
+        self._reject(why)
+
+    def _reject(self, why: str) -> None:
+        self.rejected += 1
+        NOTES(("rejected", self.peer), logging.ERROR, "dropped a message from %s: %s (%d dropped so far)",
+              self.peer, why, self.rejected)
+
+    def _assemble(self, part: Part) -> Envelope | None:
+        """The whole message once its last Part is in; None before, or when the series is broken."""
+        if part.index == 0:
+            self._parts = []
+        ok = (self._parts is not None and isinstance(part.data, str) and isinstance(part.total, int)
+              and isinstance(part.count, int) and part.index == len(self._parts) and part.index < part.count
+              and 0 < part.total <= MAX_ASSEMBLED)
+        if not ok or self._parts is None:
+            self._parts = None
+            self._reject("a part of a split message out of its series")
+            return None
+        self._parts.append(part.data)
+        if sum(len(p) for p in self._parts) > part.total:
+            self._parts = None
+            self._reject("a split message longer than announced")
+            return None
+        if part.index + 1 < part.count:
+            return None
+        text, self._parts = "".join(self._parts), None
+        try:
+            return decode(text.encode("utf-8", "surrogatepass"))
+        except ProtocolError as exc:
+            self._reject(f"a split message: {exc}")
+            return None
 
     def close(self) -> None:
         self.closed = True
@@ -561,4 +943,7 @@ def receive_datagrams(sock: socket.socket) -> list[Envelope]:
             return out
         if not data:
             return out
-        out.append(decode(data))
+        try:
+            out.append(decode(data))
+        except ProtocolError as exc:  # a datagram is whole or absent: dropping one loses nothing else
+            NOTES(("rejected", "lease"), logging.ERROR, "dropped a lease-pipe message: %s", exc)

@@ -16,16 +16,17 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from setproctitle import setproctitle
 
-from hasup import caps, ipc, sdnotify
+from hasup import caps, crash_policy, ipc, sdnotify
 from hasup import vip as vipaddr
 from hasup.config import Config, ConfigError, VipConfig, load_config, parse_dynamic
-from hasup.fence import fence_postgres, read_stat
+from hasup.crash_policy import DeathWindow, GiveUp, Stopped
+from hasup.fence import Sent, fence_postgres, find_postmaster, read_stat
+from hasup.fence import send as send_signal
 from hasup.logwriter import LogWriter
 from hasup.postgresql.control import postmaster_pid
 from hasup.timing import FENCE_TIMEOUT, Deadlines
@@ -39,7 +40,6 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 M_ARENA_MAX = -8
 ABORT_GRACE = 2.0  # SIGABRT lets a stuck worker dump its stack before SIGKILL
-RESTART_BUDGET = (5, 300.0)  # restarts per window, per worker
 EXIT_CONFIG = 2
 EXIT_GIVE_UP = 1
 
@@ -66,28 +66,6 @@ def limit_malloc_arenas() -> None:
 
 
 @dataclass
-class RestartBudget:
-    """How soon a dead worker comes back, and when to give up (then systemd decides)."""
-
-    immediate_first: bool  # election and watchdog: a gap in leases or pets costs more than a loop
-    limit: int = RESTART_BUDGET[0]
-    window: float = RESTART_BUDGET[1]
-    history: deque[float] = field(default_factory=deque)
-
-    def next_delay(self, now: float) -> float | None:
-        """Record a death at `now`; the delay before restarting, or None when the budget is spent."""
-        self.history.append(now)
-        while self.history and now - self.history[0] > self.window:
-            self.history.popleft()
-        if len(self.history) > self.limit:
-            return None
-        n = len(self.history)
-        if n == 1 and self.immediate_first:
-            return 0.0
-        return min(30.0, 0.5 * 2 ** (n - 1))
-
-
-@dataclass
 class Worker:
     role: str
     pid: int = 0
@@ -97,9 +75,12 @@ class Worker:
     ping_n: int = 0
     next_ping: float = 0.0
     aborted_at: float | None = None
-    budget: RestartBudget = field(default_factory=lambda: RestartBudget(immediate_first=False))
+    deaths: DeathWindow = field(default_factory=DeathWindow)  # per kind: there is one worker of each
+    starts: int = 0
     restart_at: float | None = None
     stopping: bool = False
+    crash_looping: bool = False
+    held_vip_at_death: bool = False  # vip only: the address may still be on the interface
 
 
 class Supervisor:
@@ -108,8 +89,7 @@ class Supervisor:
         self.config_path = config_path
         self.writer = writer
         self.roles = ROLES + (("vip",) if config.vip is not None else ())
-        self.workers = {role: Worker(role, budget=RestartBudget(role in ("election", "watchdog")))
-                        for role in self.roles}
+        self.workers = {role: Worker(role) for role in self.roles}
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
@@ -128,6 +108,10 @@ class Supervisor:
         self.next_watchdog = 0.0
         self.last_pg: ipc.PgState | None = None
         self.last_view: ipc.ClusterView | None = None
+        self.views_received = 0
+        self.giving_up: GiveUp | None = None
+        self.views_at_release = 0  # views_received when election was told PostgreSQL had stopped
+        self.guarded_lease = 0.0  # the lease (lock_valid_until) the lease guard already acted on
         seed, _ = parse_dynamic(config.bootstrap.dcs)
         self.deadlines = self.deadlines_for(seed.ttl, seed.loop_wait, seed.retry_timeout)
 
@@ -172,7 +156,8 @@ class Supervisor:
         w.stopping = False
         self.sel.register(w.channel, selectors.EVENT_READ, role)
         log.info("started %s worker (pid %d)", role, pid)
-        if w.budget.history:  # a restart, not the first start
+        w.starts += 1
+        if w.starts > 1:  # a restart, not the first start
             self.send("election", ipc.WorkerRestarted(role))
         for kind in REPLAYED.get(role, ()):
             last = self.last_view if kind is ipc.ClusterView else self.last_pg
@@ -243,14 +228,23 @@ class Supervisor:
             return
         log.error("%s worker exited unexpectedly (%s)", w.role, code)
         now = time.monotonic()
-        delay = w.budget.next_delay(now)
-        if delay is None:
-            log.critical("%s worker died %d times in %.0fs: giving up", w.role, len(w.budget.history),
-                         w.budget.window)
-            self.exit_code = EXIT_GIVE_UP
-            self.begin_shutdown()
+        deaths = w.deaths.record(now)
+        policy = crash_policy.policy_for(w.role, self.config.watchdog.mode)
+        verdict = crash_policy.verdict(policy, deaths)
+        w.crash_looping = verdict.crash_loop
+        if w.role == "vip":
+            w.held_vip_at_death = vipaddr.wanted(self.last_view, self.last_pg, now)
+        if verdict.restart_in is None:
+            log.critical("%s worker died %d times in %.0f s: its crash loop means this node %s", w.role, deaths,
+                         w.deaths.window, policy.on_spent.value)
+            self.give_up(w.role, now)
             return
-        w.restart_at = now + delay
+        if verdict.crash_loop:
+            # Loud on purpose, at every death: nothing else on this node tells the operator.
+            log.critical("%s worker keeps crashing (%d deaths in %.0f s): restarting it in %.0f s; PostgreSQL is "
+                         "left alone%s", w.role, deaths, w.deaths.window, verdict.restart_in,
+                         ", health checks go unanswered until it is back" if w.role == "api" else "")
+        w.restart_at = now + verdict.restart_in
 
     def drain(self, w: Worker) -> None:
         try:
@@ -283,6 +277,7 @@ class Supervisor:
                 self.update_status()
             elif isinstance(msg, ipc.ClusterView):
                 self.last_view = msg
+                self.views_received += 1
                 self.update_status()
             if isinstance(msg, ipc.ClusterView) and msg.config:
                 # Heartbeat deadlines follow the cluster's live timing, not the bootstrap seed.
@@ -299,7 +294,8 @@ class Supervisor:
         w = self.workers.get(role)
         if w is None or w.channel is None:
             return
-        if not w.channel.send(msg):
+        dropped = w.channel.dropped
+        if not w.channel.send(msg) and w.channel.dropped > dropped:  # one too large for a frame is logged by ipc
             log.warning("dropped %s for %s worker (%d dropped so far)", type(msg).__name__, role,
                         w.channel.dropped)
 
@@ -389,9 +385,11 @@ class Supervisor:
 
     def status_line(self) -> str:
         pg, view = self.last_pg, self.last_view
+        looping = [w.role for w in self.workers.values() if w.crash_looping]
         return sdnotify.describe(pg.role if pg else None, pg.state if pg else None,
                                  view.leader if view else None, self.config.name,
-                                 view.paused if view else False)
+                                 view.paused if view else False) \
+            + (f"; {', '.join(looping)} worker crash-looping" if looping else "")
 
     def notify_step(self, now: float) -> None:
         """READY=1 once it is true, EXTEND_TIMEOUT_USEC while starting or stopping, WATCHDOG=1.
@@ -475,6 +473,109 @@ class Supervisor:
         self.reap()
         self.send("election", ipc.FenceDone(result.confirmed, tuple(result.killed), result.reason))
 
+    # -- crash loops (hasup.crash_policy) ------------------------------------------------------------
+
+    def give_up(self, role: str, now: float) -> None:
+        """A worker's crash loop means this node stops: in order, PostgreSQL before the lock (GiveUp)."""
+        self.exit_code = EXIT_GIVE_UP
+        if self.shutdown_started is not None:
+            return
+        self.shutdown_started = now
+        self.notifier.stopping()
+        self.next_extend = 0.0
+        if self.last_view is not None and self.last_view.paused:
+            # Maintenance mode: the operator owns PostgreSQL, which keeps running as after SIGTERM.
+            # A live election says so itself (ShutdownDone, left running); without one, nobody stops it.
+            log.critical("the cluster is paused: leaving PostgreSQL running")
+            if self.workers["election"].pid:
+                self.send("election", ipc.Shutdown("a worker crash loop"))
+            else:
+                self.leave_postgres_running = self.shutdown_done = True
+            return
+        release_grace = float(parse_dynamic(self.last_view.config)[0].retry_timeout) if self.last_view else 10.0
+        self.giving_up = GiveUp(self, role, now, release_grace=release_grace + 5.0)
+
+    # GiveUpOps: the seam GiveUp drives (signals, /proc and pipes only).
+
+    def stop_election(self) -> None:
+        if self.workers["election"].pid:
+            self.send("election", ipc.Shutdown("a worker crash loop"))
+
+    def find_our_postmaster(self) -> int | None:
+        pid, _doubt = find_postmaster(self.last_pg.postmaster_pid if self.last_pg else None,
+                                      self.config.postgresql.data_dir)
+        return pid
+
+    def quit_postmaster(self) -> bool:
+        pid = self.find_our_postmaster()
+        st = read_stat(pid) if pid is not None else None
+        if pid is None or st is None:
+            return False
+        return send_signal(pid, st.starttime, signal.SIGQUIT) is Sent.SENT
+
+    def postmaster_alive(self) -> bool:
+        self.reap()  # the postmaster is re-parented to us: an unreaped one would look alive to the next start
+        return self.find_our_postmaster() is not None
+
+    def confirm_stopped(self) -> Stopped:
+        workers = {w.pid for w in self.workers.values() if w.pid}
+        result = fence_postgres(None, self.config.postgresql.data_dir, self.pid, workers, timeout=FENCE_TIMEOUT)
+        self.reap()
+        return Stopped(result.confirmed, tuple(result.killed), result.reason)
+
+    def election_alive(self) -> bool:
+        return bool(self.workers["election"].pid)
+
+    def tell_election_stopped(self, stopped: Stopped) -> None:
+        # Election releases the key on a confirmed FenceDone: the same promise, nothing of PostgreSQL is left.
+        self.views_at_release = self.views_received
+        self.send("election", ipc.FenceDone(True, stopped.killed, f"{stopped.reason} (giving up)"))
+
+    def lock_released(self) -> bool:
+        fresh = self.views_received > self.views_at_release and self.last_view is not None
+        return self.shutdown_done or (fresh and self.last_view is not None and not self.last_view.holds_lock)
+
+    def disarm(self, reason: str) -> None:
+        # On the lease pipe, as election would: the watchdog worker honours a Disarm before it exits.
+        ipc.send_datagram(self.lease_election, ipc.Disarm(reason), 0)
+
+    def guard_lease(self, now: float) -> None:
+        """Election is down (between restarts): stop a primary before the lease it granted can end."""
+        view = self.last_view
+        if self.workers["election"].pid or self.shutdown_started is not None or view is None:
+            return
+        margin = self.deadlines.safety_margin + crash_policy.GUARD_SLACK
+        if view.lock_valid_until != self.guarded_lease and crash_policy.lease_lapsing(view, self.last_pg, now, margin):
+            self.guarded_lease = view.lock_valid_until
+            log.critical("election is not running and the leader lease ends in %.1f s: stopping PostgreSQL "
+                         "(immediate) before the key can expire", view.lock_valid_until - now)
+            if not self.quit_postmaster():
+                log.warning("no PostgreSQL to stop")
+
+    def restart_vip_early(self, now: float) -> None:
+        w = self.workers.get("vip")
+        if w is None or w.pid or w.restart_at is None or w.restart_at <= now:
+            return
+        if crash_policy.vip_restart_now(w.held_vip_at_death, self.last_view, self.last_pg, now):
+            log.warning("this node should no longer carry the virtual IP: restarting the vip worker now to remove it")
+            w.held_vip_at_death = False
+            w.restart_at = now
+
+    def next_deadline(self, now: float) -> float:
+        """The earliest moment the loop has something to do besides pings and systemd."""
+        due = [w.restart_at for w in self.workers.values() if not w.pid and w.restart_at is not None]
+        view = self.last_view
+        if not self.workers["election"].pid and view is not None and view.lock_valid_until != self.guarded_lease:
+            lapse = crash_policy.lease_deadline(view, self.deadlines.safety_margin + crash_policy.GUARD_SLACK)
+            if lapse is not None:
+                due.append(lapse)
+        vip = self.workers.get("vip")
+        if vip is not None and not vip.pid and vip.held_vip_at_death and self.last_view is not None:
+            due.append(self.last_view.lock_valid_until - vipaddr.LEASE_MARGIN)
+        if self.giving_up is not None and not self.giving_up.done:
+            due.append(now + 0.1)  # polls /proc for the postmaster's end
+        return min(due, default=float("inf"))
+
     def stop_leftover_postmaster(self) -> None:
         """Last resort: the postgres worker died before stopping PostgreSQL."""
         pid = postmaster_pid(self.config.postgresql.data_dir)
@@ -497,14 +598,21 @@ class Supervisor:
         while True:
             now = time.monotonic()
             self.notify_step(now)
-            if self.shutdown_started is not None and self.shutdown_step(now):
+            if self.giving_up is not None and not self.giving_up.done:
+                # Until PostgreSQL is confirmed stopped (and the lock handed back) the workers stay:
+                # the postgres worker and election may be part of it, the watchdog must hear the disarm.
+                if self.giving_up.step(now):
+                    self.shutdown_done = True
+            elif self.shutdown_started is not None and self.shutdown_step(now):
                 break
+            self.guard_lease(now)
+            self.restart_vip_early(now)
             for w in self.workers.values():
                 if not w.pid and w.restart_at is not None and now >= w.restart_at \
                         and self.shutdown_started is None:
                     self.spawn(w.role)
             self.heartbeats(now)
-            due = min(self.next_ping(), self.next_notify())
+            due = min(self.next_ping(), self.next_notify(), self.next_deadline(now))
             self.poll(timeout=max(0.0, due - time.monotonic()) or 0.05)
         self.reap()
         if self.exit_code == 0 and self.shutdown_started is not None and not self.leave_postgres_running:

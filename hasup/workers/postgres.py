@@ -61,6 +61,7 @@ class PostgresWorker:
         self.last_sent_at = 0.0
         self.slots = SlotKeeper(self.lifecycle.local_dsn)
         self.queued: ipc.Request | None = None
+        self.view_left_out: tuple[str, ...] = ()  # what the last ClusterView came without (ipc.fit)
         self.callbacks = Callbacks(lambda: self.ctx.config)
 
     # -- actions ---------------------------------------------------------------
@@ -290,7 +291,16 @@ class PostgresWorker:
             if not self.action:
                 self.apply_parameters()
         elif isinstance(msg, ipc.ClusterView):
-            if msg.config:
+            if msg.left_out != self.view_left_out:
+                self.view_left_out = msg.left_out
+                held_back = [what for what, ok in (
+                    ("keeping the last complete configuration", ipc.complete(msg, "config_values")),
+                    ("leaving replication slots as they are", self.view_usable_for_slots(msg))) if not ok]
+                if held_back:
+                    log.warning("the cluster view came without some of its parts (%s): %s", ", ".join(msg.left_out),
+                                " and ".join(held_back))
+            # A configuration with values left out is not the cluster's: rendering it would drop parameters.
+            if msg.config and ipc.complete(msg, "config_values"):
                 dynamic, _ = parse_dynamic(msg.config)
                 if dynamic != self.dynamic:
                     # primary_slot_name follows use_slots (reloadable since PostgreSQL 13)
@@ -304,7 +314,14 @@ class PostgresWorker:
                     self.lifecycle.dynamic = dynamic
                     if changed and not self.action:
                         self.apply_parameters()
+            if msg.config and self.view_usable_for_slots(msg):
                 self.keep_slots(msg)
+
+    @staticmethod
+    def view_usable_for_slots(view: ipc.ClusterView) -> bool:
+        """A view short of members, of the leader's slot list or of the slot settings would have
+        slots dropped as if their members had left the cluster or their settings were gone."""
+        return all(ipc.complete(view, part) for part in ("members", "status_slots", "config_values"))
 
     def apply_parameters(self) -> None:
         self.lifecycle.apply_parameters()
