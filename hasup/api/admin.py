@@ -20,15 +20,17 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from hasup import peers
+from hasup.api import limits
 from hasup.api.relay import RelayClient
 from hasup.config import Config, _check_dcs
 from hasup.config_schema import Reader
+from hasup.dcs import parse
 from hasup.dcs.backends import open_store
 from hasup.dcs.model import Cluster, Member
-from hasup.dcs.store import DCSError, Store
+from hasup.dcs.store import DCSError, Store, compact
 from hasup.ha import PeerStatus
 
-__all__ = ["Admin", "DCSError", "EtcdAdmin", "LazyAdmin", "config_problems", "patch_config"]
+__all__ = ["Admin", "DCSError", "EtcdAdmin", "LazyAdmin", "config_problems", "patch_config", "stored_problems"]
 
 
 class Admin(Protocol):
@@ -162,3 +164,32 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
     reader = Reader()
     _check_dcs(reader, config, "config")
     return list(reader.problems)
+
+
+def stored_problems(current: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Lines naming why new must not replace current as the configuration in etcd; [] when it may.
+
+    In order: what every node must be able to carry (its size as stored and
+    its nesting, hasup/api/limits.py), the configuration file's rules
+    (config_problems), and last the etcd reader's own check
+    (hasup/dcs/parse.py), so that nothing is written that every node would
+    then refuse to read.  A problem the stored value already has is not held
+    against a change that does not make it worse.
+    """
+    problems = []
+    text = compact(new)  # as the store writes it
+    if len(text) > limits.MAX_CONFIG_CHARS and len(text) > len(compact(current)):
+        problems.append(f"config: {len(text)} characters as stored, more than the {limits.MAX_CONFIG_CHARS} "
+                        "every node carries")
+    depth = limits.depth_of(new)
+    if depth > limits.MAX_DEPTH and depth > limits.depth_of(current):
+        problems.append(f"config: nested deeper than {limits.MAX_DEPTH} levels")
+    if problems:
+        return problems  # the rules below walk the value: only one a node can carry
+    known = set(config_problems(current))
+    problems = [p for p in config_problems(new) if p not in known]
+    if not problems:
+        read = parse.parse_config(text)
+        if isinstance(read, parse.Bad):
+            problems.append(f"config: {read.reason} (no node would read it)")
+    return problems

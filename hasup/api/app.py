@@ -25,10 +25,10 @@ from urllib.parse import parse_qs
 import falcon
 
 from hasup import ipc, restarts
-from hasup.api import health, metrics, switchover
+from hasup.api import health, limits, metrics, switchover
 from hasup.api import status as st
 from hasup.api.access import AccessControl
-from hasup.api.admin import Admin, DCSError, config_problems, patch_config
+from hasup.api.admin import Admin, DCSError, patch_config, stored_problems
 from hasup.api.snapshot import Identity, make_snapshot
 from hasup.dcs.model import Cluster
 
@@ -182,19 +182,31 @@ def _view_of(cluster: Cluster) -> dict[str, Any]:
 
 
 def _read_body(req: falcon.Request, resp: falcon.Response) -> dict[str, Any] | None:
-    """The JSON object body, or None with 411/400 already answered."""
+    """The JSON object body, or None with 411/413/400 already answered.
+
+    Without Content-Length (a chunked body) the answer is Patroni's 411 and
+    nothing is read; with one, at most limits.MAX_BODY bytes are.
+    """
     if req.content_length is None:
         _json(resp, 411, {"error": "Content-Length required"})
         return None
+    if req.content_length > limits.MAX_BODY:
+        _too_large(resp)
+        return None
     raw = req.bounded_stream.read(req.content_length) if req.content_length else b""
     try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        body = None
+        body = limits.parse_json(raw) if raw else None
+    except limits.BadJson as exc:
+        _json(resp, 400, {"error": str(exc)})
+        return None
     if not isinstance(body, dict):
         _json(resp, 400, {"error": "the body must be a JSON object"})
         return None
     return body
+
+
+def _too_large(resp: falcon.Response) -> None:
+    _json(resp, 413, {"error": f"the request body is larger than {limits.MAX_BODY} bytes"})
 
 
 class _AdminResource(_Resource):
@@ -312,8 +324,7 @@ class ConfigResource(_AdminResource):
     @staticmethod
     def _refused(resp: falcon.Response, current: dict[str, Any], new: dict[str, Any]) -> bool:
         """Answer 422 when new brings problems current did not have (etcd is then left alone)."""
-        known = set(config_problems(current))
-        problems = [p for p in config_problems(new) if p not in known]
+        problems = stored_problems(current, new)
         if problems:
             _json(resp, 422, {"error": "invalid configuration: " + "; ".join(problems), "problems": problems})
         return bool(problems)
@@ -363,8 +374,11 @@ class FailoverResource(SwitchoverResource):
 
 
 def _optional_body(req: falcon.Request, resp: falcon.Response) -> dict[str, Any] | None:
-    """Like _read_body, but no body at all means {} (POST /restart and /reinitialize take defaults)."""
-    if not req.content_length:
+    """Like _read_body, but no body at all means {} (POST /restart and /reinitialize take defaults).
+
+    A chunked body is a body: taking it for none would turn a scheduled restart into an immediate one.
+    """
+    if not req.content_length and not req.get_header("Transfer-Encoding"):
         return {}
     return _read_body(req, resp)
 
@@ -428,6 +442,20 @@ class FailsafeResource(_OperatorResource):
             _json(resp, 400, {"error": "the body must name the leader"})
             return
         self._operate(resp, "failsafe", {"name": body["name"]})
+
+
+class _BodyLimit:
+    """413 for any request announcing a body over limits.MAX_BODY, before anything reads it.
+
+    Runs first, so no resource, access check or parser ever sees such a
+    body; the gunicorn worker (hasup/api/gworker.py) never buffers one either.
+    """
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        length = req.content_length
+        if length is not None and length > limits.MAX_BODY:
+            _too_large(resp)
+            resp.complete = True
 
 
 class _Guard:
@@ -505,7 +533,8 @@ def create_app(read_snapshot: SnapshotReader, identity: Identity,
     the writing endpoints answer 503.
     """
     ctx = _Context(read_snapshot, identity, clock, admin, settings or ApiSettings())
-    app = falcon.App(middleware=[_Guard(ctx)])
+    middleware: list[Any] = [_BodyLimit(), _Guard(ctx)]
+    app = falcon.App(middleware=middleware)
     health_resource = HealthResource(ctx)
     routes: dict[str, _Resource] = {p: health_resource for p in HEALTH_PATHS}
     routes.update({"/patroni": PatroniResource(ctx), "/cluster": ClusterResource(ctx),

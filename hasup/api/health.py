@@ -6,6 +6,7 @@ snapshot alone, so it stays fast when PostgreSQL or etcd do not.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -26,12 +27,19 @@ VIEW_SLACK = 2.0  # the ClusterView bound is loop_wait + retry_timeout + this, c
 
 # PostgreSQL's memory units, as Patroni's lag parameter takes them (1024-based).
 _LAG_UNITS = {"B": 1, "kB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
-_LAG_RE = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*([A-Za-z]*)\s*$")
+# Patroni reads the number with strtod when it has a fraction or an exponent ("1.5MB", "1e6").
+_LAG_RE = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-z]*)\s*$")
+_LAG_TEXT_MAX = 100  # characters; a longer value is not a lag anyone means
+_LAG_NEGATIVE_INFINITY = -(2 ** 64)  # below any difference of two WAL positions: always lagging
 
 
 def parse_lag(value: str | None) -> int | None:
-    """Bytes of tolerated lag; None (unlimited) when absent or unparsable."""
-    if value is None:
+    """Bytes of tolerated lag; None (unlimited) when absent or unparsable.
+
+    A fraction or exponent goes through a float as in Patroni; one that
+    overflows it (1e400) is unlimited, or, negative, a lag no replica meets.
+    """
+    if value is None or len(value) > _LAG_TEXT_MAX:
         return None
     m = _LAG_RE.match(value)
     if not m:
@@ -40,8 +48,11 @@ def parse_lag(value: str | None) -> int | None:
     if unit not in _LAG_UNITS:
         return None
     number = m.group(1)
-    if "." in number:
-        return int(round(float(number) * _LAG_UNITS[unit]))
+    if "." in number or "e" in number or "E" in number:
+        scaled = float(number) * _LAG_UNITS[unit]
+        if math.isinf(scaled):
+            return None if scaled > 0 else _LAG_NEGATIVE_INFINITY
+        return int(round(scaled))
     return int(number) * _LAG_UNITS[unit]
 
 

@@ -3,13 +3,16 @@
 gunicorn takes no key password, so hasup builds the server context itself
 through gunicorn's `ssl_context` hook: ssl.SSLContext.load_cert_chain
 decrypts the key in memory with the password, and nothing is written to
-disk.
+disk.  The api's worker (hasup/api/gworker.py) keeps one context in a
+ContextCache and makes a new one when the files change.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hasup.config import RestApiConfig
@@ -46,3 +49,55 @@ def gunicorn_options(restapi: RestApiConfig) -> dict[str, Any]:
     if restapi.keyfile:
         options["keyfile"] = restapi.keyfile
     return options
+
+
+class ContextCache:
+    """One server context for every connection, made again when its files change on disk.
+
+    Building a context decrypts the key (milliseconds of CPU): once per
+    connection, as gunicorn does, a flood of connections would keep the
+    loop busy.  The files are looked at no more often than every `recheck`
+    seconds, so a renewed certificate is served within that time; a new one
+    that fails to load keeps the previous context (and is logged once).
+    """
+
+    def __init__(self, factory: Callable[[], ssl.SSLContext], paths: Iterable[str | None], log: Any,
+                 recheck: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._factory = factory
+        self._paths = tuple(p for p in paths if p)
+        self._log = log
+        self._recheck = recheck
+        self._clock = clock
+        self._context: ssl.SSLContext | None = None
+        self._signature: tuple[Any, ...] = ()
+        self._checked = 0.0
+
+    def _files(self) -> tuple[Any, ...]:
+        marks: list[Any] = []
+        for path in self._paths:
+            try:
+                st = os.stat(path)
+                marks.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                marks.append((path, None))
+        return tuple(marks)
+
+    def get(self) -> ssl.SSLContext:
+        """The current context; the first call raises what the factory raises."""
+        now = self._clock()
+        if self._context is not None and now - self._checked < self._recheck:
+            return self._context
+        self._checked = now
+        signature = self._files()
+        if self._context is not None and signature == self._signature:
+            return self._context
+        try:
+            context = self._factory()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            if self._context is None:
+                raise
+            self._log.error("restapi TLS files changed but do not load, keeping the previous ones: %s", exc)
+            self._signature = signature  # logged once per change
+            return self._context
+        self._context, self._signature = context, signature
+        return context

@@ -1,4 +1,4 @@
-"""The api worker: a gunicorn master (plus one gthread worker) serving the falcon app.
+"""The api worker: a gunicorn master (plus one request worker) serving the falcon app.
 
 Process layout (DESIGN §1):
     hasup: api <scope>/<name>          gunicorn master; a reader thread owns the supervisor pipe
@@ -7,7 +7,9 @@ Process layout (DESIGN §1):
 The master's reader thread receives PgState/ClusterView/WatchdogState, renders
 a snapshot and writes it into a SnapshotBuffer mapped before gunicorn forks,
 so the worker's request threads read it without any I/O.  Only the master
-ever writes on the supervisor pipe.
+ever writes on the supervisor pipe.  The request worker is hasup's own
+(hasup/api/gworker.py): its loop reads whole requests before a thread sees
+them, so slow or idle clients cannot take the threads health checks need.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from hasup.api import tls
 from hasup.api.access import AccessControl
 from hasup.api.admin import Admin, EtcdAdmin, LazyAdmin
 from hasup.api.app import ApiSettings, create_app
+from hasup.api.gworker import HasupWorker
 from hasup.api.relay import RelayClient, RelayServer
 from hasup.api.snapshot import Identity, SnapshotBuffer, SnapshotCache, encode_snapshot, make_snapshot
 from hasup.workers.base import PipeLogHandler, WorkerContext, answer_ping, setup_worker
@@ -43,6 +46,7 @@ POLL = 0.5  # reader thread wake-up: bounds how late it notices an orphaned mast
 RERENDER = 5.0  # re-render at least this often, so produced_at proves the reader thread turns
 GRACEFUL_TIMEOUT = 5  # SIGTERM to the api process must end it promptly
 THREADS = 8  # request threads in the gunicorn worker
+MAX_CONNECTIONS = 1000  # open client connections per worker; past it the longest-waiting idle one is closed
 HEALTH_RESERVE = 2  # threads admin endpoints may never take (see ApiSettings.admin_slots)
 # Environment a gunicorn master would act on but that belongs to the supervisor:
 # NOTIFY_SOCKET would let it tell systemd "READY" for the whole service.
@@ -240,8 +244,14 @@ def gunicorn_options(ctx: WorkerContext, on_ready: Callable[[Any], None],
     options: dict[str, Any] = {
         "bind": [ctx.config.restapi.listen],
         "workers": 1,
-        "worker_class": "gthread",
+        "worker_class": HasupWorker,  # a class, not a dotted name: imported before any fork
         "threads": THREADS,
+        "worker_connections": MAX_CONNECTIONS,
+        # gunicorn's own limits on what its parser accepts, spelled out: the request line bounds
+        # every path and query string the app sees (a 414 past it).
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
         "timeout": 30,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "accesslog": None,

@@ -123,3 +123,43 @@ def test_health_checks_stay_fast_while_postgres_is_frozen(tc):
     finally:
         kill_pids(frozen, signal.SIGCONT)
     wait_for(lambda: call(leader, "GET", "/primary")[0] == 200, 30, "/primary back to 200 after SIGCONT")
+
+
+def call_raw(node, method: str, path: str, raw: bytes) -> tuple[int, bytes]:
+    """Like call, with the body as given (json.dumps cannot write 1e400) and credentials."""
+    req = urllib.request.Request(f"http://127.0.0.1:{node.api_port}{path}", data=raw, method=method)
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+    try:
+        with _opener.open(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_config_values_that_cannot_be_applied_never_reach_etcd(tc):
+    """Issue 13, acceptance 4: ttl 1e400, a 600-deep object, a 2 MB value; 4xx with a JSON reason each."""
+    leader = tc.wait_leader(30)
+    workers = {(n.name, role): n.worker_pid(role) for n in tc.nodes for role in ("api", "api worker", "election")}
+    before = tc.etcd.value(tc.key("config"))
+    deep: object = 1
+    for _ in range(600):
+        deep = {"a": deep}
+    bodies = [b'{"ttl": 1e400}', json.dumps({"postgresql": deep}).encode(),
+              json.dumps({"postgresql": {"parameters": {"application_name": "v" * (2 * 1024 * 1024)}}}).encode()]
+    for method in ("PATCH", "PUT"):
+        for raw in bodies:
+            code, body = call_raw(leader, method, "/config", raw)
+            assert 400 <= code < 500, (method, raw[:30], code)
+            assert json.loads(body)["error"], body
+    assert tc.etcd.value(tc.key("config")) == before
+    # Healthy for three cycles, and nobody restarted to get there.
+    settle = time.monotonic() + 3 * LOOP_WAIT
+    while time.monotonic() < settle:
+        assert call(leader, "GET", "/primary")[0] == 200
+        for node in tc.nodes:
+            assert call(node, "GET", "/patroni")[0] == 200
+        time.sleep(0.5)  # pacing of the checks, not synchronisation
+    assert {(n.name, role): n.worker_pid(role) for n in tc.nodes for role in ("api", "api worker", "election")} \
+        == workers
+    assert tc.etcd.value(tc.key("config")) == before

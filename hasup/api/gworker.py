@@ -1,0 +1,533 @@
+"""The api's gunicorn worker: a request reaches a thread only once it has fully arrived.
+
+gunicorn's gthread worker gives a connection to a request thread as soon as it
+is readable, and the thread then blocks until the headers are complete: eight
+clients sending one byte a second hold all eight threads and health checks go
+unanswered (issue 13) -- an idle HAProxy, a port scanner or a half-open TLS
+client could blind the load balancer.
+
+This worker keeps gthread's thread pool and its request handling
+(ThreadWorker.handle_request) and replaces the loop.  The loop, in the
+worker's main thread, never blocks on a client:
+
+- it accepts every pending connection; at the connection limit it first
+  closes the one that has waited longest without delivering a request;
+- it runs TLS handshakes without blocking;
+- it reads each request's header block and a body of up to limits.MAX_BODY
+  into a buffer, within HEADER_TIMEOUT for the headers and REQUEST_TIMEOUT
+  for the whole request (then answering 408), and answers 431 to an
+  oversized header block itself;
+- it hands a complete request to the thread pool, where gunicorn's parser
+  reads it from that buffer without touching the socket;
+- it takes a kept-alive connection back to wait for its next request, and
+  closes connections by half-closing and draining them in the loop.
+
+A request announcing a larger body, or a chunked one, goes to a thread with
+its headers only: the app answers 413 or 411 without reading the body
+(hasup/api/app.py), and the connection is closed after the answer instead of
+being drained.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import resource
+import selectors
+import socket
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
+from typing import Any
+
+from gunicorn import http
+from gunicorn import sock as gsock
+from gunicorn.workers.gthread import ThreadWorker
+
+from hasup.api import limits
+from hasup.api.tls import ContextCache
+
+HEADER_TIMEOUT = 10.0  # accept (or a kept-alive request's first byte) to the end of its header block
+REQUEST_TIMEOUT = 30.0  # the same to the end of its body: 1 MiB in 30 s is 35 KiB/s
+IO_TIMEOUT = 10.0  # a request thread's socket timeout: it only writes the answer, to a client that may not read
+LINGER = 2.0  # a closed connection drains what the client still sends for this long, so it sees our answer
+# ... and at most this much: enough for a client that sends a refused body (413) in full before it
+# reads the answer, as urllib and requests do.
+LINGER_DRAIN = 8 * 1024 * 1024
+MAX_HEAD = 64 * 1024  # bytes of header block; Patroni's clients send well under 1 KiB
+READ_CHUNK = 64 * 1024
+BUFFER_BUDGET = 16 * 1024 * 1024  # bytes of unfinished requests held by one worker (issue 16: memory)
+ACCEPT_BATCH = 64  # connections accepted per wake-up, so one listener cannot starve the loop
+FD_RESERVE = 64  # descriptors kept for the listeners, the poller, pipes, logging and etcd clients
+SWEEP_EVERY = 0.25  # how late a deadline may be noticed
+WAKE_AT_LEAST = 1.0  # loop turns (and gunicorn heartbeats) at least this often
+
+_WAIT, _READY, _TOO_BIG = range(3)
+
+
+def head_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Index just past the blank line ending a header block, -1 while there is none."""
+    ends = [i + n for i, n in ((buf.find(b"\r\n\r\n", start), 4), (buf.find(b"\n\n", start), 2)) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def body_length(head: bytes) -> int | None:
+    """Bytes of body the header block announces; None for framing this loop leaves alone.
+
+    None is a chunked body, or a Content-Length that is not one plain
+    number: the thread's parser answers those (400, 411), and the connection
+    closes after the answer.
+    """
+    length, seen = 0, False
+    for line in head.split(b"\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or len(value) > 18 or (seen and int(value) != length):
+                return None
+            length, seen = int(value), True
+    return length
+
+
+def _expects_continue(head: bytes) -> bool:
+    lines = head.split(b"\n")
+    if not lines[0].rstrip().endswith(b"HTTP/1.1"):
+        return False
+    return any(n.strip().lower() == b"expect" and v.strip().lower() == b"100-continue"
+               for n, _, v in (line.partition(b":") for line in lines[1:]))
+
+
+def connection_limit(wanted: int) -> int:
+    """wanted, or fewer if the descriptor limit cannot be raised to hold that many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - FD_RESERVE))
+
+
+class _Conn:
+    """A client connection.  The loop owns it between requests; a thread owns it while serving one."""
+
+    def __init__(self, sock: socket.socket, client: Any, server: Any, now: float, tls: bool) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.client = client  # gunicorn's handle_request reads these three
+        self.server = server
+        self.handshaking = tls
+        self.parser: Any = None  # gunicorn's, made for the first request, kept for the next ones
+        self.buf = bytearray()
+        self.served = 0
+        self.events = 0
+        self.closed = False
+        self.closing_until = 0.0
+        self.drained = 0
+        self.next_request(now)
+
+    def next_request(self, now: float) -> None:
+        self.waiting_since = now
+        # A connection's first request is timed from accept (a client that never speaks is one
+        # too); a kept-alive one's from its first byte, after an idle wait of cfg.keepalive.
+        self.started = now if self.served == 0 else 0.0
+        self.head_end = -1
+        self.scanned = 0
+        self.need = -1
+        self.body_complete = True
+        self.continue_sent = False
+
+
+class HasupWorker(ThreadWorker):
+    """gthread's thread pool behind a loop that reads whole requests first (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._conns: dict[int, _Conn] = {}
+        # Connections the loop owns, longest wait for a request first: the first to go at the limit.
+        self._waiting: OrderedDict[int, _Conn] = OrderedDict()
+        self._buffered = 0
+        self._limit = self.worker_connections
+        self._tls: ContextCache | None = None
+        self._accepting = False  # the listeners are in the poller
+        self._resume_accepting_at = 0.0
+        self._next_sweep = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if self.cfg.is_ssl:
+            cfg = self.cfg
+            self._tls = ContextCache(lambda: gsock.ssl_context(cfg), (cfg.certfile, cfg.keyfile, cfg.ca_certs),
+                                     self.log)
+            self._tls.get()  # a broken certificate fails the worker's boot, not its first client
+        self._limit = connection_limit(self.worker_connections)
+        self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ,
+                             lambda _mask: self.method_queue.run_callbacks(None))
+        for listener in self.sockets:
+            listener.setblocking(False)
+        self._set_accepting(True)
+        while self.alive:
+            self.notify()
+            now = time.monotonic()
+            self._poll(max(0.0, min(WAKE_AT_LEAST, self._next_sweep - now)))
+            if not self.is_parent_alive():
+                break
+            now = time.monotonic()
+            if now >= self._next_sweep:
+                self._sweep(now)
+                self._next_sweep = now + SWEEP_EVERY
+        self._stop()
+
+    def _poll(self, timeout: float) -> None:
+        for key, mask in self.poller.select(timeout):
+            key.data(mask)
+
+    def _set_accepting(self, enabled: bool) -> None:
+        if enabled == self._accepting:
+            return
+        for listener in self.sockets:
+            if enabled:
+                self.poller.register(listener, selectors.EVENT_READ, partial(self._accept, listener))
+            else:
+                self.poller.unregister(listener)
+        self._accepting = enabled
+
+    def _stop(self) -> None:
+        """gunicorn's graceful stop: no new connections, requests in threads finish within graceful_timeout."""
+        self._set_accepting(False)
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while True:
+            for conn in list(self._waiting.values()):
+                self._close(conn)  # nothing of theirs is in progress
+            if not self._conns or time.monotonic() >= deadline:
+                break
+            self.notify()
+            self._poll(max(0.0, min(WAKE_AT_LEAST, deadline - time.monotonic())))
+        self.tpool.shutdown(wait=False)
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self.poller.close()
+        self.method_queue.close()
+        for listener in self.sockets:
+            listener.close()
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _accept(self, listener: Any, _mask: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, client = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self._evict_oldest():
+                    continue
+                # Out of descriptors with nothing to give up, or an error of the listener itself:
+                # pause rather than spin on a listener that stays readable.
+                self.log.warning("accept failed, pausing for %.2f s: %s", SWEEP_EVERY, exc)
+                self._set_accepting(False)
+                self._resume_accepting_at = time.monotonic() + SWEEP_EVERY
+                return
+            if len(self._conns) >= self._limit:
+                self._evict_oldest()
+            self._adopt(sock, client, listener.getsockname())
+
+    def _adopt(self, sock: socket.socket, client: Any, server: Any) -> None:
+        sock.setblocking(False)
+        if self._tls is not None:
+            try:
+                sock = self._tls.get().wrap_socket(sock, server_side=True, do_handshake_on_connect=False,
+                                                   suppress_ragged_eofs=self.cfg.suppress_ragged_eofs)
+            except (OSError, ValueError):  # the client is already gone
+                sock.close()
+                return
+        conn = _Conn(sock, client, server, time.monotonic(), tls=self._tls is not None)
+        self._conns[conn.fd] = conn
+        self._waiting[conn.fd] = conn
+        self.nr_conns += 1
+        self._want(conn, selectors.EVENT_READ)
+
+    def _want(self, conn: _Conn, events: int) -> None:
+        if conn.events == events:
+            return
+        if conn.events:
+            self.poller.modify(conn.sock, events, partial(self._on_ready, conn))
+        else:
+            self.poller.register(conn.sock, events, partial(self._on_ready, conn))
+        conn.events = events
+
+    def _release(self, conn: _Conn) -> bytes:
+        """Take conn off the loop (out of the poller, the waiting list, the budget); its buffered bytes."""
+        if conn.events:
+            self.poller.unregister(conn.sock)
+            conn.events = 0
+        self._waiting.pop(conn.fd, None)
+        data, conn.buf = bytes(conn.buf), bytearray()
+        self._buffered -= len(data)
+        return data
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        self._release(conn)
+        conn.closed = True
+        self._conns.pop(conn.fd, None)
+        self.nr_conns -= 1
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    def _linger(self, conn: _Conn) -> None:
+        """Close without resetting: half-close, then drain what the client still sends, in the loop.
+
+        An unread request byte at close() makes the kernel send a reset, which can destroy our
+        answer before the client reads it (RFC 9112 §9.6).
+        """
+        self._release(conn)
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # on a TLS socket this also leaves TLS: the drain reads raw bytes
+            conn.sock.setblocking(False)
+        except OSError:
+            self._close(conn)
+            return
+        conn.closing_until = time.monotonic() + LINGER
+        self._waiting[conn.fd] = conn
+        self._waiting.move_to_end(conn.fd, last=False)  # the cheapest to drop at the limit
+        self._want(conn, selectors.EVENT_READ)
+
+    def _answer(self, conn: _Conn, code: int, reason: str, message: str) -> None:
+        """A short error answer written by the loop (best effort: never blocks), then close."""
+        body = json.dumps({"error": message}).encode()
+        head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            conn.sock.send(head + body)
+        except OSError:
+            pass
+        self._linger(conn)
+
+    def _evict_oldest(self) -> bool:
+        for conn in self._waiting.values():
+            self.log.debug("connection limit: closing %s", conn.client)
+            self._close(conn)
+            return True
+        return False
+
+    def _sweep(self, now: float) -> None:
+        if not self._accepting and now >= self._resume_accepting_at and self.alive:
+            self._set_accepting(True)
+        for conn in list(self._waiting.values()):
+            if conn.closing_until:
+                if now >= conn.closing_until:
+                    self._close(conn)
+            elif conn.started == 0.0:
+                if now - conn.waiting_since >= self.cfg.keepalive:
+                    self._close(conn)  # an idle kept-alive connection: the client knows to reconnect
+            elif now - conn.started >= (HEADER_TIMEOUT if conn.head_end < 0 else REQUEST_TIMEOUT):
+                if conn.buf and not conn.handshaking:
+                    self._answer(conn, 408, "Request Timeout", "the request did not arrive in time")
+                else:
+                    self._close(conn)
+
+    # -- reading a request --------------------------------------------------------------------
+
+    def _on_ready(self, conn: _Conn, _mask: int) -> None:
+        if conn.closed:
+            return  # closed earlier in the same batch of events
+        try:
+            if conn.closing_until:
+                self._drain(conn)
+            elif not conn.handshaking or self._handshake(conn):
+                self._read(conn)
+        except Exception:  # one client's surprise must not end the worker and every connection with it
+            self.log.exception("error reading from %s, closing the connection", conn.client)
+            self._close(conn)
+
+    def _handshake(self, conn: _Conn) -> bool:
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(conn, selectors.EVENT_READ)
+            return False
+        except ssl.SSLWantWriteError:
+            self._want(conn, selectors.EVENT_WRITE)
+            return False
+        except OSError as exc:  # ssl.SSLError included: plain HTTP, no client certificate, ...
+            self.log.debug("TLS handshake with %s failed: %s", conn.client, exc)
+            self._close(conn)
+            return False
+        conn.handshaking = False
+        self._want(conn, selectors.EVENT_READ)
+        return True
+
+    def _read(self, conn: _Conn) -> None:
+        while True:
+            try:
+                data = conn.sock.recv(READ_CHUNK)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                self._want(conn, selectors.EVENT_READ)
+                return
+            except ssl.SSLWantWriteError:
+                self._want(conn, selectors.EVENT_WRITE)
+                return
+            except InterruptedError:
+                continue
+            except OSError:
+                self._close(conn)
+                return
+            if not data:
+                self._close(conn)  # gone, or half-closed before finishing a request: nothing to answer
+                return
+            if conn.started == 0.0:
+                conn.started = time.monotonic()
+            conn.buf += data
+            self._buffered += len(data)
+            if self._progress(conn):
+                return
+
+    def _progress(self, conn: _Conn) -> bool:
+        """Act on what conn has buffered; True once the loop is done reading it for now."""
+        verdict = self._examine(conn)
+        if verdict == _READY:
+            self._submit(conn)
+        elif verdict == _TOO_BIG:
+            self._answer(conn, 431, "Request Header Fields Too Large",
+                         f"the request's header block is larger than {MAX_HEAD} bytes")
+        elif self._buffered > BUFFER_BUDGET:
+            self._shed()
+        return verdict != _WAIT or conn.closed or bool(conn.closing_until)
+
+    def _examine(self, conn: _Conn) -> int:
+        if conn.head_end < 0:
+            end = head_end(conn.buf, conn.scanned)
+            if end < 0:
+                conn.scanned = max(0, len(conn.buf) - 3)
+                return _TOO_BIG if len(conn.buf) > MAX_HEAD else _WAIT
+            if end > MAX_HEAD:
+                return _TOO_BIG
+            conn.head_end = end
+            head = bytes(conn.buf[:end])
+            length = body_length(head)
+            if length is None or length > limits.MAX_BODY:
+                conn.need, conn.body_complete = end, False
+            else:
+                conn.need = end + length
+                if len(conn.buf) < conn.need and _expects_continue(head):
+                    self._send_continue(conn)
+        return _READY if len(conn.buf) >= conn.need else _WAIT
+
+    def _send_continue(self, conn: _Conn) -> None:
+        """Tell a client waiting for it (curl does, for a body over 1 KiB) to send its body now."""
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+        try:
+            conn.continue_sent = conn.sock.send(interim) == len(interim)
+        except OSError:
+            pass  # the client sends after its own short wait anyway
+
+    def _shed(self) -> None:
+        """Over the buffer budget: drop the unfinished requests that have waited longest."""
+        for conn in list(self._waiting.values()):
+            if self._buffered <= BUFFER_BUDGET:
+                return
+            if conn.buf and not conn.closing_until:
+                self._answer(conn, 503, "Service Unavailable", "too many unfinished requests")
+
+    def _drain(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.drained += len(data)
+        if not data or conn.drained > LINGER_DRAIN:
+            self._close(conn)
+
+    # -- serving it in a thread -------------------------------------------------------------------
+
+    def _submit(self, conn: _Conn) -> None:
+        request = self._release(conn)
+        if conn.parser is None:
+            conn.parser = http.RequestParser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(request)
+        # Blocking with a bound: the thread writes the answer to a client that may not read it.
+        conn.sock.settimeout(IO_TIMEOUT)
+        future = self.tpool.submit(self._serve, conn)
+        future.add_done_callback(lambda done: self.method_queue.defer(self._served, conn, done))
+
+    def _serve(self, conn: _Conn) -> bool:
+        """In a request thread: answer the buffered request; True to keep the connection."""
+        req = None
+        try:
+            req = next(conn.parser)
+            if not conn.body_complete:
+                req.must_close = True  # the body was never read: answer, then close rather than drain it
+            if conn.continue_sent:
+                req._expected_100_continue = False
+            keep = self.handle_request(req, conn)
+            # A body the app left unread is in the parser's buffer: draining it reads no socket.
+            return bool(keep) and conn.body_complete and bool(conn.parser.finish_body())
+        except (StopIteration, http.errors.NoMoreData):
+            return False
+        except OSError as exc:  # the client went away or stopped reading; ssl.SSLError included
+            self.log.debug("connection from %s failed while answering: %s", conn.client, exc)
+            return False
+        except Exception as exc:
+            self.handle_error(req, conn.sock, conn.client, exc)
+            return False
+
+    def _served(self, conn: _Conn, future: Future[bool]) -> None:
+        """Back in the loop: wait for the connection's next request, or close it."""
+        keep = not future.cancelled() and future.exception() is None and future.result()
+        if conn.closed:
+            return
+        try:
+            self._resume(conn, keep)
+        except Exception:  # as in _on_ready: this connection goes, the worker stays
+            self.log.exception("error taking back the connection from %s, closing it", conn.client)
+            self._close(conn)
+
+    def _resume(self, conn: _Conn, keep: bool) -> None:
+        if not keep:
+            self._linger(conn)
+            return
+        if not self.alive:
+            self._close(conn)
+            return
+        conn.served += 1
+        conn.next_request(time.monotonic())
+        try:
+            conn.sock.setblocking(False)
+        except OSError:
+            self._close(conn)
+            return
+        pipelined = conn.parser.unreader.take_buffered()
+        conn.buf = bytearray(pipelined)
+        self._buffered += len(pipelined)
+        self._waiting[conn.fd] = conn
+        self._want(conn, selectors.EVENT_READ)
+        if pipelined:
+            conn.started = conn.waiting_since
+            if self._progress(conn):
+                return
+        pending: Callable[[], int] | None = getattr(conn.sock, "pending", None)
+        if pending is not None and pending():
+            self._on_ready(conn, 0)  # decrypted bytes already out of the kernel's buffer wake no poller

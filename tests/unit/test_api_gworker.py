@@ -1,0 +1,358 @@
+"""hasup's gunicorn worker (hasup/api/gworker.py) in a real gunicorn, with a small WSGI app.
+
+Slow and idle clients must not take the request threads; what reaches a
+thread is a whole request; deadlines, the header cap, the connection limit,
+keep-alive, pipelining, 100-continue and TLS keep working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import pytest
+from gunicorn.app.base import BaseApplication
+
+from hasup.api import gworker, limits
+from tests.harness import wait_for
+from tests.harness.pki import Pki, make_pki
+from tests.unit.test_api_worker import alive, children, free_port
+
+THREADS = 2
+ANSWER_WITHIN = 0.5
+
+
+def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Echoes what it read; refuses bodies as the falcon app does, without reading them."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if length > limits.MAX_BODY:
+        status, body = "413 Payload Too Large", b'{"error": "too large"}'
+    elif environ.get("HTTP_TRANSFER_ENCODING"):
+        status, body = "411 Length Required", b'{"error": "Content-Length required"}'
+    else:
+        data = environ["wsgi.input"].read(length) if length else b""
+        status = "200 OK"
+        body = json.dumps({"path": environ["PATH_INFO"], "got": len(data), "tls": environ["wsgi.url_scheme"]}).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class _Server(BaseApplication):
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return app
+
+
+@dataclass
+class Server:
+    port: int
+    pid: int
+    context: ssl.SSLContext | None = None
+
+    def connect(self, tls: bool | None = None, timeout: float = 5.0) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if self.context is not None and tls is not False:
+            return self.context.wrap_socket(sock, server_hostname="127.0.0.1")
+        return sock
+
+
+@contextlib.contextmanager
+def serving(pki: Pki | None = None, **patch: Any) -> Iterator[Server]:
+    """A gunicorn master with one HasupWorker in a child process; module constants patched there."""
+    port = free_port()
+    options: dict[str, Any] = {"bind": [f"127.0.0.1:{port}"], "workers": 1, "worker_class": gworker.HasupWorker,
+                               "threads": THREADS, "graceful_timeout": 2, "loglevel": "warning",
+                               "accesslog": None, "control_socket_disable": True}
+    options.update(patch.pop("options", {}))
+    if pki is not None:
+        options.update({"certfile": pki.server_cert, "keyfile": pki.server_key,
+                        "ssl_context": lambda conf, _factory: server_context(pki)})
+    pid = os.fork()
+    if pid == 0:  # the gunicorn master: never return into pytest
+        code = 1
+        try:
+            for name, value in patch.items():
+                setattr(gworker, name, value)
+            _Server(options).run()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+        finally:
+            os._exit(code)
+    context = None
+    if pki is not None:
+        context = ssl.create_default_context(cafile=pki.ca)
+    server = Server(port, pid, context)
+    try:
+        wait_for(lambda: request(server, "GET /ready HTTP/1.0\r\n\r\n")[0] == 200, 20, "gunicorn to answer")
+        yield server
+    finally:
+        workers = children(pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+            time.sleep(0.05)  # polling the exit, not synchronising
+        if alive(pid):
+            for p in (*workers, pid):
+                os.kill(p, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        for p in workers:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def server_context(pki: Pki) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key, password=pki.key_password)
+    return context
+
+
+def read_response(f: BinaryIO) -> tuple[int, dict[str, str], bytes]:
+    line = f.readline()
+    if not line:
+        raise ConnectionError("closed before an answer")
+    code = int(line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := f.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = f.read(int(headers.get("content-length", "0")))
+    return code, headers, body
+
+
+def request(server: Server, raw: str | bytes, tls: bool | None = None) -> tuple[int, dict[str, str], bytes]:
+    with server.connect(tls) as sock, sock.makefile("rb") as f:
+        sock.sendall(raw.encode() if isinstance(raw, str) else raw)
+        return read_response(f)
+
+
+def closed_by_peer(sock: socket.socket, within: float) -> bytes:
+    """Everything the server sends until it closes; fails if it does not close within `within`."""
+    sock.settimeout(within)
+    got = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got
+
+
+class Trickle:
+    """Connections that each send the start of a request header and stop (plus idle ones)."""
+
+    def __init__(self, server: Server, count: int, idle: int = 0) -> None:
+        self.socks = [server.connect() for _ in range(count)]
+        self.idle = [server.connect(tls=False) for _ in range(idle)]
+        for sock in self.socks:
+            sock.sendall(b"GET /primary HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+
+    def more(self) -> None:
+        for sock in self.socks:
+            sock.sendall(b"a")
+
+    def close(self) -> None:
+        for sock in self.socks + self.idle:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture(scope="module", params=["http", "https"])
+def server(request: pytest.FixtureRequest, pki: Pki) -> Iterator[Server]:
+    with serving(pki if request.param == "https" else None) as s:
+        yield s
+
+
+def timed_get(server: Server, path: str = "/primary") -> float:
+    started = time.monotonic()
+    code, _, body = request(server, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert code == 200 and json.loads(body)["path"] == path
+    return time.monotonic() - started
+
+
+# -- slow clients ----------------------------------------------------------------------------------
+
+
+def test_slow_and_idle_clients_never_hold_a_thread(server: Server) -> None:
+    slow = Trickle(server, 60, idle=20)  # thirty times the threads
+    try:
+        for _ in range(3):
+            slow.more()
+            took = [timed_get(server) for _ in range(10)]
+            assert max(took) < ANSWER_WITHIN, took
+    finally:
+        slow.close()
+
+
+def test_half_open_tls_handshakes_never_hold_a_thread(server: Server) -> None:
+    if server.context is None:
+        pytest.skip("TLS only")
+    raw = []
+    for _ in range(30):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, and silence
+        raw.append(sock)
+    try:
+        took = [timed_get(server) for _ in range(10)]
+        assert max(took) < ANSWER_WITHIN, took
+    finally:
+        for sock in raw:
+            sock.close()
+
+
+def test_plain_http_on_the_tls_port_gets_no_answer(server: Server) -> None:
+    if server.context is None:
+        pytest.skip("TLS only")
+    with server.connect(tls=False) as sock:
+        sock.sendall(b"GET /primary HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"HTTP/1.1 200" not in closed_by_peer(sock, 5)
+
+
+# -- keep-alive, pipelining, bodies ---------------------------------------------------------------
+
+
+def test_keep_alive_and_pipelined_requests(server: Server) -> None:
+    with server.connect() as sock, sock.makefile("rb") as f:
+        sock.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\nGET /thr")
+        answers = [read_response(f) for _ in range(2)]
+        assert [json.loads(b)["path"] for _, _, b in answers] == ["/one", "/two"]
+        assert all(h["connection"] == "keep-alive" for _, h, _ in answers)
+        sock.sendall(b"ee HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        code, _, body = read_response(f)
+        assert code == 200 and json.loads(body) == {"path": "/three", "got": 3,
+                                                    "tls": "https" if server.context else "http"}
+        sock.sendall(b"GET /last HTTP/1.0\r\n\r\n")  # HTTP/1.0 without keep-alive: answered, then closed
+        code, headers, body = read_response(f)
+        assert code == 200 and headers["connection"] == "close"
+        assert f.read() == b""
+
+
+def test_a_body_arrives_whole_and_100_continue_is_sent(server: Server) -> None:
+    body = b"x" * (300 * 1024)
+    code, _, answer = request(server, b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                              % (len(body), body))
+    assert code == 200 and json.loads(answer)["got"] == len(body)
+    with server.connect() as sock, sock.makefile("rb") as f:
+        sock.sendall(b"PUT /c HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n")
+        assert f.readline().startswith(b"HTTP/1.1 100")
+        assert f.readline() == b"\r\n"
+        sock.sendall(b"y" * 2000)
+        code, _, answer = read_response(f)
+        assert code == 200 and json.loads(answer)["got"] == 2000
+
+
+def test_a_body_over_the_cap_is_answered_without_being_read_then_the_connection_closes(server: Server) -> None:
+    with server.connect() as sock, sock.makefile("rb") as f:
+        sock.sendall(b"PATCH /config HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (5 * limits.MAX_BODY))
+        sock.sendall(b"z" * 100000)  # part of it: the answer must come anyway, and intact
+        code, headers, _ = read_response(f)
+        assert code == 413 and headers["connection"] == "close"
+    with server.connect() as sock, sock.makefile("rb") as f:
+        sock.sendall(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        code, headers, _ = read_response(f)
+        assert code == 411 and headers["connection"] == "close"
+
+
+# -- deadlines and limits, with short timeouts ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tight() -> Iterator[Server]:
+    with serving(HEADER_TIMEOUT=1.0, REQUEST_TIMEOUT=2.0, MAX_HEAD=4096,
+                 options={"worker_connections": 30, "keepalive": 1}) as s:
+        yield s
+
+
+def test_a_request_that_does_not_arrive_in_time_gets_408(tight: Server) -> None:
+    with tight.connect() as trickler, tight.connect() as idle, tight.connect() as slow_body:
+        trickler.sendall(b"GET /primary HTTP/1.1\r\nHost")
+        slow_body.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        started = time.monotonic()
+        assert closed_by_peer(trickler, 5).startswith(b"HTTP/1.1 408 ")
+        assert closed_by_peer(idle, 5) == b""  # never said a word: closed without an answer
+        assert 0.9 < time.monotonic() - started < 2.5
+        assert closed_by_peer(slow_body, 5).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 3.5
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_keepalive(tight: Server) -> None:
+    with tight.connect() as sock, sock.makefile("rb") as f:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(f)[0] == 200
+        started = time.monotonic()
+        assert closed_by_peer(sock, 5) == b""
+        assert time.monotonic() - started < 2.5
+
+
+def test_an_oversized_header_block_is_431(tight: Server) -> None:
+    with tight.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 5000)
+        assert closed_by_peer(sock, 5).startswith(b"HTTP/1.1 431 ")
+
+
+def test_past_the_connection_limit_the_longest_waiting_connection_goes(tight: Server) -> None:
+    first = tight.connect()  # accepted first (the listen queue is FIFO): the longest wait
+    first.sendall(b"GET /primary HTTP/1.1\r\n")
+    others = [tight.connect() for _ in range(29)]
+    try:
+        for _ in range(5):
+            assert timed_get(tight) < ANSWER_WITHIN  # each one over the limit evicts someone
+        assert closed_by_peer(first, 2) == b""
+    finally:
+        first.close()
+        for sock in others:
+            sock.close()
+
+
+def test_sigterm_ends_the_worker_promptly_with_slow_clients_connected() -> None:
+    with serving() as s:
+        slow = Trickle(s, 20, idle=5)
+        workers = children(s.pid)
+        try:
+            os.kill(s.pid, signal.SIGTERM)
+            started = time.monotonic()
+            wait_for(lambda: not any(alive(p) for p in workers), 5, "the worker to stop")
+            assert time.monotonic() - started < 4
+        finally:
+            slow.close()
+
+
+def test_threads_serve_in_parallel_with_the_loop_reading() -> None:
+    """Two threads, twenty callers at once, each request sent a byte at a time: all answered, none lost."""
+    with serving() as s:
+        answers: list[int] = []
+        lock = threading.Lock()
+
+        def caller(i: int) -> None:
+            raw = f"GET /c{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            with s.connect() as sock, sock.makefile("rb") as f:
+                for byte in raw:
+                    sock.sendall(bytes([byte]))
+                code = read_response(f)[0]
+            with lock:
+                answers.append(code)
+
+        callers = [threading.Thread(target=caller, args=(i,)) for i in range(20)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(20)
+        assert answers == [200] * 20
