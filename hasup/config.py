@@ -128,6 +128,12 @@ class RestApiConfig:
         scheme = "https" if self.certfile else "http"
         return f"{scheme}://{self.connect_address}/patroni"
 
+    @property
+    def unprotected(self) -> bool:
+        """Reachable from other hosts with nothing guarding the unsafe endpoints (warned at start, in /metrics)."""
+        return _beyond_loopback(self.listen) and self.username is None and not self.allowlist \
+            and not self.allowlist_include_members and self.verify_client != "required"
+
 
 @dataclass(frozen=True)
 class EtcdConfig:
@@ -367,8 +373,11 @@ def _restapi(r: Reader, top: Mapping[str, Any]) -> RestApiConfig | None:
     r.ignore_rest(sec, "restapi", (*RESTAPI_USED, *_RESTAPI_MORE))
     if listen is None or connect_address is None:
         return None
-    if _beyond_loopback(listen) and username is None and not allowlist and not include_members \
-            and verify_client != "required":
+    restapi = RestApiConfig(listen, connect_address, username, password, certfile, keyfile,
+                            keyfile_password=keyfile_password, cafile=cafile, verify_client=verify_client,
+                            allowlist=allowlist, allowlist_include_members=include_members,
+                            http_extra_headers=http_headers, https_extra_headers=https_headers)
+    if restapi.unprotected:
         r.warn("restapi.listen", f"UNPROTECTED: {listen} is reachable from other hosts and neither "
                                  "restapi.authentication nor restapi.allowlist is set, so anyone who reaches "
                                  "the port can change the cluster configuration (PATCH /config; archive_command "
@@ -378,10 +387,7 @@ def _restapi(r: Reader, top: Mapping[str, Any]) -> RestApiConfig | None:
         r.warn("restapi.verify_client", "optional is accepted as in Patroni but protects less: clients without "
                                         "a certificate reach every endpoint, the unsafe ones included; use "
                                         "required, or restapi.authentication")
-    return RestApiConfig(listen, connect_address, username, password, certfile, keyfile,
-                         keyfile_password=keyfile_password, cafile=cafile, verify_client=verify_client,
-                         allowlist=allowlist, allowlist_include_members=include_members,
-                         http_extra_headers=http_headers, https_extra_headers=https_headers)
+    return restapi
 
 
 def _beyond_loopback(listen: str) -> bool:

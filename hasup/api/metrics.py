@@ -129,6 +129,9 @@ def values(snap: st.Snap, now: float) -> list[tuple[str, str, str, float]]:
          _count(view.get("dcs_bad_values"))),
         ("hasup_election_cycle_errors_total", "counter", "Election cycles ended by an unexpected error.",
          _count(view.get("cycle_errors"))),
+        ("hasup_rest_api_unprotected", "gauge", "1 when this REST API is reachable from other hosts without "
+         "authentication, an allowlist or required client certificates.",
+         _flag((snap.get("identity") or {}).get("rest_unprotected"))),
     ]
     return out
 

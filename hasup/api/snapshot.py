@@ -135,11 +135,13 @@ class Identity:
     api_url: str = ""
     tags: dict[str, Any] = field(default_factory=dict)  # as configured
     noloadbalance: bool = False
+    rest_unprotected: bool = False  # the REST API is reachable from other hosts with no guard on it
 
     @classmethod
     def from_config(cls, config: Config) -> Identity:
         return cls(scope=config.scope, name=config.name, api_url=config.restapi.api_url,
-                   tags=dict(config.tags.raw), noloadbalance=bool(config.tags.noloadbalance))
+                   tags=dict(config.tags.raw), noloadbalance=bool(config.tags.noloadbalance),
+                   rest_unprotected=config.restapi.unprotected)
 
 
 def ttl_of(dynamic: dict[str, Any] | None) -> int:

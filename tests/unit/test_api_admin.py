@@ -245,8 +245,10 @@ def test_metrics_parse_and_match_the_status() -> None:
                 "patroni_failsafe_mode_is_active", "patroni_failsafe_mode_enabled", "patroni_failsafe_member",
                 "patroni_postgres_timeline", "patroni_dcs_last_seen", "patroni_pending_restart", "patroni_is_paused",
                 "patroni_postgres_state", "patroni_failover_priority",
-                "hasup_dcs_bad_values", "hasup_election_cycle_errors"}  # hasup's own counters (DESIGN.md §11)
+                "hasup_dcs_bad_values", "hasup_election_cycle_errors",  # hasup's own (DESIGN.md §11)
+                "hasup_rest_api_unprotected"}
     assert set(families) == expected
+    assert value["hasup_rest_api_unprotected"] == 0
     assert value["hasup_dcs_bad_values"] == 0 and families["hasup_dcs_bad_values"].type == "counter"
     assert "hasup_dcs_bad_values_total{" in result.text and "hasup_election_cycle_errors_total{" in result.text
 
@@ -479,3 +481,10 @@ def test_admin_slots_leave_room_for_health_checks() -> None:
         for t in threads:
             t.join(5)
     assert results == [200, 200]
+
+
+def test_an_unprotected_rest_api_shows_in_metrics() -> None:
+    from hasup.api import snapshot
+    exposed = snapshot.Identity("main", "n1", rest_unprotected=True)
+    snap = snapshot.make_snapshot(exposed, None, None, None, now=1.0, now_wall=1.0)
+    assert 'hasup_rest_api_unprotected{name="n1",scope="main"} 1.0' in metrics.render(snap, 1.0)

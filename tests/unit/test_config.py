@@ -1019,9 +1019,9 @@ UNPROTECTED = "restapi.listen: UNPROTECTED: "
 )
 def test_a_rest_api_open_beyond_loopback_without_protection_is_warned_about(
         changes: dict[str, Any], warned: bool) -> None:
-    _, warnings = load(changes)
+    cfg, warnings = load(changes)
     unprotected = [w for w in warnings if w.startswith(UNPROTECTED)]
-    assert len(unprotected) == int(warned)
+    assert len(unprotected) == int(warned) and cfg.restapi.unprotected is warned  # /metrics shows the same
     if warned:
         assert "restapi.authentication" in unprotected[0] and "PATCH /config" in unprotected[0]
 
