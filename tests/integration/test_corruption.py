@@ -12,8 +12,6 @@ within ttl + 10 s and the bogus member never leads.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +20,7 @@ from collections.abc import Iterable, Iterator
 import pytest
 
 from tests.harness import Node, TestCluster, wait_for
+from tests.harness.rawserver import RawServer
 
 TTL, LOOP_WAIT = 10, 2
 WINDOW = 3 * LOOP_WAIT
@@ -223,48 +222,6 @@ def test_a_leader_key_that_names_nobody_takes_nothing_down(tc: TestCluster) -> N
 # -- acceptance 2: a failover through a corrupt history and a bogus member that answers garbage ------------
 
 
-class BogusPeer:
-    """What a bogus member's api_url points at: a server that answers every request with `answer`."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.asked = 0
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.serve, daemon=True)]
-        self.threads[0].start()
-
-    def serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.asked += 1
-            thread = threading.Thread(target=self.reply, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def reply(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            try:
-                conn.recv(65536)
-                conn.sendall(self.answer)
-            except OSError:  # the member hung up after the first 64 KiB, as it should
-                pass
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.sock.close()
-        for thread in self.threads:
-            thread.join(10)
-
-
 GARBAGE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"role\": [\"primary\"], garbage\x00\xff"
 FIVE_MB = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
            b'{"state": "running", "role": "replica", "xlog": {"location": 1}, "pad": "' + b"x" * (5 << 20) + b'"}')
@@ -276,7 +233,7 @@ def test_failover_with_a_corrupt_history_and_a_bogus_member(tc: TestCluster, ans
     leader = tc.wait_leader(60)
     others = [n for n in tc.nodes if n is not leader]
     tc.wait_streaming(leader, others, 120)
-    peer = BogusPeer(answer)
+    peer = RawServer(lambda conn: conn.sendall(answer))  # what the bogus member's api_url points at
     try:
         bogus = {"conn_url": "postgres://127.0.0.1:1/postgres", "api_url": f"http://127.0.0.1:{peer.port}/patroni",
                  "state": "running", "role": "replica", "xlog_location": 2**62, "timeline": 99, "version": "4.1.4"}
@@ -300,7 +257,7 @@ def test_failover_with_a_corrupt_history_and_a_bogus_member(tc: TestCluster, ans
         new = wait_for(writable, TTL + 10, "a writable leader after the kill")
         took = time.monotonic() - killed_at
         assert "bogus" not in leaders and took <= TTL + 10
-        assert peer.asked > 0, "nobody asked the bogus member: the test proves nothing"
+        assert peer.requests > 0, "nobody asked the bogus member: the test proves nothing"
         now = {k: v for k, v in pids(tc).items() if k[0] != leader.name}
         assert now == survivors, f"restarted: {sorted(k for k in now if now[k] != survivors[k])}"
         new.sql("CREATE TABLE IF NOT EXISTS after_bogus_failover (id int)")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pytest
-from gunicorn.app.base import BaseApplication
 
 from hasup.api import gworker, limits
+from hasup.workers.api import ApiServer
 from tests.harness import wait_for
 from tests.harness.pki import Pki, make_pki
 from tests.unit.test_api_worker import alive, children, free_port
@@ -44,19 +44,6 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         body = json.dumps({"path": environ["PATH_INFO"], "got": len(data), "tls": environ["wsgi.url_scheme"]}).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
-
-
-class _Server(BaseApplication):
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Any:
-        return app
 
 
 @dataclass
@@ -89,7 +76,7 @@ def serving(pki: Pki | None = None, **patch: Any) -> Iterator[Server]:
         try:
             for name, value in patch.items():
                 setattr(gworker, name, value)
-            _Server(options).run()
+            ApiServer(app, options).run()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 0
