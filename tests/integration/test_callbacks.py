@@ -39,12 +39,9 @@ def tc():
     for node in c.nodes:
         node.extra["postgresql.callbacks"] = {action: f"{script} {node.dir}" for action in ACTIONS}
         node.extra["postgresql.callback_timeout"] = TIMEOUT
-    c.etcd.start()
-    try:
+    with c:  # starts etcd; destroys everything on the way out
         c.start_all()
         yield c
-    finally:
-        c.destroy()
 
 
 def calls(node) -> list[str]:

@@ -52,12 +52,9 @@ REPLICA_BAD = ['{"state": "running", "role": "replica", "xlog_location": "abc"}'
 @pytest.fixture(scope="module")
 def tc() -> Iterator[TestCluster]:
     c = TestCluster(3)
-    c.etcd.start()
-    try:
+    with c:  # starts etcd; destroys everything on the way out
         c.start_all()
         yield c
-    finally:
-        c.destroy()
 
 
 # -- helpers ------------------------------------------------------------------------------------------

@@ -26,16 +26,17 @@ def tc():
                            # The frozen-PostgreSQL test watches the api's staleness bound, which a
                            # fence (tests/integration/test_watchdog.py) would otherwise pre-empt.
                            "postgresql.health_deadline": 60})
-    c.etcd.start()
-    try:
+    with c:  # starts etcd; destroys everything on the way out
         c.start_all()
         yield c
-    finally:
-        c.destroy()
 
 
 def call(node, method: str, path: str, body: object = None, auth: bool = False) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
+    return call_raw(node, method, path, json.dumps(body).encode() if body is not None else None, auth)
+
+
+def call_raw(node, method: str, path: str, data: bytes | None, auth: bool = True) -> tuple[int, bytes]:
+    """A request with the body as given (json.dumps cannot write 1e400); with credentials unless told not."""
     req = urllib.request.Request(f"http://127.0.0.1:{node.api_port}{path}", data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
@@ -123,18 +124,6 @@ def test_health_checks_stay_fast_while_postgres_is_frozen(tc):
     finally:
         kill_pids(frozen, signal.SIGCONT)
     wait_for(lambda: call(leader, "GET", "/primary")[0] == 200, 30, "/primary back to 200 after SIGCONT")
-
-
-def call_raw(node, method: str, path: str, raw: bytes) -> tuple[int, bytes]:
-    """Like call, with the body as given (json.dumps cannot write 1e400) and credentials."""
-    req = urllib.request.Request(f"http://127.0.0.1:{node.api_port}{path}", data=raw, method=method)
-    req.add_header("Content-Type", "application/json")
-    req.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
-    try:
-        with _opener.open(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def test_config_values_that_cannot_be_applied_never_reach_etcd(tc):

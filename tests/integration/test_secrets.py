@@ -40,12 +40,9 @@ def tc():
     users = dict(node.config()["bootstrap"]["users"])
     users.update({"unicode_user": {"password": UNICODE_PASSWORD}, "plain_user": {"password": PLAIN_PASSWORD}})
     node.extra["bootstrap.users"] = users
-    c.etcd.start()
-    try:
+    with c:  # starts etcd; destroys everything on the way out
         c.start_all()
         yield c
-    finally:
-        c.destroy()
 
 
 def postgres_logs(node) -> str:

@@ -27,12 +27,9 @@ DCS = {
 @pytest.fixture(scope="module")
 def tc():
     c = TestCluster(3, dcs=DCS)
-    c.etcd.start()
-    try:
+    with c:  # starts etcd; destroys everything on the way out
         c.start_all()
         yield c
-    finally:
-        c.destroy()
 
 
 def slots_on(node: Node) -> dict[str, tuple[str, bool]]:

@@ -93,12 +93,9 @@ def tc(net):
     for node in c.nodes:
         node.caps = CAPS
         node.env = dict(VIP_ENV)
-    c.etcd.start()
-    try:
+    with c:  # starts etcd; destroys everything on the way out
         c.start_all()
         yield c
-    finally:
-        c.destroy()
 
 
 @pytest.fixture(scope="module")
