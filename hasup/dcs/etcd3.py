@@ -173,10 +173,6 @@ class Etcd3Store:
     def put_raw(self, rel: str, value: str) -> None:
         self._put(rel, value)
 
-    def get_key(self, rel: str) -> KeyValue | None:
-        kvs = self._call("/kv/range", {"key": b64(self.key(rel))}).get("kvs")
-        return parse_kv(kvs[0]) if isinstance(kvs, list) and kvs else None
-
     def watch(self, rel: str, index: int, timeout: float) -> bool:
         """Block until the cluster changes in a way that needs a cycle now, at or after revision index,
         or timeout. True if it changed.
