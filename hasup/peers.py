@@ -16,13 +16,13 @@ import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from hasup.config import RestApiConfig
 from hasup.dcs import parse
 from hasup.dcs.model import Member
-from hasup.ha import PeerStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,21 @@ PEER_TIMEOUT = 2.0
 MAX_BODY = 64 * 1024  # a /patroni answer is about 1 KiB; one with many replication rows a few
 MAX_PARALLEL = parse.MAX_MEMBERS  # all at once: silent members queued ahead must not starve a live one
 SCHEMES = ("http", "https")
+
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """A peer's /patroni answer, as used in the leader race (None entries: unreachable)."""
+
+    name: str
+    role: str
+    state: str
+    wal_position: int
+    timeline: int | None = None
+    nofailover: bool = False
+    failover_priority: int = 1
+    watchdog_failed: bool = False
 
 
 def _position(value: Any) -> int | None:

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from hasup.api.switchover import parse_schedule
 from hasup.ipc import PgState
 
 Result = tuple[int, str]
@@ -22,6 +21,21 @@ Result = tuple[int, str]
 RESTART_KEYS = frozenset({"schedule", "role", "postgres_version", "timeout", "restart_pending"})
 ROLES = ("primary", "standby_leader", "replica")
 _VERSION = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?\s*$")
+
+
+
+def parse_schedule(value: Any, now: datetime, action: str = "switchover") -> tuple[datetime | None, Result | None]:
+    """(when, None) or (None, the error to answer) for a scheduled switchover or restart."""
+    try:
+        when = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None, (422, "Unable to parse scheduled timestamp. It should be in an unambiguous format, "
+                           "e.g. ISO 8601")
+    if when.tzinfo is None:
+        return None, (400, f"Timezone information is mandatory for the scheduled {action}")
+    if when < now:
+        return None, (422, f"Cannot schedule {action} in the past")
+    return when, None
 
 
 def version_number(text: str) -> int | None:

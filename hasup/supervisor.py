@@ -21,17 +21,19 @@ from dataclasses import dataclass, field
 
 from setproctitle import setproctitle
 
-from hasup import caps, crash_policy, ipc, sdnotify
-from hasup import vip as vipaddr
+from hasup import ipc
 from hasup.config import Config, ConfigError, VipConfig, load_config, parse_dynamic
-from hasup.crash_policy import DeathWindow, GiveUp, Stopped
-from hasup.fence import Sent, fence_postgres, find_postmaster, read_stat
-from hasup.fence import send as send_signal
-from hasup.logwriter import LogWriter
 from hasup.postgresql.control import postmaster_pid
+from hasup.proc import Sent, read_stat
+from hasup.proc import send as send_signal
+from hasup.supervision import caps, crash_policy, sdnotify
+from hasup.supervision.crash_policy import DeathWindow, GiveUp, Stopped
+from hasup.supervision.fence import fence_postgres, find_postmaster
+from hasup.supervision.logwriter import LogWriter
 from hasup.timing import FENCE_TIMEOUT, Deadlines
+from hasup.vip import address as vipaddr
+from hasup.worker import PipeLogHandler, WorkerContext
 from hasup.workers import api, election, postgres, vip, watchdog
-from hasup.workers.base import PipeLogHandler, WorkerContext
 
 log = logging.getLogger("hasup.supervisor")
 
@@ -473,7 +475,7 @@ class Supervisor:
         self.reap()
         self.send("election", ipc.FenceDone(result.confirmed, tuple(result.killed), result.reason))
 
-    # -- crash loops (hasup.crash_policy) ------------------------------------------------------------
+    # -- crash loops (hasup.supervision.crash_policy) ------------------------------------------------------------
 
     def give_up(self, role: str, now: float) -> None:
         """A worker's crash loop means this node stops: in order, PostgreSQL before the lock (GiveUp)."""

@@ -28,7 +28,7 @@ from hasup.dcs import parse
 from hasup.dcs.backends import open_store
 from hasup.dcs.model import Cluster, Member
 from hasup.dcs.store import DCSError, Store, compact
-from hasup.ha import PeerStatus
+from hasup.peers import PeerStatus
 
 __all__ = ["Admin", "DCSError", "EtcdAdmin", "LazyAdmin", "config_problems", "patch_config", "stored_problems"]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from hasup.api.admin import Admin, DCSError
 from hasup.dcs.model import Cluster, Member
+from hasup.restarts import parse_schedule
 
 POLL_INTERVAL = 0.25  # Patroni polls once a second; we want the call to return promptly
 
@@ -39,20 +40,6 @@ def _sync_names(cluster: Cluster) -> set[str]:
     if isinstance(listed, list):
         return {str(n) for n in listed}
     return set()
-
-
-def parse_schedule(value: Any, now: datetime, action: str = "switchover") -> tuple[datetime | None, Result | None]:
-    """(when, None) or (None, the error to answer) for a scheduled switchover or restart."""
-    try:
-        when = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None, (422, "Unable to parse scheduled timestamp. It should be in an unambiguous format, "
-                           "e.g. ISO 8601")
-    if when.tzinfo is None:
-        return None, (400, f"Timezone information is mandatory for the scheduled {action}")
-    if when < now:
-        return None, (422, f"Cannot schedule {action} in the past")
-    return when, None
 
 
 def _healthy(admin: Admin, members: list[Member]) -> bool:

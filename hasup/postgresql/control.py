@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hasup.fence import children_map, is_dead, read_stat, snapshot
+from hasup.proc import children_map, is_dead, read_stat, snapshot
 
 log = logging.getLogger(__name__)
 

@@ -87,7 +87,7 @@ class Lifecycle:
         for w in warnings:
             log.warning(w)
         if self.dynamic.synchronous_mode:
-            # Managed by election (hasup.sync); until it says otherwise, strict mode waits for anyone.
+            # Managed by election (hasup.election.sync); until it says otherwise, strict mode waits for anyone.
             default = "*" if self.dynamic.synchronous_mode_strict else ""
             params["synchronous_standby_names"] = self.sync_setting if self.sync_setting is not None else default
         slot = slots.own_slot(self.cfg.name, self.cfg.tags.raw, self.dynamic.use_slots)

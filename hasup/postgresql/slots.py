@@ -218,7 +218,7 @@ def member_slots(members: Mapping[str, Mapping[str, Any]], me: str) -> tuple[dic
 
 def upstream_of(members: Mapping[str, Mapping[str, Any]], name: str, leader: str | None) -> str | None:
     """Whom a member streams from: its replicatefrom member while that one runs as a replica,
-    else the leader (the rule hasup.ha.upstream_for applies on the member itself)."""
+    else the leader (the rule hasup.election.policy.upstream_for applies on the member itself)."""
     tags = members[name].get("tags") if name in members else None
     source = tags.get("replicatefrom") if isinstance(tags, Mapping) else None
     data = members.get(source) if isinstance(source, str) and source != name else None

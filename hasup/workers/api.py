@@ -38,7 +38,7 @@ from hasup.api.app import ApiSettings, create_app
 from hasup.api.gworker import HasupWorker
 from hasup.api.relay import RelayClient, RelayServer
 from hasup.api.snapshot import Identity, SnapshotBuffer, SnapshotCache, encode_snapshot, make_snapshot
-from hasup.workers.base import PipeLogHandler, WorkerContext, answer_ping, setup_worker
+from hasup.worker import PipeLogHandler, WorkerContext, answer_ping, setup_worker
 
 log = logging.getLogger(__name__)
 

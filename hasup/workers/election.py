@@ -2,7 +2,7 @@
 
 It runs a cycle every loop_wait, at once when the leader-key watch fires,
 and at once when the postgres worker's health changes.  Policy lives in
-hasup.ha.decide(); this file gathers inputs and carries out actions.
+hasup.election.policy.decide(); this file gathers inputs and carries out actions.
 """
 
 from __future__ import annotations
@@ -15,26 +15,27 @@ import time
 import traceback
 from typing import Any, cast
 
-from hasup import ha, ipc
+from hasup import ipc
 from hasup.config import Config, initial_dcs_config, parse_dynamic
 from hasup.dcs.backends import open_store
 from hasup.dcs.model import Cluster, with_last_good
 from hasup.dcs.parse import BAD_VALUES
 from hasup.dcs.store import DCSError, Store
 from hasup.dcs.watch import KeyWatch
-from hasup.member import member_data, recorded_history
+from hasup.election import policy as ha
+from hasup.election.failsafe import Failsafe
+from hasup.election.fencing import Fencing, unhealthy_for
+from hasup.election.leases import WatchdogLeases
+from hasup.election.member import member_data, recorded_history
+from hasup.election.offload import OffloadedProxy, Offloader
+from hasup.election.operator import OperatorDesk
+from hasup.election.stopwatches import Stopwatches
+from hasup.election.sync import sync_now
 from hasup.peers import client_context, fetch_all
 from hasup.postgresql.control import pid_alive, postmaster_pid
 from hasup.postgresql.slots import status_value
-from hasup.sync import sync_now
 from hasup.timing import Deadlines
-from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
-from hasup.workers.failsafe import Failsafe
-from hasup.workers.fencing import Fencing, unhealthy_for
-from hasup.workers.leases import WatchdogLeases
-from hasup.workers.offload import OffloadedProxy, Offloader
-from hasup.workers.operator import OperatorDesk
-from hasup.workers.stopwatches import Stopwatches
+from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.election")
 

@@ -26,7 +26,7 @@ from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult, ProbeTimedO
 from hasup.postgresql.slot_keeper import SlotJob, SlotKeeper
 from hasup.postgresql.slots import parse_slot_settings
 from hasup.timing import PROBE_INTERVAL, PROBE_TIMEOUT
-from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
+from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.postgres")
 

@@ -2,10 +2,10 @@
 
 It holds no policy of its own: election's ClusterView (do we hold the lock,
 until when) and the postgres worker's PgState (is PostgreSQL a serving
-primary) arrive through the supervisor, and `hasup.vip.wanted` decides.
+primary) arrive through the supervisor, and `hasup.vip.address.wanted` decides.
 A worker, not the supervisor, because `ip` and the raw socket are I/O the
 supervisor must never wait on; and being a separate process it is the only
-one that keeps CAP_NET_ADMIN and CAP_NET_RAW (see hasup.caps).
+one that keeps CAP_NET_ADMIN and CAP_NET_RAW (see hasup.supervision.caps).
 
 Safety: the address goes when the lock's lease is about to run out even if
 no message arrives (election may hang), when a demote or stop begins, on
@@ -20,9 +20,9 @@ import signal
 import time
 
 from hasup import ipc
-from hasup import vip as addr
 from hasup.config import VipConfig
-from hasup.workers.base import WorkerContext, apply_reload, pump, setup_worker
+from hasup.vip import address as addr
+from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.vip")
 

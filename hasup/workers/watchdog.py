@@ -22,7 +22,7 @@ from hasup.watchdog.emulated import EmulatedWatchdog
 from hasup.watchdog.lease import LeaseRule, device_timeout, effective_safety_margin, settings_problem
 from hasup.watchdog.linux import LinuxWatchdog
 from hasup.watchdog.petter import Device, DeviceError, Petter
-from hasup.workers.base import WorkerContext, pump, setup_worker
+from hasup.worker import WorkerContext, pump, setup_worker
 
 log = logging.getLogger("hasup.watchdog")
 

@@ -1,4 +1,4 @@
-"""A crash-looping api worker on the primary never costs PostgreSQL (hasup/crash_policy.py).
+"""A crash-looping api worker on the primary never costs PostgreSQL (hasup/supervision/crash_policy.py).
 
 The api serves health checks; if its crash loop stopped the node, a bug in the REST layer would be
 an outage of the database.  Eight deaths within a minute spend the budget (5 in 300 s) that ends

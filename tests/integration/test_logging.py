@@ -17,7 +17,7 @@ import threading
 
 import yaml
 
-from hasup.logwriter import LOG_FILE
+from hasup.supervision.logwriter import LOG_FILE
 from tests.harness import TestCluster, wait_for
 
 FILE_SIZE = 4000

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hasup.ha import STANDBY_REFUSED
+from hasup.election.policy import STANDBY_REFUSED
 from tests.harness import TestCluster, wait_for
 
 

@@ -13,12 +13,13 @@ import falcon.testing
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hasup.api import health, metrics, switchover
+from hasup.api import health, metrics
 from hasup.api.access import AccessControl
 from hasup.api.admin import DCSError, config_problems, patch_config
 from hasup.api.app import ApiSettings, create_app
 from hasup.dcs.model import Cluster, Leader, Member
-from hasup.ha import PeerStatus
+from hasup.peers import PeerStatus
+from hasup.restarts import parse_schedule
 from tests.unit.test_api_app import IDENT, LEADER, NOW, REPLICA, pg_primary, pg_replica, snap, view
 
 MEMBERS = {
@@ -450,7 +451,7 @@ def test_scheduled_switchover_and_its_deletion() -> None:
 
 def test_schedule_parsing() -> None:
     now = datetime(2030, 1, 1, tzinfo=UTC)
-    when, error = switchover.parse_schedule("2030-01-01T01:00:00Z", now)
+    when, error = parse_schedule("2030-01-01T01:00:00Z", now)
     assert error is None and when == now + timedelta(hours=1)
 
 

@@ -26,7 +26,7 @@ from hasup.config import (
     Tags,
     WatchdogConfig,
 )
-from hasup.workers.base import WorkerContext
+from hasup.worker import WorkerContext
 
 DEADLINE = 20.0
 

@@ -1,13 +1,13 @@
-"""What a crash loop means per kind of worker (hasup.crash_policy): restart delays, the sliding
+"""What a crash loop means per kind of worker (hasup.supervision.crash_policy): restart delays, the sliding
 window, the lease guard, the vip's early restart, and the order of a safe give-up."""
 
 from __future__ import annotations
 
 import pytest
 
-from hasup import crash_policy as cp
 from hasup import ipc
-from hasup.crash_policy import GiveUp, Stopped
+from hasup.supervision import crash_policy as cp
+from hasup.supervision.crash_policy import GiveUp, Stopped
 
 
 def delays(kind: str, deaths: int, mode: str = "automatic") -> list[float | None]:

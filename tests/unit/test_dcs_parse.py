@@ -14,12 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as s
 
-from hasup import ha, ipc, sync
+from hasup import ipc
 from hasup.api import metrics, snapshot
 from hasup.config import parse_dynamic
 from hasup.config_schema import DYNAMIC_INT_BOUNDS
 from hasup.dcs import parse
 from hasup.dcs.model import Cluster, Member, build_cluster, with_last_good
+from hasup.election import policy as ha
+from hasup.election import sync
 from tests.unit.test_ha import ME, SETTINGS, cluster, local, member, peer, pg
 
 # -- strategies -------------------------------------------------------------------------------------------

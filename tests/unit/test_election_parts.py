@@ -15,11 +15,11 @@ from hasup import ipc
 from hasup.config import parse_dynamic
 from hasup.dcs import parse
 from hasup.dcs.model import build_cluster
-from hasup.workers.base import WorkerContext
+from hasup.election.failsafe import Failsafe
+from hasup.election.leases import WatchdogLeases
+from hasup.election.stopwatches import Stopwatches
+from hasup.worker import WorkerContext
 from hasup.workers.election import ElectionWorker
-from hasup.workers.failsafe import Failsafe
-from hasup.workers.leases import WatchdogLeases
-from hasup.workers.stopwatches import Stopwatches
 from tests.unit.test_api_worker import make_config
 from tests.unit.test_ha import cluster, member, pg
 

@@ -1,4 +1,4 @@
-"""hasup.fence against real processes: fake PostgreSQL trees, and a real PostgreSQL when installed.
+"""hasup.supervision.fence against real processes: fake PostgreSQL trees, and a real PostgreSQL when installed.
 
 The fakes run a copy of the Python interpreter named `postgres`, so /proc
 shows them as a server would appear (exe and comm `postgres`, cwd the data
@@ -26,12 +26,11 @@ from typing import Any
 
 import pytest
 
-from hasup import fence
-from hasup.fence import (
+from hasup import proc
+from hasup.proc import (
     ProcStat,
     children_map,
     descendants,
-    fence_postgres,
     is_dead,
     is_server_cmdline,
     is_server_exe,
@@ -39,6 +38,8 @@ from hasup.fence import (
     read_stat,
     snapshot,
 )
+from hasup.supervision import fence
+from hasup.supervision.fence import fence_postgres
 from tests.harness import PG_BIN, run_as, wait_for
 
 PYTHON = os.path.realpath(sys.executable)
@@ -428,7 +429,7 @@ def test_unconfirmed_when_processes_cannot_be_killed_or_verified(sandbox: Sandbo
         os.mkdir(data_dir, 0o755)  # root's, like the root-owned "postmaster" below
         pm = sandbox.fake({"role": "postmaster"}, cwd=data_dir)["postmaster"]
         orphan = sandbox.fake({"role": "root-orphan"}, cwd=data_dir)["root-orphan"]
-        code = ("import json, sys; from hasup.fence import fence_postgres; "
+        code = ("import json, sys; from hasup.supervision.fence import fence_postgres; "
                 "r = fence_postgres(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), set(), timeout=0.3); "
                 "print(json.dumps([r.confirmed, r.killed, r.survivors, r.reason]))")
         start = time.monotonic()
@@ -449,7 +450,7 @@ def test_a_kernel_refusal_is_an_unconfirmed_result_not_an_exception(sandbox: San
     pm = sandbox.fake({"role": "postmaster", "children": [{"role": "bgwriter"}]})["postmaster"]
     sandbox.write_pidfile(pm)
     # Out of file descriptors: not even /proc can be read.
-    code = ("import json, resource, sys; from hasup.fence import fence_postgres; "
+    code = ("import json, resource, sys; from hasup.supervision.fence import fence_postgres; "
             "resource.setrlimit(resource.RLIMIT_NOFILE, (3, 3)); "
             "r = fence_postgres(None, sys.argv[1], int(sys.argv[2]), set(), timeout=0.3); "
             "print(json.dumps([r.confirmed, r.killed, r.reason]))")
@@ -461,7 +462,7 @@ def test_a_kernel_refusal_is_an_unconfirmed_result_not_an_exception(sandbox: San
 
 
 def test_fence_module_uses_no_subprocess():
-    source = Path(fence.__file__).read_text()
+    source = Path(fence.__file__).read_text() + Path(proc.__file__).read_text()
     assert "subprocess" not in source and "psycopg" not in source
 
 

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from hasup import ha
 from hasup.dcs.model import Cluster, Leader, Member
+from hasup.election import policy as ha
 from hasup.ipc import PgState
 
 ME = ha.Node("n1")
@@ -276,7 +276,7 @@ def test_named_candidate_takes_over_and_others_defer_to_it():
 
 
 def test_history_keeps_recorded_entries_and_stamps_the_newest_switch():
-    from hasup.member import recorded_history
+    from hasup.election.member import recorded_history
     old = [[1, 100, "no recovery target specified", "2026-01-01T00:00:00+00:00", "n2"]]
     got = recorded_history(old, ((1, 100, "no recovery target specified"), (2, 200, "x")), "NOW", "n1")
     assert got == [old[0], [2, 200, "x", "NOW", "n1"]]
@@ -338,8 +338,8 @@ def test_an_unanswering_or_fenced_primary_never_retakes_a_free_lock():
 
 
 def test_unhealthy_for_needs_a_live_worker_and_enough_failures():
+    from hasup.election.fencing import unhealthy_for
     from hasup.timing import Deadlines
-    from hasup.workers.fencing import unhealthy_for
 
     d = Deadlines.of(10, 2, 3, 3)
     failing = replace(pg(role="primary"), probe_ok=False, failed_probes=2, postmaster_pid=4242, probe_at=100.0)

@@ -8,7 +8,7 @@ import pytest
 
 from hasup import ipc
 from hasup.config import load_config_text
-from hasup.logwriter import LOG_FILE, Levels, LogWriter, tracebacks_visible
+from hasup.supervision.logwriter import LOG_FILE, Levels, LogWriter, tracebacks_visible
 
 BASE = """
 scope: main

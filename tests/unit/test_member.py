@@ -5,8 +5,8 @@ from __future__ import annotations
 import yaml
 
 from hasup.config import load_config_text
+from hasup.election.member import member_data
 from hasup.ipc import PgState
-from hasup.member import member_data
 
 NODE = {"scope": "main", "name": "node1", "etcd": {"host": "127.0.0.1:2379"},
         "restapi": {"listen": "127.0.0.1:8008", "connect_address": "127.0.0.1:8008"},

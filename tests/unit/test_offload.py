@@ -9,8 +9,8 @@ import time
 import pytest
 
 from hasup import ipc
-from hasup.workers.base import WorkerContext
-from hasup.workers.offload import OffloadedProxy, Offloader
+from hasup.election.offload import OffloadedProxy, Offloader
+from hasup.worker import WorkerContext
 from tests.unit.test_api_worker import make_config
 
 

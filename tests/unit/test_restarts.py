@@ -10,7 +10,7 @@ import pytest
 
 from hasup import ipc, restarts
 from hasup.dcs.model import Cluster, Leader, Member
-from hasup.workers.operator import OperatorDesk
+from hasup.election.operator import OperatorDesk
 from tests.unit.test_api_admin import AUTH, FakeAdmin, client, post
 from tests.unit.test_api_app import LEADER, pg_primary, snap, view
 

@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from hasup import sdnotify
+from hasup.supervision import sdnotify
 
 
 @pytest.fixture()

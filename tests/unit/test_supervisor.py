@@ -12,7 +12,7 @@ import pytest
 
 from hasup import ipc
 from hasup.config import build_config
-from hasup.crash_policy import Stopped
+from hasup.supervision.crash_policy import Stopped
 from hasup.supervisor import EXIT_GIVE_UP, Supervisor
 
 KILLED = signal.SIGKILL  # a wait status: killed by SIGKILL

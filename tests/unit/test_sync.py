@@ -1,4 +1,4 @@
-"""Synchronous replication steps (hasup.sync) and the leader's and the race's use of them (hasup.ha)."""
+"""Synchronous replication steps (hasup.election.sync) and their use by the leader and the race (policy)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hasup import ha, sync
+from hasup.election import policy as ha
+from hasup.election import sync
 from tests.unit.test_ha import ME, SETTINGS, cluster, local, member, peer, pg
 
 SYNC = replace(SETTINGS, synchronous_mode=True)

@@ -2,8 +2,9 @@ import struct
 
 import pytest
 
-from hasup import ipc, vip
+from hasup import ipc
 from hasup.config import ConfigError, VipConfig, load_config_text, load_vip
+from hasup.vip import address as vip
 
 BASE = """
 scope: main

@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 
-from hasup import sync
 from hasup.dcs.model import Cluster, Member
+from hasup.election import sync
 from hasup.ipc import PgState
+from hasup.peers import PeerStatus
 
 # -- actions ----------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class WriteStatus(Action):
 
 @dataclass(frozen=True)
 class WriteSync(Action):
-    """Record in the sync key which standbys are synchronous (hasup.sync: before PostgreSQL drops one)."""
+    """Record in the sync key which standbys are synchronous (hasup.election.sync: before PostgreSQL drops one)."""
 
     standbys: tuple[str, ...]
 
@@ -127,7 +128,7 @@ class WriteFailsafe(Action):
 
 @dataclass(frozen=True)
 class SetSyncStandbys(Action):
-    """synchronous_standby_names for PostgreSQL (hasup.sync: before the key names a new one)."""
+    """synchronous_standby_names for PostgreSQL (hasup.election.sync: before the key names a new one)."""
 
     setting: str
 
@@ -181,20 +182,6 @@ class Settings:
     synchronous_mode_strict: bool = False
     synchronous_node_count: int = 1
     failsafe_mode: bool = False
-
-
-@dataclass(frozen=True)
-class PeerStatus:
-    """A peer's /patroni answer, as used in the leader race (None entries: unreachable)."""
-
-    name: str
-    role: str
-    state: str
-    wal_position: int
-    timeline: int | None = None
-    nofailover: bool = False
-    failover_priority: int = 1
-    watchdog_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -390,7 +377,7 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
 
 
 def _sync_actions(cluster: Cluster, pg: PgState, me: Node, settings: Settings) -> list[Action]:
-    """The next safe step of synchronous replication on the leader (hasup.sync), key first."""
+    """The next safe step of synchronous replication on the leader (hasup.election.sync), key first."""
     recorded = (cluster.sync or {}).get("leader")
     if not settings.synchronous_mode:
         return [ClearSync()] if recorded else []

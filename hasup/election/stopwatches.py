@@ -1,7 +1,7 @@
 """How long a condition the HA rules care about has held, measured across election cycles.
 
 Each stopwatch starts when its condition is first seen and resets when it
-ends; the rules in hasup.ha only ever see the elapsed seconds (ha.Local).
+ends; the rules in hasup.election.policy only ever see the elapsed seconds (ha.Local).
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from hasup import ha, ipc
+from hasup import ipc
 from hasup.dcs.model import Cluster
+from hasup.election import policy as ha
 
 
 class Stopwatches:

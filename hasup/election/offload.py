@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 from hasup import ipc
-from hasup.workers.base import WorkerContext, pump
+from hasup.worker import WorkerContext, pump
 
 T = TypeVar("T")
 

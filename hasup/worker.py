@@ -14,7 +14,7 @@ from setproctitle import setproctitle
 
 from hasup import ipc
 from hasup.config import Config, ConfigError, build_config
-from hasup.logwriter import apply_levels, tracebacks_visible
+from hasup.supervision.logwriter import apply_levels, tracebacks_visible
 
 
 @dataclass

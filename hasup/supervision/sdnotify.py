@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import MutableMapping
 
-log = logging.getLogger("hasup.sdnotify")
+log = logging.getLogger("hasup.supervision.sdnotify")
 
 EXTEND_EVERY = 10.0  # seconds between EXTEND_TIMEOUT_USEC while a start or stop is in progress
 EXTEND_BY = 30.0  # each one gives systemd this long before it may time us out

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hasup import ipc
-from hasup import vip as vipaddr
+from hasup.vip import address as vipaddr
 
 log = logging.getLogger("hasup.supervisor")
 

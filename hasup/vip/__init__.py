@@ -1,0 +1,1 @@
+"""The virtual IP: adding, removing and announcing the address (the vip worker is hasup.workers.vip)."""
