@@ -30,7 +30,7 @@ from hasup.supervision import caps, crash_policy, sdnotify
 from hasup.supervision.crash_policy import DeathWindow, GiveUp, Stopped
 from hasup.supervision.fence import fence_postgres, find_postmaster
 from hasup.supervision.logwriter import LogWriter
-from hasup.timing import FENCE_TIMEOUT, Deadlines
+from hasup.timing import ABORT_GRACE, FENCE_TIMEOUT, Deadlines
 from hasup.vip import address as vipaddr
 from hasup.worker import PipeLogHandler, WorkerContext
 from hasup.workers import api, election, postgres, vip, watchdog
@@ -41,7 +41,6 @@ ROLES = ("election", "postgres", "watchdog", "api")  # always; "vip" too when th
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 M_ARENA_MAX = -8
-ABORT_GRACE = 2.0  # SIGABRT lets a stuck worker dump its stack before SIGKILL
 EXIT_CONFIG = 2
 EXIT_GIVE_UP = 1
 

@@ -22,8 +22,9 @@ from typing import Any, Protocol
 from hasup import peers
 from hasup.api import limits
 from hasup.api.relay import RelayClient
-from hasup.config import Config, _check_dcs
-from hasup.config_schema import Reader
+from hasup.config import Config
+from hasup.config.dynamic import check_dcs
+from hasup.config.schema import Reader
 from hasup.dcs import parse
 from hasup.dcs.backends import open_store
 from hasup.dcs.model import Cluster, Member
@@ -162,7 +163,7 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
     that break loop_wait + 2*retry_timeout <= ttl are kept (nodes adjust them).
     """
     reader = Reader()
-    _check_dcs(reader, config, "config")
+    check_dcs(reader, config, "config")
     return list(reader.problems)
 
 

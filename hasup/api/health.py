@@ -12,17 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from hasup.api import status as st
+from hasup.timing import PG_STATE_MAX_AGE, SNAPSHOT_MAX_AGE
 
 OK = 200
 UNAVAILABLE = 503
 
-# Staleness bounds (docs/rest-api.md).  An idle postgres worker re-sends its
-# PgState every 5 s (KEEPALIVE) and probes every 1 s with a 2 s timeout, so a
-# live one is never older than 8 s; the master re-renders the snapshot at least
-# every 5 s.  Past 8.5 s the data describe the past: role paths answer 503, so a
-# load balancer checking every 3 s and failing after 3 (9 s) drains the node.
-PG_STATE_MAX_AGE = 8.5
-SNAPSHOT_MAX_AGE = 8.5
 VIEW_SLACK = 2.0  # the ClusterView bound is loop_wait + retry_timeout + this, capped at ttl
 
 # PostgreSQL's memory units, as Patroni's lag parameter takes them (1024-based).

@@ -15,16 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from hasup.config import EtcdConfig, _etcd
-from hasup.config_schema import (
-    DCS_SECTIONS,
-    DCS_SUPPORTED,
-    DEFAULT_ETCD_PORT,
-    OTHER_DCS,
-    Reader,
-    SourceError,
-    read_sources,
-)
+from hasup.config import EtcdConfig
+from hasup.config.etcd import DEFAULT_ETCD_PORT, read_etcd
+from hasup.config.schema import DCS_SECTIONS, DCS_SUPPORTED, OTHER_DCS, Reader
+from hasup.config.sources import SourceError, read_sources
 
 # Where patronictl looks when no -c is given; hasupctl reads the same file (drop-in).
 DEFAULT_CONFIG_PATH = os.path.join(os.path.expanduser("~"), ".config", "patroni", "patronictl.yaml")
@@ -113,7 +107,7 @@ def settings_from_raw(raw: Mapping[str, Any], dcs_url: str | None = None, insecu
         namespace = url_namespace or namespace
     elif any(dcs in raw for dcs in (*DCS_SECTIONS, *OTHER_DCS)):
         reader = Reader()
-        found = _etcd(reader, raw)
+        found = read_etcd(reader, raw)
         if reader.problems or found is None:
             raise SettingsError("; ".join(reader.problems) or f"unusable DCS section; {DCS_SUPPORTED}")
         etcd = found

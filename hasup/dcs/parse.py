@@ -29,17 +29,8 @@ from typing import Any, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 from hasup.config import parse_dynamic
-from hasup.config_schema import (
-    DYNAMIC_BOOLS,
-    DYNAMIC_INT_BOUNDS,
-    LEGACY_NAMES,
-    Invalid,
-    to_bool,
-    to_int,
-    to_mapping,
-    to_str_list,
-    to_sync_mode,
-)
+from hasup.config.schema import DYNAMIC_BOOLS, DYNAMIC_INT_BOUNDS, LEGACY_NAMES
+from hasup.config.values import Invalid, to_bool, to_int, to_mapping, to_str_list, to_sync_mode
 
 log = logging.getLogger("hasup.dcs")
 T = TypeVar("T")

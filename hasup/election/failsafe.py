@@ -29,13 +29,15 @@ class Failsafe:
         self.cfg = cfg
         self.members: dict[str, str] = {}  # the failsafe key as last read
         self.pinged_by: tuple[str, float] | None = None  # (leader name, until) from its last ping
-        self.active_until = 0.0
 
     def remember(self, cluster: Cluster) -> None:
         self.members = {str(k): str(v) for k, v in (cluster.failsafe or {}).items()}
 
-    def confirm(self, call: Callable[..., bool]) -> bool:
-        """Ask every other listed member; `call` runs the blocking fan-out off the loop (Offloader.call)."""
+    def confirm(self, call: Callable[..., bool], pg: ipc.PgState | None, enabled: bool) -> bool:
+        """etcd is unreachable: may our running primary keep leading?  Ask every other listed member;
+        `call` runs the blocking fan-out off the loop (Offloader.call)."""
+        if not enabled or pg is None or pg.role != "primary" or pg.state != "running":
+            return False
         me = self.cfg.name
         if me not in self.members:
             log.warning("failsafe: I am not listed in the failsafe key, so I cannot keep leading")
@@ -52,8 +54,15 @@ class Failsafe:
         if pg is not None and pg.role == "primary" and pg.state == "running":
             return 500, "Running as a leader"
         self.pinged_by = (leader, time.monotonic() + ttl)
-        self.active_until = time.monotonic() + ttl
         return 200, "Accepted"
+
+    def answer(self, msg: ipc.Message, pg: ipc.PgState | None, enabled: bool, ttl: float) -> ipc.AdminReply | None:
+        """The reply to POST /failsafe relayed by the api worker; None for any other message."""
+        if not (isinstance(msg, ipc.AdminRequest) and msg.action == "failsafe"):
+            return None
+        code, text = self.on_ping(str(msg.params.get("name") or ""), pg, ttl) if enabled else \
+            (502, "Failsafe mode is not enabled")
+        return ipc.AdminReply(msg.id, code, text)
 
     def leader(self, cluster: Cluster | None) -> str | None:
         """The leader that pinged us within ttl, if any: it still leads, whatever etcd says meanwhile.

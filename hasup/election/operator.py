@@ -13,32 +13,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from hasup import ipc, restarts
 from hasup.dcs.model import Cluster
+from hasup.election.postgres_link import PostgresLink
 
 log = logging.getLogger("hasup.election")
 
 
-class Election(Protocol):
-    """What the desk needs of the election worker."""
-
-    pg: ipc.PgState | None
-    cluster: Cluster | None
-    pending: dict[int, tuple[ipc.Request, int | None]]
-
-    @property
-    def busy(self) -> str: ...
-
-    def holds_lock(self) -> bool: ...
-
-    def request(self, cls: type[ipc.Request], **kwargs: Any) -> int: ...
-
-
 class OperatorDesk:
-    def __init__(self, election: Election, send: Callable[[ipc.Message], object]) -> None:
-        self.election = election
+    def __init__(self, link: PostgresLink, holds_lock: Callable[[], bool], cluster: Callable[[], Cluster | None],
+                 busy: Callable[[], str], send: Callable[[ipc.Message], object]) -> None:
+        self.link, self.holds_lock, self.cluster, self.busy = link, holds_lock, cluster, busy
         self.send = send
         self.scheduled: dict[str, Any] | None = None
         self.restarts: dict[int, int] = {}  # postgres request id -> the api's request id
@@ -60,26 +47,26 @@ class OperatorDesk:
     # -- restart -----------------------------------------------------------------------------
 
     def restart(self, req: ipc.AdminRequest) -> tuple[int, str] | None:
-        el, params = self.election, dict(req.params)
+        pg, params = self.link.pg, dict(req.params)
         if params.get("schedule"):
             if self.scheduled is not None:
                 return 409, "Another restart is already scheduled"
-            start_time = el.pg.postmaster_start_time if el.pg is not None else None
+            start_time = pg.postmaster_start_time if pg is not None else None
             self.scheduled = {**params, "postmaster_start_time": start_time}
             log.info("restart scheduled at %s", params["schedule"])
             return 202, "Restart scheduled"
-        refusal = restarts.restart_refusal(params, el.pg, el.holds_lock(), el.busy)
+        refusal = restarts.restart_refusal(params, pg, self.holds_lock(), self.busy())
         if refusal is not None:
             return refusal
         self.restarts[self.start_restart(params)] = req.id
         return None  # answered by on_reply, once PostgreSQL is back
 
     def start_restart(self, params: dict[str, Any]) -> int:
-        el, c = self.election, self.election.cluster
-        leader = c.leader.name if c is not None and c.leader is not None and not el.holds_lock() else None
+        c = self.cluster()
+        leader = c.leader.name if c is not None and c.leader is not None and not self.holds_lock() else None
         member = c.members.get(leader) if c is not None and leader else None
         log.info("restarting PostgreSQL on request")
-        return el.request(ipc.Restart, timeout=params.get("timeout"), leader=leader,
+        return self.link.request(ipc.Restart, timeout=params.get("timeout"), leader=leader,
                           leader_conn_url=member.conn_url if member else None)
 
     def cancel_restart(self) -> tuple[int, str]:
@@ -97,24 +84,23 @@ class OperatorDesk:
 
     def tick(self, now_wall: float) -> None:
         """Each cycle: answer restarts the postgres worker lost, and run a scheduled restart when due."""
-        el = self.election
         for rid, api_id in list(self.restarts.items()):
-            if rid not in el.pending:  # the worker restarted (or the request passed its deadline)
+            if rid not in self.link.pending:  # the worker restarted (or the request passed its deadline)
                 del self.restarts[rid]
                 self.send(ipc.AdminReply(api_id, 503, "restart failed: the postgres worker was replaced"))
         s = self.scheduled
         if s is None:
             return
-        pg = el.pg
+        pg = self.link.pg
         if s.get("postmaster_start_time") and pg is not None and pg.postmaster_start_time \
                 and pg.postmaster_start_time != s["postmaster_start_time"]:
             log.info("scheduled restart dropped: PostgreSQL has restarted since it was scheduled")
             self.scheduled = None
             return
-        if not restarts.schedule_due(s, now_wall) or el.busy:
+        if not restarts.schedule_due(s, now_wall) or self.busy():
             return
         self.scheduled = None
-        refusal = restarts.restart_refusal(s, pg, el.holds_lock(), el.busy)
+        refusal = restarts.restart_refusal(s, pg, self.holds_lock(), self.busy())
         if refusal is not None:
             log.info("scheduled restart skipped: %s", refusal[1])
             return
@@ -124,14 +110,14 @@ class OperatorDesk:
     # -- reinitialize --------------------------------------------------------------------------
 
     def reinitialize(self, force: bool) -> tuple[int, str]:
-        el, c = self.election, self.election.cluster
+        c = self.cluster()
         leader = c.leader.name if c is not None and c.leader is not None else None
-        refusal = restarts.reinitialize_refusal(leader, el.holds_lock(), el.busy, force)
+        refusal = restarts.reinitialize_refusal(leader, self.holds_lock(), self.busy(), force)
         if refusal is not None:
             return refusal
         member = c.members.get(leader) if c is not None and leader else None
         if member is None or not member.conn_url:
             return 503, f"the leader {leader} publishes no connection address, can not reinitialize"
         log.warning("reinitializing this replica from %s on request: its data directory will be replaced", leader)
-        el.request(ipc.Reinitialize, leader=member.name, leader_conn_url=member.conn_url, force=force)
+        self.link.request(ipc.Reinitialize, leader=member.name, leader_conn_url=member.conn_url, force=force)
         return 200, "reinitialize started"

@@ -2,157 +2,101 @@
 
 decide() does no I/O.  The election worker gathers its inputs (the etcd
 cluster, the postgres worker's latest PgState, peers' /patroni answers when
-the leader is gone) and executes the actions it returns, in order.  An
-action that takes or keeps the lock and fails stops the list; the next
-cycle then starts at once and sees the new truth.
+the leader is gone, the phase of the protocol it is in) and executes the
+actions it returns, in order (hasup.election.actions); an answer to one of
+its requests is an input too, handed to decide() as the event
+(hasup.election.protocol).  An action that fails stops the list (unless
+it is best-effort); the next cycle then starts at once and sees the new
+truth.
 """
 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hasup.dcs.model import Cluster, Member
-from hasup.election import sync
+from hasup.election import protocol, sync
+from hasup.election.actions import (
+    AcquireLock,
+    Action,
+    ClaimInitialize,
+    ClearFailover,
+    ClearSync,
+    Decision,
+    DeleteInitialize,
+    Disarm,
+    Fatal,
+    FencePostgres,
+    PublishInitialize,
+    RecordHandOver,
+    RefreshLock,
+    ReleaseLock,
+    ReportShutdown,
+    RunBootstrap,
+    RunCreateReplica,
+    RunDemote,
+    RunFollow,
+    RunPromote,
+    RunStart,
+    RunStop,
+    SetSyncStandbys,
+    TakeLock,
+    WriteFailsafe,
+    WriteHistory,
+    WriteInitialConfig,
+    WriteStatus,
+    WriteSync,
+    YieldLock,
+)
+from hasup.election.phases import (
+    Bootstrapping,
+    Demoting,
+    Event,
+    FenceUnconfirmed,
+    Fencing,
+    Idle,
+    Phase,
+    Promoting,
+    ShuttingDown,
+    SittingOut,
+)
 from hasup.ipc import PgState
 from hasup.peers import PeerStatus
 
-# -- actions ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Action:
-    pass
-
-
-@dataclass(frozen=True)
-class AcquireLock(Action):
-    pass
-
-
-@dataclass(frozen=True)
-class RefreshLock(Action):
-    pass
-
-
-@dataclass(frozen=True)
-class ReleaseLock(Action):
-    pass
-
-
-@dataclass(frozen=True)
-class ClaimInitialize(Action):
-    """Win the bootstrap race (create-only `initialize` = "")."""
-
-
-@dataclass(frozen=True)
-class PublishInitialize(Action):
-    sysid: str
-
-
-@dataclass(frozen=True)
-class RunBootstrap(Action):
-    pass
-
-
-@dataclass(frozen=True)
-class RunCreateReplica(Action):
-    source: str  # member name
-
-
-@dataclass(frozen=True)
-class RunStart(Action):
-    as_primary: bool
-    leader: str | None = None
-
-
-@dataclass(frozen=True)
-class RunPromote(Action):
-    require_lsn: int | None = None  # a manual-failover target promotes only once it has received this
-
-
-@dataclass(frozen=True)
-class RunFollow(Action):
-    leader: str | None  # None: stay/become a replica of nobody for now
-    rewind: bool = False  # stop a running replica and rewind it: it cannot stream from this leader
-
-
-@dataclass(frozen=True)
-class RunStop(Action):
-    mode: str
-
-
-@dataclass(frozen=True)
-class RunDemote(Action):
-    """Switchover: checkpoint, stop (fast) so replicas get the shutdown checkpoint, keep the lock.
-
-    The worker then releases the lock only once `candidate` has received
-    everything (None: any healthy replica), else restarts as primary."""
-
-    candidate: str | None
-
-
-@dataclass(frozen=True)
-class ClearFailover(Action):
-    pass
-
-
-@dataclass(frozen=True)
-class WriteHistory(Action):
-    pass
-
-
-@dataclass(frozen=True)
-class WriteStatus(Action):
-    pass
-
-
-@dataclass(frozen=True)
-class WriteSync(Action):
-    """Record in the sync key which standbys are synchronous (hasup.election.sync: before PostgreSQL drops one)."""
-
-    standbys: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ClearSync(Action):
-    pass
-
-
-@dataclass(frozen=True)
-class WriteFailsafe(Action):
-    """The members (name, api_url) that must confirm a leader cut off from etcd (failsafe_mode)."""
-
-    members: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class SetSyncStandbys(Action):
-    """synchronous_standby_names for PostgreSQL (hasup.election.sync: before the key names a new one)."""
-
-    setting: str
-
-
-@dataclass(frozen=True)
-class YieldLock(Action):
-    """Release the lock and sit out the next leader race: our PostgreSQL is down, let a replica lead."""
-
-
-@dataclass(frozen=True)
-class FencePostgres(Action):
-    """Kill every process of our hung PostgreSQL; the lock is released only once that is confirmed."""
-
-
-@dataclass(frozen=True)
-class Fatal(Action):
-    reason: str
-
-
-@dataclass(frozen=True)
-class Decision:
-    actions: tuple[Action, ...]
-    reason: str
-    recheck_in: float | None = None  # look again this soon, not a loop_wait later (a switchover in progress)
+__all__ = [
+    "Action",
+    "AcquireLock",
+    "RefreshLock",
+    "TakeLock",
+    "ReleaseLock",
+    "YieldLock",
+    "ClaimInitialize",
+    "PublishInitialize",
+    "DeleteInitialize",
+    "WriteInitialConfig",
+    "ClearFailover",
+    "RecordHandOver",
+    "WriteHistory",
+    "WriteStatus",
+    "WriteSync",
+    "ClearSync",
+    "WriteFailsafe",
+    "RunBootstrap",
+    "RunCreateReplica",
+    "RunStart",
+    "RunPromote",
+    "RunFollow",
+    "RunStop",
+    "RunDemote",
+    "SetSyncStandbys",
+    "FencePostgres",
+    "Disarm",
+    "ReportShutdown",
+    "Fatal",
+    "Decision",
+    "Local", "Node", "PeerStatus", "Settings", "decide",
+]
 
 
 # -- inputs -------------------------------------------------------------------------
@@ -197,25 +141,63 @@ class Local:
     # Seconds since PostgreSQL last answered a probe, as reported by a live postgres worker after
     # enough consecutive failures (hasup.timing); 0 when it answers or nobody can vouch for the failures.
     unhealthy_for: float = 0.0
-    fenced: bool = False  # our PostgreSQL was fenced (or yielded) a moment ago: leave the next race to others
     down_for: float = 0.0  # seconds our PostgreSQL has not been running while we held the lock
     failsafe_confirmed: bool = False  # etcd unreachable, and every member confirmed it is not leading
     failsafe_leader: str | None = None  # a primary cut off from etcd pinged us within ttl: do not race it
+    phase: Phase = field(default_factory=Idle)  # where we stand in a multi-step protocol (hasup.election.phases)
+    now: float = 0.0  # monotonic, for the phases' deadlines
 
 
-WORKING_STATES = ("running",)
-NOT_RUNNING = ("stopped", "crashed", "start failed", "stop failed", "restart failed", "initdb failed")
+NOT_RUNNING = ("stopped", "crashed")
 
 
-def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) -> Decision:
-    """What to do this cycle.  cluster is None when etcd could not be read."""
+def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings, event: Event | None = None) \
+        -> Decision:
+    """What to do this cycle, or in answer to `event`.  cluster is None when etcd could not be read."""
+    holds_lock = cluster is not None and cluster.leader is not None and cluster.leader.name == me.name
+    if event is not None:
+        paused = cluster is not None and cluster.paused
+        return protocol.react(local.phase, event, protocol.Facts(holds_lock, paused, local.now, settings.ttl))
+    moved = protocol.moved_on(local.phase, cluster, local.pg, local.pg_fresh, local.busy, local.now, me.name)
+    if moved is not None:
+        local = replace(local, phase=moved)
+    decision = _in_phase(cluster, local, me, settings, holds_lock)
+    if moved is not None and decision.phase is None:
+        decision = replace(decision, phase=moved)
+    return decision
+
+
+def _in_phase(cluster: Cluster | None, local: Local, me: Node, settings: Settings, holds_lock: bool) -> Decision:
+    phase = local.phase
+    keep = (RefreshLock(),) if holds_lock else ()
+    if isinstance(phase, ShuttingDown):
+        return Decision(keep if phase.lock_writes else (), "shutting down")
+    if isinstance(phase, FenceUnconfirmed):
+        # A process of the hung PostgreSQL may still commit: the lease must run out (the watchdog resets us).
+        return Decision((), "the fence was not confirmed: no leader-key writes until PostgreSQL is gone")
+    if isinstance(phase, Fencing):
+        return Decision(keep, "updated leader lock during fence" if holds_lock else "fence in progress")
+    if isinstance(phase, SittingOut):
+        # We let go because our PostgreSQL was hung or down: in the next race we may not lead, as if tagged so.
+        me = replace(me, nofailover=True)
     decision = _decide(cluster, local, me, settings)
     if cluster is not None and standby_cluster_requested(cluster):
         decision = _no_new_primary(decision, local.pg)
     if cluster is not None and cluster.paused:
-        holds_lock = cluster.leader is not None and cluster.leader.name == me.name
-        return _paused(decision, local.pg, holds_lock)
+        decision = _paused(decision, local.pg, holds_lock)
     return decision
+
+
+def _filtered(decision: Decision, kept: tuple[Action, ...], note: str) -> Decision:
+    """The decision without what a filter dropped; a phase whose starting action was dropped is not entered."""
+    if kept == decision.actions:
+        return decision
+    phase = decision.phase
+    if phase is not None:
+        starter = protocol.STARTED_BY.get(type(phase))
+        if starter is not None and not any(isinstance(a, starter) for a in kept):
+            phase = None
+    return Decision(kept, f"{decision.reason} (not done: {note})", decision.recheck_in, phase)
 
 
 def standby_cluster_requested(cluster: Cluster) -> bool:
@@ -239,10 +221,7 @@ def _no_new_primary(decision: Decision, pg: PgState | None) -> Decision:
         if isinstance(action, AcquireLock):
             return running_primary  # retaking the lock makes no new primary; racing for it would
         return not isinstance(action, _NEW_PRIMARY)
-    kept = tuple(a for a in decision.actions if allowed(a))
-    if kept == decision.actions:
-        return decision
-    return Decision(kept, f"{decision.reason} (not done: {STANDBY_REFUSED})", decision.recheck_in)
+    return _filtered(decision, tuple(a for a in decision.actions if allowed(a)), STANDBY_REFUSED)
 
 
 # Actions that start, stop or change the role of PostgreSQL: a paused cluster leaves it to the operator.
@@ -258,8 +237,8 @@ def _paused(decision: Decision, pg: PgState | None, holds_lock: bool) -> Decisio
     kept = tuple(a for a in decision.actions if allowed(a))
     if holds_lock and not any(isinstance(a, RefreshLock | ReleaseLock) for a in kept):
         kept = (RefreshLock(), *kept)  # whatever PostgreSQL does, the leader stays the leader
-    reason = decision.reason if kept == decision.actions else f"{decision.reason} (not done: paused)"
-    return Decision(kept, f"PAUSE: {reason}", decision.recheck_in)
+    decision = _filtered(decision, kept, "paused")
+    return replace(decision, reason=f"PAUSE: {decision.reason}")
 
 
 def _decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings) -> Decision:
@@ -284,7 +263,7 @@ def _decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings)
             and not cluster.paused:
         # Hung, not dead: it may still commit what it has in flight.  Kill it before letting go.
         return Decision((RefreshLock(), FencePostgres()),
-                        f"PostgreSQL has not answered for {local.unhealthy_for:.1f}s: fencing it")
+                        f"PostgreSQL has not answered for {local.unhealthy_for:.1f}s: fencing it", phase=Fencing())
 
     if not local.watchdog_usable:
         if holds_lock and pg.role == "primary" and pg.state == "running":
@@ -305,7 +284,7 @@ def _decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings)
         return Decision((PublishInitialize(pg.sysid),), "adopting a running primary as the cluster")
 
     if pg.state in NOT_RUNNING:
-        if local.fenced and cluster.leader is None and not holds_lock:
+        if isinstance(local.phase, SittingOut) and cluster.leader is None and not holds_lock:
             # Started now, even as a standby, our (freshest) WAL would make the replicas defer to us.
             return Decision((), "fenced: waiting for another node to take the lock before rejoining")
         return _not_running(cluster, local, me, settings, holds_lock)
@@ -325,7 +304,7 @@ def _empty_data_dir(cluster: Cluster, me: Node, holds_lock: bool) -> Decision:
     if cluster.initialize is None and cluster.leader is None:
         if me.nofailover:
             return Decision((), "waiting for leader to bootstrap (I am not allowed to bootstrap)")
-        return Decision((ClaimInitialize(), RunBootstrap()), "bootstrapping a new cluster")
+        return Decision((ClaimInitialize(), RunBootstrap()), "bootstrapping a new cluster", phase=Bootstrapping())
     leader = cluster.leader_member()
     if leader is not None and leader.conn_url and leader.state == "running":
         # A running replica tagged clonefrom spares the leader the basebackup.
@@ -346,7 +325,8 @@ def _not_running(cluster: Cluster, local: Local, me: Node, settings: Settings, h
         if pg.role in ("primary", "demoted", "promoted") and pg.controldata_state != "in archive recovery":
             if local.down_for >= settings.primary_start_timeout and failover_possible(cluster, me):
                 return Decision((YieldLock(),), f"primary has been down for {local.down_for:.0f}s "
-                                f"(primary_start_timeout {settings.primary_start_timeout}s): releasing the lock")
+                                f"(primary_start_timeout {settings.primary_start_timeout}s): releasing the lock",
+                                phase=SittingOut(local.now + settings.ttl))
             return Decision((RefreshLock(), RunStart(as_primary=True)), "starting primary after failure")
         return Decision((RefreshLock(), RunStart(as_primary=False)),
                         "starting as readonly because i had the session lock")
@@ -358,7 +338,8 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
     pg = local.pg
     assert pg is not None
     if pg.role != "primary":
-        return Decision((RefreshLock(), RunPromote()), "promoted self to leader because I had the session lock")
+        return Decision((RefreshLock(), RunPromote()), "promoted self to leader because I had the session lock",
+                        phase=Promoting())
     actions: list[Action] = [RefreshLock(), WriteStatus()]
     if needs_history(cluster, pg):
         actions.append(WriteHistory())
@@ -372,7 +353,9 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
     recheck = SWITCHOVER_RECHECK if sync_steps else None
     if cluster.failover is not None:
         more, reason = _manual_failover(cluster, local, me, settings)
-        return Decision(tuple(actions + more), reason, SWITCHOVER_RECHECK if not more else recheck)
+        demote = next((a for a in more if isinstance(a, RunDemote)), None)
+        return Decision(tuple(actions + more), reason, SWITCHOVER_RECHECK if not more else recheck,
+                        Demoting(demote.candidate) if demote is not None else None)
     return Decision(tuple(actions), f"no action. I am ({me.name}), the leader with the lock", recheck)
 
 
@@ -540,7 +523,8 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
     if candidate == me.name and not me.nofailover and local.watchdog_usable:
         # The old leader handed over to us: it checked we have everything it wrote.
         return Decision((AcquireLock(), ClearFailover(), RunPromote(require_lsn=cluster.optime)),
-                        "promoted self to leader by acquiring session lock (manual failover)")
+                        "promoted self to leader by acquiring session lock (manual failover)",
+                        phase=Promoting(cluster.optime))
     if isinstance(candidate, str) and candidate in cluster.members:
         peer = local.peers.get(candidate)
         if peer is not None and peer.state == "running":
@@ -553,7 +537,8 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
     ok, why = is_healthiest(cluster, local, me, settings)
     if not ok:
         return Decision((), f"following a different leader because {why}")
-    return Decision((AcquireLock(), RunPromote()), "promoted self to leader by acquiring session lock")
+    return Decision((AcquireLock(), RunPromote()), "promoted self to leader by acquiring session lock",
+                    phase=Promoting())
 
 
 def is_healthiest(cluster: Cluster, local: Local, me: Node, settings: Settings) -> tuple[bool, str]:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hasup.config import Config, Credentials, DynamicConfig
-from hasup.config_schema import parameter_problem, shown
+from hasup.config.values import parameter_problem, shown
 
 # Parameters hasup owns, their defaults and minimums (reference §4.6).  They
 # must match on every node, so only the dynamic config may change them.

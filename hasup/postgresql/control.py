@@ -2,8 +2,9 @@
 
 The postmaster is started in a session of its own so it outlives a
 restart of the postgres worker; any later worker re-attaches through
-postmaster.pid.  Stops signal the postmaster directly and wait on /proc,
-so they work whoever its parent is.
+postmaster.pid (read by hasup.proc, as everywhere).  Stops signal the
+postmaster directly and wait on /proc, so they work whoever its parent
+is; the last resort, killing it, is hasup.proc.kill_and_confirm.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hasup.proc import children_map, is_dead, read_stat, snapshot
+from hasup.proc import KillResult, find_postmaster, is_dead, kill_and_confirm, read_stat
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+# A stop's last resort runs in the postgres worker's action thread, not a loop: it may wait for a
+# process stuck in the kernel (a hung disk) longer than the supervisor's fence would.
+KILL_TIMEOUT = 5.0
 
 
 class CommandFailed(Exception):
@@ -100,27 +104,15 @@ def pid_alive(pid: int) -> bool:
 
 
 def postmaster_pid(data_dir: str) -> int | None:
-    """The running postmaster's pid from postmaster.pid, if that process is a live postgres."""
-    try:
-        with open(os.path.join(data_dir, "postmaster.pid")) as f:
-            pid = int(f.readline().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    if not pid_alive(pid):
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().split(b"\0")
-    except FileNotFoundError:
-        return None
-    # A stale pid file may name an unrelated process after a reboot.
-    if not cmd or not os.path.basename(cmd[0].decode(errors="replace")).startswith("postgres"):
-        return None
-    return pid
+    """The running postmaster of data_dir, from postmaster.pid and verified through /proc.
 
-
-def children_of(pid: int) -> list[int]:
-    return children_map(snapshot()).get(pid, [])
+    A stale file may name an unrelated process after a crash or a reboot;
+    proc.postmaster_verdict tells them apart.  A pid it cannot vouch either
+    way for (same user, /proc hidden) is returned too: every caller asks
+    "is PostgreSQL still running?", and a doubt must not answer "no".
+    """
+    pid, doubt = find_postmaster(None, data_dir)
+    return pid if pid is not None else doubt
 
 
 class Postmaster:
@@ -177,18 +169,19 @@ class Postmaster:
             time.sleep(0.05)
         return False
 
-    def kill_all(self, pid: int) -> None:
-        """SIGKILL the postmaster and every child (an orphaned backend could still commit)."""
-        try:
-            os.kill(pid, signal.SIGSTOP)  # no new forks while we enumerate
-        except ProcessLookupError:
-            return
-        for child in children_of(pid):
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    def kill_all(self, pid: int | None, timeout: float = KILL_TIMEOUT) -> KillResult:
+        """SIGKILL the postmaster and every process of it (an orphaned backend could still commit), and confirm.
+
+        `pid` is the postmaster we know of; postmaster.pid and orphans working
+        in the data directory are searched all the same.  A postmaster we
+        launched is killed as our child too: until it has moved into the data
+        directory, /proc cannot tell it for the postmaster of it.
+        """
+        trees = []
+        if self._child is not None and self._child.poll() is None:
+            st = read_stat(self._child.pid)  # an unreaped child: its pid cannot have passed to anyone else
+            if st is not None:
+                trees.append((self._child.pid, st.starttime))
+        result = kill_and_confirm(self.data_dir, postmaster=pid, trees=trees, timeout=timeout)
+        self.reap()  # our own child, if it was: no zombie left behind
+        return result

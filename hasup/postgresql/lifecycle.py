@@ -330,12 +330,13 @@ class Lifecycle:
             if self.postmaster.stop("immediate", 10):
                 return {"stopped": True}
         pid = self.postmaster.pid()
-        if pid is not None:
-            log.error("PostgreSQL (pid %s) ignored stop requests; killing it", pid)
-            self.postmaster.kill_all(pid)
-            if self.postmaster.wait_gone(pid, 5):
-                return {"stopped": True}
-        raise ActionFailed("PostgreSQL could not be stopped")
+        log.error("PostgreSQL%s ignored stop requests; killing it", f" (pid {pid})" if pid is not None else "")
+        # Also with the postmaster gone meanwhile: its orphaned backends may live on, and could still commit.
+        result = self.postmaster.kill_all(pid)
+        if not result.confirmed:
+            raise ActionFailed(f"PostgreSQL could not be stopped: kill {result.reason}")
+        log.warning("PostgreSQL killed: kill %s", result.reason)
+        return {"stopped": True}
 
     def discard_data(self, why: str) -> None:
         """Empty the data directory so that election clones this replica afresh (never on a running server)."""

@@ -6,7 +6,8 @@ Like /dev/watchdog it arms when a client connects (open), takes
 SETTIMEOUT (a pet), KEEPALIVE and the magic close ("V" then EOF).  A
 client that goes away without "V" leaves it armed.  When the timer runs
 out it resets the node the way a reboot would: SIGKILL to every process
-of the client's hasup tree (the supervisor and all its descendants).
+of the client's hasup tree (the supervisor and all its descendants),
+through hasup.proc.kill_and_confirm, the one way hasup kills a PostgreSQL.
 Every event is appended to FILE as a JSON line with monotonic and
 wall-clock times, so tests can compare the reset with the leader key's
 expiry in etcd.
@@ -27,40 +28,16 @@ import struct
 import sys
 import time
 
+from hasup.proc import kill_and_confirm, read_stat
+
 SO_PEERCRED_FMT = struct.Struct("3i")
-
-
-def _stat_field(pid: int, index: int) -> int | None:
-    """A numeric field of /proc/<pid>/stat, counted from the one after the command name."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[index])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def ppid_of(pid: int) -> int | None:
-    return _stat_field(pid, 1)
+RESET_CONFIRM = 2.0  # how long a reset waits to see every process of the node gone
 
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot: with the pid, it names one process for good."""
-    return _stat_field(pid, 19)
-
-
-def tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            parent = ppid_of(int(entry))
-            if parent is not None:
-                children.setdefault(parent, []).append(int(entry))
-    out, stack = [root], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            out.append(child)
-            stack.append(child)
-    return out
+    st = read_stat(pid)
+    return st.starttime if st is not None else None
 
 
 class Emulator:
@@ -109,7 +86,8 @@ class Emulator:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, SO_PEERCRED_FMT.size)
         pid = SO_PEERCRED_FMT.unpack(creds)[0]
         # The client is the watchdog worker; its parent is the node's supervisor.
-        self.node_root = ppid_of(pid) or pid
+        client = read_stat(pid)
+        self.node_root = client.ppid if client is not None and client.ppid > 1 else pid
         self.node_root_started = start_time(self.node_root)
         self.magic = False
         if self.deadline is None:
@@ -126,20 +104,13 @@ class Emulator:
 
     def fire(self) -> None:
         # A node already dead (SIGKILLed, say) has nothing left to reset, and its pids may belong to
-        # someone else by now: a real reset would hit that machine only.
-        alive = self.node_root is not None and start_time(self.node_root) == self.node_root_started
-        victims = tree(self.node_root) if alive and self.node_root else []
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGSTOP)  # freeze everything first, as a reset stops all at once
-            except ProcessLookupError:
-                pass
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.record("fired", killed=victims)
+        # someone else by now: a real reset would hit that machine only.  Hence the root's start time.
+        mono, wall = time.monotonic(), time.time()  # the reset's moment: the kills go out at once
+        trees = [(self.node_root, self.node_root_started)] \
+            if self.node_root is not None and self.node_root_started is not None else []
+        result = kill_and_confirm(None, trees=trees, timeout=RESET_CONFIRM)
+        self.record("fired", mono=mono, wall=wall, killed=list(result.killed), confirmed=result.confirmed,
+                    reason=result.reason)
         self.deadline = None
 
     def serve(self) -> None:

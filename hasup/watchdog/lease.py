@@ -20,11 +20,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Linux watchdog timeouts are whole seconds; below one there is nothing left to set.
-MIN_TIMEOUT = 1
-# Pets come every timeout/2, but at least this often: a frozen watchdog worker then leaves the device
-# nearly its whole timeout, which is the supervisor's time to replace it (hasup.timing).
-MAX_PET_INTERVAL = 1.0
+# The allowance, the device's granularity and the pet interval are deadline-table figures (hasup.timing),
+# as is the arithmetic on the settings (settings_problem, device_timeout): one definition of each.
+from hasup.timing import EPSILON, MAX_PET_INTERVAL, MIN_TIMEOUT
 
 
 def pet_interval(timeout: float) -> float:
@@ -34,7 +32,7 @@ def pet_interval(timeout: float) -> float:
 @dataclass(frozen=True)
 class LeaseRule:
     safety_margin: float
-    epsilon: float = 0.5  # check-to-syscall allowance; the worker makes no I/O in between
+    epsilon: float = EPSILON
 
     def limit(self, valid_until: float) -> float:
         """The latest moment the device may fire."""
@@ -57,38 +55,3 @@ class LeaseRule:
     def deadline_holds(self, landed_at: float, timeout: float, valid_until: float) -> bool:
         """A pet whose syscall happened no later than `landed_at` keeps the device inside the limit."""
         return landed_at + timeout <= self.limit(valid_until)
-
-
-def settings_problem(ttl: float, loop_wait: float, retry_timeout: float, safety_margin: float,
-                     epsilon: float = 0.5) -> str | None:
-    """Why these timings cannot drive a watchdog safely, or None.
-
-    A slow but healthy renewal (loop_wait, then up to retry_timeout) must land
-    before the device can fire.  Whole-second timeouts make it fire up to
-    MIN_TIMEOUT + epsilon before the limit (`fitting_timeout`), so that much
-    comes off the room too; without it, an etcd answer that takes the whole
-    retry_timeout (or a failsafe round after it) resets a healthy leader.
-    """
-    slack = epsilon + MIN_TIMEOUT
-    if loop_wait + retry_timeout + slack > ttl - safety_margin:
-        return (f"loop_wait + retry_timeout + {slack:g} must not exceed ttl - safety_margin "
-                f"({loop_wait:g} + {retry_timeout:g} + {slack:g} > {ttl:g} - {safety_margin:g}; the {slack:g} s is "
-                "the watchdog's whole-second granularity and the check-to-pet allowance)")
-    return None
-
-
-def device_timeout(ttl: float, loop_wait: float, safety_margin: float, epsilon: float = 0.5,
-                   renewal_latency: float = 0.5) -> int | None:
-    """The device timeout W: the largest that still lets a pet follow each renewal.
-
-    A renewal that starts at t grants t + ttl; the next starts loop_wait later
-    and takes up to renewal_latency, so a pet right after it needs
-    W <= ttl - safety_margin - epsilon - loop_wait - renewal_latency.
-    """
-    w = math.floor(ttl - safety_margin - epsilon - loop_wait - renewal_latency)
-    return w if w >= MIN_TIMEOUT else None
-
-
-def effective_safety_margin(configured: float, ttl: float) -> float:
-    """-1 means half of ttl, as in Patroni."""
-    return ttl // 2 if configured == -1 else configured

@@ -38,12 +38,12 @@ from hasup.api.app import ApiSettings, create_app
 from hasup.api.gworker import HasupWorker
 from hasup.api.relay import RelayClient, RelayServer
 from hasup.api.snapshot import Identity, SnapshotBuffer, SnapshotCache, encode_snapshot, make_snapshot
+from hasup.timing import RERENDER
 from hasup.worker import PipeLogHandler, WorkerContext, answer_ping, setup_worker
 
 log = logging.getLogger(__name__)
 
 POLL = 0.5  # reader thread wake-up: bounds how late it notices an orphaned master
-RERENDER = 5.0  # re-render at least this often, so produced_at proves the reader thread turns
 GRACEFUL_TIMEOUT = 5  # SIGTERM to the api process must end it promptly
 THREADS = 8  # request threads in the gunicorn worker
 MAX_CONNECTIONS = 1000  # open client connections per worker; past it the longest-waiting idle one is closed

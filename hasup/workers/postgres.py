@@ -19,20 +19,16 @@ from typing import Any
 
 from hasup import ipc
 from hasup.config import DynamicConfig, parse_dynamic
+from hasup.config.slot_settings import parse_slot_settings
 from hasup.postgresql.callbacks import Callbacks
 from hasup.postgresql.control import Binaries, Postmaster, controldata, data_dir_empty
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult, ProbeTimedOut
 from hasup.postgresql.slot_keeper import SlotJob, SlotKeeper
-from hasup.postgresql.slots import parse_slot_settings
-from hasup.timing import PROBE_INTERVAL, PROBE_TIMEOUT
+from hasup.timing import KEEPALIVE, PROBE_INTERVAL, PROBE_TIMEOUT
 from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.postgres")
-
-# An unchanged PgState is re-sent this often: election treats one older than
-# 10 s as stale, and an idle node should not pay for a message every probe.
-KEEPALIVE = 5.0
 
 
 class PostgresWorker:

@@ -10,6 +10,7 @@ which comes after PostgreSQL stopped or was demoted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -17,9 +18,10 @@ import time
 
 from hasup import ipc
 from hasup.config import WatchdogConfig
-from hasup.postgresql.control import children_of, postmaster_pid
+from hasup.proc import KillResult, kill_and_confirm, read_stat
+from hasup.timing import device_timeout, effective_safety_margin, settings_problem
 from hasup.watchdog.emulated import EmulatedWatchdog
-from hasup.watchdog.lease import LeaseRule, device_timeout, effective_safety_margin, settings_problem
+from hasup.watchdog.lease import LeaseRule
 from hasup.watchdog.linux import LinuxWatchdog
 from hasup.watchdog.petter import Device, DeviceError, Petter
 from hasup.worker import WorkerContext, pump, setup_worker
@@ -27,6 +29,7 @@ from hasup.worker import WorkerContext, pump, setup_worker
 log = logging.getLogger("hasup.watchdog")
 
 REPORT_INTERVAL = 10.0  # unchanged state is re-sent this often; changes go out at once
+RESET_CONFIRM = 1.0  # how long a reset waits to see every process gone before this worker exits
 
 
 def unusable(cfg: WatchdogConfig) -> str | None:
@@ -38,6 +41,23 @@ def unusable(cfg: WatchdogConfig) -> str | None:
     if cfg.driver != "testing" and not os.access(cfg.device, os.W_OK):
         return f"watchdog device {cfg.device} is not writable by this user"
     return None
+
+
+def reset_processes(data_dir: str, supervisor_pid: int, timeout: float = RESET_CONFIRM) -> KillResult:
+    """The reset as processes: SIGKILL this node's PostgreSQL and the supervisor's whole tree but us, and confirm.
+
+    PostgreSQL goes by its data directory too, so a postmaster or backend
+    outside the tree dies as well.  The kills go out at once; only the
+    confirmation takes up to `timeout`.
+    """
+    trees = []
+    if os.getppid() == supervisor_pid:
+        # Still our parent, so its pid cannot have passed to a stranger.  Once we are orphaned,
+        # the node's tree is no longer ours to find: PostgreSQL alone is killed then.
+        st = read_stat(supervisor_pid)
+        if st is not None:
+            trees.append((supervisor_pid, st.starttime))
+    return kill_and_confirm(data_dir, subreaper=supervisor_pid if trees else None, trees=trees, timeout=timeout)
 
 
 def make_device(cfg: WatchdogConfig) -> Device:
@@ -63,17 +83,12 @@ class WatchdogWorker:
             log.warning(message)
 
     def reset_node(self, why: str) -> None:
-        """Do what the device would do: kill every process of this node at once."""
+        """Do what the device would do: kill every process of this node at once, ourselves last."""
         log.critical(why)
-        pm = postmaster_pid(self.ctx.config.postgresql.data_dir)
-        # The database first: an orphaned backend could still commit.
-        victims = ([pm, *children_of(pm)] if pm else []) + [self.ctx.supervisor_pid]
-        victims += [p for p in children_of(self.ctx.supervisor_pid) if p != os.getpid()]
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        result = reset_processes(self.ctx.config.postgresql.data_dir, self.ctx.supervisor_pid)
+        # The log writer was the supervisor, gone now: stderr (the journal) is all that is left for the last word.
+        with contextlib.suppress(OSError):
+            os.write(2, f"hasup watchdog: node reset, kill {result.reason}\n".encode(errors="replace"))
         os._exit(70)
 
     def on_lease(self, lease: ipc.Lease) -> None:

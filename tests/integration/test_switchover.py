@@ -212,6 +212,6 @@ def test_health_checks_stay_fast_during_a_switchover_and_a_restart(tc):
         t.join()
     assert answers["restart"] == (200, "restarted successfully")
     assert answers["switchover"] == (200, f'Successfully switched over to "{candidate.name}"')
-    assert len(latencies) > 20, latencies  # the window was long enough to mean something
+    assert len(latencies) > 10, latencies  # the window was long enough to mean something
     assert max(latencies) < 0.05, sorted(latencies)[-5:]
     tc.wait_streaming(candidate, [node, leader], 60)

@@ -216,7 +216,7 @@ def test_stale_snapshot_drains_the_primary() -> None:
     old_view = {**LEADER, "received": {"cluster": NOW - 23}}  # loop_wait 10 + retry_timeout 10 + 2
     assert health.health_code("/primary", {}, old_view, NOW) == 503
     assert health.health_code("/primary", {}, {**LEADER, "received": {"cluster": NOW - 21}}, NOW) == 200
-    assert health.PG_STATE_MAX_AGE < 9  # below HAProxy's inter 3s x fall 3 (docs/rest-api.md)
+    assert health.PG_STATE_MAX_AGE < 6  # below HAProxy's inter 2s x fall 3 (docs/haproxy.cfg, hasup.timing)
 
 
 # -- /metrics -------------------------------------------------------------------------------------

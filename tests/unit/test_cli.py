@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import hasup
-import hasup.config as config_module
+import hasup.config.environment as config_module
 from hasup.cli import main
 from hasup.config import Config
 from tests.harness.pki import Pki, make_pki

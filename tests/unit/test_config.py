@@ -1,4 +1,4 @@
-"""Configuration loading: defaults, sources, environment, validation, warnings, dynamic settings."""
+"""Loading the local file (hasup.config.file): defaults, sources, environment, validation, warnings."""
 
 from __future__ import annotations
 
@@ -9,23 +9,20 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
-from hypothesis import strategies as st
 
-import hasup.config as config_module
+import hasup.config.environment as config_module
 from hasup.config import (
     Config,
     ConfigError,
     Credentials,
-    DynamicConfig,
     RestApiConfig,
-    initial_dcs_config,
     load_config,
     load_config_text,
     parse_dynamic,
     take_environment,
 )
-from hasup.config_schema import Invalid, apply_timing_rule, to_bool, to_watchdog_mode
+from hasup.config.values import Invalid, to_bool, to_watchdog_mode
+from hasup.timing import Figures
 
 DATA = Path(__file__).parent / "data"
 SUPPORTED = "hasup supports etcd (v2 API, `etcd:`) and etcd3 (v3 API, `etcd3:`)"
@@ -819,144 +816,6 @@ def test_full_patroni_configuration_loads_with_warnings() -> None:
     assert dynamic.use_pg_rewind and dynamic.check_timeline and dynamic.parameters["max_connections"] == 200
 
 
-# -- dynamic configuration ---------------------------------------------------------------------
-
-
-def test_dynamic_defaults() -> None:
-    assert parse_dynamic({}) == (DynamicConfig(), [])
-
-
-def test_dynamic_reads_every_setting() -> None:
-    raw = {
-        "ttl": 40, "loop_wait": "5", "retry_timeout": 12, "maximum_lag_on_failover": 0,
-        "max_timelines_history": 3, "primary_start_timeout": 60, "primary_stop_timeout": 7,
-        "check_timeline": "on", "pause": True,
-        "postgresql": {"use_pg_rewind": "yes", "use_slots": False, "parameters": {"work_mem": "8MB"},
-                       "pg_hba": ["local all all trust"]},
-    }  # fmt: skip
-    dynamic, notes = parse_dynamic(raw)
-    assert notes == []
-    assert dynamic == DynamicConfig(
-        ttl=40, loop_wait=5, retry_timeout=12, maximum_lag_on_failover=0, max_timelines_history=3,
-        primary_start_timeout=60, primary_stop_timeout=7, check_timeline=True, pause=True,
-        use_pg_rewind=True, use_slots=False, parameters={"work_mem": "8MB"}, pg_hba=("local all all trust",),
-    )  # fmt: skip
-
-
-def test_dynamic_ttl_ten_is_accepted() -> None:
-    dynamic, notes = parse_dynamic({"ttl": 10, "loop_wait": 2, "retry_timeout": 4})
-    assert (dynamic.ttl, dynamic.loop_wait, dynamic.retry_timeout) == (10, 2, 4)
-    assert notes == []
-
-
-def test_dynamic_minimums_are_raised_with_a_warning() -> None:
-    dynamic, notes = parse_dynamic({"ttl": 5, "loop_wait": 0, "retry_timeout": 1})
-    assert (dynamic.ttl, dynamic.loop_wait, dynamic.retry_timeout) == (10, 1, 3)
-    assert notes == [
-        "ttl: 5 is below the minimum 10; using 10",
-        "loop_wait: 0 is below the minimum 1; using 1",
-        "retry_timeout: 1 is below the minimum 3; using 3",
-    ]
-
-
-@pytest.mark.parametrize(
-    ("given", "effective"),
-    [
-        ((30, 10, 10), (10, 10)),
-        ((30, 15, 10), (10, 10)),  # loop_wait shrinks to ttl - 2*retry_timeout
-        ((30, 10, 15), (1, 14)),  # even loop_wait 1 does not fit: retry_timeout = (ttl-1)//2
-        ((10, 10, 10), (1, 4)),
-        ((10, 5, 3), (4, 3)),
-        ((20, 1, 10), (1, 9)),
-    ],
-)
-def test_dynamic_timing_rule(given: tuple[int, int, int], effective: tuple[int, int]) -> None:
-    ttl, loop_wait, retry_timeout = given
-    dynamic, notes = parse_dynamic({"ttl": ttl, "loop_wait": loop_wait, "retry_timeout": retry_timeout})
-    assert (dynamic.loop_wait, dynamic.retry_timeout) == effective
-    if (loop_wait, retry_timeout) == effective:
-        assert notes == []
-    else:
-        assert len(notes) == 1 and notes[0].startswith('Violated the rule "loop_wait + 2*retry_timeout <= ttl"')
-
-
-@given(ttl=st.integers(10, 10_000), loop_wait=st.integers(1, 10_000), retry_timeout=st.integers(3, 10_000))
-def test_timing_rule_always_holds_afterwards(ttl: int, loop_wait: int, retry_timeout: int) -> None:
-    new_loop_wait, new_retry_timeout, note = apply_timing_rule(ttl, loop_wait, retry_timeout)
-    assert new_loop_wait + 2 * new_retry_timeout <= ttl
-    assert 1 <= new_loop_wait <= loop_wait and 3 <= new_retry_timeout <= retry_timeout
-    assert (note is None) == ((new_loop_wait, new_retry_timeout) == (loop_wait, retry_timeout))
-
-
-def test_dynamic_invalid_values_fall_back_with_a_warning() -> None:
-    dynamic, notes = parse_dynamic(
-        {"ttl": "long", "check_timeline": "maybe", "postgresql": {"use_slots": "perhaps", "parameters": "x"}}
-    )
-    assert dynamic.ttl == 30 and dynamic.check_timeline is False and dynamic.use_slots is True
-    assert dynamic.parameters == {}
-    assert "ttl: expected an integer, got 'long'; using 30" in notes
-    assert len(notes) == 4
-
-
-def test_dynamic_legacy_timeouts() -> None:
-    dynamic, _ = parse_dynamic({"master_start_timeout": 10, "master_stop_timeout": 4})
-    assert (dynamic.primary_start_timeout, dynamic.primary_stop_timeout) == (10, 4)
-    dynamic, _ = parse_dynamic({"master_start_timeout": 10, "primary_start_timeout": 20})
-    assert dynamic.primary_start_timeout == 20
-
-
-def test_dynamic_not_a_mapping() -> None:
-    dynamic, notes = parse_dynamic(["ttl"])  # type: ignore[arg-type]
-    assert dynamic == DynamicConfig()
-    assert notes == ["config: expected a mapping, got ['ttl']; using the defaults"]
-
-
-def test_dynamic_safety_settings_are_reported_and_kept() -> None:
-    dynamic, notes = parse_dynamic(
-        {"synchronous_mode": "quorum", "synchronous_mode_strict": "on", "failsafe_mode": True,
-         "standby_cluster": {"host": "10.0.0.9"}}
-    )  # fmt: skip
-    assert dynamic.synchronous_mode and dynamic.synchronous_mode_strict and dynamic.failsafe_mode
-    assert dynamic.standby_cluster == {"host": "10.0.0.9"}
-    assert notes == [
-        "standby_cluster: set in the cluster configuration, but not supported by this hasup version",
-        "synchronous_mode: quorum (running as synchronous_mode: on): set in the cluster configuration, but not "
-        "supported by this hasup version",
-    ]
-    on = parse_dynamic({"synchronous_mode": "on", "synchronous_node_count": 2})[0]
-    assert on.synchronous_mode and not on.synchronous_mode_strict and on.synchronous_node_count == 2
-    assert parse_dynamic({"standby_cluster": {}})[0].standby_cluster is None
-
-
-def test_bootstrap_timing_violation_is_a_load_warning() -> None:
-    _, warnings = load({"bootstrap.dcs": {"ttl": 20, "loop_wait": 10, "retry_timeout": 10}})
-    assert len(warnings) == 1
-    assert warnings[0].startswith('bootstrap.dcs: Violated the rule "loop_wait + 2*retry_timeout <= ttl"')
-
-
-# -- initial dynamic configuration ---------------------------------------------------------------
-
-
-def test_initial_dcs_config_fills_defaults() -> None:
-    cfg, _ = load({"bootstrap.dcs": {"postgresql": {"parameters": {"max_connections": 200}}}})
-    assert initial_dcs_config(cfg) == {
-        "ttl": 30,
-        "loop_wait": 10,
-        "retry_timeout": 10,
-        "maximum_lag_on_failover": 1048576,
-        "postgresql": {"parameters": {"max_connections": 200}},
-    }
-
-
-def test_initial_dcs_config_applies_the_timing_rule_and_keeps_other_keys() -> None:
-    dcs = {"ttl": "20", "loop_wait": 10, "retry_timeout": 10, "master_start_timeout": 5, "slots": {"a": {}}}
-    cfg, _ = load({"bootstrap.dcs": dcs})
-    written = initial_dcs_config(cfg)
-    assert (written["ttl"], written["loop_wait"], written["retry_timeout"]) == (20, 1, 9)
-    assert written["master_start_timeout"] == 5 and written["slots"] == {"a": {}}
-    assert cfg.bootstrap.dcs["loop_wait"] == 10  # the config itself is not changed
-
-
 def test_restapi_access_and_tls_settings() -> None:
     cfg, warnings = load({"restapi.certfile": "/c.pem", "restapi.keyfile": "/k.pem", "restapi.keyfile_password": "kpw",
                           "restapi.cafile": "/ca.pem", "restapi.verify_client": "Required",
@@ -1060,3 +919,12 @@ def test_every_number_has_a_maximum(changes: dict[str, Any], line: str) -> None:
 def test_a_key_with_a_line_break_is_still_one_line() -> None:
     _, warnings = load({"bogus\nkey": 1})
     assert "'bogus\\nkey': not used by hasup yet, ignored" in warnings
+
+
+def test_a_broken_deadline_rule_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fixed figures hold (tests/unit/test_timing.py); were one changed to break a rule, hasup must
+    # refuse to start with that rule's line, like any other wrong value.
+    monkeypatch.setattr(Figures, "problems", lambda self: ["timing: /primary may answer from a probe 7.5 s old"])
+    assert problems_of({}) == ["timing: /primary may answer from a probe 7.5 s old"]
+    assert problems_of({"postgresql.health_deadline": 1}) == [
+        "postgresql.health_deadline: must be at least 3, got 1", "timing: /primary may answer from a probe 7.5 s old"]

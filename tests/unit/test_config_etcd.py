@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from hasup.config import Config, ConfigError, EtcdConfig, load_config_text, take_environment
-from hasup.config_schema import env_names
+from hasup.config.environment import env_names
 from tests.harness.pki import Pki, make_pki
 from tests.unit.test_config import MINIMAL
 
@@ -331,7 +331,7 @@ def test_a_bad_file_from_a_variable_names_the_key(pki: Pki) -> None:
 
 
 def test_etcd3_variables_are_taken_out_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hasup.config as config_module
+    import hasup.config.environment as config_module
 
     monkeypatch.setattr(config_module, "_taken_environment", None)
     names = [f"{prefix}ETCD3_{suffix}" for prefix in ("PATRONI_", "HASUP_")

@@ -23,17 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hasup.config import ConfigError, DynamicConfig, dynamic_problems, load_config, load_config_text, parse_dynamic
-from hasup.config_schema import (
-    DYNAMIC_INT_BOUNDS,
-    INT64_MAX,
-    MAX_CONFIG_BYTES,
-    MAX_YAML_DEPTH,
-    MAX_YAML_VALUES,
-    SourceError,
-    load_yaml,
-    parse_yaml,
-    shown,
-)
+from hasup.config.bounded_yaml import MAX_CONFIG_BYTES, MAX_YAML_DEPTH, MAX_YAML_VALUES, load_yaml
+from hasup.config.schema import DYNAMIC_INT_BOUNDS
+from hasup.config.sources import SourceError, parse_yaml
+from hasup.config.values import INT64_MAX, shown
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hostile-test-secret"

@@ -17,7 +17,7 @@ from hypothesis import strategies as s
 from hasup import ipc
 from hasup.api import metrics, snapshot
 from hasup.config import parse_dynamic
-from hasup.config_schema import DYNAMIC_INT_BOUNDS
+from hasup.config.schema import DYNAMIC_INT_BOUNDS
 from hasup.dcs import parse
 from hasup.dcs.model import Cluster, Member, build_cluster, with_last_good
 from hasup.election import policy as ha

@@ -110,7 +110,7 @@ def worker():
     election = ElectionWorker(WorkerContext("election", make_config(1), ours, supervisor_pid=os.getpid()))
     yield election, sup
     election.offload.executor.shutdown(wait=True)
-    for fd in (election.wake_r, election.wake_w, election.offload.wake_r, election.offload.wake_w):
+    for fd in (election.reader.wake_r, election.reader.wake_w, election.offload.wake_r, election.offload.wake_w):
         os.close(fd)
     sup.close()
     ours.close()
@@ -130,7 +130,7 @@ def test_a_cycle_that_raises_is_logged_once_with_its_traceback_counted_and_publi
     election.cycle = broken
     for _ in range(3):
         election.guarded_cycle()
-    assert election.cycle_errors == 3
+    assert election.errors.count == 3
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is not None
     assert len([r for r in caplog.records if "failed again" in r.getMessage()]) == 2
@@ -146,12 +146,12 @@ def test_the_supervisor_going_away_still_ends_the_loop(worker) -> None:
     election.cycle = orphaned
     with pytest.raises(ipc.PeerClosed):
         election.guarded_cycle()
-    assert election.cycle_errors == 0
+    assert election.errors.count == 0
 
 
 def test_failing_cycles_stop_a_primary_before_its_lease_runs_out(worker) -> None:
     election, sup = worker
-    election.pg = pg(role="primary")
+    election.link.pg = pg(role="primary")
     election.leases.valid_until = time.monotonic() + 100  # renewed a moment ago: the next cycle may renew it
     election.stop_if_lease_lapses(time.monotonic())
     assert not [m for m in sent(sup) if isinstance(m, ipc.Stop)]
@@ -160,8 +160,8 @@ def test_failing_cycles_stop_a_primary_before_its_lease_runs_out(worker) -> None
     election.stop_if_lease_lapses(time.monotonic())  # once, while that stop is pending
     stops = [m for m in sent(sup) if isinstance(m, ipc.Stop)]
     assert [s.mode for s in stops] == ["immediate"] and election.leases.valid_until == 0.0
-    election.pg = pg()  # a replica has nothing to stop
-    election.pending.clear()
+    election.link.pg = pg()  # a replica has nothing to stop
+    election.link.pending.clear()
     election.stop_if_lease_lapses(time.monotonic())
     assert not [m for m in sent(sup) if isinstance(m, ipc.Stop)]
 
@@ -177,11 +177,11 @@ def test_a_corrupt_config_read_keeps_the_last_good_one_in_force(worker) -> None:
 
         def get_cluster(self):
             return build_cluster(next(reads), 5, parse.BadValues())
-    election.store = Store()
-    election.watch.store = Store()
-    first = election.read_cluster()
-    assert first is not None and election.dynamic.ttl == 20 and first.paused
+    election.reader.store = Store()
+    election.reader.watch.store = Store()
+    first = election.reader.read()
+    assert first is not None and election.reader.dynamic.ttl == 20 and first.paused
     for _ in range(2):
-        again = election.read_cluster()
+        again = election.reader.read()
         assert again is not None and again.config == first.config and again.paused and "config" in again.rejected
-        assert election.dynamic.ttl == 20 and election.dynamic.loop_wait == 3
+        assert election.reader.dynamic.ttl == 20 and election.reader.dynamic.loop_wait == 3

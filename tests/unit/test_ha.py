@@ -5,7 +5,9 @@ from dataclasses import replace
 import pytest
 
 from hasup.dcs.model import Cluster, Leader, Member
+from hasup.election import phases as ph
 from hasup.election import policy as ha
+from hasup.election.phases import Idle, SittingOut
 from hasup.ipc import PgState
 
 ME = ha.Node("n1")
@@ -46,68 +48,74 @@ def kinds(decision):
 
 
 CASES = [
-    # (description, cluster, local, expected action kinds, reason fragment)
-    ("etcd down, primary demotes", None, local(pg(role="primary")), ["RunStop"], "DCS is not accessible"),
-    ("etcd down, replica waits", None, local(pg()), [], "DCS is not accessible"),
+    # (description, cluster, local, expected actions, [the phase entered,] reason fragment)
+    ("etcd down, primary demotes", None, local(pg(role="primary")), (ha.RunStop("immediate"),),
+     "DCS is not accessible"),
+    ("etcd down, replica waits", None, local(pg()), (), "DCS is not accessible"),
     ("fresh cluster bootstraps", cluster(initialize=None, members=()),
      local(pg(state="stopped", empty=True, role="uninitialized")),
-     ["ClaimInitialize", "RunBootstrap"], "bootstrapping"),
-    ("bootstrap in progress elsewhere", cluster(initialize=""), local(pg(state="stopped", empty=True)), [],
+     (ha.ClaimInitialize(), ha.RunBootstrap()), ph.Bootstrapping(), "bootstrapping"),
+    ("bootstrap in progress elsewhere", cluster(initialize=""), local(pg(state="stopped", empty=True)), (),
      "waiting for leader to bootstrap"),
     ("empty replica clones from leader", cluster(leader="n2"), local(pg(state="stopped", empty=True)),
-     ["RunCreateReplica"], "trying to bootstrap from leader 'n2'"),
+     (ha.RunCreateReplica("n2"),), "trying to bootstrap from leader 'n2'"),
     ("empty node holding lock lets go", cluster(leader="n1"), local(pg(state="stopped", empty=True)),
-     ["ReleaseLock"], "data dir empty"),
+     (ha.ReleaseLock(),), "data dir empty"),
     ("stale pg state: leader only keeps lock", cluster(leader="n1"), local(pg(role="primary"), fresh=False),
-     ["RefreshLock"], "waiting for a fresh"),
-    ("stale pg state: replica does nothing", cluster(leader="n2"), local(pg(), fresh=False), [], "waiting"),
+     (ha.RefreshLock(),), "waiting for a fresh"),
+    ("stale pg state: replica does nothing", cluster(leader="n2"), local(pg(), fresh=False), (), "waiting"),
     ("busy leader keeps its lock", cluster(leader="n1"), local(pg(role="primary"), busy="promote"),
-     ["RefreshLock"], "updated leader lock during promote"),
-    ("leader with the lock", cluster(leader="n1"), local(pg(role="primary")), ["RefreshLock", "WriteStatus"],
+     (ha.RefreshLock(),), "updated leader lock during promote"),
+    ("leader with the lock", cluster(leader="n1"), local(pg(role="primary")), (ha.RefreshLock(), ha.WriteStatus()),
      "the leader with the lock"),
-    ("lock holder still replica promotes", cluster(leader="n1"), local(pg()), ["RefreshLock", "RunPromote"],
-     "promoted self"),
-    ("follower following", cluster(leader="n2"), local(pg(upstream="n2")), [], "following a leader (n2)"),
-    ("follower re-points to new leader", cluster(leader="n3"), local(pg(upstream="n2")), ["RunFollow"],
+    ("lock holder still replica promotes", cluster(leader="n1"), local(pg()), (ha.RefreshLock(), ha.RunPromote()),
+     ph.Promoting(), "promoted self"),
+    ("follower following", cluster(leader="n2"), local(pg(upstream="n2")), (), "following a leader (n2)"),
+    ("follower re-points to new leader", cluster(leader="n3"), local(pg(upstream="n2")), (ha.RunFollow("n3"),),
      "following new leader n3"),
-    ("primary without lock demotes", cluster(leader="n2"), local(pg(role="primary")), ["RunFollow"],
+    ("primary without lock demotes", cluster(leader="n2"), local(pg(role="primary")), (ha.RunFollow("n2"),),
      "demoting self"),
     ("crashed leader restarts in place", cluster(leader="n1"), local(pg(state="crashed", role="primary")),
-     ["RefreshLock", "RunStart"], "starting primary after failure"),
-    ("stopped replica starts following", cluster(leader="n2"), local(pg(state="stopped")), ["RunFollow"],
+     (ha.RefreshLock(), ha.RunStart(as_primary=True)), "starting primary after failure"),
+    ("stopped replica starts following", cluster(leader="n2"), local(pg(state="stopped")), (ha.RunFollow("n2"),),
      "starting as a secondary"),
-    ("sysid mismatch is fatal", cluster(leader="n2", initialize="1"), local(pg()), ["Fatal"], "system ID mismatch"),
+    ("sysid mismatch is fatal", cluster(leader="n2", initialize="1"), local(pg()),
+     (ha.Fatal(f"system ID mismatch, node n1 belongs to a different cluster: {SYSID} != 1"),), "system ID mismatch"),
     ("healthiest replica takes over", cluster(), local(pg(), peers={"n2": peer("n2", wal=4000), "n3": None}),
-     ["AcquireLock", "RunPromote"], "promoted self to leader by acquiring session lock"),
-    ("a peer ahead wins instead", cluster(), local(pg(), peers={"n2": peer("n2", wal=6000)}), [],
+     (ha.AcquireLock(), ha.RunPromote()), ph.Promoting(), "promoted self to leader by acquiring session lock"),
+    ("a peer ahead wins instead", cluster(), local(pg(), peers={"n2": peer("n2", wal=6000)}), (),
      "n2 has a higher wal position"),
-    ("a live primary blocks the race", cluster(), local(pg(), peers={"n2": peer("n2", role="primary")}), [],
+    ("a live primary blocks the race", cluster(), local(pg(), peers={"n2": peer("n2", role="primary")}), (),
      "primary (n2) is still alive"),
     ("a stopped old primary does not block", cluster(),
-     local(pg(), peers={"n2": peer("n2", role="primary", state="stopped", wal=9000)}), ["AcquireLock", "RunPromote"],
-     "promoted"),
-    ("lagging replica stays out", cluster(optime=10000), local(pg(wal=5000)), [], "maximum replication lag"),
+     local(pg(), peers={"n2": peer("n2", role="primary", state="stopped", wal=9000)}),
+     (ha.AcquireLock(), ha.RunPromote()), ph.Promoting(), "promoted"),
+    ("lagging replica stays out", cluster(optime=10000), local(pg(wal=5000)), (), "maximum replication lag"),
     ("equal wal, higher priority peer wins", cluster(),
-     local(pg(), peers={"n2": peer("n2", failover_priority=2)}), [], "higher failover priority"),
+     local(pg(), peers={"n2": peer("n2", failover_priority=2)}), (), "higher failover priority"),
     ("nofailover peer ahead does not block", cluster(),
-     local(pg(), peers={"n2": peer("n2", wal=9000, nofailover=True)}), ["AcquireLock", "RunPromote"], "promoted"),
-    ("primary without any leader retakes lock", cluster(), local(pg(role="primary")), ["AcquireLock", "WriteStatus"],
-     "acquired session lock"),
+     local(pg(), peers={"n2": peer("n2", wal=9000, nofailover=True)}), (ha.AcquireLock(), ha.RunPromote()),
+     ph.Promoting(), "promoted"),
+    ("primary without any leader retakes lock", cluster(), local(pg(role="primary")),
+     (ha.AcquireLock(), ha.WriteStatus()), "acquired session lock"),
     ("primary behind cluster timeline steps down", cluster(history=[[1, 100, "r"]]), local(pg(role="primary", tl=1)),
-     ["RunFollow"], "newer timeline"),
-    ("paused cluster never fails over", cluster(config={"pause": True}), local(pg()), [], "paused"),
+     (ha.RunFollow(None),), "newer timeline"),
+    ("paused cluster never fails over", cluster(config={"pause": True}), local(pg()), (), "paused"),
     ("promoted leader records history", cluster(leader="n1"),
      local(pg(role="primary", tl=2, history=((1, 100, "no recovery target specified"),))),
-     ["RefreshLock", "WriteStatus", "WriteHistory"], "the leader with the lock"),
+     (ha.RefreshLock(), ha.WriteStatus(), ha.WriteHistory()), "the leader with the lock"),
     ("adopt running primary without initialize", cluster(initialize=None), local(pg(role="primary")),
-     ["PublishInitialize"], "adopting"),
+     (ha.PublishInitialize(SYSID),), "adopting"),
 ]
 
 
-@pytest.mark.parametrize("desc,c,loc,expected,reason", CASES, ids=[c[0] for c in CASES])
-def test_decide_table(desc, c, loc, expected, reason):
+ROWS = [(*row[:4], row[4] if len(row) == 6 else None, row[-1]) for row in CASES]
+
+
+@pytest.mark.parametrize("desc,c,loc,actions,phase,reason", ROWS, ids=[row[0] for row in ROWS])
+def test_decide_table(desc, c, loc, actions, phase, reason):
     d = ha.decide(c, loc, ME, SETTINGS)
-    assert kinds(d) == expected, d
+    assert (d.actions, d.phase) == (actions, phase), d
     assert reason in d.reason
 
 
@@ -353,10 +361,13 @@ def test_unhealthy_for_needs_a_live_worker_and_enough_failures():
 
 def test_a_fenced_node_stays_down_until_another_node_leads():
     crashed = replace(pg(state="crashed", role="primary"), probe_ok=False)
-    leaderless = ha.decide(cluster(leader=None), ha.Local(crashed, True, fenced=True), ME, SETTINGS)
-    assert leaderless.actions == () and "fenced" in leaderless.reason
-    led = ha.decide(cluster(leader="n2"), ha.Local(crashed, True, fenced=True), ME, SETTINGS)
-    assert led.actions == (ha.RunFollow("n2"),)
+    sitting_out = ha.Local(crashed, True, phase=SittingOut(until=100.0), now=50.0)
+    leaderless = ha.decide(cluster(leader=None), sitting_out, ME, SETTINGS)
+    assert leaderless.actions == () and "fenced" in leaderless.reason and leaderless.phase is None
+    led = ha.decide(cluster(leader="n2"), sitting_out, ME, SETTINGS)
+    assert led.actions == (ha.RunFollow("n2"),) and led.phase == Idle()  # the race it sat out is over
+    expired = ha.decide(cluster(leader=None), replace(sitting_out, now=100.0), ME, SETTINGS)
+    assert expired.phase == Idle() and expired.actions == (ha.RunFollow(None),)
 
 
 # -- primary_start_timeout, pause, replicatefrom -----------------------------------------------

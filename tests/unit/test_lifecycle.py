@@ -10,6 +10,7 @@ import pytest
 
 from hasup.config import DynamicConfig
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
+from hasup.proc import KillResult
 from tests.unit.test_api_worker import make_config
 
 
@@ -19,6 +20,7 @@ class FakePostmaster:
         self.calls: list[tuple[str, float]] = []
         self.killed: list[int] = []
         self.running = True
+        self.survives_kill = False  # stuck in the kernel, say
 
     def stop(self, mode: str, budget: float) -> bool:
         self.calls.append((mode, budget))
@@ -29,9 +31,13 @@ class FakePostmaster:
     def pid(self) -> int | None:
         return 4242 if self.running else None
 
-    def kill_all(self, pid: int) -> None:
+    def kill_all(self, pid: int | None) -> KillResult:
+        assert pid is not None
         self.killed.append(pid)
+        if self.survives_kill:
+            return KillResult(False, (pid,), (pid,), f"NOT confirmed after 5000 ms: 1 still alive: {pid} (D)")
         self.running = False
+        return KillResult(True, (pid,), (), "confirmed in 1 ms: killed 1 processes (PostgreSQL in /data)")
 
     def wait_gone(self, pid: int, timeout: float) -> bool:
         return not self.running
@@ -48,6 +54,15 @@ def test_a_hanging_primary_stop_in_synchronous_mode_ends_with_sigkill_after_prim
     lc = lifecycle(tmp_path, DynamicConfig(synchronous_mode=True, primary_stop_timeout=5), pm)
     assert lc.stop("fast") == {"stopped": True}
     assert pm.calls == [("fast", 5.0)] and pm.killed == [4242]  # no detour through an immediate stop
+
+
+def test_a_kill_that_cannot_be_confirmed_fails_the_stop_and_says_why(tmp_path):
+    pm = FakePostmaster(stops=False)
+    pm.survives_kill = True
+    lc = lifecycle(tmp_path, DynamicConfig(synchronous_mode=True, primary_stop_timeout=5), pm)
+    with pytest.raises(ActionFailed, match=r"could not be stopped: kill NOT confirmed .* 4242 \(D\)"):
+        lc.stop("fast")
+    assert pm.killed == [4242]
 
 
 def test_without_synchronous_mode_primary_stop_timeout_does_not_apply(tmp_path):

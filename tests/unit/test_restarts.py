@@ -152,7 +152,7 @@ class FakeElection:
 
 def desk_for(el: FakeElection) -> tuple[OperatorDesk, list[ipc.Message]]:
     out: list[ipc.Message] = []
-    return OperatorDesk(el, out.append), out
+    return OperatorDesk(el, el.holds_lock, lambda: el.cluster, lambda: el.busy, out.append), out
 
 
 def admin_request(rid: int, action: str, **params: Any) -> ipc.AdminRequest:

@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hasup.watchdog.lease import LeaseRule, device_timeout, effective_safety_margin, pet_interval, settings_problem
+from hasup.timing import EPSILON, device_timeout, effective_safety_margin, settings_problem
+from hasup.watchdog.lease import LeaseRule, pet_interval
 from hasup.watchdog.petter import WAKE_SLACK, DeviceError, PetResult, Petter
 
-RULE = LeaseRule(safety_margin=3, epsilon=0.5)
+RULE = LeaseRule(safety_margin=3, epsilon=EPSILON)
 
 
 class FakeClock:

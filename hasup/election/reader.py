@@ -1,0 +1,89 @@
+"""etcd as election sees it: the cluster as last read, the dynamic configuration in force, the key watch.
+
+Calls go through the Offloader so the worker keeps answering its
+heartbeat while one blocks; a value that fails its parser keeps the last
+good one (hasup.dcs.model.with_last_good).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, cast
+
+from hasup import ipc
+from hasup.config import Config, parse_dynamic
+from hasup.dcs.backends import open_store
+from hasup.dcs.model import Cluster, with_last_good
+from hasup.dcs.parse import BAD_VALUES
+from hasup.dcs.store import DCSError, Store
+from hasup.dcs.watch import KeyWatch
+from hasup.election.offload import OffloadedProxy, Offloader
+
+log = logging.getLogger("hasup.election")
+
+
+class ClusterReader:
+    def __init__(self, cfg: Config, offload: Offloader) -> None:
+        self.dynamic, _ = parse_dynamic(cfg.bootstrap.dcs)
+        self.raw_store = open_store(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
+        self.store = cast(Store, OffloadedProxy(self.raw_store, offload))
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.watch = KeyWatch(open_store(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout), self.wake_w)
+        self.cluster: Cluster | None = None  # this cycle's read; None when etcd could not be read
+        self.last_read: Cluster | None = None  # the last successful read, rejected values patched
+        self.read_at = self.read_at_wall = 0.0
+        self.last_config: dict[str, Any] = {}
+
+    def read(self) -> Cluster | None:
+        try:
+            cluster: Cluster | None = with_last_good(self.store.get_cluster(), self.last_read)
+        except DCSError as exc:
+            log.error("cannot read the cluster from etcd: %s", exc)
+            cluster = None
+        self.cluster = cluster
+        if cluster is None:
+            return None
+        self.last_read = cluster
+        self.read_at, self.read_at_wall = time.monotonic(), time.time()
+        if cluster.config:
+            self.last_config = cluster.config
+            dynamic, warnings = parse_dynamic(cluster.config)
+            if dynamic != self.dynamic:
+                for w in warnings:
+                    log.warning(w)
+                self.dynamic = dynamic
+                self.store.retry_timeout = self.watch.store.retry_timeout = dynamic.retry_timeout
+        return cluster
+
+    def arm_watch(self, me: str, until: float) -> None:
+        c = self.cluster
+        if c is None or c.leader is None:
+            return
+        # Replicas wake when the leader key changes; the leader when a switchover is requested.
+        key = "failover" if c.leader.name == me else "leader"
+        self.watch.arm(key, c.etcd_index + 1 if key == "failover" else c.watch_index, until)
+
+    def woken(self) -> None:
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+
+    def view(self, holds_lock: bool, valid_until: float, reason: str, scheduled: dict[str, Any] | None,
+             cycle_errors: int) -> ipc.ClusterView:
+        """What the api, postgres and vip workers learn of the cluster."""
+        c = self.cluster
+        return ipc.ClusterView(
+            read_at=self.read_at if c is not None else 0.0, read_at_wall=self.read_at_wall,
+            leader=c.leader.name if c and c.leader else None, holds_lock=holds_lock, lock_valid_until=valid_until,
+            members={n: m.data for n, m in c.members.items()} if c else {},
+            # etcd unreachable: the last configuration read still holds (timing bounds, failsafe_mode).
+            config=(c.config or {}) if c else self.last_config, history=tuple(tuple(h) for h in c.history) if c else (),
+            optime=c.optime if c else None, initialize=c.initialize if c else None,
+            sync=c.sync if c else None, failover=c.failover if c else None,
+            paused=c.paused if c else False, last_decision=reason, scheduled_restart=scheduled,
+            status=c.status if c else {}, dcs_bad_values=BAD_VALUES.total, cycle_errors=cycle_errors,
+        )
