@@ -10,10 +10,11 @@ more ttl has passed, etcd's own counters are read before and after an idle windo
 - writes: v3: keys put or deleted plus leases granted or revoked; v2: store writes of every action
   but `expire` (etcd's own expiry of a key whose ttl ran out).
 
-    python bench/etcd_load.py [--window 60] [--only hasup] [--out bench/results]
+    python bench/etcd_load.py [--window 60] [--supervisor all] [--out bench/results]
 
-Writes bench/results/etcd-load.json (commit, settings, machine), prints the table and renders it into
-docs/etcd.md between its etcd-load markers (`--render` re-renders from the results file alone).
+Writes bench/results/etcd-load-<supervisor>.json (bench/record.py's header: commit, settings, machine),
+prints the table and renders it into docs/etcd.md between its etcd-load markers (`--render` re-renders
+from the result files alone).
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.harness import Etcd, TestCluster, become_subreaper, hasup_bin, wait_for  # noqa: E402
+from bench import record, supervisors  # noqa: E402
+from tests.harness import Etcd, TestCluster, become_subreaper, wait_for  # noqa: E402
 from tests.harness.etcd3 import Etcd3Cluster  # noqa: E402
 
 TIMINGS = {"defaults": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10},
@@ -74,40 +74,24 @@ def one(kind: str, api: int, timing: str, window: float) -> dict[str, Any]:
     base = tempfile.mkdtemp(prefix="hasup-bench-etcd-")
     os.chmod(base, 0o755)
     etcd: Etcd | Etcd3Cluster = Etcd(base) if api == 2 else Etcd3Cluster(base, members=1, tls=False)
-    dcs = {**TIMINGS[timing], "maximum_lag_on_failover": 1048576,
-           "postgresql": {"use_pg_rewind": True, "use_slots": False}}
-    previous = os.environ.get("HASUP_BIN")
-    if kind == "patroni":
-        os.environ["HASUP_BIN"] = os.path.join(os.path.dirname(hasup_bin()), "patroni")
-    try:
-        with TestCluster(3, dcs=dcs, base=base, etcd=etcd) as c:
-            leader = c.start_all()
-            settle_until = time.monotonic() + dcs["ttl"]
-            wait_for(lambda: time.monotonic() >= settle_until, dcs["ttl"] + 5, "the cluster to settle", 1.0)
-            url = f"http://127.0.0.1:{etcd.port}"
-            before, started = metrics(url), time.monotonic()
-            end = started + window
-            wait_for(lambda: time.monotonic() >= end, window + 5, "the idle window", 1.0)
-            after, elapsed = metrics(url), time.monotonic() - started
-            assert c.leader_name() == leader.name, "the leader changed during the idle window"
-    finally:
-        if previous is None:
-            os.environ.pop("HASUP_BIN", None)
-        else:
-            os.environ["HASUP_BIN"] = previous
+    dcs: dict[str, Any] = {**TIMINGS[timing], "maximum_lag_on_failover": 1048576,
+                           "postgresql": {"use_pg_rewind": True, "use_slots": False}}
+    with supervisors.running(kind), TestCluster(3, dcs=dcs, base=base, etcd=etcd) as c:
+        leader = c.start_all()
+        settle_until = time.monotonic() + dcs["ttl"]
+        wait_for(lambda: time.monotonic() >= settle_until, dcs["ttl"] + 5, "the cluster to settle", 1.0)
+        url = f"http://127.0.0.1:{etcd.port}"
+        before, started = metrics(url), time.monotonic()
+        end = started + window
+        wait_for(lambda: time.monotonic() >= end, window + 5, "the idle window", 1.0)
+        after, elapsed = metrics(url), time.monotonic() - started
+        assert c.leader_name() == leader.name, "the leader changed during the idle window"
     r0, w0 = counted(before, api)
     r1, w1 = counted(after, api)
     per_node_minute = 60.0 / elapsed / 3
     return {"kind": kind, "api": f"v{api}", "timing": timing, **TIMINGS[timing], "window_s": round(elapsed, 1),
             "requests_per_node_min": round((r1 - r0) * per_node_minute, 1),
             "writes_per_node_min": round((w1 - w0) * per_node_minute, 1)}
-
-
-def commit() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "hasup"], capture_output=True, text=True)
-    return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -124,64 +108,82 @@ DOC = os.path.join(ROOT, "docs", "etcd.md")
 BEGIN, END = "<!-- etcd-load:begin (bench/etcd_load.py) -->", "<!-- etcd-load:end -->"
 
 
-def section(result: dict[str, Any]) -> str:
-    """The figures section of docs/etcd.md, from a results file."""
-    machine = result["machine"]
+def rows_of(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every supervisor's rows, hasup's and Patroni's side by side for each API and timing."""
+    order = {(api, timing): i for i, (api, timing) in enumerate((f"v{a}", t) for a in (2, 3) for t in TIMINGS)}
+    rows = [row for r in results for row in r["rows"]]
+    return sorted(rows, key=lambda row: (order.get((row["api"], row["timing"]), 99), row["kind"] != "hasup"))
+
+
+def section(results: list[dict[str, Any]]) -> str:
+    """The figures section of docs/etcd.md, from the result files."""
+    first = results[0]
+    machine = first["machine"]
+    commits = sorted({f"`{r['commit'][:12]}`" + (" (hasup/ dirty)" if r.get("hasup_dirty") else "")
+                      for r in results})
+    files = ", ".join(f"`bench/results/{result_name(r['supervisor']['name'])}`" for r in results)
     return "\n".join([
         BEGIN,
-        f"Measured {result['date']} at commit `{result['commit'][:12]}` on {machine['arch']}, "
-        f"{machine['cpus']} cores: `{result['command'].strip()}`; {result['settings']['nodes']} nodes, "
-        f"{result['settings']['etcd']}, an idle window of {result['settings']['window_s']:g} s per row, "
-        "every row a fresh cluster, hasup and Patroni in the same run.",
+        f"Measured {first['date']} at commit {', '.join(commits)} on {machine['arch']}, {machine['cores']} cores "
+        f"({files}): `{first['command']}`; {first['settings']['nodes']} nodes, {first['settings']['etcd']}, "
+        f"an idle window of {first['settings']['window_s']:g} s per row, every row a fresh cluster, "
+        + ("hasup and Patroni in the same run." if len(results) > 1 else "hasup only."),
         "",
-        table(result["rows"]),
+        table(rows_of(results)),
         END,
     ])
 
 
-def render(result: dict[str, Any]) -> None:
+def result_name(kind: str) -> str:
+    return f"etcd-load-{kind}.json"
+
+
+def load_results(out: str) -> list[dict[str, Any]]:
+    found = [os.path.join(out, result_name(k)) for k in supervisors.KINDS]
+    results = []
+    for path in found:
+        if os.path.exists(path):
+            with open(path) as f:
+                results.append(json.load(f))
+    return results
+
+
+def render(results: list[dict[str, Any]]) -> None:
     with open(DOC) as f:
         text = f.read()
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < 0:
         raise SystemExit(f"{DOC} has no {BEGIN} ... {END} section")
     with open(DOC, "w") as f:
-        f.write(text[:start] + section(result) + text[end + len(END):])
+        f.write(text[:start] + section(results) + text[end + len(END):])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=float, default=60.0, help="idle seconds measured per case")
-    ap.add_argument("--only", choices=("hasup", "patroni"), default=None)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    ap.add_argument("--render", action="store_true", help="only re-render docs/etcd.md from the results file")
+    ap.add_argument("--supervisor", default="all", help="all (every installed one), hasup, patroni, or both by comma")
+    ap.add_argument("--out", default=record.RESULTS)
+    ap.add_argument("--render", action="store_true", help="only re-render docs/etcd.md from the result files")
     args = ap.parse_args()
-    path = os.path.join(args.out, "etcd-load.json")
     if args.render:
-        with open(path) as f:
-            render(json.load(f))
+        render(load_results(args.out))
         return 0
     become_subreaper()
-    measured_at = commit()  # before the runs: the code they ran
-    kinds = [args.only] if args.only else ["hasup"] + (
-        ["patroni"] if os.path.exists(os.path.join(os.path.dirname(hasup_bin()), "patroni")) else [])
-    rows = []
+    kinds = supervisors.chosen(args.supervisor)
+    settings = {"window_s": args.window, "timings": TIMINGS, "nodes": 3, "etcd": "one member, etcd 3.4 (Debian)"}
+    heads = {k: record.header("etcd-load", "idle", supervisors.describe(k), settings) for k in kinds}
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for api in (2, 3):
         for timing in TIMINGS:
-            for kind in kinds:
+            for kind in kinds:  # interleaved, so both see the machine in the same state
                 row = one(kind, api, timing, args.window)
                 print(json.dumps(row), flush=True)
-                rows.append(row)
-    result = {"commit": measured_at, "date": time.strftime("%Y-%m-%d"), "command": "python bench/etcd_load.py "
-              + " ".join(sys.argv[1:]), "settings": {"window_s": args.window, "timings": TIMINGS, "nodes": 3,
-              "etcd": "one member, etcd 3.4 (Debian)"},
-              "machine": {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version()},
-              "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(table(rows))
-    render(result)
+                rows[kind].append(row)
+    for kind in kinds:
+        record.save(result_name(kind), heads[kind], {"rows": rows[kind]}, args.out)
+    results = load_results(args.out)
+    print(table(rows_of(results)))
+    render(results)
     return 0
 
 

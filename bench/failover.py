@@ -1,15 +1,22 @@
-"""Failover benchmark: write availability and lost writes across leader faults, plus footprint.
+"""Failover benchmark: write availability and lost writes across leader faults, plus the idle footprint.
 
 A prober inserts a sequence value every 20 ms into whichever node accepts
 writes and records each acknowledged value.  For each fault we measure the
 longest gap between acknowledged writes and count acknowledged values that
-the healed cluster no longer has.  Also measured per node: summed RSS and
-PSS of the hasup process tree (not PostgreSQL), and its CPU seconds over an
-idle minute.
+the healed cluster no longer has.  The footprint, per node: the summed RSS,
+PSS and USS of the supervisor's process tree (not PostgreSQL), its CPU
+seconds over an idle minute, and the CPU PostgreSQL spent in that minute
+(mostly answering the supervisor's probes).
 
-    python bench/failover.py [--runs 3] [--out bench/results]
+Every supervisor installed in the venv (hasup, and Patroni when present) runs
+the same faults on a cluster of its own, one after the other:
 
-Settings as the issue asks: ttl 30, loop_wait 10, retry_timeout 10.
+    python bench/failover.py [--runs 3] [--faults sigterm,sigkill_tree,switchover_api] [--supervisor all]
+    python bench/failover.py --footprint-only
+
+Each mode writes its own result file: bench/results/footprint-<supervisor>.json
+and failover-<fault>-<supervisor>.json.  Settings: ttl 30,
+loop_wait 10, retry_timeout 10 (Patroni's defaults).
 """
 
 from __future__ import annotations
@@ -17,52 +24,107 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import sys
 import time
 import urllib.request
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.harness import Node, TestCluster, become_subreaper, cmdline, wait_for  # noqa: E402
-from tests.harness.prober import longest_gap, lost_writes, start_prober  # noqa: E402
+from bench import record, supervisors  # noqa: E402
+from tests.harness import Node, TestCluster, become_subreaper, cmdline, descendants, wait_for  # noqa: E402
+from tests.harness.prober import INTERVAL, longest_gap, lost_writes, start_prober  # noqa: E402
 
-DCS = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576,
+DCS: dict[str, Any] = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576,
        "postgresql": {"use_pg_rewind": True, "use_slots": False}}
+FAULTS = ("sigterm", "sigkill_tree", "switchover", "switchover_api")
+IDLE_WINDOW = 60.0  # seconds: "CPU per idle minute" is measured over one whole minute
+AFTER_SWITCH = 3.0  # seconds of writes kept after the first one on the new leader, so the gap window is whole
 
 
-def tree_pids(node: Node) -> list[int]:
-    marker = f"{node.scope}/{node.name}"
-    return [p for p in node.processes() if cmdline(p).startswith("hasup") and marker in cmdline(p)
-            or p == node.pid]
+# -- footprint ----------------------------------------------------------------------
 
 
-def memory_kib(pid: int) -> tuple[int, int]:
-    rss = pss = 0
+def postgres_pids(node: Node) -> set[int]:
+    pm = node.postmaster_pid()
+    return {pm, *descendants(pm)} if pm else set()
+
+
+def supervisor_pids(node: Node) -> set[int]:
+    """The supervisor's tree: every live process of the node that is not PostgreSQL."""
+    return node.processes() - postgres_pids(node)
+
+
+def memory_kib(pid: int) -> tuple[int, int, int]:
+    """(RSS, PSS, USS) of one process; USS is what it alone holds (its private pages)."""
+    rss = pss = uss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Rss:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss = int(line.split()[1])
-    except OSError:
+                key, _, rest = line.partition(":")
+                kib = int(rest.split()[0]) if rest.strip() else 0
+                if key == "Rss":
+                    rss = kib
+                elif key == "Pss":
+                    pss = kib
+                elif key in ("Private_Clean", "Private_Dirty"):
+                    uss += kib
+    except (OSError, ValueError, IndexError):
         pass
-    return rss, pss
+    return rss, pss, uss
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_seconds(pids: set[int]) -> float:
+    """User + system CPU of these processes and of the children they have reaped (a backend that
+    exited, a helper a worker ran): measured at both ends of a window, the difference is the window's."""
+    ticks = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            ticks += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
         except (OSError, IndexError, ValueError):
             pass
-    return total / os.sysconf("SC_CLK_TCK")
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def role(pid: int) -> str:
+    """hasup names each process by role ("hasup: election main/node1"); Patroni is one `python patroni`."""
+    line = cmdline(pid)
+    if line.startswith("hasup: "):
+        words = line.split(" ")
+        return words[1] + (" worker" if words[1:3] == ["api", "worker"] else "")
+    argv = line.split(" ")
+    script = argv[1] if os.path.basename(argv[0]).startswith("python") and len(argv) > 1 else argv[0]
+    return os.path.basename(script)
+
+
+def footprint(c: TestCluster) -> dict[str, Any]:
+    sup_before = {n.name: cpu_seconds(supervisor_pids(n)) for n in c.nodes}
+    pg_before = {n.name: cpu_seconds(postgres_pids(n)) for n in c.nodes}
+    started = time.monotonic()
+    time.sleep(IDLE_WINDOW)  # an idle minute, measured as it passes
+    per_minute = 60.0 / (time.monotonic() - started)
+    out: dict[str, Any] = {}
+    for n in c.nodes:
+        pids = supervisor_pids(n)
+        sizes = {pid: memory_kib(pid) for pid in pids}
+        out[n.name] = {
+            "processes": len(pids),
+            "rss_mib": round(sum(s[0] for s in sizes.values()) / 1024, 1),
+            "pss_mib": round(sum(s[1] for s in sizes.values()) / 1024, 1),
+            "uss_mib": round(sum(s[2] for s in sizes.values()) / 1024, 1),
+            "pss_mib_by_role": {role(pid): round(s[1] / 1024, 1) for pid, s in sorted(sizes.items())},
+            "cpu_s_per_idle_min": round((cpu_seconds(supervisor_pids(n)) - sup_before[n.name]) * per_minute, 3),
+            "postgres_cpu_s_per_idle_min": round((cpu_seconds(postgres_pids(n)) - pg_before[n.name]) * per_minute,
+                                                 3),
+        }
+    return out
+
+
+# -- faults -------------------------------------------------------------------------
 
 
 def lease_left(c: TestCluster) -> float:
@@ -70,33 +132,42 @@ def lease_left(c: TestCluster) -> float:
     return float(node.get("ttl", 0))
 
 
-def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, object]:
+def switchover_api(leader: Node, target: Node) -> tuple[int, str]:
+    """POST /switchover on the leader, as an operator would; returns when the leader answers."""
+    body = json.dumps({"leader": leader.name, "candidate": target.name}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{leader.api_port}/switchover", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+        return resp.status, resp.read().decode()
+
+
+def inject(c: TestCluster, kind: str, leader: Node) -> dict[str, Any]:
+    target = next(n for n in c.nodes if n is not leader)
+    if kind == "sigterm":
+        leader.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    elif kind == "switchover":  # as patronictl does when the REST call is not available
+        c.etcd.put(c.key("failover"), json.dumps({"leader": leader.name, "member": target.name}))
+    elif kind == "switchover_api":
+        started = time.monotonic()
+        answer = switchover_api(leader, target)
+        return {"api_call_s": round(time.monotonic() - started, 3), "api_answer": answer}
+    else:
+        leader.kill_tree()
+    return {}
+
+
+def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, Any]:
     leader = c.wait_leader(120)
     others = [n for n in c.nodes if n is not leader]
     c.wait_streaming(leader, others, 120)
     prober, thread = start_prober(c.nodes, run * 10_000_000)  # values unique across runs
     wait_for(lambda: len(prober.acked) > 100, 30, "the prober to write")
     left = lease_left(c)
-    api_call_s, api_answer = 0.0, (0, "")
     fault_at = time.monotonic()
-    if kind == "sigterm":
-        leader.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-    elif kind == "switchover":  # as patronictl does when the REST call is not available
-        target = next(n for n in c.nodes if n is not leader)
-        c.etcd.put(c.key("failover"), json.dumps({"leader": leader.name, "member": target.name}))
-    elif kind == "switchover_api":  # POST /switchover on the leader, timed until it answers
-        target = next(n for n in c.nodes if n is not leader)
-        body = json.dumps({"leader": leader.name, "candidate": target.name}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{leader.api_port}/switchover", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
-            api_answer = (resp.status, resp.read().decode())
-        api_call_s = time.monotonic() - fault_at
-    else:
-        leader.kill_tree()
+    extra = inject(c, kind, leader)
     new = c.wait_leader(DCS["ttl"] + 60, exclude=leader.name)
     wait_for(lambda: any(t > fault_at and n == new.name for _, t, n in prober.acked), 30, "writes on the new leader")
-    time.sleep(3)  # a few seconds of writes after the switch, for the gap window
+    time.sleep(AFTER_SWITCH)
     prober.stop.set()
     thread.join(10)
     if kind == "sigterm" and leader.proc is not None:
@@ -111,72 +182,61 @@ def one_fault(c: TestCluster, kind: str, run: int) -> dict[str, object]:
     return {"fault": kind, "old_leader": leader.name, "new_leader": new.name, "longest_gap_s": round(gap, 3),
             "last_ack_on_old_after_fault_s": round(last_old - fault_at, 3),
             "first_ack_on_new_after_fault_s": round(first_new - fault_at, 3),
-            "lease_left_s": left, "acked": len(prober.acked), "lost": len(lost), "lost_values": lost[:20],
-            **({"api_call_s": round(api_call_s, 3), "api_answer": api_answer} if kind == "switchover_api" else {})}
+            "lease_left_s": left, "acked": len(prober.acked), "lost": len(lost), "lost_values": lost[:20], **extra}
 
 
-def footprint(c: TestCluster) -> dict[str, object]:
-    out: dict[str, object] = {}
-    pids = {n.name: tree_pids(n) for n in c.nodes}
-    before = {n: cpu_seconds(p) for n, p in pids.items()}
-    time.sleep(60)  # an idle minute, measured as it passes
-    for n in c.nodes:
-        rss = pss = 0
-        for pid in pids[n.name]:
-            r, p = memory_kib(pid)
-            rss, pss = rss + r, pss + p
-        per_process = {cmdline(p).split(" ")[1] + (" worker" if "api worker" in cmdline(p) else ""):
-                       round(memory_kib(p)[1] / 1024, 1) for p in pids[n.name]}
-        out[n.name] = {"processes": len(pids[n.name]), "rss_mib": round(rss / 1024, 1), "pss_mib_by_role": per_process,
-                       "pss_mib": round(pss / 1024, 1),
-                       "cpu_s_per_idle_min": round(cpu_seconds(pids[n.name]) - before[n.name], 3)}
-    return out
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    gaps = [r["longest_gap_s"] for r in runs]
+    return {"max_gap_s": max(gaps), "median_gap_s": statistics.median(gaps), "lost": sum(r["lost"] for r in runs)}
+
+
+# -- one supervisor ------------------------------------------------------------------
+
+
+def settings(runs: int) -> dict[str, Any]:
+    return {"dcs": DCS, "nodes": 3, "etcd": "one member, v2 API", "replication": "asynchronous",
+            "prober_interval_s": INTERVAL, "runs": runs, "idle_window_s": IDLE_WINDOW,
+            "after_switch_s": AFTER_SWITCH}
+
+
+def bench(kind: str, faults: list[str], args: argparse.Namespace) -> None:
+    who = supervisors.describe(kind)
+    head = record.header("footprint", "idle", who, settings(args.runs))
+    with supervisors.running(kind), TestCluster(3, dcs=DCS) as c:
+        leader = c.start_all(180)
+        leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
+        if not args.skip_footprint:
+            nodes = footprint(c)
+            print(json.dumps(nodes, indent=1), flush=True)
+            record.save(f"footprint-{kind}.json", head, {"nodes": nodes}, args.out)
+        for fault in faults:
+            head = record.header("failover", fault, who, settings(args.runs))
+            runs: list[dict[str, Any]] = []
+            for _ in range(args.runs):
+                r = one_fault(c, fault, run=len(runs) + 1 + 100 * faults.index(fault))
+                print(json.dumps(r), flush=True)
+                runs.append(r)
+            record.save(f"failover-{fault}-{kind}.json", head, {"runs": runs, "summary": summary(runs)}, args.out)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--faults", default="sigterm,sigkill_tree",
+    ap.add_argument("--faults", default="sigterm,sigkill_tree,switchover_api",
                     help="comma-separated: sigterm, sigkill_tree, switchover (through the failover key), "
                          "switchover_api (POST /switchover)")
+    ap.add_argument("--supervisor", default="all", help="all (every installed one), hasup, patroni, or both by comma")
     ap.add_argument("--skip-footprint", action="store_true")
     ap.add_argument("--footprint-only", action="store_true", help="measure memory and idle CPU, no faults")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--out", default=record.RESULTS)
     args = ap.parse_args()
+    faults = [] if args.footprint_only else args.faults.split(",")
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        ap.error(f"unknown faults: {', '.join(unknown)}")
     become_subreaper()
-    results: dict[str, object] = {"settings": DCS, "machine": {"cpus": os.cpu_count(), "python":
-                                                                platform.python_version()}}
-    with TestCluster(3, dcs=DCS) as c:
-        for node in c.nodes:
-            node.start()
-        leader = c.wait_leader(180)
-        c.wait_streaming(leader, [n for n in c.nodes if n is not leader], 180)
-        leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
-        if not args.skip_footprint:
-            results["footprint"] = footprint(c)
-            print(json.dumps(results["footprint"], indent=2), flush=True)
-        if args.footprint_only:
-            return 0
-        runs = []
-        kinds = args.faults.split(",")
-        for kind in kinds:
-            for _ in range(args.runs):
-                r = one_fault(c, kind, len(runs) + 1)
-                print(json.dumps(r), flush=True)
-                runs.append(r)
-        results["runs"] = runs
-        summary = {}
-        for kind in kinds:
-            gaps = [r["longest_gap_s"] for r in runs if r["fault"] == kind]
-            summary[kind] = {"max_gap_s": max(gaps), "median_gap_s": statistics.median(gaps),  # type: ignore
-                             "lost": sum(r["lost"] for r in runs if r["fault"] == kind)}  # type: ignore
-        results["summary"] = summary
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "failover.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    print(json.dumps(results["summary"], indent=2))
-    print(f"written to {path}")
+    for kind in supervisors.chosen(args.supervisor):
+        bench(kind, faults, args)
     return 0
 
 

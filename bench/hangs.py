@@ -1,4 +1,4 @@
-"""Hang benchmark (issue 4): a frozen PostgreSQL and a frozen supervisor+election on the leader.
+"""Hang benchmark: a frozen PostgreSQL and a frozen supervisor+election on the leader.
 
 A prober writes every 20 ms to whichever node accepts writes.  Per fault we
 record the time from the freeze to the first write acknowledged by a new
@@ -8,8 +8,16 @@ lacks, and, for the frozen supervisor, how long before the leader key's
 expiry minus safety_margin the emulated watchdog fired.
 
     python bench/hangs.py --profile tight --faults freeze_pg,freeze_tree --runs 5
-    python bench/hangs.py --profile defaults --faults freeze_pg --runs 3 [--sync]
+    python bench/hangs.py --profile defaults --faults freeze_pg --runs 5 --supervisor hasup,patroni
+    python bench/hangs.py --profile defaults --faults freeze_pg --runs 3 --sync
     python bench/hangs.py --profile defaults --pgbench-minutes 10   # a busy primary is never fenced
+
+hasup's nodes each have an emulated watchdog.  Patroni runs only freeze_pg at
+the defaults, without a watchdog (it cannot use hasup's emulator, and ttl 10
+is below its minimum): the figure it gives is how long its loop waits on a
+hung database.  Each mode writes its own result file:
+bench/results/hangs-<fault>-<profile>[-sync]-<supervisor>.json, and
+hangs-pgbench-<profile>-<supervisor>.json.
 """
 
 from __future__ import annotations
@@ -18,14 +26,16 @@ import argparse
 import datetime
 import json
 import os
-import platform
+import re
 import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import record, supervisors  # noqa: E402
 from tests.harness import (  # noqa: E402
     PG_BIN,
     SUPERUSER_PASSWORD,
@@ -37,28 +47,52 @@ from tests.harness import (  # noqa: E402
     wait_for,
 )
 from tests.harness.emulators import Emulators  # noqa: E402
-from tests.harness.prober import lost_writes, start_prober, writer_runs  # noqa: E402
+from tests.harness.prober import INTERVAL, lost_writes, start_prober, writer_runs  # noqa: E402
 
 PROFILES = {
     "tight": ({"ttl": 10, "loop_wait": 2, "retry_timeout": 3}, 3),
     "defaults": ({"ttl": 30, "loop_wait": 10, "retry_timeout": 10}, 5),
 }
+FAULTS = ("freeze_pg", "freeze_tree")
+PGBENCH = {"scale": 20, "clients": 8, "threads": 2}
+FENCE_LOGGED = "fencing PostgreSQL:"  # what hasup's supervisor logs when it fences
+PROBE_FAILED_LOGGED = "probe failed"  # what hasup's postgres worker logs
 
 
-def expiry(key: dict[str, object] | None) -> float | None:
+def expiry(key: dict[str, Any] | None) -> float | None:
     if not key or not isinstance(key.get("expiration"), str):
         return None
     return datetime.datetime.fromisoformat(str(key["expiration"]).replace("Z", "+00:00")).timestamp()
 
 
-def one_fault(c: TestCluster, emu: Emulators, kind: str, run: int, margin: int) -> dict[str, object]:
+def fences(node: Any) -> int:
+    return int(node.log_text().count(FENCE_LOGGED))
+
+
+def watchdog_margin(c: TestCluster, emu: Emulators, leader: Any, key_before: dict[str, Any] | None,
+                    fault_wall: float, margin: int) -> float:
+    """How long before the leader key's expiry minus safety_margin the emulated watchdog fired (>= 0)."""
+    fired = wait_for(lambda: next((e for e in emu.events(leader) if e["event"] == "fired"
+                                   and e["wall"] > fault_wall), None), 30, "the emulated watchdog to fire")
+    assert fired is not None
+    key_after = c.etcd.key(c.key("leader"))
+    expiries = [e for e in (expiry(key_before), expiry(key_after) if key_after and key_after.get("value") ==
+                            leader.name else None) if e is not None]
+    return round(max(expiries) - margin - fired["wall"], 3)
+
+
+def one_fault(c: TestCluster, emu: Emulators | None, kind: str, run: int, margin: int) -> dict[str, Any]:
+    """One freeze.  The new leader's time is taken twice: when it holds the key and is out of recovery (polled
+    every 0.2 s, for every supervisor), and when the prober's first write on it is acknowledged.  The prober's
+    connection to a frozen server hangs until something kills it: hasup's fence does; under Patroni nothing
+    does until the benchmark resumes the server, so there is no first write to time."""
     leader = c.wait_leader(120)
     others = [n for n in c.nodes if n is not leader]
     c.wait_streaming(leader, others, 120)
     prober, thread = start_prober(c.nodes, run * 10_000_000)
     wait_for(lambda: len(prober.acked) > 100, 30, "the prober to write")
     key_before = c.etcd.key(c.key("leader"))
-    fences_before = leader.log_text().count("fencing PostgreSQL:")
+    fences_before = fences(leader)
     if kind == "freeze_pg":
         postmaster = leader.postmaster_pid()
         assert postmaster
@@ -68,95 +102,121 @@ def one_fault(c: TestCluster, emu: Emulators, kind: str, run: int, margin: int) 
     kill_pids(frozen, signal.SIGSTOP)
     fault_at, fault_wall = time.monotonic(), time.time()
     new = c.wait_leader(120, exclude=leader.name)
-    first_new = wait_for(lambda: next((t for _, t, n in prober.acked if n == new.name and t > fault_at), None), 30,
-                         "writes on the new leader")
-    time.sleep(2)  # writes after the switch, so a write coming back to the old node would show
+    out: dict[str, Any] = {"fault": kind, "old_leader": leader.name, "new_leader": new.name,
+                           "fault_to_leader_s": round(time.monotonic() - fault_at, 3), "fault_to_writable_s": None}
+    if emu is not None:  # hasup: the fence frees the prober
+        first_new = wait_for(lambda: next((t for _, t, n in prober.acked if n == new.name and t > fault_at), None),
+                             30, "writes on the new leader")
+        assert first_new is not None
+        out["fault_to_writable_s"] = round(first_new - fault_at, 3)
+        time.sleep(2)  # writes after the switch, so a write coming back to the old node would show
     prober.stop.set()
     thread.join(10)
-    out: dict[str, object] = {
-        "fault": kind, "old_leader": leader.name, "new_leader": new.name,
-        "fault_to_writable_s": round(first_new - fault_at, 3),
-        "dual_writable": len(writer_runs(prober.acked)) - len(set(writer_runs(prober.acked))),
-        "acked": len(prober.acked), "lost": len(lost_writes(prober, new)),
-    }
-    if kind == "freeze_tree":
-        fired = wait_for(lambda: next((e for e in emu.events(leader) if e["event"] == "fired"
-                                       and e["wall"] > fault_wall), None), 30, "the emulated watchdog to fire")
-        key_after = c.etcd.key(c.key("leader"))
-        expiries = [e for e in (expiry(key_before), expiry(key_after) if key_after and key_after.get("value") ==
-                                leader.name else None) if e is not None]
-        out["watchdog_fired_before_expiry_minus_margin_s"] = round(max(expiries) - margin - fired["wall"], 3)
+    if kind == "freeze_tree" and emu is not None:
+        out["watchdog_fired_before_expiry_minus_margin_s"] = watchdog_margin(c, emu, leader, key_before,
+                                                                             fault_wall, margin)
     kill_pids(frozen, signal.SIGCONT)
+    thread.join(30)  # a write stuck on the frozen server completes (or fails) once it resumes
+    runs = writer_runs(prober.acked)
+    out.update({"dual_writable": len(runs) - len(set(runs)), "acked": len(prober.acked),
+                "lost": len(lost_writes(prober, new))})
     if kind == "freeze_tree":
         wait_for(lambda: not leader.processes(), 20, "the reset node's processes to be gone")
         reap_zombies()  # a reset node leaves its dead to us (the subreaper); PostgreSQL sees a zombie as alive
         leader.proc = None
         leader.start()
     c.wait_streaming(new, [n for n in c.nodes if n is not new], 180)
-    out["fences"] = leader.log_text().count("fencing PostgreSQL:") - fences_before
+    if emu is not None:
+        out["fences"] = fences(leader) - fences_before
     return out
 
 
-def pgbench_run(c: TestCluster, minutes: float) -> dict[str, object]:
+def tps_of(stdout: str) -> float | None:
+    m = re.search(r"^tps = ([\d.]+)", stdout, re.M)
+    return round(float(m.group(1)), 1) if m else None
+
+
+def pgbench_run(c: TestCluster, minutes: float) -> dict[str, Any]:
     leader = c.wait_leader(120)
     env = {**os.environ, "PGPASSWORD": SUPERUSER_PASSWORD}
     args = ["-h", "127.0.0.1", "-p", str(leader.pg_port), "-U", "postgres"]
-    subprocess.run([f"{PG_BIN}/pgbench", "-i", "-s", "20", "-q", *args, "postgres"], env=env, check=True,
-                   capture_output=True)
-    fences_before = sum(n.log_text().count("fencing PostgreSQL:") for n in c.nodes)
-    failures_before = leader.log_text().count("probe failed")
+    subprocess.run([f"{PG_BIN}/pgbench", "-i", "-s", str(PGBENCH["scale"]), "-q", *args, "postgres"], env=env,
+                   check=True, capture_output=True)
+    fences_before = sum(fences(n) for n in c.nodes)
+    failures_before = leader.log_text().count(PROBE_FAILED_LOGGED)
     started = time.monotonic()
-    result = subprocess.run([f"{PG_BIN}/pgbench", "-c", "8", "-j", "2", "-T", str(int(minutes * 60)), "-P", "60",
-                             *args, "postgres"], env=env, capture_output=True, text=True)
-    tps = next((line for line in result.stdout.splitlines() if line.startswith("tps")), "")
-    return {"minutes": minutes, "clients": 8, "took_s": round(time.monotonic() - started, 1), "tps": tps,
-            "fences": sum(n.log_text().count("fencing PostgreSQL:") for n in c.nodes) - fences_before,
-            "probe_failures_logged_on_leader": leader.log_text().count("probe failed") - failures_before,
+    result = subprocess.run([f"{PG_BIN}/pgbench", "-c", str(PGBENCH["clients"]), "-j", str(PGBENCH["threads"]),
+                             "-T", str(int(minutes * 60)), "-P", "60", *args, "postgres"], env=env,
+                            capture_output=True, text=True)
+    return {"minutes": minutes, "took_s": round(time.monotonic() - started, 1), "tps": tps_of(result.stdout),
+            "pgbench_exit": result.returncode,
+            "fences": sum(fences(n) for n in c.nodes) - fences_before,
+            "probe_failures_logged_on_leader": leader.log_text().count(PROBE_FAILED_LOGGED) - failures_before,
             "leader_changed": c.leader_name() != leader.name}
 
 
+def settings(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    timing, margin = PROFILES[args.profile]
+    dcs = {**timing, "maximum_lag_on_failover": 1048576, "synchronous_mode": args.sync,
+           "postgresql": {"use_pg_rewind": True, "use_slots": False}}
+    return {"profile": args.profile, "dcs": dcs, "nodes": 3, "etcd": "one member, v2 API",
+            "watchdog": "emulated" if kind == "hasup" else "off",
+            "safety_margin": margin if kind == "hasup" else None, "prober_interval_s": INTERVAL, "runs": args.runs,
+            **({"pgbench": {**PGBENCH, "minutes": args.pgbench_minutes}} if args.pgbench_minutes else {})}
+
+
+def bench(kind: str, faults: list[str], args: argparse.Namespace) -> None:
+    conf = settings(args, kind)
+    who = supervisors.describe(kind)
+    suffix = f"{args.profile}{'-sync' if args.sync else ''}-{kind}"
+    head = record.header("hangs", "pgbench" if args.pgbench_minutes else faults[0], who, conf)
+    c = TestCluster(3, dcs=conf["dcs"])
+    with supervisors.running(kind):
+        c.etcd.start()
+        emu = Emulators(c, conf["safety_margin"]) if kind == "hasup" else None
+        try:
+            leader = c.start_all()
+            leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
+            if args.pgbench_minutes:
+                result = pgbench_run(c, args.pgbench_minutes)
+                print(json.dumps(result), flush=True)
+                record.save(f"hangs-pgbench-{suffix}.json", head, {"pgbench": result}, args.out)
+                return
+            for fault in faults:
+                head = record.header("hangs", fault, who, conf) if fault != faults[0] else head
+                runs: list[dict[str, Any]] = []
+                for _ in range(args.runs):
+                    r = one_fault(c, emu, fault, run=len(runs) + 1 + 100 * faults.index(fault),
+                                  margin=conf["safety_margin"] or 0)
+                    print(json.dumps(r), flush=True)
+                    runs.append(r)
+                record.save(f"hangs-{fault}-{suffix}.json", head, {"runs": runs}, args.out)
+        finally:
+            c.destroy()
+            if emu is not None:
+                emu.stop()
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="tight")
     ap.add_argument("--faults", default="freeze_pg,freeze_tree", help="comma-separated: freeze_pg, freeze_tree")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--pgbench-minutes", type=float, default=0.0, help="instead of faults: a busy primary")
     ap.add_argument("--sync", action="store_true", help="synchronous_mode: on (lost writes must be 0)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--supervisor", default="hasup", help="hasup, patroni, or both by comma (Patroni: freeze_pg "
+                                                           "at the defaults only)")
+    ap.add_argument("--out", default=record.RESULTS)
     args = ap.parse_args()
+    faults = args.faults.split(",")
+    if sorted(set(faults) - set(FAULTS)):
+        ap.error(f"unknown faults in {args.faults}")
+    kinds = supervisors.chosen(args.supervisor)
+    if "patroni" in kinds and (faults != ["freeze_pg"] or args.profile != "defaults" or args.pgbench_minutes):
+        ap.error("Patroni runs freeze_pg at the defaults only")
     become_subreaper()
-    timing, margin = PROFILES[args.profile]
-    dcs = {**timing, "maximum_lag_on_failover": 1048576, "synchronous_mode": args.sync,
-           "postgresql": {"use_pg_rewind": True, "use_slots": False}}
-    results: dict[str, object] = {"profile": args.profile, "settings": dcs, "safety_margin": margin,
-                                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    c = TestCluster(3, dcs=dcs)
-    c.etcd.start()
-    emu = Emulators(c, margin)
-    try:
-        leader = c.start_all()
-        leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
-        if args.pgbench_minutes:
-            results["pgbench"] = pgbench_run(c, args.pgbench_minutes)
-            print(json.dumps(results["pgbench"]), flush=True)
-            name = f"hangs-pgbench-{args.profile}.json"
-        else:
-            runs = []
-            for kind in args.faults.split(","):
-                for _ in range(args.runs):
-                    r = one_fault(c, emu, kind, len(runs) + 1, margin)
-                    print(json.dumps(r), flush=True)
-                    runs.append(r)
-            results["runs"] = runs
-            name = f"hangs-{args.profile}{'-sync' if args.sync else ''}.json"
-    finally:
-        c.destroy()
-        emu.stop()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, name)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"written to {path}")
+    for kind in kinds:
+        bench(kind, faults, args)
     return 0
 
 

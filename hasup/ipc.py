@@ -31,7 +31,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
+
+from hasup.postgresql.state import PgStatus
 
 FRAME_HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 20  # no frame is larger, sent or received
@@ -44,6 +46,7 @@ MAX_SKIP = 64 << 20
 BAD_FRAMES_IN_A_ROW = 8  # undecodable frames one after another: the stream is out of step
 MAX_ASSEMBLED = 16 << 20  # bytes of one message sent in parts (a configuration reload)
 LOG_REPEAT = 300.0  # seconds before the same trimming or dropping is logged again
+MAX_COUNT = 10**15  # the largest counter a message may carry: more is a corrupt frame, not a busy node
 SECRET_KEYS = frozenset({"password", "keyfile_password", "key_password", "sslpassword"})
 
 log = logging.getLogger("hasup.ipc")
@@ -64,7 +67,11 @@ class Message:
     SPLIT: ClassVar[bool] = False  # too large for one frame, it travels in Parts rather than shrinking
 
 
-M = TypeVar("M", bound=Message)
+def check_count(name: str, value: object) -> None:
+    """A counter field parsed at the boundary: an int in [0, MAX_COUNT], else the frame is rejected
+    (decode turns the ValueError into a dropped, counted frame)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{name}: expected a count from 0 to {MAX_COUNT}, got {str(value)[:40]!r}")
 
 
 # -- heartbeats, logs, lifecycle ---------------------------------------------
@@ -78,6 +85,10 @@ class Ping(Message):
 @dataclass(frozen=True)
 class Pong(Message):
     n: int
+    logs_lost: int = 0  # log records this worker dropped so far (its pipe was full): the supervisor adds them up
+
+    def __post_init__(self) -> None:
+        check_count("logs_lost", self.logs_lost)
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,17 @@ class LogRecord(Message):
     message: str
     created: float  # wall clock, for humans
     role: str = ""
+
+
+@dataclass(frozen=True)
+class LogLoss(Message):
+    """Supervisor -> api: log records lost so far on this node, by every worker and the writer (/metrics)."""
+
+    SNAPSHOT = True
+    lost: int
+
+    def __post_init__(self) -> None:
+        check_count("lost", self.lost)
 
 
 @dataclass(frozen=True)
@@ -132,7 +154,7 @@ class PgState(Message):
 
     ROUTE = ("election", "api", "vip")
     SNAPSHOT = True
-    state: str  # Patroni's PostgresqlState strings: running, stopped, starting, ...
+    state: str  # a PgStatus (hasup.postgresql.state): Patroni's PostgresqlState strings
     role: str  # primary, replica, uninitialized, demoted, promoted
     data_dir_empty: bool
     probe_ok: bool
@@ -159,6 +181,11 @@ class PgState(Message):
     sync_standby_names: str | None = None  # synchronous_standby_names as PostgreSQL runs with it
     slots: dict[str, int] | None = None  # leader: managed replication slots and positions (None: not known)
     retain_slots: tuple[str, ...] = ()  # leader: member slots kept, incl. vanished members within member_slots_ttl
+
+    def __post_init__(self) -> None:
+        # Parsed at the boundary: a state the postgres worker never emits is a broken frame, not a new
+        # state for the policy to fall through on.  The enum's value, so the wire format stays a string.
+        object.__setattr__(self, "state", PgStatus(self.state))
 
 
 @dataclass(frozen=True)
@@ -342,6 +369,13 @@ class FenceDone(Message):
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class StoppedForGiveUp(FenceDone):
+    """supervisor -> election, when a crash loop ends the node: the supervisor stopped PostgreSQL itself
+    and /proc confirms none of it is left.  Election may release the leader key on it as on a confirmed
+    FenceDone (the same promise); a type of its own so no one reads a give-up as a fence."""
+
+
 # -- admin requests from the REST API ---------------------------------------------
 
 
@@ -395,9 +429,10 @@ class Part(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (
-        Ping, Pong, LogRecord, ConfigChanged, Shutdown, ApiListening, ShutdownDone, PgState, ClusterView, Lease, Disarm,
-        WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop, Restart,
-        SetSyncStandbys, Reinitialize, AdminRequest, AdminReply, Fence, FenceDone, Reply, Part,
+        Ping, Pong, LogRecord, LogLoss, ConfigChanged, Shutdown, ApiListening, ShutdownDone, PgState, ClusterView,
+        Lease, Disarm, WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop,
+        Restart, SetSyncStandbys, Reinitialize, AdminRequest, AdminReply, Fence, FenceDone, StoppedForGiveUp, Reply,
+        Part,
     )
 }
 
@@ -628,12 +663,6 @@ def fit(message: Message, seq: int, clock: float, limit: int = MAX_FRAME - FRAME
         if len(payload) <= limit:
             return Fitted(message, payload, tuple(left), tuple(details))
     return None
-
-
-def shrink(message: M, limit: int = MAX_FRAME - FRAME_SLACK) -> tuple[M, tuple[str, ...]] | None:
-    """For a producer that wants its own budget: the message within limit bytes and what it lost."""
-    fitted = fit(message, 0, 0.0, limit)
-    return (fitted.message, fitted.left_out) if fitted is not None else None  # type: ignore[return-value]
 
 
 def complete(view: ClusterView, part: str) -> bool:
@@ -908,7 +937,7 @@ class Channel:
         self.sock.close()
 
 
-def channel_pair(name: str) -> tuple[socket.socket, socket.socket]:
+def channel_pair() -> tuple[socket.socket, socket.socket]:
     """A stream socketpair: (supervisor end, worker end)."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     a.set_inheritable(False)

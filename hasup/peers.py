@@ -2,8 +2,7 @@
 
 Peers that serve https are verified against restapi.cafile (the system CAs
 when it is unset), and this node shows its own restapi certificate, for
-peers that require client certificates (contract §1.11: outgoing requests
-fall back to the restapi files).
+peers that require client certificates (docs/rest-api.md, "TLS").
 """
 
 from __future__ import annotations

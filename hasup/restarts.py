@@ -3,7 +3,7 @@
 The api validates the body (parse_restart, parse_reinitialize) and passes
 the parameters to election, which judges them against what it knows of
 PostgreSQL and the cluster (restart_refusal, reinitialize_refusal) and
-carries the action out.  Messages and codes are Patroni's (contract §1.9),
+carries the action out.  Messages and codes are Patroni's (docs/rest-api.md),
 so existing tooling keeps matching on them.
 """
 

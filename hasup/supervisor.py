@@ -2,7 +2,14 @@
 
 It does no I/O but pipes, signals, waitpid, /proc reads and the log
 writer, so it cannot hang on etcd or PostgreSQL.  Signal handlers only
-write to the wakeup fd; everything happens in one loop.
+write to the wakeup fd; everything happens in one loop (tick, then poll).
+
+This class wires the loop; the decisions live in hasup/supervision/ as
+units with their own tests: what a death means per kind of worker
+(crash_policy), when a silent worker is aborted and killed (heartbeat),
+the order of an orderly stop (shutdown), what a started worker gets at
+once (routing).  Every process operation goes through a System
+(supervision.system), so unit tests run this loop against a fake.
 """
 
 from __future__ import annotations
@@ -15,22 +22,21 @@ import selectors
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from setproctitle import setproctitle
 
 from hasup import ipc
 from hasup.config import Config, ConfigError, VipConfig, load_config, parse_dynamic
-from hasup.postgresql.control import postmaster_pid
-from hasup.proc import Sent, read_stat
-from hasup.proc import send as send_signal
 from hasup.supervision import caps, crash_policy, sdnotify
 from hasup.supervision.crash_policy import DeathWindow, GiveUp, Stopped
-from hasup.supervision.fence import fence_postgres, find_postmaster
+from hasup.supervision.heartbeat import Escalate, Heartbeat
 from hasup.supervision.logwriter import LogWriter
-from hasup.timing import ABORT_GRACE, FENCE_TIMEOUT, Deadlines
+from hasup.supervision.routing import Snapshots, destinations
+from hasup.supervision.shutdown import Phase, ShutdownOrder, Tell
+from hasup.supervision.system import LinuxSystem, StackFile, System, describe_exit
+from hasup.timing import ABORT_GRACE, Deadlines
 from hasup.vip import address as vipaddr
 from hasup.worker import PipeLogHandler, WorkerContext
 from hasup.workers import api, election, postgres, vip, watchdog
@@ -41,15 +47,14 @@ ROLES = ("election", "postgres", "watchdog", "api")  # always; "vip" too when th
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 M_ARENA_MAX = -8
-EXIT_CONFIG = 2
 EXIT_GIVE_UP = 1
+SHUTDOWN_STOP_ID = 0  # our own Stop to the postgres worker; election numbers its requests from 1
+FORK_RETRY = 1.0  # seconds before another try when fork itself fails (EAGAIN, ENOMEM)
+IDLE_WAIT = 0.05  # the loop's shortest wait when something is due now: never a busy loop
+MAX_WAIT = 1.0  # its longest: turning once a second costs nothing, and no due time can stall it
 
-TARGETS: dict[str, Callable[[WorkerContext], None]] = {
-    "election": election.run, "postgres": postgres.run, "watchdog": watchdog.run, "api": api.run,
-    "vip": vip.run,
-}
-# Snapshots a restarted vip worker gets at once: it must know at once whether we still lead.
-REPLAYED = {"vip": (ipc.ClusterView, ipc.PgState)}
+TARGETS = {"election": election.run, "postgres": postgres.run, "watchdog": watchdog.run, "api": api.run,
+           "vip": vip.run}
 
 
 def prctl(option: int, arg: int) -> None:
@@ -71,24 +76,22 @@ class Worker:
     role: str
     pid: int = 0
     channel: ipc.Channel | None = None
-    started_at: float = 0.0
-    last_pong: float = 0.0
-    ping_n: int = 0
-    next_ping: float = 0.0
-    aborted_at: float | None = None
+    heartbeat: Heartbeat = field(default_factory=lambda: Heartbeat(0.0))
+    stack: StackFile | None = None  # where its faulthandler writes; read when it is gone
     deaths: DeathWindow = field(default_factory=DeathWindow)  # per kind: there is one worker of each
     starts: int = 0
     restart_at: float | None = None
-    stopping: bool = False
     crash_looping: bool = False
     held_vip_at_death: bool = False  # vip only: the address may still be on the interface
+    logs_lost: int = 0  # log records the running worker reported dropping (Pong)
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str, writer: LogWriter) -> None:
+    def __init__(self, config: Config, config_path: str, writer: LogWriter, system: System | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.writer = writer
+        self.os: System = system if system is not None else LinuxSystem()
         self.roles = ROLES + (("vip",) if config.vip is not None else ())
         self.workers = {role: Worker(role) for role in self.roles}
         self.sel = selectors.DefaultSelector()
@@ -98,7 +101,10 @@ class Supervisor:
         self.lease_election, self.lease_watchdog = ipc.lease_pair()
         self.pid = os.getpid()
         self.shutdown_started: float | None = None
-        self.shutdown_done = False
+        self.shutdown: ShutdownOrder | None = None
+        self.shutdown_reason = "SIGTERM"
+        self.shutdown_done = False  # election reported ShutdownDone
+        self.postgres_stopped = False  # the postgres worker answered our own Stop
         self.leave_postgres_running = False
         self.exit_code = 0
         # Taken out of the environment before the first fork: only we talk to systemd.
@@ -107,12 +113,13 @@ class Supervisor:
         self.ready_sent = False
         self.next_extend = 0.0
         self.next_watchdog = 0.0
-        self.last_pg: ipc.PgState | None = None
-        self.last_view: ipc.ClusterView | None = None
+        self.snapshots = Snapshots()
         self.views_received = 0
         self.giving_up: GiveUp | None = None
         self.views_at_release = 0  # views_received when election was told PostgreSQL had stopped
         self.guarded_lease = 0.0  # the lease (lock_valid_until) the lease guard already acted on
+        self.logs_lost_retired = 0  # reported by workers that have since exited
+        self.logs_lost_reported = 0  # the last count sent to the api
         seed, _ = parse_dynamic(config.bootstrap.dcs)
         self.deadlines = self.deadlines_for(seed.ttl, seed.loop_wait, seed.retry_timeout)
 
@@ -120,50 +127,74 @@ class Supervisor:
         return Deadlines.of(ttl, loop_wait, retry_timeout, self.config.watchdog.safety_margin,
                             self.config.postgresql.health_deadline, self.config.watchdog.mode != "off")
 
+    @property
+    def last_pg(self) -> ipc.PgState | None:
+        return self.snapshots.last(ipc.PgState)
+
+    @property
+    def last_view(self) -> ipc.ClusterView | None:
+        return self.snapshots.last(ipc.ClusterView)
+
     # -- process management ---------------------------------------------------------
 
     def spawn(self, role: str) -> None:
         w = self.workers[role]
-        ours, theirs = ipc.channel_pair(role)
-        gc.freeze()  # what we allocated since the last fork: shared, and never traversed by the child's GC
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 0
-            try:
-                ours.close()
-                self.child_hygiene(keep={theirs.fileno()} | self.lease_fds(role))
-                if role != "vip":
-                    # CAP_NET_ADMIN/CAP_NET_RAW (AmbientCapabilities) are for the VIP alone:
-                    # PostgreSQL, and whatever a superuser runs through it, must not inherit them.
-                    caps.drop_all()
-                lease = self.lease_election if role == "election" else \
-                    self.lease_watchdog if role == "watchdog" else None
-                ctx = WorkerContext(role, self.config, ipc.Channel(theirs, "supervisor"), lease, self.pid)
-                TARGETS[role](ctx)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:
-                code = 1
-                log_crash(role)
-            finally:
-                os._exit(code)
+        ours, theirs = ipc.channel_pair()
+        stack = self.os.stack_file()
+        try:
+            pid = self.os.fork(lambda: self.child(role, ours, theirs, stack), theirs)
+        except OSError as exc:
+            log.error("could not start the %s worker: %s; trying again in %g s", role, exc, FORK_RETRY)
+            for end in (ours, theirs):
+                end.close()
+            if stack is not None:
+                stack.close()
+            w.restart_at = self.os.monotonic() + FORK_RETRY
+            return
         theirs.close()
+        now = self.os.monotonic()
         w.pid = pid
         w.channel = ipc.Channel(ours, role)
-        w.started_at = w.last_pong = time.monotonic()
-        w.next_ping = 0.0
-        w.aborted_at = None
+        w.stack = stack
+        w.heartbeat = Heartbeat(last_pong=now)
         w.restart_at = None
-        w.stopping = False
+        w.logs_lost = 0
         self.sel.register(w.channel, selectors.EVENT_READ, role)
         log.info("started %s worker (pid %d)", role, pid)
         w.starts += 1
-        if w.starts > 1:  # a restart, not the first start
+        if w.starts > 1 and role != "election":  # a restart, not the first start
             self.send("election", ipc.WorkerRestarted(role))
-        for kind in REPLAYED.get(role, ()):
-            last = self.last_view if kind is ipc.ClusterView else self.last_pg
-            if last is not None:
-                self.send(role, last)
+        replay = self.snapshots.for_start(role)
+        for msg in replay:
+            self.send(role, msg)
+        if replay:
+            # On the socket now, before the worker's first read: a new api reads it before it serves.
+            try:
+                w.channel.flush()
+            except ipc.PeerClosed:
+                pass
+
+    def child(self, role: str, ours: socket.socket, theirs: socket.socket, stack: StackFile | None) -> int:
+        """The new worker's body, in the forked process; its exit code."""
+        try:
+            ours.close()
+            keep = {theirs.fileno()} | self.lease_fds(role) | ({stack.fileno()} if stack is not None else set())
+            self.child_hygiene(keep)
+            if role != "vip":
+                # CAP_NET_ADMIN/CAP_NET_RAW (AmbientCapabilities) are for the VIP alone:
+                # PostgreSQL, and whatever a superuser runs through it, must not inherit them.
+                caps.drop_all()
+            lease = self.lease_election if role == "election" else \
+                self.lease_watchdog if role == "watchdog" else None
+            ctx = WorkerContext(role, self.config, ipc.Channel(theirs, "supervisor"), lease, self.pid,
+                                stack.fileno() if stack is not None else None)
+            TARGETS[role](ctx)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            log_crash(role)
+            return 1
+        return 0
 
     def lease_fds(self, role: str) -> set[int]:
         if role == "election":
@@ -185,6 +216,8 @@ class Supervisor:
         for w in self.workers.values():
             if w.channel is not None:
                 fds.add(w.channel.fileno())
+            if w.stack is not None:
+                fds.add(w.stack.fileno())
         for fd in fds - keep:
             try:
                 os.close(fd)
@@ -199,36 +232,35 @@ class Supervisor:
         signal.signal(signal.SIGUSR2, lambda *_: None)
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, code in self.os.reap():
             for w in self.workers.values():
                 if w.pid == pid:
-                    self.worker_exited(w, status)
+                    self.worker_exited(w, code)
                     break
 
-    def worker_exited(self, w: Worker, status: int) -> None:
-        code = os.waitstatus_to_exitcode(status)
+    def worker_exited(self, w: Worker, code: int) -> None:
+        """code as the System reaps it: the exit status, or -signum."""
         if w.channel is not None:
             self.drain(w)
             self.sel.unregister(w.channel)
             w.channel.close()
             w.channel = None
         w.pid = 0
+        self.logs_lost_retired += w.logs_lost
+        w.logs_lost = 0
+        if w.stack is not None:
+            log_stack(w.role, w.stack, code)
+            w.stack = None
         if self.shutdown_started is not None:
-            log.info("%s worker exited (%s)", w.role, code)
+            log.info("%s worker exited (%s)", w.role, describe_exit(code))
             return
         if w.role == "election" and code == election.EXIT_FATAL:
             log.critical("election worker hit a fatal condition; stopping the node")
             self.exit_code = EXIT_GIVE_UP
             self.begin_shutdown()
             return
-        log.error("%s worker exited unexpectedly (%s)", w.role, code)
-        now = time.monotonic()
+        log.error("%s worker exited unexpectedly (%s)", w.role, describe_exit(code))
+        now = self.os.monotonic()
         deaths = w.deaths.record(now)
         policy = crash_policy.policy_for(w.role, self.config.watchdog.mode)
         verdict = crash_policy.verdict(policy, deaths)
@@ -260,7 +292,9 @@ class Supervisor:
     def route(self, sender: str, env: ipc.Envelope) -> None:
         msg = env.message
         if isinstance(msg, ipc.Pong):
-            self.workers[sender].last_pong = time.monotonic()
+            w = self.workers[sender]
+            w.heartbeat.pong(self.os.monotonic())
+            w.logs_lost = msg.logs_lost
         elif isinstance(msg, ipc.LogRecord):
             self.writer.write(msg, sender)
         elif isinstance(msg, ipc.Fence):
@@ -272,24 +306,31 @@ class Supervisor:
                      msg.stopped_postgres, msg.released_lock, ", left running: paused" if msg.left_running else "")
             self.leave_postgres_running = msg.left_running
             self.shutdown_done = True
+        elif isinstance(msg, ipc.Reply) and sender == "postgres" and msg.id == SHUTDOWN_STOP_ID \
+                and msg.request == "Stop" and self.shutdown is not None:
+            log.info("the postgres worker %s PostgreSQL%s", "stopped" if msg.ok else "could not stop",
+                     f": {msg.message}" if msg.message else "")
+            self.postgres_stopped = True
         else:
+            self.snapshots.keep(msg)
             if isinstance(msg, ipc.PgState):
-                self.last_pg = msg
                 self.update_status()
             elif isinstance(msg, ipc.ClusterView):
-                self.last_view = msg
                 self.views_received += 1
                 self.update_status()
-            if isinstance(msg, ipc.ClusterView) and msg.config:
-                # Heartbeat deadlines follow the cluster's live timing, not the bootstrap seed.
-                dynamic, _ = parse_dynamic(msg.config)
-                deadlines = self.deadlines_for(dynamic.ttl, dynamic.loop_wait, dynamic.retry_timeout)
-                if deadlines != self.deadlines:
-                    for problem in deadlines.problems(self.config.watchdog.mode != "off"):
-                        log.error("timing: %s", problem)
-                    self.deadlines = deadlines
-            for dest in msg.ROUTE:
+                if msg.config:
+                    self.follow_timing(msg.config)
+            for dest in destinations(msg):
                 self.send(dest, msg)
+
+    def follow_timing(self, config: dict[str, object]) -> None:
+        """Heartbeat deadlines follow the cluster's live timing, not the bootstrap seed."""
+        dynamic, _ = parse_dynamic(config)
+        deadlines = self.deadlines_for(dynamic.ttl, dynamic.loop_wait, dynamic.retry_timeout)
+        if deadlines != self.deadlines:
+            for problem in deadlines.problems(self.config.watchdog.mode != "off"):
+                log.error("timing: %s", problem)
+            self.deadlines = deadlines
 
     def send(self, role: str, msg: ipc.Message) -> None:
         w = self.workers.get(role)
@@ -299,6 +340,16 @@ class Supervisor:
         if not w.channel.send(msg) and w.channel.dropped > dropped:  # one too large for a frame is logged by ipc
             log.warning("dropped %s for %s worker (%d dropped so far)", type(msg).__name__, role,
                         w.channel.dropped)
+
+    def report_log_loss(self) -> None:
+        """Tell the api (for /metrics) how many log records were lost, whenever the count moves."""
+        total = self.writer.records_lost + self.logs_lost_retired + sum(w.logs_lost for w in self.workers.values())
+        if total == self.logs_lost_reported:
+            return
+        self.logs_lost_reported = total
+        msg = ipc.LogLoss(min(total, ipc.MAX_COUNT))
+        self.snapshots.keep(msg)  # a restarted api gets it at once (routing.REPLAY)
+        self.send("api", msg)
 
     # -- signals and heartbeats -------------------------------------------------------------
 
@@ -344,38 +395,47 @@ class Supervisor:
         log.info("configuration reloaded")
 
     def heartbeats(self, now: float) -> None:
+        """Ping whoever is due; abort, then kill, a worker silent past its deadline (supervision.heartbeat)."""
         for w in self.workers.values():
-            if w.channel is not None and now >= w.next_ping:
-                w.next_ping = now + self.deadlines.ping_interval(w.role)
-                w.ping_n += 1
-                w.channel.send(ipc.Ping(w.ping_n))
+            if w.channel is not None:
+                n = w.heartbeat.ping(now, self.deadlines.ping_interval(w.role))
+                if n is not None:
+                    w.channel.send(ipc.Ping(n))
+        if self.shutdown_started is not None:
+            return  # busy stopping PostgreSQL is no hang; the shutdown order kills stragglers itself
         for w in self.workers.values():
-            if not w.pid or self.shutdown_started is not None:
+            if not w.pid:
                 continue
-            if w.aborted_at is not None:
-                if now - w.aborted_at > ABORT_GRACE:
-                    self.kill(w.pid, signal.SIGKILL)
-                continue
-            if now - w.last_pong > self.deadlines.heartbeat(w.role):
-                # A stopped process cannot act on SIGABRT until it is continued: kill it outright,
-                # every second counts while the watchdog's lease runs out.
-                stat = read_stat(w.pid)
-                stopped = stat is not None and stat.state in ("T", "t")
-                log.error("%s worker (pid %d) missed its heartbeat for %.1fs%s: %s it", w.role, w.pid,
-                          now - w.last_pong, " and is stopped" if stopped else "",
-                          "killing" if stopped else "aborting")
-                w.aborted_at = now - (ABORT_GRACE if stopped else 0.0)
-                self.kill(w.pid, signal.SIGKILL if stopped else signal.SIGABRT)
+            pid = w.pid
+            act = w.heartbeat.step(now, self.deadlines.heartbeat(w.role), ABORT_GRACE,
+                                   partial(self.is_stopped, pid))
+            silent = now - w.heartbeat.last_pong
+            if act is Escalate.ABORT:
+                log.error("%s worker (pid %d) missed its heartbeat for %.1f s: aborting it (SIGABRT; its stack "
+                          "goes to the log)", w.role, pid, silent)
+                self.kill(pid, signal.SIGABRT)
+            elif act is Escalate.KILL_STOPPED:
+                log.error("%s worker (pid %d) missed its heartbeat for %.1f s and is stopped: killing it", w.role,
+                          pid, silent)
+                self.kill(pid, signal.SIGKILL)
+            elif act is Escalate.KILL:
+                log.error("%s worker (pid %d) is still there %.1f s after %s: killing it", w.role, pid, ABORT_GRACE,
+                          "SIGABRT" if w.heartbeat.kills == 1 else "SIGKILL")
+                self.kill(pid, signal.SIGKILL)
 
-    def next_ping(self) -> float:
-        return min((w.next_ping for w in self.workers.values() if w.channel is not None), default=time.monotonic() + 1)
+    def is_stopped(self, pid: int) -> bool:
+        st = self.os.stat(pid)
+        return st is not None and st.state in ("T", "t")
 
-    @staticmethod
-    def kill(pid: int, sig: int) -> None:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+    def next_heartbeat(self) -> float:
+        due = [w.heartbeat.next_due(self.deadlines.heartbeat(w.role), ABORT_GRACE, pinging=w.channel is not None)
+               for w in self.workers.values() if w.pid and self.shutdown_started is None]
+        due += [w.heartbeat.next_ping for w in self.workers.values() if w.channel is not None]
+        return min(due, default=float("inf"))
+
+    def kill(self, pid: int, sig: int) -> None:
+        if pid:
+            self.os.kill(pid, sig)
 
     # -- systemd ---------------------------------------------------------------------------------
 
@@ -428,7 +488,7 @@ class Supervisor:
             due = min(due, self.next_extend)
         return due
 
-    # -- shutdown ------------------------------------------------------------------------------
+    # -- shutdown (hasup.supervision.shutdown) ------------------------------------------------------
 
     def shutdown_budget(self) -> float:
         return self.config.postgresql.pg_ctl_timeout + 30.0
@@ -437,29 +497,46 @@ class Supervisor:
         if self.shutdown_started is not None:
             return
         log.info("shutting down")
-        self.shutdown_started = time.monotonic()
+        now = self.os.monotonic()
+        self.stopping(now)
+        view = self.last_view
+        # Maintenance mode: the operator owns PostgreSQL, which keeps running.  A live election says so itself
+        # (ShutdownDone, left running); without one, the supervisor must not stop it either.
+        paused_alone = view is not None and view.paused and not self.workers["election"].pid
+        if paused_alone:
+            log.info("the cluster is paused and election is not running: leaving PostgreSQL running")
+            self.leave_postgres_running = True
+        self.shutdown = ShutdownOrder(now, self.shutdown_budget(), postgres_settled=paused_alone)
+        self.shutdown_turn(now)  # the first message goes now, not after the next wait
+
+    def stopping(self, now: float) -> None:
+        self.shutdown_started = now
         self.notifier.stopping()
         self.next_extend = 0.0
-        if self.workers["election"].pid:
-            self.send("election", ipc.Shutdown())
-        else:
-            self.send("postgres", ipc.Stop(id=0, deadline=time.monotonic() + 60, mode="fast"))
 
-    def shutdown_step(self, now: float) -> bool:
-        """Advance an orderly shutdown; True when every worker is gone."""
-        assert self.shutdown_started is not None
-        budget = self.shutdown_budget()
-        election_gone = not self.workers["election"].pid
-        if self.shutdown_done or election_gone or now - self.shutdown_started > budget:
-            for w in self.workers.values():
-                if w.pid and not w.stopping:
-                    w.stopping = True
-                    self.kill(w.pid, signal.SIGTERM)
-        if now - self.shutdown_started > budget + 10:
-            for w in self.workers.values():
-                if w.pid:
-                    self.kill(w.pid, signal.SIGKILL)
-        return not any(w.pid for w in self.workers.values())
+    def shutdown_turn(self, now: float) -> bool:
+        """Advance the shutdown order; True when every worker is gone."""
+        assert self.shutdown is not None
+        running = [role for role, w in self.workers.items() if w.pid]
+        before = self.shutdown.phase
+        for cmd in self.shutdown.step(now, running, self.shutdown_done, self.postgres_stopped):
+            if isinstance(cmd, Tell):
+                if cmd.what == "shutdown":
+                    self.send("election", ipc.Shutdown(self.shutdown_reason))
+                else:
+                    log.warning("election is not running: asking the postgres worker to stop PostgreSQL (fast); "
+                                "the leader key, if ours, expires after ttl")
+                    self.send("postgres", ipc.Stop(id=SHUTDOWN_STOP_ID, deadline=now + self.shutdown_budget(),
+                                                   mode="fast"))
+                continue
+            if cmd.sig == signal.SIGKILL:
+                log.warning("%s worker (pid %d) did not exit after SIGTERM: killing it", cmd.role,
+                            self.workers[cmd.role].pid)
+            self.kill(self.workers[cmd.role].pid, cmd.sig)
+        phase = self.shutdown.phase
+        if phase is not before and phase is not None and running:
+            log.info("shutdown: %s%s", phase.value, f" ({self.shutdown.why})" if phase is Phase.TERMINATE else "")
+        return self.shutdown.finished(running)
 
     def fence(self, msg: ipc.Fence) -> None:
         """Kill every process of our hung PostgreSQL and tell election whether that is confirmed.
@@ -468,11 +545,12 @@ class Supervisor:
         backends, and /proc reads and signals cannot hang on PostgreSQL.
         """
         log.warning("fencing PostgreSQL: %s", msg.reason)
-        workers = {w.pid for w in self.workers.values() if w.pid}
-        result = fence_postgres(msg.postmaster_pid, self.config.postgresql.data_dir, self.pid, workers,
-                                timeout=FENCE_TIMEOUT)
+        result = self.os.fence(msg.postmaster_pid, self.config.postgresql.data_dir, self.worker_pids())
         self.reap()
         self.send("election", ipc.FenceDone(result.confirmed, tuple(result.killed), result.reason))
+
+    def worker_pids(self) -> set[int]:
+        return {w.pid for w in self.workers.values() if w.pid}
 
     # -- crash loops (hasup.supervision.crash_policy) ------------------------------------------------------------
 
@@ -481,18 +559,14 @@ class Supervisor:
         self.exit_code = EXIT_GIVE_UP
         if self.shutdown_started is not None:
             return
-        self.shutdown_started = now
-        self.notifier.stopping()
-        self.next_extend = 0.0
         if self.last_view is not None and self.last_view.paused:
             # Maintenance mode: the operator owns PostgreSQL, which keeps running as after SIGTERM.
-            # A live election says so itself (ShutdownDone, left running); without one, nobody stops it.
             log.critical("the cluster is paused: leaving PostgreSQL running")
-            if self.workers["election"].pid:
-                self.send("election", ipc.Shutdown("a worker crash loop"))
-            else:
-                self.leave_postgres_running = self.shutdown_done = True
+            self.stopping(now)
+            self.leave_postgres_running = True
+            self.shutdown = ShutdownOrder(now, self.shutdown_budget(), postgres_settled=True)
             return
+        self.stopping(now)
         release_grace = float(parse_dynamic(self.last_view.config)[0].retry_timeout) if self.last_view else 10.0
         self.giving_up = GiveUp(self, role, now, release_grace=release_grace + 5.0)
 
@@ -503,24 +577,19 @@ class Supervisor:
             self.send("election", ipc.Shutdown("a worker crash loop"))
 
     def find_our_postmaster(self) -> int | None:
-        pid, _doubt = find_postmaster(self.last_pg.postmaster_pid if self.last_pg else None,
-                                      self.config.postgresql.data_dir)
-        return pid
+        pg = self.last_pg
+        return self.os.find_postmaster(pg.postmaster_pid if pg else None, self.config.postgresql.data_dir)
 
     def quit_postmaster(self) -> bool:
         pid = self.find_our_postmaster()
-        st = read_stat(pid) if pid is not None else None
-        if pid is None or st is None:
-            return False
-        return send_signal(pid, st.starttime, signal.SIGQUIT) is Sent.SENT
+        return pid is not None and self.os.signal_process(pid, signal.SIGQUIT)
 
     def postmaster_alive(self) -> bool:
         self.reap()  # the postmaster is re-parented to us: an unreaped one would look alive to the next start
         return self.find_our_postmaster() is not None
 
     def confirm_stopped(self) -> Stopped:
-        workers = {w.pid for w in self.workers.values() if w.pid}
-        result = fence_postgres(None, self.config.postgresql.data_dir, self.pid, workers, timeout=FENCE_TIMEOUT)
+        result = self.os.fence(None, self.config.postgresql.data_dir, self.worker_pids())
         self.reap()
         return Stopped(result.confirmed, tuple(result.killed), result.reason)
 
@@ -528,13 +597,14 @@ class Supervisor:
         return bool(self.workers["election"].pid)
 
     def tell_election_stopped(self, stopped: Stopped) -> None:
-        # Election releases the key on a confirmed FenceDone: the same promise, nothing of PostgreSQL is left.
         self.views_at_release = self.views_received
-        self.send("election", ipc.FenceDone(True, stopped.killed, f"{stopped.reason} (giving up)"))
+        log.info("PostgreSQL is confirmed stopped: election may release the leader key")
+        self.send("election", ipc.StoppedForGiveUp(True, stopped.killed, f"{stopped.reason} (giving up)"))
 
     def lock_released(self) -> bool:
-        fresh = self.views_received > self.views_at_release and self.last_view is not None
-        return self.shutdown_done or (fresh and self.last_view is not None and not self.last_view.holds_lock)
+        view = self.last_view
+        fresh = self.views_received > self.views_at_release and view is not None
+        return self.shutdown_done or (fresh and view is not None and not view.holds_lock)
 
     def disarm(self, reason: str) -> None:
         # On the lease pipe, as election would: the watchdog worker honours a Disarm before it exits.
@@ -564,25 +634,28 @@ class Supervisor:
 
     def next_deadline(self, now: float) -> float:
         """The earliest moment the loop has something to do besides pings and systemd."""
-        due = [w.restart_at for w in self.workers.values() if not w.pid and w.restart_at is not None]
+        due = [w.restart_at for w in self.workers.values()
+               if not w.pid and w.restart_at is not None and self.shutdown_started is None]
         view = self.last_view
         if not self.workers["election"].pid and view is not None and view.lock_valid_until != self.guarded_lease:
             lapse = crash_policy.lease_deadline(view, self.deadlines.safety_margin + crash_policy.GUARD_SLACK)
             if lapse is not None:
                 due.append(lapse)
         vip = self.workers.get("vip")
-        if vip is not None and not vip.pid and vip.held_vip_at_death and self.last_view is not None:
-            due.append(self.last_view.lock_valid_until - vipaddr.LEASE_MARGIN)
+        if vip is not None and not vip.pid and vip.held_vip_at_death and view is not None:
+            due.append(view.lock_valid_until - vipaddr.LEASE_MARGIN)
         if self.giving_up is not None and not self.giving_up.done:
             due.append(now + 0.1)  # polls /proc for the postmaster's end
+        elif self.shutdown is not None:
+            due.append(self.shutdown.next_due())
         return min(due, default=float("inf"))
 
     def stop_leftover_postmaster(self) -> None:
         """Last resort: the postgres worker died before stopping PostgreSQL."""
-        pid = postmaster_pid(self.config.postgresql.data_dir)
+        pid = self.find_our_postmaster()
         if pid is not None:
             log.warning("PostgreSQL (pid %d) still runs after the workers exited: stopping it", pid)
-            self.kill(pid, signal.SIGQUIT)
+            self.os.signal_process(pid, signal.SIGQUIT)
 
     # -- main loop --------------------------------------------------------------------------------
 
@@ -596,25 +669,8 @@ class Supervisor:
             log.error("timing: %s", problem)  # the bootstrap timing; etcd's, once read, is checked again
         for role in self.roles:
             self.spawn(role)
-        while True:
-            now = time.monotonic()
-            self.notify_step(now)
-            if self.giving_up is not None and not self.giving_up.done:
-                # Until PostgreSQL is confirmed stopped (and the lock handed back) the workers stay:
-                # the postgres worker and election may be part of it, the watchdog must hear the disarm.
-                if self.giving_up.step(now):
-                    self.shutdown_done = True
-            elif self.shutdown_started is not None and self.shutdown_step(now):
-                break
-            self.guard_lease(now)
-            self.restart_vip_early(now)
-            for w in self.workers.values():
-                if not w.pid and w.restart_at is not None and now >= w.restart_at \
-                        and self.shutdown_started is None:
-                    self.spawn(w.role)
-            self.heartbeats(now)
-            due = min(self.next_ping(), self.next_notify(), self.next_deadline(now))
-            self.poll(timeout=max(0.0, due - time.monotonic()) or 0.05)
+        while (due := self.tick()) is not None:
+            self.poll(timeout=min(MAX_WAIT, max(0.0, due - self.os.monotonic()) or IDLE_WAIT))
         self.reap()
         if self.exit_code == 0 and self.shutdown_started is not None and not self.leave_postgres_running:
             self.stop_leftover_postmaster()
@@ -626,6 +682,26 @@ class Supervisor:
         self.writer.flush()
         self.notifier.close()
         return self.exit_code
+
+    def tick(self) -> float | None:
+        """One turn of the loop but the wait: when the next thing is due (monotonic), None once all are gone."""
+        now = self.os.monotonic()
+        self.notify_step(now)
+        if self.giving_up is not None and not self.giving_up.done:
+            # Until PostgreSQL is confirmed stopped (and the lock handed back) the workers stay:
+            # the postgres worker and election may be part of it, the watchdog must hear the disarm.
+            if self.giving_up.step(now):
+                self.shutdown = ShutdownOrder(now, self.shutdown_budget(), postgres_settled=True)
+        if self.shutdown is not None and self.shutdown_turn(now):
+            return None
+        self.guard_lease(now)
+        self.restart_vip_early(now)
+        for w in self.workers.values():
+            if not w.pid and w.restart_at is not None and now >= w.restart_at and self.shutdown_started is None:
+                self.spawn(w.role)
+        self.heartbeats(now)
+        self.report_log_loss()
+        return min(self.next_heartbeat(), self.next_notify(), self.next_deadline(now))
 
     def poll(self, timeout: float) -> None:
         for w in self.workers.values():
@@ -655,6 +731,15 @@ class Supervisor:
                     w.channel.close()
                     w.channel = None
         self.reap()
+
+
+def log_stack(role: str, stack: StackFile, code: int) -> None:
+    """Log what a worker's faulthandler wrote as it died (SIGABRT from a missed heartbeat, a crash in C),
+    and close the file: through the log writer, so it lands where every other line of the node does."""
+    text = stack.read()
+    stack.close()
+    if text.strip():
+        log.error("%s worker (%s) left its stack:\n%s", role, describe_exit(code), text.rstrip())
 
 
 def log_crash(role: str) -> None:

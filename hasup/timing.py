@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# -- the lease rule (DESIGN.md §4, hasup.watchdog.lease) -------------------------------------------
+# -- the lease rule (docs/design.md §4, hasup.watchdog.lease) --------------------------------------
 EPSILON = 0.5  # bounds the time between the lease check and the pet's syscall; the worker makes no I/O between
 MIN_TIMEOUT = 1  # Linux watchdog timeouts are whole seconds; below one there is nothing left to set
 # Pets come every timeout/2, but at least this often: a frozen watchdog worker then leaves the device
@@ -69,6 +69,10 @@ OTHER_HEARTBEAT = 15.0
 ABORT_GRACE = 2.0  # SIGABRT lets a stuck worker dump its stack; SIGKILL follows if it is still there after this
 
 # -- the load balancer in front (docs/haproxy.cfg, `default-server inter 2s fall 3`) -----------------
+# The api trusts election's ClusterView for loop_wait + retry_timeout (a cycle, and its slowest etcd read)
+# plus this much delivery and scheduling slack, and never longer than ttl: past it the leader key may
+# have expired unseen.
+VIEW_SLACK = 2.0
 HAPROXY_INTER = 2.0  # seconds between HAProxy's checks of /primary and /replica
 HAPROXY_FALL = 3  # failed checks in a row before HAProxy marks a server down
 
@@ -169,7 +173,12 @@ STALE_PGSTATE = FIGURES.stale_pgstate
 PG_REPORT_MAX_AGE = FIGURES.pg_report_max_age
 
 
-# -- the lease rule's arithmetic on the settings (DESIGN.md §4) -------------------------------------
+# -- the lease rule's arithmetic on the settings (docs/design.md §4) --------------------------------
+
+
+def view_max_age(ttl: float, loop_wait: float, retry_timeout: float) -> float:
+    """How old election's ClusterView may be before the api stops answering from it."""
+    return min(ttl, loop_wait + retry_timeout + VIEW_SLACK)
 
 
 def effective_safety_margin(configured: float, ttl: float) -> float:
@@ -228,7 +237,7 @@ class Deadlines:
 
     @property
     def watchdog_timeout(self) -> int | None:
-        """W (DESIGN §4); None when no whole second fits."""
+        """W (docs/design.md §4); None when no whole second fits."""
         return device_timeout(self.ttl, self.loop_wait, self.safety_margin)
 
     @property

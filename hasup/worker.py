@@ -1,7 +1,8 @@
-"""What every worker shares: its context, logging through the supervisor, heartbeats."""
+"""What every worker shares: its context, logging through the supervisor, heartbeats, stack dumps."""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import selectors
@@ -24,6 +25,10 @@ class WorkerContext:
     channel: ipc.Channel  # to the supervisor
     lease_sock: socket.socket | None = None  # election and watchdog only
     supervisor_pid: int = 0
+    # Where faulthandler writes this worker's stack on SIGABRT (the supervisor's heartbeat escalation) or a
+    # fatal signal; the supervisor logs it when the worker is gone (hasup.supervision.system.StackFile).
+    stack_fd: int | None = None
+    log_handler: PipeLogHandler | None = None  # set by setup_worker; its count of lost records rides on Pong
 
     @property
     def title(self) -> str:
@@ -42,15 +47,18 @@ class PipeLogHandler(logging.Handler):
         self.channel = channel
         self.role = role
         self.tracebacks = tracebacks  # log.traceback_level against log.level
+        self.lost = 0  # records dropped here: the pipe's queue was full, or the record could not be sent
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = record.getMessage()
             if record.exc_info and self.tracebacks:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.channel.send_now(ipc.LogRecord(record.levelno, record.name, text, record.created, self.role))
+            if not self.channel.send_now(ipc.LogRecord(record.levelno, record.name, text, record.created,
+                                                       self.role)):
+                self.lost += 1
         except Exception:  # logging must never take a worker down
-            pass
+            self.lost += 1
 
 
 def configure_logging(cfg: Config) -> None:
@@ -61,12 +69,21 @@ def configure_logging(cfg: Config) -> None:
     apply_levels(cfg.log)
 
 
+def enable_stack_dumps(fd: int | None) -> None:
+    """Have a fatal signal (SIGABRT above all) write every thread's Python stack to fd before the
+    worker dies; without fd, to stderr.  faulthandler writes from the signal handler itself, so the
+    stack comes out even when the main thread is stuck in a C call or holds the logging lock."""
+    faulthandler.enable(file=fd if fd is not None else 2, all_threads=True)
+
+
 def setup_worker(ctx: WorkerContext) -> None:
     setproctitle(ctx.title)
+    enable_stack_dumps(ctx.stack_fd)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    root.addHandler(PipeLogHandler(ctx.channel, ctx.role, tracebacks_visible(ctx.config.log)))
+    ctx.log_handler = PipeLogHandler(ctx.channel, ctx.role, tracebacks_visible(ctx.config.log))
+    root.addHandler(ctx.log_handler)
     # Client libraries log every retry; hasup logs one line per failed operation instead.
     for noisy in ("urllib3", "etcd"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
@@ -101,7 +118,8 @@ def apply_reload(ctx: WorkerContext, msg: ipc.ConfigChanged) -> bool:
 def answer_ping(ctx: WorkerContext, env: ipc.Envelope) -> bool:
     """Answer a heartbeat; True if env was one."""
     if isinstance(env.message, ipc.Ping):
-        ctx.channel.send_now(ipc.Pong(env.message.n))
+        lost = ctx.log_handler.lost if ctx.log_handler is not None else 0
+        ctx.channel.send_now(ipc.Pong(env.message.n, min(lost, ipc.MAX_COUNT)))
         return True
     return False
 

@@ -1,4 +1,4 @@
-"""Who may call the unsafe endpoints (contract §1.11): allowlist, then Basic auth.
+"""Who may call the unsafe endpoints (docs/rest-api.md, "Access control"): allowlist, then Basic auth.
 
 GET, HEAD and OPTIONS are never checked; POST, PUT, PATCH and DELETE are.
 The password is compared in constant time and never logged or echoed.

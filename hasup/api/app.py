@@ -40,7 +40,8 @@ Clock = Callable[[], float]
 # Patroni routes on the first path segment: GET /cluster/x is GET /cluster.
 HEALTH_PATHS = ("/", "/primary", "/master", "/leader", "/read-write", "/replica", "/read-only",
                 "/health", "/standby-leader", "/standby_leader")
-# Unsafe methods that pass the access check (contract §1.2), by first path segment.
+# Unsafe methods that pass the access check (docs/rest-api.md, "Access control"), by first path segment:
+# Patroni's list.
 AUTH_CHECKED = {
     ("PATCH", "config"), ("PUT", "config"), ("POST", "reload"), ("POST", "restart"), ("DELETE", "restart"),
     ("POST", "switchover"), ("POST", "failover"), ("DELETE", "switchover"), ("POST", "reinitialize"),

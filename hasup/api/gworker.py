@@ -3,7 +3,7 @@
 gunicorn's gthread worker gives a connection to a request thread as soon as it
 is readable, and the thread then blocks until the headers are complete: eight
 clients sending one byte a second hold all eight threads and health checks go
-unanswered (issue 13) -- an idle HAProxy, a port scanner or a half-open TLS
+unanswered -- an idle HAProxy, a port scanner or a half-open TLS
 client could blind the load balancer.
 
 This worker keeps gthread's thread pool and its request handling
@@ -59,7 +59,7 @@ LINGER = 2.0  # a closed connection drains what the client still sends for this 
 LINGER_DRAIN = 8 * 1024 * 1024
 MAX_HEAD = 64 * 1024  # bytes of header block; Patroni's clients send well under 1 KiB
 READ_CHUNK = 64 * 1024
-BUFFER_BUDGET = 16 * 1024 * 1024  # bytes of unfinished requests held by one worker (issue 16: memory)
+BUFFER_BUDGET = 16 * 1024 * 1024  # bytes of unfinished requests held by one worker (docs/rest-api.md, "Slow clients")
 ACCEPT_BATCH = 64  # connections accepted per wake-up, so one listener cannot starve the loop
 FD_RESERVE = 64  # descriptors kept for the listeners, the poller, pipes, logging and etcd clients
 SWEEP_EVERY = 0.25  # how late a deadline may be noticed

@@ -1,4 +1,4 @@
-"""The generic health check (contract §1.3): an HTTP status code from path, query and snapshot.
+"""The generic health check: an HTTP status code from path, query and snapshot (docs/rest-api.md).
 
 Load balancers call these paths every few seconds; the answer comes from the
 snapshot alone, so it stays fast when PostgreSQL or etcd do not.
@@ -11,13 +11,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from hasup import timing
 from hasup.api import status as st
 from hasup.timing import PG_STATE_MAX_AGE, SNAPSHOT_MAX_AGE
 
 OK = 200
 UNAVAILABLE = 503
 
-VIEW_SLACK = 2.0  # the ClusterView bound is loop_wait + retry_timeout + this, capped at ttl
 
 # PostgreSQL's memory units, as Patroni's lag parameter takes them (1024-based).
 _LAG_UNITS = {"B": 1, "kB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
@@ -107,7 +107,7 @@ def _tags_match(query: Mapping[str, list[str]], snap: st.Snap) -> bool:
 
 def view_max_age(snap: st.Snap) -> float:
     ttl = float(snap.get("ttl") or 30)
-    return min(ttl, float(snap.get("loop_wait") or 10) + float(snap.get("retry_timeout") or 10) + VIEW_SLACK)
+    return timing.view_max_age(ttl, float(snap.get("loop_wait") or 10), float(snap.get("retry_timeout") or 10))
 
 
 def stale(snap: st.Snap, now: float) -> bool:
@@ -185,7 +185,7 @@ def health_code(path: str, query: Mapping[str, list[str]], snap: st.Snap, now: f
     return code_for(path, query, snap, st.build_status(snap, now), now)
 
 
-# -- /liveness and /readiness (contract §1.4) ------------------------------------------
+# -- /liveness and /readiness (docs/rest-api.md) ---------------------------------------
 
 
 def liveness_code(snap: st.Snap, now: float) -> int:

@@ -1,4 +1,4 @@
-"""Bounds on what a REST request may carry (DESIGN §11): body size, JSON nesting and numbers.
+"""Bounds on what a REST request may carry (docs/design.md §11): body size, JSON nesting and numbers.
 
 Both the gunicorn worker (which buffers a request before a thread sees it)
 and the falcon app (which answers 413/400) read the same numbers from here.
@@ -21,7 +21,7 @@ from typing import Any
 MAX_BODY = 1024 * 1024  # bytes of request body; more is 413 (a dynamic configuration is a few KiB)
 MAX_DEPTH = 64  # levels of JSON nesting in a body; Patroni's configuration needs 4
 # Characters of a configuration as the store writes it (compact, ASCII-escaped JSON).  It travels
-# in every ClusterView (an IPC frame, DESIGN §2) and every api snapshot (256 KiB,
+# in every ClusterView (an IPC frame, docs/design.md §2) and every api snapshot (256 KiB,
 # hasup/api/snapshot.py), next to the members and the history: a value far bigger than any real
 # configuration would crowd them out on every node.  Half of what the etcd reader accepts
 # (hasup/dcs/parse.py MAX_CONFIG_CHARS).

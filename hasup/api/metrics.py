@@ -1,4 +1,4 @@
-"""GET /metrics: Patroni's Prometheus metrics (contract §1.10), from the snapshot.
+"""GET /metrics: Patroni's Prometheus metrics (docs/rest-api.md, "Metrics"), from the snapshot.
 
 A prometheus_client collector turns the status document into metric
 families; every sample carries {scope, name}.  prometheus_client names a
@@ -22,7 +22,7 @@ from hasup.api import status as st
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Contract §1.5: PostgresqlState strings and their fixed metric index.
+# Patroni's PostgresqlState strings and their fixed index (the value of patroni_postgres_state).
 POSTGRES_STATES = (
     "initializing new cluster", "initdb failed", "running custom bootstrap script", "custom bootstrap failed",
     "creating replica", "running", "starting", "starting after custom bootstrap", "start failed",
@@ -54,6 +54,12 @@ def _flag(value: Any) -> int:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _supervisor(snap: st.Snap) -> Mapping[str, Any]:
+    """What the supervisor itself reports (hasup.workers.api renders it from ipc.LogLoss)."""
+    value = snap.get("supervisor")
+    return value if isinstance(value, Mapping) else {}
 
 
 def values(snap: st.Snap, now: float) -> list[tuple[str, str, str, float]]:
@@ -124,11 +130,14 @@ def values(snap: st.Snap, now: float) -> list[tuple[str, str, str, float]]:
          state_index),
         ("patroni_failover_priority", "gauge", "Failover priority of this node; 0 means it never takes over.",
          priority if isinstance(priority, int) else 1),
-        # hasup's own (DESIGN.md §11): corrupt etcd values ignored, and election cycles that failed.
+        # hasup's own (docs/design.md §8, §11): corrupt etcd values ignored, election cycles that failed, lost logs.
         ("hasup_dcs_bad_values_total", "counter", "etcd values rejected by the boundary checks (ignored).",
          _count(view.get("dcs_bad_values"))),
         ("hasup_election_cycle_errors_total", "counter", "Election cycles ended by an unexpected error.",
          _count(view.get("cycle_errors"))),
+        ("hasup_log_records_lost_total", "counter", "Log records lost: dropped by a worker whose pipe to the "
+         "supervisor was full, or not written by the supervisor's log writer.", _count(_supervisor(snap).get(
+             "log_records_lost"))),
         ("hasup_rest_api_unprotected", "gauge", "1 when this REST API is reachable from other hosts without "
          "authentication, an allowlist or required client certificates.",
          _flag((snap.get("identity") or {}).get("rest_unprotected"))),

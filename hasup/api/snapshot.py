@@ -144,11 +144,6 @@ class Identity:
                    rest_unprotected=config.restapi.unprotected)
 
 
-def ttl_of(dynamic: dict[str, Any] | None) -> int:
-    """The effective ttl of a dynamic configuration (as etcd's config key holds it)."""
-    return int(timing_of(dynamic)["ttl"])
-
-
 def timing_of(dynamic: dict[str, Any] | None) -> dict[str, int]:
     """ttl, loop_wait, retry_timeout and maximum_lag_on_failover in force for a dynamic configuration."""
     try:

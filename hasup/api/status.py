@@ -143,7 +143,8 @@ def _pg_fields(pg: Mapping[str, Any] | None, snap: Snap, now: float) -> dict[str
 
 
 def build_status(snap: Snap, now: float) -> dict[str, Any]:
-    """Patroni's status document (contract §1.5) from a snapshot, at monotonic time now."""
+    """Patroni's status document (GET /patroni, and the health checks' body) from a snapshot, at monotonic
+    time now."""
     pg = snap.get("pg") if isinstance(snap.get("pg"), dict) else None
     out = _pg_fields(pg, snap, now)
     view = cluster_view(snap)
@@ -228,7 +229,7 @@ def _member_json(name: str, data: Mapping[str, Any], *, is_leader: bool, standby
 
 
 def build_cluster(snap: Snap) -> dict[str, Any]:
-    """The /cluster document (contract §1.6) from the last ClusterView."""
+    """The /cluster document, with Patroni's fields, from the last ClusterView."""
     identity = _dict(snap.get("identity"))
     view = cluster_view(snap)
     out: dict[str, Any] = {"members": [], "scope": identity.get("scope")}

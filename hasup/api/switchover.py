@@ -1,4 +1,4 @@
-"""POST /switchover, POST /failover, DELETE /switchover: the API half (contract §1.8).
+"""POST /switchover, POST /failover, DELETE /switchover: the API half (docs/rest-api.md, "Switchover and failover").
 
 The API validates the request in Patroni's order, checks that some
 candidate is healthy, writes the `failover` key and, for an immediate

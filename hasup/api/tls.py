@@ -1,4 +1,4 @@
-"""TLS for the REST API (contract §1.11): restapi.certfile, keyfile, keyfile_password, cafile, verify_client.
+"""TLS for the REST API (docs/rest-api.md, "TLS"): restapi.certfile, keyfile, keyfile_password, cafile, verify_client.
 
 gunicorn takes no key password, so hasup builds the server context itself
 through gunicorn's `ssl_context` hook: ssl.SSLContext.load_cert_chain

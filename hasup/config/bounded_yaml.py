@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover -- PyYAML built without libyaml
             Scanner.__init__(self)
             Parser.__init__(self)
 
-# -- limits on a configuration file (DESIGN.md §11) -------------------------------------------
+# -- limits on a configuration file (docs/design.md §11) --------------------------------------
 # A real configuration is a few KiB; 1 MiB leaves room for thousands of pg_hba lines and keeps a
 # configuration near the size of one IPC frame (hasup.ipc.MAX_FRAME), which a reload sends to the
 # workers as JSON (a file close to the limit can still exceed the frame: the IPC side must cope).

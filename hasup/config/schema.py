@@ -36,7 +36,7 @@ IGNORED = "not used by hasup yet, ignored"
 DYNAMIC_ONLY = "only read from the dynamic configuration (bootstrap.dcs, then etcd), ignored here"
 UNSUPPORTED = "not supported by this hasup version"
 
-# Why each safety setting cannot simply be ignored (DESIGN.md §7): running without it would
+# Why each safety setting cannot simply be ignored (docs/design.md §7): running without it would
 # silently weaken a promise the operator asked for.
 UNSAFE_REASONS = {
     # on/off are supported; only the quorum flavour is refused (see refuse_unsafe).
@@ -45,9 +45,9 @@ UNSAFE_REASONS = {
 }
 
 # Integer dynamic settings: (minimum, maximum). hasup's ttl minimum is 10, not Patroni's 20: its
-# lease keepalive runs in a worker that a slow PostgreSQL cannot starve (DESIGN.md §7). The maxima
+# lease keepalive runs in a worker that a slow PostgreSQL cannot starve (docs/design.md §7). The maxima
 # are far beyond any sane cluster (Patroni has none): they exist so that no value written to etcd
-# or the file can overflow a deadline computation, a sleep or a device timeout (DESIGN.md §11).
+# or the file can overflow a deadline computation, a sleep or a device timeout (docs/design.md §11).
 DYNAMIC_INT_BOUNDS: dict[str, tuple[int, int]] = {
     "ttl": (10, HOUR),
     "loop_wait": (1, HOUR),

@@ -1,4 +1,4 @@
-"""The replication slot settings of the dynamic configuration (reference §3.11).
+"""The replication slot settings of the dynamic configuration (docs/operations.md, "Replication slots").
 
 Which slots every node keeps besides its members' (`slots`, or its older names), which existing
 slots hasup never touches (`ignore_slots`), and how long a departed member's slot is kept

@@ -150,11 +150,6 @@ def int_between(minimum: int, maximum: int) -> Callable[[Any], int]:
     return convert
 
 
-def at_least(minimum: int) -> Callable[[Any], int]:
-    """A converter for integers not below `minimum` (and within 64 bits, like every integer)."""
-    return int_between(minimum, INT64_MAX)
-
-
 def seconds_between(minimum: float, maximum: float) -> Callable[[Any], float]:
     """A converter for a finite duration in (possibly fractional) seconds within [minimum, maximum]."""
 
@@ -176,11 +171,6 @@ def seconds_between(minimum: float, maximum: float) -> Callable[[Any], float]:
         return number
 
     return convert
-
-
-def seconds_at_least(minimum: float) -> Callable[[Any], float]:
-    """A converter for a duration of at least `minimum` seconds, and at most a day."""
-    return seconds_between(minimum, DAY)
 
 
 def to_bool(value: Any) -> bool:

@@ -88,7 +88,8 @@ def switch(ctl: Ctl, action: str, cluster_name: str | None, candidate: str | Non
         confirm(f"Are you sure you want to {action} cluster {scope}{demoting}?", force, f"Aborting {action}")
 
     target = cluster.leader_member() if cluster.leader else cluster.members.get(candidate or "")
-    # The leader polls etcd for up to 2 * max(10, loop_wait) s before it answers (reference §1.8).
+    # The leader polls etcd for up to 2 * max(10, loop_wait) s before it answers (docs/rest-api.md, "Switchover
+    # and failover").
     budget = 2 * max(10, ctl.loop_wait(cluster)) + 15
     try:
         if target is None:

@@ -111,7 +111,7 @@ class Cluster:
 
     @property
     def watch_index(self) -> int:
-        """Index to watch the leader key from (reference §2.1 'leader version')."""
+        """Index to watch the leader key from (v2 `waitIndex`, docs/design.md §6): the first one not yet seen."""
         # Every event up to the read's X-Etcd-Index has been seen.
         return max(self.etcd_index, self.leader.index if self.leader else 0) + 1
 

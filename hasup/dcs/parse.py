@@ -1,4 +1,4 @@
-"""The boundary parsers: every value read from etcd, checked once where it enters (DESIGN.md §11).
+"""The boundary parsers: every value read from etcd, checked once where it enters (docs/design.md §11).
 
 Each `parse_<key>` takes the raw text of one key (None: the key is absent) and returns the typed
 value, or a `Bad` that says what is wrong.  None of them raises, whatever the text: a 600-deep

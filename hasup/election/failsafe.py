@@ -1,4 +1,6 @@
-"""failsafe_mode (reference §3.7): a leader cut off from etcd keeps leading only if every member says so.
+"""failsafe_mode: a leader cut off from etcd keeps leading only if every member says so.
+
+Described for operators in docs/operations.md, "HA policy settings".
 
 The leader keeps the `failsafe` key listing every member.  When etcd cannot
 be read, it POSTs /failsafe to each of them; a member that is not leading

@@ -1,4 +1,4 @@
-"""When our primary counts as hung: the evidence the policy weighs before it fences (DESIGN §3).
+"""When our primary counts as hung: the evidence the policy weighs before it fences (docs/design.md §3).
 
 The policy returns FencePostgres once a live postgres worker has failed
 to reach our primary for the health deadline; the supervisor kills and

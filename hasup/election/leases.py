@@ -1,4 +1,4 @@
-"""Election's side of the lease pipe (DESIGN.md §4): leases while we may lead, a disarm once it is safe.
+"""Election's side of the lease pipe (docs/design.md §4): leases while we may lead, a disarm once it is safe.
 
 The watchdog worker pets its device only under the newest lease; the
 datagrams carry a sequence number so it can drop a stale one.

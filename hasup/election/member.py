@@ -10,7 +10,7 @@ from hasup.ipc import PgState
 
 
 def member_data(cfg: Config, pg: PgState | None, paused: bool = False) -> dict[str, Any]:
-    """The value of members/<name> (reference §2.2); WAL fields only from a confirmed probe.
+    """The value of members/<name>, with Patroni's fields; WAL fields only from a confirmed probe.
 
     `paused` is the cluster's pause flag as this node last read it: patronictl's
     `pause --wait` and `resume --wait` poll the member keys for it."""

@@ -91,4 +91,12 @@ class ShutdownAsked:
     """The supervisor stops the node (SIGTERM, systemd stop)."""
 
 
-Event = Replied | Fenced | ShutdownAsked
+@dataclass(frozen=True)
+class GaveUp:
+    """The supervisor gives up on this node (a worker keeps crashing): it stopped PostgreSQL itself, and
+    /proc confirms none of it is left."""
+
+    reason: str
+
+
+Event = Replied | Fenced | ShutdownAsked | GaveUp

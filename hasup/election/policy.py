@@ -63,6 +63,7 @@ from hasup.election.phases import (
 )
 from hasup.ipc import PgState
 from hasup.peers import PeerStatus
+from hasup.postgresql.state import NOT_RUNNING
 
 __all__ = [
     "Action",
@@ -147,8 +148,6 @@ class Local:
     phase: Phase = field(default_factory=Idle)  # where we stand in a multi-step protocol (hasup.election.phases)
     now: float = 0.0  # monotonic, for the phases' deadlines
 
-
-NOT_RUNNING = ("stopped", "crashed")
 
 
 def decide(cluster: Cluster | None, local: Local, me: Node, settings: Settings, event: Event | None = None) \
@@ -393,7 +392,7 @@ def scheduled_at(failover: dict[str, object]) -> float | None:
 
 
 def _manual_failover(cluster: Cluster, local: Local, me: Node, settings: Settings) -> tuple[list[Action], str]:
-    """The leader's side of a switchover requested through the failover key (reference §3.4.1)."""
+    """The leader's side of a switchover requested through the failover key (the API's half: hasup.api.switchover)."""
     fo = cluster.failover or {}
     when = scheduled_at(fo)
     if when is not None:

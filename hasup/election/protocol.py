@@ -1,7 +1,7 @@
 """The answers in the election worker's protocols, as a table: (phase, answer) -> decision.
 
 Every answer election can receive (a reply to each protocol request, the
-supervisor's fence result, the order to shut down) is named in every
+supervisor's fence result, the order to shut down, the supervisor giving up) is named in every
 phase's row, even where it changes nothing: a new phase or a new kind of
 request must say what it does with each of them (tests/unit/test_protocol.py
 walks the table).  Replies to the ordinary cycle's requests move nothing
@@ -46,6 +46,7 @@ from hasup.election.phases import (
     Fenced,
     FenceUnconfirmed,
     Fencing,
+    GaveUp,
     Idle,
     Phase,
     Promoting,
@@ -68,8 +69,8 @@ class Facts:
 
 
 Handler = Callable[[Any, Any, Facts], Decision]
-EventKind = type[Action] | type[Fenced] | type[ShutdownAsked]
-EVENT_KINDS: tuple[EventKind, ...] = (*REQUESTS, Fenced, ShutdownAsked)
+EventKind = type[Action] | type[Fenced] | type[ShutdownAsked] | type[GaveUp]
+EVENT_KINDS: tuple[EventKind, ...] = (*REQUESTS, Fenced, ShutdownAsked, GaveUp)
 
 
 def kind_of(event: Event) -> EventKind:
@@ -167,6 +168,13 @@ def _stopped_for_shutdown(phase: ShuttingDown, event: Replied, facts: Facts) -> 
                     phase=done)
 
 
+def _gave_up(phase: Phase, event: GaveUp, facts: Facts) -> Decision:
+    """Whatever we were doing: nothing of ours runs any more, a replica may lead at once, and the supervisor
+    waits for the released key before it ends the node.  No lock write after this."""
+    return Decision(_release(facts), f"PostgreSQL was stopped because the node gives up ({event.reason}): "
+                    "releasing the leader key", phase=ShuttingDown(False, lock_writes=False))
+
+
 def _row(**answers: Handler) -> dict[EventKind, Handler]:
     """A phase's row: nothing for the ordinary requests, and the answers named for everything else."""
     row: dict[EventKind, Handler] = {kind: _nothing for kind in ORDINARY_REQUESTS}
@@ -177,20 +185,22 @@ def _row(**answers: Handler) -> dict[EventKind, Handler]:
 
 _ = _nothing
 TABLE: dict[type[Phase], dict[EventKind, Handler]] = {
-    Idle: _row(RunBootstrap=_, RunPromote=_, RunDemote=_, RunStop=_, Fenced=_late_fence, ShutdownAsked=_shutdown),
+    Idle: _row(RunBootstrap=_, RunPromote=_, RunDemote=_, RunStop=_, Fenced=_late_fence, ShutdownAsked=_shutdown,
+               GaveUp=_gave_up),
     Bootstrapping: _row(RunBootstrap=_bootstrapped, RunPromote=_, RunDemote=_, RunStop=_, Fenced=_late_fence,
-                        ShutdownAsked=_shutdown),
+                        ShutdownAsked=_shutdown, GaveUp=_gave_up),
     Promoting: _row(RunBootstrap=_, RunPromote=_promoted, RunDemote=_, RunStop=_, Fenced=_late_fence,
-                    ShutdownAsked=_shutdown),
+                    ShutdownAsked=_shutdown, GaveUp=_gave_up),
     Demoting: _row(RunBootstrap=_, RunPromote=_, RunDemote=_demoted, RunStop=_, Fenced=_late_fence,
-                   ShutdownAsked=_shutdown),
-    Fencing: _row(RunBootstrap=_, RunPromote=_, RunDemote=_, RunStop=_, Fenced=_fenced, ShutdownAsked=_shutdown),
+                   ShutdownAsked=_shutdown, GaveUp=_gave_up),
+    Fencing: _row(RunBootstrap=_, RunPromote=_, RunDemote=_, RunStop=_, Fenced=_fenced, ShutdownAsked=_shutdown,
+                  GaveUp=_gave_up),
     FenceUnconfirmed: _row(RunBootstrap=_, RunPromote=_, RunDemote=_, RunStop=_, Fenced=_late_fence,
-                           ShutdownAsked=_shutdown),
+                           ShutdownAsked=_shutdown, GaveUp=_gave_up),
     SittingOut: _row(RunBootstrap=_, RunPromote=_, RunDemote=_, RunStop=_, Fenced=_late_fence,
-                     ShutdownAsked=_shutdown),
+                     ShutdownAsked=_shutdown, GaveUp=_gave_up),
     ShuttingDown: _row(RunBootstrap=_, RunPromote=_, RunDemote=_, RunStop=_stopped_for_shutdown,
-                       Fenced=_fenced_while_stopping, ShutdownAsked=_),
+                       Fenced=_fenced_while_stopping, ShutdownAsked=_, GaveUp=_gave_up),
 }
 assert set(TABLE) == set(PHASES)
 

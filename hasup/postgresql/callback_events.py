@@ -1,4 +1,4 @@
-"""Which callbacks a PostgreSQL event calls for, and with which role (reference §3.12).
+"""Which callbacks a PostgreSQL event calls for, and with which role (docs/operations.md, "Callbacks").
 
 The postgres worker tells an `Announcer` what happened -- an action began or finished, a probe
 saw PostgreSQL, its parameters were reloaded -- and gets back the callbacks to run. No I/O here.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Actions after which PostgreSQL runs, freshly started (the clone and initdb ones included: the
-# reference fires nothing while bootstrapping, and `on_start` once it is done).
+# Patroni fires nothing while bootstrapping, and `on_start` once it is done).
 STARTS = frozenset({"Bootstrap", "CreateReplica", "Reinitialize", "Start"})
 FORMER_PRIMARY = frozenset({"primary", "demoted"})
 

@@ -17,8 +17,8 @@ from urllib.parse import urlparse
 from hasup.config import Config, Credentials, DynamicConfig
 from hasup.config.values import parameter_problem, shown
 
-# Parameters hasup owns, their defaults and minimums (reference §4.6).  They
-# must match on every node, so only the dynamic config may change them.
+# Parameters hasup owns, their defaults and minimums (docs/operations.md, "PostgreSQL parameters hasup
+# controls").  They must match on every node, so only the dynamic config may change them.
 CONTROLLED_DEFAULTS: dict[str, Any] = {
     "max_connections": 100,
     "max_wal_senders": 10,
@@ -40,7 +40,7 @@ CONTROLLED_MINIMUMS = {
 CONF_ONLY = {"wal_keep_size"}
 NOT_SETTABLE = {"listen_addresses", "port", "cluster_name", "hba_file", "ident_file", "primary_conninfo",
                 "primary_slot_name", "recovery_target_timeline"}
-# The only parameters on the postmaster's command line, as in the reference: the ones every node must
+# The only parameters on the postmaster's command line, as in Patroni: the ones every node must
 # agree on or that say where it listens, so that ALTER SYSTEM (postgresql.auto.conf) cannot override
 # them. None holds a secret. Everything else goes only into postgresql.conf (0600): any local user
 # can read a command line through ps or /proc/<pid>/cmdline.

@@ -23,6 +23,7 @@ from hasup.postgresql import conf, slots
 from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, controldata, data_dir_empty, run
 from hasup.postgresql.probe import ProbeFailed, Prober, run_sql
 from hasup.postgresql.roles import Role, create_roles, ident
+from hasup.postgresql.state import PgStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class ActionFailed(Exception):
 
 class Lifecycle:
     def __init__(self, cfg: Config, dynamic: DynamicConfig, postmaster: Postmaster,
-                 on_state: Callable[[str], None]) -> None:
+                 on_state: Callable[[PgStatus], None]) -> None:
         self.cfg = cfg
         self.dynamic = dynamic
         self.postmaster = postmaster
@@ -144,7 +145,7 @@ class Lifecycle:
 
     def bootstrap(self) -> dict[str, Any]:
         pg = self.cfg.postgresql
-        self.on_state("initializing new cluster")
+        self.on_state(PgStatus.INITIALIZING)
         self.refuse_if_running()
         if not data_dir_empty(self.data_dir):
             raise ActionFailed(f"data directory {self.data_dir} is not empty")
@@ -171,7 +172,7 @@ class Lifecycle:
             with open(os.path.join(pg.config_dir, "pg_hba.conf"), "a") as f:
                 f.write("\n# bootstrap.pg_hba\n" + "\n".join(self.cfg.bootstrap.pg_hba) + "\n")
         self.write_config(None, None, standby=False)
-        self.on_state("starting")
+        self.on_state(PgStatus.STARTING)
         self.launch()
         result = self.wait_ready(pg.pg_ctl_timeout)
         self.post_bootstrap()
@@ -211,7 +212,7 @@ class Lifecycle:
     def create_replica(self, leader: str, leader_conn_url: str) -> dict[str, Any]:
         pg = self.cfg.postgresql
         self.refuse_if_running()
-        self.on_state("creating replica")
+        self.on_state(PgStatus.CREATING_REPLICA)
         host, port = conf.parse_conn_url(leader_conn_url)
         conf.write_pgpass(self.cfg)
         source = conf.dsn(host, port, pg.replication, application_name=f"{self.cfg.name} basebackup")
@@ -238,7 +239,7 @@ class Lifecycle:
 
     def start_replica(self, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
         self.write_config(leader, leader_conn_url, standby=True)
-        self.on_state("starting")
+        self.on_state(PgStatus.STARTING)
         self.launch()
         return self.wait_ready(self.cfg.postgresql.pg_ctl_timeout)
 
@@ -246,7 +247,7 @@ class Lifecycle:
         if not as_primary:
             return self.start_replica(leader, leader_conn_url)
         self.write_config(None, None, standby=False)
-        self.on_state("starting")
+        self.on_state(PgStatus.STARTING)
         self.launch()
         return self.wait_ready(self.cfg.postgresql.pg_ctl_timeout)
 
@@ -271,7 +272,7 @@ class Lifecycle:
 
     def demote(self) -> dict[str, Any]:
         """Hand over: checkpoint (so the stop is quick), stop fast, report the shutdown checkpoint's LSN."""
-        self.on_state("demoting")
+        self.on_state(PgStatus.DEMOTING)
         try:
             run_sql(self.local_dsn(), ["CHECKPOINT"], timeout=self.cfg.postgresql.pg_ctl_timeout)
         except Exception as exc:
@@ -291,7 +292,7 @@ class Lifecycle:
     def promote(self, require_lsn: int | None = None) -> dict[str, Any]:
         if require_lsn is not None:
             self.wait_received(require_lsn, timeout=5.0)
-        self.on_state("promoting")
+        self.on_state(PgStatus.PROMOTING)
         try:
             run([self.bins.path("pg_ctl"), "promote", "-D", self.data_dir, "-w",
                  "-t", str(self.cfg.postgresql.pg_ctl_timeout)], timeout=self.cfg.postgresql.pg_ctl_timeout + 5,
@@ -311,7 +312,7 @@ class Lifecycle:
         return result
 
     def stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
-        self.on_state("stopping")
+        self.on_state(PgStatus.STOPPING)
         return self._stop(mode, timeout)
 
     def _stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
@@ -347,7 +348,7 @@ class Lifecycle:
 
     def restart(self, timeout: float | None, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
         """Stop fast and start again in the role PostgreSQL had, re-rendering its configuration."""
-        self.on_state("restarting")
+        self.on_state(PgStatus.RESTARTING)
         self._stop("fast")
         standby = os.path.exists(os.path.join(self.data_dir, "standby.signal"))
         self.write_config(leader if standby else None, leader_conn_url if standby else None, standby)
@@ -419,7 +420,7 @@ class Lifecycle:
             log.warning("timeline %s is behind the leader's %s and use_pg_rewind is off; starting anyway",
                         local_tl, leader_timeline)
             return
-        self.on_state("rewinding")
+        self.on_state(PgStatus.REWINDING)
         pg = self.cfg.postgresql
         host, port = conf.parse_conn_url(leader_conn_url)
         conf.write_pgpass(self.cfg)

@@ -1,4 +1,4 @@
-"""Replication slots: which ones a node should have, as pure functions (reference §3.11).
+"""Replication slots: which ones a node should have, as pure functions (docs/operations.md, "Replication slots").
 
 Given the cluster's members, this node's name and role, the slot settings of
 the dynamic configuration and the rows of pg_replication_slots, `plan()`
@@ -57,7 +57,7 @@ class Plan:
 
 def slot_name(member: str) -> str:
     """A member's physical slot: lowercase, '-' and '.' as '_', any other character outside
-    [a-z0-9_] as 'u' and its 4-digit code point, at most 63 characters (reference §3.11)."""
+    [a-z0-9_] as 'u' and its 4-digit code point, at most 63 characters."""
     out = []
     for ch in member.lower():
         if ch in "-.":

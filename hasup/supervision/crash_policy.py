@@ -1,6 +1,6 @@
 """What a worker's death means, by kind: how soon it comes back, and when the node gives up.
 
-DESIGN.md §1 and §11; the table operators read is in docs/operations.md, "When a worker keeps
+docs/design.md §1 and §11; the table operators read is in docs/operations.md, "When a worker keeps
 crashing".  Deaths are counted per kind in a sliding window: a death older than WINDOW is
 forgotten, so two incidents an hour apart never add up to a crash loop.  Within BUDGET deaths a
 worker comes back quickly.  Beyond it the kind decides:
@@ -64,9 +64,10 @@ def policy_for(kind: str, watchdog_mode: str) -> KindPolicy:
         return KindPolicy(False, IN_BUDGET_CAP, OnSpent.GIVE_UP)
     if kind == "watchdog":
         # Off, it holds nothing: its deaths cost nothing.  Otherwise a node whose watchdog worker keeps
-        # dying cannot keep §4's promise (an armed device goes unpetted between incarnations and fires
-        # in the middle of whatever PostgreSQL does; mode required must not lead unarmed), so it stops
-        # in order rather than leave the device to reset it at a random moment.
+        # dying cannot keep the lease rule's promise, docs/design.md §4 (an armed device goes unpetted
+        # between incarnations and fires in the middle of whatever PostgreSQL does; mode required must
+        # not lead unarmed), so it stops in order rather than leave the device to reset it at a random
+        # moment.
         spent = OnSpent.KEEP_RESTARTING if watchdog_mode == "off" else OnSpent.GIVE_UP
         return KindPolicy(True, WATCHDOG_CAP, spent)
     return KindPolicy(False, API_IN_BUDGET, OnSpent.KEEP_RESTARTING)  # api, vip
@@ -94,10 +95,6 @@ class DeathWindow:
 class Verdict:
     restart_in: float | None  # seconds until the restart; None: give up
     crash_loop: bool  # beyond the budget: say so loudly
-
-    @property
-    def give_up(self) -> bool:
-        return self.restart_in is None
 
 
 def verdict(policy: KindPolicy, deaths: int, budget: int = BUDGET) -> Verdict:

@@ -1,4 +1,4 @@
-"""The supervisor's fence of a hung PostgreSQL (DESIGN.md §3): proc.kill_and_confirm, told what only it knows.
+"""The supervisor's fence of a hung PostgreSQL (docs/design.md §3): proc.kill_and_confirm, told what only it knows.
 
 The supervisor calls this from its one loop when election asks for a
 fence, and when a worker's crash loop must end with PostgreSQL confirmed

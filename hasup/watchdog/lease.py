@@ -1,4 +1,4 @@
-"""The lease rule (DESIGN.md §4): when the watchdog may be petted, and with which timeout.
+"""The lease rule (docs/design.md §4): when the watchdog may be petted, and with which timeout.
 
 Pure arithmetic on monotonic times, no I/O.  Election grants a lease
 `valid_until` (etcd cannot expire the leader key before it).  The device

@@ -1,6 +1,6 @@
 """The api worker: a gunicorn master (plus one request worker) serving the falcon app.
 
-Process layout (DESIGN §1):
+Process layout (docs/design.md §1):
     hasup: api <scope>/<name>          gunicorn master; a reader thread owns the supervisor pipe
       hasup: api worker <scope>/<name> request threads; read the shared snapshot, nothing else
 
@@ -67,6 +67,7 @@ class SnapshotRenderer:
         self.pg: ipc.PgState | None = None
         self.cluster: ipc.ClusterView | None = None
         self.watchdog: ipc.WatchdogState | None = None
+        self.log_loss: ipc.LogLoss | None = None  # the supervisor's count of lost log records, for /metrics
         self.rendered_at = 0.0
         # When each kind last arrived ("start": when we began), for /liveness and staleness bounds.
         self.received: dict[str, float] = {"start": time.monotonic()}
@@ -79,6 +80,9 @@ class SnapshotRenderer:
             self.cluster, kind = message, "cluster"
         elif isinstance(message, ipc.WatchdogState):
             self.watchdog, kind = message, "watchdog"
+        elif isinstance(message, ipc.LogLoss):
+            self.log_loss = message
+            return True  # a count, not a fact with an age: nothing for the staleness bounds
         else:
             return False
         self.received[kind] = time.monotonic()
@@ -86,6 +90,7 @@ class SnapshotRenderer:
 
     def render(self) -> None:
         snap = make_snapshot(self.identity, self.pg, self.cluster, self.watchdog, received=self.received)
+        snap["supervisor"] = {"log_records_lost": self.log_loss.lost if self.log_loss is not None else 0}
         try:
             self.buffer.write(encode_snapshot(snap, self.buffer.capacity))
         except ValueError as exc:  # too big even trimmed: keep serving the previous one
@@ -109,6 +114,25 @@ class ChannelReader(threading.Thread):
         self.relay = relay
         self.stop_server = stop
         self.send_lock = send_lock
+
+    def catch_up(self) -> None:
+        """Take in what already waits on the pipe and publish it, before gunicorn forks the request worker.
+
+        A restarted api finds the supervisor's replay of the latest snapshots there (hasup.supervision.routing):
+        served from its first request, /primary answers from them instead of 503 until election's next cycle.
+        Runs before this thread starts, so it is still the only reader."""
+        try:
+            envelopes = self.ctx.channel.receive()
+        except ipc.PeerClosed:
+            return  # run() finds out again and stops the server
+        changed = False
+        for env in envelopes:
+            with self.send_lock:
+                if answer_ping(self.ctx, env):
+                    continue
+            changed |= self.renderer.absorb(env.message)
+        if changed:
+            self.renderer.render()
 
     def run(self) -> None:
         try:
@@ -322,7 +346,9 @@ def run(ctx: WorkerContext) -> None:
         started.append(True)
         os.register_at_fork(after_in_child=lambda: _detach_child(ctx, child_title))
         ctx.channel.send_now(ipc.ApiListening())  # the listeners are bound: systemd may hear READY=1
-        ChannelReader(ctx, renderer, relay, stop_server, _send_lock(logging.getLogger())).start()
+        reader = ChannelReader(ctx, renderer, relay, stop_server, _send_lock(logging.getLogger()))
+        reader.catch_up()
+        reader.start()
 
     def post_fork(arbiter: Any, worker: Any) -> None:
         # The at-fork hook has already detached this process from the pipe; a

@@ -240,6 +240,8 @@ class ElectionWorker:
             self.run_now |= waited
             if action is not None:
                 self.answer(ph.Replied(action, msg.ok, msg.message, msg.result))
+        elif isinstance(msg, ipc.StoppedForGiveUp):  # before FenceDone, its base class
+            self.answer(ph.GaveUp(msg.reason))
         elif isinstance(msg, ipc.FenceDone):
             self.link.outdated |= msg.confirmed  # what we hold describes the PostgreSQL that was just killed
             self.answer(ph.Fenced(msg.confirmed, f"{len(msg.killed)} processes killed: {msg.reason}" if msg.confirmed

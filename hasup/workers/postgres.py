@@ -25,6 +25,7 @@ from hasup.postgresql.control import Binaries, Postmaster, controldata, data_dir
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult, ProbeTimedOut
 from hasup.postgresql.slot_keeper import SlotJob, SlotKeeper
+from hasup.postgresql.state import ACTION_STATES, PgStatus
 from hasup.timing import KEEPALIVE, PROBE_INTERVAL, PROBE_TIMEOUT
 from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 
@@ -41,8 +42,8 @@ class PostgresWorker:
                                      os.path.join(cfg.postgresql.config_dir, "postgresql.conf"))
         self.lifecycle = Lifecycle(cfg, self.dynamic, self.postmaster, self._set_action_state)
         self.prober = Prober(self.lifecycle.local_dsn(), PROBE_TIMEOUT)
-        self.action: str = ""
-        self.action_state: str = ""
+        self.action: str = ""  # the request being carried out, by name ("promote", "follow", ...)
+        self.action_state: PgStatus | None = None  # what that action says PostgreSQL is going through
         self.done: queue.SimpleQueue[ipc.Reply] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -62,7 +63,7 @@ class PostgresWorker:
 
     # -- actions ---------------------------------------------------------------
 
-    def _set_action_state(self, state: str) -> None:
+    def _set_action_state(self, state: PgStatus) -> None:
         # Called from the action's thread: wake the main loop so the new state is reported now,
         # not up to a probe interval later (an operator polling /patroni must not see the old one).
         self.action_state = state
@@ -83,7 +84,7 @@ class PostgresWorker:
         fn = self._action_for(req)
         name = type(req).__name__.lower()
         self.action = name
-        self.action_state = name
+        self.action_state = ACTION_STATES.get(name)
         self.report(force=True)  # busy from now on, for the api too
         self.callbacks.began(req, self.last_sent)
 
@@ -139,7 +140,7 @@ class PostgresWorker:
         while not self.done.empty():
             reply = self.done.get()
             self.action = ""
-            self.action_state = ""
+            self.action_state = None
             self.ctx.channel.send_now(reply)
             self.callbacks.finished(reply, self.lifecycle.following, self.postmaster.pid() is not None)
             self.report(force=True)
@@ -202,14 +203,14 @@ class PostgresWorker:
         self.last_good = None
         cd = controldata(self.postmaster.bins, cfg.postgresql.data_dir) if not empty and not self.action else {}
         cluster_state = cd.get("Database cluster state")
-        if self.action:
-            state = self.action_state or self.action
+        if self.action_state is not None:
+            state = self.action_state
         elif pid is not None:
-            state = "starting" if self.failed_probes < 3 else "unknown"
+            state = PgStatus.STARTING if self.failed_probes < 3 else PgStatus.UNKNOWN
         elif self.was_running and not self.stopped_on_purpose:
-            state = "crashed"
+            state = PgStatus.CRASHED
         else:
-            state = "stopped"
+            state = PgStatus.STOPPED
         sysid = cd.get("Database system identifier")
         try:
             tl: int | None = int(cd["Latest checkpoint's TimeLineID"]) if cd else None
@@ -227,14 +228,14 @@ class PostgresWorker:
             upstream=self.lifecycle.following,
         )
 
-    def reported_state(self) -> str:
+    def reported_state(self) -> PgStatus:
         """The state of a PostgreSQL that answers: running, unless an action says otherwise."""
         if self.action == "stop":
-            return "stopping"
-        if self.action in ("restart", "reinitialize"):
+            return PgStatus.STOPPING
+        if self.action in ("restart", "reinitialize") and self.action_state is not None:
             # Until the action is done, as Patroni reports it: restarting, creating replica, starting.
-            return self.action_state or self.action
-        return "running"
+            return self.action_state
+        return PgStatus.RUNNING
 
     def stopped_role(self, empty: bool, cluster_state: str | None) -> str:
         if empty or cluster_state is None:

@@ -1,4 +1,4 @@
-"""The watchdog worker: pets the device under the lease rule (DESIGN.md §4).
+"""The watchdog worker: pets the device under the lease rule (docs/design.md §4).
 
 It imports little and makes no network or database calls.  Leases and
 disarm orders come straight from election on the lease pipe.  Without new
@@ -19,7 +19,7 @@ import time
 from hasup import ipc
 from hasup.config import WatchdogConfig
 from hasup.proc import KillResult, kill_and_confirm, read_stat
-from hasup.timing import device_timeout, effective_safety_margin, settings_problem
+from hasup.timing import Deadlines, settings_problem
 from hasup.watchdog.emulated import EmulatedWatchdog
 from hasup.watchdog.lease import LeaseRule
 from hasup.watchdog.linux import LinuxWatchdog
@@ -95,9 +95,9 @@ class WatchdogWorker:
         self.lease = lease
         if self.cfg.mode == "off":
             return
-        margin = effective_safety_margin(self.cfg.safety_margin, lease.ttl)
-        problem = settings_problem(lease.ttl, lease.loop_wait, lease.retry_timeout, margin)
-        timeout = device_timeout(lease.ttl, lease.loop_wait, margin)
+        deadlines = Deadlines.of(lease.ttl, lease.loop_wait, lease.retry_timeout, self.cfg.safety_margin)
+        problem = settings_problem(lease.ttl, lease.loop_wait, lease.retry_timeout, deadlines.safety_margin)
+        margin, timeout = deadlines.safety_margin, deadlines.watchdog_timeout
         if problem or timeout is None:
             self.failed = True
             self.reason = problem or "no watchdog timeout of at least 1 s fits these timings"

@@ -2,8 +2,9 @@
 
 It knows nothing of hasup, PostgreSQL or namespaces.  Input: every write
 attempt (value, node, start and end on the monotonic clock, outcome), the
-values the healed cluster's primary holds, the rewinds that happened, and the
-nemeses with their heal times.  Output: what went wrong, if anything.
+values the healed cluster's primary holds, the rewinds that happened, the
+nemeses with their heal times, and the replication lag sampled on the
+primaries.  Output: what went wrong, if anything.
 
 Outcomes.  OK means the server acknowledged the commit.  FAILED means it
 certainly did not commit (refused connection, read-only transaction).
@@ -73,12 +74,28 @@ class Nemesis:
 
 
 @dataclass(frozen=True)
+class LagSample:
+    """At `at`, primary `node`'s most advanced standby confirmed WAL `flush_lag` seconds after `node` flushed it.
+
+    PostgreSQL's pg_stat_replication.flush_lag, the smallest over the streaming
+    standbys: a primary lost at that moment had acknowledged, and not yet
+    shipped to the replica best placed to replace it, the writes of about that
+    many seconds.
+    """
+
+    node: str
+    at: float
+    flush_lag: float
+
+
+@dataclass(frozen=True)
 class History:
     ops: tuple[Op, ...]
     final: frozenset[int]  # the values in the healed cluster's primary's table
     rewinds: tuple[Rewind, ...] = ()
     nemeses: tuple[Nemesis, ...] = ()
     end: float | None = None  # when recording stopped; defaults to the last op's end
+    lag: tuple[LagSample, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,18 +116,30 @@ class NemesisReport:
     longest_gap: float  # seconds without any acknowledged write, from start to the next fault (or the end)
     healed_in: float | None  # seconds from heal to healthy; None if it never healed
     healed_within_bound: bool
+    lag_before: float | None = None  # the largest replication lag sampled in the LAG_LOOKBACK before it; None: none
 
 
 @dataclass(frozen=True)
 class LossWindow:
     """Acknowledged writes of one node, missing from the end, that were acknowledged without a break.
 
-    `explained` when they are the tail of the node's uninterrupted run of
-    acknowledged writes (later writes of that run are missing too: only the
-    end of its WAL stream did not reach the new primary) and the tail began
-    at most REPLICATION_SLACK before a fault, no later than its heal.  That
-    is the asynchronous replication window: what a primary acknowledged but
-    had not shipped when it lost its role.  Anything else has no excuse.
+    `explained` when they are the replication window of a primary that was
+    cut off: what it had acknowledged but not yet shipped.  All three must hold:
+
+    - they are the tail of the node's uninterrupted run of acknowledged writes
+      (later writes of that run are missing too: only the end of its WAL
+      stream did not reach the new primary);
+    - the tail is no longer than `lag` + LAG_TOLERANCE, where `lag` is the
+      replication lag measured on that node (lag_bound): every write the
+      primary had not shipped when it was cut off was acknowledged within one
+      lag before that moment, so they all lie within one lag of each other.
+      Writes a cut-off primary went on acknowledging after it (an isolated
+      asynchronous primary does, until it steps down) make the tail longer
+      and are lost, not explained;
+    - it began no earlier than that bound before a fault, and no later than
+      the fault's heal: the cut-off was the fault's doing.
+
+    Anything else has no excuse.
     """
 
     node: str
@@ -119,9 +148,22 @@ class LossWindow:
     last_ack: float
     nemesis: str | None
     explained: bool
+    lag: float = 0.0  # the replication lag measured on `node` before and during the tail (seconds)
 
 
-REPLICATION_SLACK = 1.0  # seconds of acknowledged-but-unshipped WAL a healthy asynchronous replica may trail by
+# Why a tolerance: the lag is sampled every LAG_INTERVAL (tests/chaos/lag.py), so a spike between two
+# samples goes unseen; PostgreSQL derives flush_lag from the standby's replies, which trail the flush;
+# and an acknowledgement reaches its writer a scheduling delay after the commit.  On a busy 2-core
+# machine each is worth tens of milliseconds.  A quarter of a second covers them together and is still
+# far shorter than what an isolated primary acknowledges before it steps down (seconds).
+LAG_TOLERANCE = 0.25  # seconds
+LAG_LOOKBACK = 10.0  # seconds of samples before a tail (or a fault) that describe the replication it had
+
+
+def lag_bound(samples: Iterable[LagSample], node: str | None, since: float, until: float) -> float | None:
+    """The largest lag sampled on `node` (any node if None) in [since, until]; None without a sample."""
+    found = [s.flush_lag for s in samples if (node is None or s.node == node) and since <= s.at <= until]
+    return max(found) if found else None
 
 
 @dataclass(frozen=True)
@@ -154,12 +196,13 @@ class Verdict:
                  f"{len(self.failed_but_present)} failed-but-present, {len(self.unknown_present)} unknown"]
         for n in self.nemeses:
             healed = f"healed in {n.healed_in:.1f}s" if n.healed_in is not None else "NOT healed"
-            lines.append(f"  {n.name:<24} longest gap {n.longest_gap:6.2f}s  {healed}"
+            lag = "" if n.lag_before is None else f"  lag before {n.lag_before * 1000:.1f}ms"
+            lines.append(f"  {n.name:<24} longest gap {n.longest_gap:6.2f}s  {healed}{lag}"
                          + ("" if n.healed_within_bound else "  (over the bound)"))
         for w in self.loss_windows:
             why = f"in the replication window of {w.nemesis}" if w.explained else "UNEXPLAINED"
             lines.append(f"  {len(w.values)} acknowledged by {w.node} in ({w.first_ack:.3f}, {w.last_ack:.3f}) "
-                         f"missing: {why}")
+                         f"missing, {w.last_ack - w.first_ack:.3f}s against a lag of {w.lag:.3f}s: {why}")
         for d in self.dual_primary:
             lines.append(f"  dual primary {d.first}/{d.second} in ({d.start:.3f}, {d.end:.3f}) witness {d.witness}")
         return "\n".join(lines)
@@ -180,7 +223,7 @@ def check(history: History, heal_bound: float) -> Verdict:
                                         if op.outcome is Outcome.FAILED and op.value in history.final)),
         unknown_present=tuple(sorted(history.final - attempted)),
         nemeses=tuple(_nemesis_reports(history, acked, heal_bound)),
-        loss_windows=tuple(loss_windows(history.ops, missing_values, history.nemeses)),
+        loss_windows=tuple(loss_windows(history.ops, missing_values, history.nemeses, history.lag)),
     )
 
 
@@ -220,37 +263,43 @@ def dual_primaries(ops: Iterable[Op]) -> list[DualPrimary]:
     return _merge(found)
 
 
-def loss_windows(ops: Iterable[Op], missing: set[int], nemeses: Iterable[Nemesis]) -> list[LossWindow]:
+def loss_windows(ops: Iterable[Op], missing: set[int], nemeses: Iterable[Nemesis],
+                 lag: Iterable[LagSample] = ()) -> list[LossWindow]:
     """Group missing acknowledged writes by node and uninterrupted run, and say whether each is a
     replication window (see LossWindow)."""
     by_node: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         by_node[op.node].append(op)
     faults = sorted(nemeses, key=lambda n: n.start)
+    samples = tuple(lag)
     windows: list[LossWindow] = []
     for node, attempts in sorted(by_node.items()):
         attempts.sort(key=lambda o: o.start)
         run: list[Op] = []
-        for op in [*attempts, None]:
-            if op is not None and op.outcome is Outcome.OK:
-                run.append(op)
+        ends: list[Op | None] = [*attempts, None]  # None closes the last run
+        for attempt in ends:
+            if attempt is not None and attempt.outcome is Outcome.OK:
+                run.append(attempt)
                 continue
-            windows.extend(_windows_of_run(node, run, missing, faults))
+            windows.extend(_windows_of_run(node, run, missing, faults, samples))
             run = []
     return sorted(windows, key=lambda w: w.first_ack)
 
 
-def _windows_of_run(node: str, run: list[Op], missing: set[int], faults: list[Nemesis]) -> list[LossWindow]:
+def _windows_of_run(node: str, run: list[Op], missing: set[int], faults: list[Nemesis],
+                    samples: tuple[LagSample, ...]) -> list[LossWindow]:
     lost = [i for i, op in enumerate(run) if op.value in missing]
     if not lost:
         return []
     tail = run[lost[0]:]
     is_tail = len(lost) == len(tail)
     first, last = tail[0].end, run[lost[-1]].end
-    fault = next((n for n in reversed(faults) if n.start - REPLICATION_SLACK <= first), None)
-    explained = is_tail and fault is not None and first <= fault.heal
+    lag = lag_bound(samples, node, first - LAG_LOOKBACK, last) or 0.0  # no sample: the tolerance alone
+    bound = lag + LAG_TOLERANCE
+    fault = next((n for n in reversed(faults) if n.start - bound <= first), None)
+    explained = is_tail and last - first <= bound and fault is not None and first <= fault.heal
     values = tuple(run[i].value for i in lost)
-    return [LossWindow(node, values, first, last, fault.name if fault else None, explained)]
+    return [LossWindow(node, values, first, last, fault.name if fault else None, explained, lag)]
 
 
 def _merge(windows: list[DualPrimary]) -> list[DualPrimary]:
@@ -275,6 +324,6 @@ def _nemesis_reports(history: History, acked: list[Op], heal_bound: float) -> li
         points = [n.start] + [t for t in ack_times if n.start < t < until] + [until]
         gap = max(b - a for a, b in zip(points, points[1:], strict=False))
         healed_in = None if n.healed_at is None else n.healed_at - n.heal
-        reports.append(NemesisReport(n.name, n.start, gap, healed_in,
-                                     healed_in is not None and healed_in <= heal_bound))
+        reports.append(NemesisReport(n.name, n.start, gap, healed_in, healed_in is not None and healed_in <= heal_bound,
+                                     lag_bound(history.lag, None, n.start - LAG_LOOKBACK, n.start)))
     return reports

@@ -1,5 +1,6 @@
 """One chaos run: hosts in network namespaces, a 3-node cluster with emulated watchdogs, a workload, a
-schedule of faults, and the checker's verdict.  Used by tests/chaos/test_short.py and bench/chaos.py.
+replication-lag sampler (tests/chaos/lag.py), a schedule of faults, and the checker's verdict.  Used by
+tests/chaos/test_short.py and bench/chaos.py.
 
 etcd is a single v2 member on host "etcd" (the default), or with Plan(etcd3=True)
 a 3-member etcd with v2 off and client-certificate TLS, one member per host
@@ -24,7 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tests.chaos.history import History, Nemesis, Rewind, Verdict, check
+from tests.chaos.history import History, LagSample, Nemesis, Rewind, Verdict, check
+from tests.chaos.lag import LagSampler
 from tests.chaos.nemesis import Fault, Nemeses, kinds_for
 from tests.chaos.workload import Workload, create_table, final_values
 from tests.harness import Node, TestCluster, become_subreaper, wait_for
@@ -43,7 +45,8 @@ class Timing:
 
 ETCD3_MEMBERS = 3
 FAST = Timing(10, 1, 3, 3)  # the short run in `make test`: ttl 10 like the other integration tests
-COMPARISON = Timing(20, 2, 4, 5)  # the issue's Patroni figures were taken at ttl 20 / loop_wait 2 / retry_timeout 4
+# docs/chaos.md's quoted Patroni figures were taken at ttl 20 / loop_wait 2 / retry_timeout 4.
+COMPARISON = Timing(20, 2, 4, 5)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Result:
     verdict: Verdict
     faults: list[FaultRecord]
     seconds: float
+    lag: tuple[LagSample, ...] = ()  # the replication lag sampled on the primaries throughout the run
 
 
 def schedule(catalogue: list[str], count: int, rng: random.Random) -> list[str]:
@@ -208,7 +212,9 @@ def run(plan: Plan, say: Callable[[str], None] = print) -> Result:
         nemeses = Nemeses(tc, net, rng, plan.synchronous, emulators)
         kinds = nemeses.all()
         workload = Workload(tc.nodes)
+        lag = LagSampler(tc.nodes)
         workload.start()
+        lag.start()
         records: list[FaultRecord] = []
         try:
             for i, name in enumerate(plan.faults):
@@ -220,13 +226,16 @@ def run(plan: Plan, say: Callable[[str], None] = print) -> Result:
                 if record.healed_at is None:
                     break  # a cluster that did not heal is the finding: later faults would only blur it
         finally:
+            lag.stop.set()  # both stop at once, even if a writer's thread turns out stuck
             workload.finish()
+            lag.finish()
         end = time.monotonic()
         # Healed or not, the last word on what survived is the primary the cluster ends with.
         final = final_values(whole(tc, 3 * plan.heal_bound, plan.synchronous))
         history = History(tuple(workload.ops), final, tuple(rewinds(tc, wall_minus_mono)),
-                          tuple(Nemesis(f"{r.name}@{r.target}", r.start, r.heal, r.healed_at) for r in records), end)
-        return Result(plan, check(history, plan.heal_bound), records, time.monotonic() - began)
+                          tuple(Nemesis(f"{r.name}@{r.target}", r.start, r.heal, r.healed_at) for r in records), end,
+                          tuple(lag.samples))
+        return Result(plan, check(history, plan.heal_bound), records, time.monotonic() - began, history.lag)
     finally:
         if nemeses is not None:
             nemeses.resume_all()

@@ -1,8 +1,20 @@
-"""The checker is tested on histories whose anomalies are known (issue 7, acceptance 3)."""
+"""The checker is tested on histories whose anomalies are known."""
 
 from __future__ import annotations
 
-from tests.chaos.history import History, Nemesis, Op, Outcome, Rewind, check, dual_primaries
+from tests.chaos.history import (
+    LAG_LOOKBACK,
+    LAG_TOLERANCE,
+    History,
+    LagSample,
+    Nemesis,
+    Op,
+    Outcome,
+    Rewind,
+    Verdict,
+    check,
+    dual_primaries,
+)
 
 OK, FAILED, INDET = Outcome.OK, Outcome.FAILED, Outcome.INDETERMINATE
 STEP = 0.01
@@ -168,22 +180,67 @@ def partitioned_async_primary() -> tuple[Recorder, list[int], list[int]]:
     """n1 acknowledges writes alone after a partition at 1.0 (asynchronous), n2 takes over at 3.0."""
     r = Recorder()
     shipped = r.run("n1", 0.0, 1.0)
-    unshipped = r.run("n1", 1.0, 1.4)  # acknowledged on the cut-off primary until it steps down
+    unshipped = r.run("n1", 1.0, 1.4)  # acknowledged on the cut-off primary until it steps down: 0.39 s of acks
     r.run("n1", 1.4, 6.0, FAILED)
     r.run("n2", 0.0, 3.0, FAILED)
     r.run("n2", 3.0, 6.0)
     return r, shipped, unshipped
 
 
-def test_a_lost_tail_acknowledged_after_a_fault_is_its_replication_window():
-    r, _, unshipped = partitioned_async_primary()
-    partition = Nemesis("partition-leader", 1.0, 4.0, 5.0)
+def lag(node: str, seconds: float, start: float = 0.0, end: float = 1.4) -> tuple[LagSample, ...]:
+    """The lag sampled on `node` every 0.25 s from start to end, always the same."""
+    return tuple(LagSample(node, start + i * 0.25, seconds) for i in range(int((end - start) / 0.25) + 1))
+
+
+def lost_tail(unshipped: list[int], samples: tuple[LagSample, ...], partition: Nemesis | None = None) -> Verdict:
+    """The verdict when n1's writes `unshipped` are missing in the end."""
+    r, _, _ = partitioned_async_primary()
     final = frozenset(r.acked()) - set(unshipped)
-    verdict = check(History(tuple(r.ops), final, nemeses=(partition,)), heal_bound=10)
+    nemeses = (partition or Nemesis("partition-leader", 1.0, 4.0, 5.0),)
+    return check(History(tuple(r.ops), final, nemeses=nemeses, lag=samples), heal_bound=10)
+
+
+def test_a_lost_tail_within_the_measured_lag_is_its_replication_window():
+    _, _, unshipped = partitioned_async_primary()
+    verdict = lost_tail(unshipped, lag("n1", 0.5))  # a slow replica: half a second behind
     (window,) = verdict.loss_windows
     assert window.node == "n1" and window.values == tuple(unshipped)
-    assert window.nemesis == "partition-leader" and window.explained
+    assert window.nemesis == "partition-leader" and window.explained and window.lag == 0.5
     assert verdict.losses_explained
+
+
+def test_a_lost_tail_longer_than_the_measured_lag_is_lost():
+    """The anomaly the bound exists for: a cut-off primary that went on acknowledging writes for 0.39 s while
+    its replica trailed by 20 ms.  Those writes were never in flight to anyone: they are lost, not explained."""
+    _, _, unshipped = partitioned_async_primary()
+    verdict = lost_tail(unshipped, lag("n1", 0.02))
+    (window,) = verdict.loss_windows
+    assert window.values == tuple(unshipped) and window.lag == 0.02
+    assert window.last_ack - window.first_ack > window.lag + LAG_TOLERANCE
+    assert not window.explained and not verdict.losses_explained
+
+
+def test_without_a_lag_sample_only_the_tolerance_explains():
+    _, _, unshipped = partitioned_async_primary()
+    assert not lost_tail(unshipped, ()).losses_explained  # 0.39 s > the tolerance
+    r = Recorder()  # n1 dies at 1.03: its last 3 writes, within 30 ms of each other, had not reached n2
+    r.run("n1", 0.0, 1.0)
+    tail = r.run("n1", 1.0, 1.03)
+    r.run("n1", 1.03, 6.0, FAILED)
+    r.run("n2", 3.0, 6.0)
+    verdict = check(History(tuple(r.ops), frozenset(r.acked()) - set(tail),
+                            nemeses=(Nemesis("sigkill-leader-tree", 1.03, 1.03, 5.0),)), heal_bound=10)
+    assert len(tail) == 3 and [w.explained for w in verdict.loss_windows] == [True]
+
+
+def test_only_the_primarys_own_recent_lag_counts():
+    """A slow standby of another node, or a lag spike long before the tail, does not widen the bound."""
+    _, _, unshipped = partitioned_async_primary()
+    elsewhere = lag("n2", 5.0)
+    long_ago = (LagSample("n1", 1.0 - LAG_LOOKBACK - 1.0, 5.0),)
+    recent = lag("n1", 0.02)
+    assert not lost_tail(unshipped, elsewhere + long_ago + recent).losses_explained
+    assert lost_tail(unshipped, elsewhere + recent + (LagSample("n1", 1.2, 5.0),)).losses_explained
 
 
 def test_a_hole_inside_a_run_is_not_a_replication_window():
@@ -191,7 +248,7 @@ def test_a_hole_inside_a_run_is_not_a_replication_window():
     r, shipped, unshipped = partitioned_async_primary()
     partition = Nemesis("partition-leader", 1.0, 4.0, 5.0)
     final = frozenset(r.acked()) - {unshipped[1]}
-    verdict = check(History(tuple(r.ops), final, nemeses=(partition,)), heal_bound=10)
+    verdict = check(History(tuple(r.ops), final, nemeses=(partition,), lag=lag("n1", 0.5)), heal_bound=10)
     (window,) = verdict.loss_windows
     assert window.values == (unshipped[1],) and not window.explained
     assert not verdict.losses_explained
@@ -200,8 +257,18 @@ def test_a_hole_inside_a_run_is_not_a_replication_window():
 def test_a_tail_that_began_long_before_any_fault_is_not_a_replication_window():
     r, shipped, unshipped = partitioned_async_primary()
     late = Nemesis("partition-leader", 1.0 + 3 * 1.0, 4.5, 5.0)  # the tail began 3 s before it
+    assert [w.explained for w in lost_tail(unshipped, lag("n1", 0.5), late).loss_windows] == [False]
     final = frozenset(r.acked()) - set(unshipped)
-    verdict = check(History(tuple(r.ops), final, nemeses=(late,)), heal_bound=10)
-    assert [w.explained for w in verdict.loss_windows] == [False]
-    verdict = check(History(tuple(r.ops), final), heal_bound=10)  # no fault at all
+    verdict = check(History(tuple(r.ops), final, lag=lag("n1", 0.5)), heal_bound=10)  # no fault at all
     assert [w.nemesis for w in verdict.loss_windows] == [None] and not verdict.losses_explained
+
+
+def test_each_fault_reports_the_lag_before_it():
+    r = clean_failover()
+    nemeses = (Nemesis("kill", 1.0, 1.5, 4.0), Nemesis("switchover", 5.0, 5.0, 6.5))
+    samples = (LagSample("n1", 0.5, 0.01), LagSample("n1", 0.9, 0.03), LagSample("n2", 4.5, 0.002),
+               LagSample("n1", 1.5, 9.0))  # after the kill: not before it
+    verdict = check(History(tuple(r.ops), frozenset(r.acked()), nemeses=nemeses, lag=samples), heal_bound=10)
+    assert [n.lag_before for n in verdict.nemeses] == [0.03, 9.0]  # the switchover's 10 s look back to 1.5
+    verdict = check(History(tuple(r.ops), frozenset(r.acked()), nemeses=nemeses), heal_bound=10)
+    assert [n.lag_before for n in verdict.nemeses] == [None, None]

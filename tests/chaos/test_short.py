@@ -1,8 +1,7 @@
 """The short chaos runs: synchronous mode, fixed seed, one fault of several kinds.
 
-Issue 7, acceptance 1: a single v2 etcd and three nodes, each on a
-network-namespace host (tests/chaos/run.py).  Issue 12, acceptance 7: the
-same on the production-like etcd (3 members, v3 only, client-certificate
+First a single v2 etcd and three nodes, each on a network-namespace host
+(tests/chaos/run.py); then the same on the production-like etcd (3 members, v3 only, client-certificate
 TLS, each member on a host of its own) with the etcd member nemeses: one
 member killed, one cut from the leader's node, a raft leader change; hasup
 must ride each out with the same leader.  After each fault the cluster must

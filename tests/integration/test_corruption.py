@@ -1,4 +1,4 @@
-"""Corrupt and hostile values written straight into etcd never take a node down (issue 13).
+"""Corrupt and hostile values written straight into etcd never take a node down (docs/design.md §11).
 
 One 3-node cluster (ttl 10, loop_wait 2) serves the module.  For every key hasup reads, bad
 values go in one after another; each is waited for until a node has logged rejecting it (so each
@@ -141,7 +141,7 @@ def timeline(node: Node) -> int:
     return int(node.sql("SELECT timeline_id FROM pg_control_checkpoint()")[0][0])
 
 
-# -- acceptance 1: every key, every kind of bad value -----------------------------------------------------
+# -- every key, every kind of bad value -------------------------------------------------------------------
 
 
 def test_bad_values_in_every_key_leave_the_cluster_running(tc: TestCluster) -> None:
@@ -216,7 +216,7 @@ def test_a_leader_key_that_names_nobody_takes_nothing_down(tc: TestCluster) -> N
     watch_window(tc, leader, LOOP_WAIT, before, "after the leader key was restored")
 
 
-# -- acceptance 2: a failover through a corrupt history and a bogus member that answers garbage ------------
+# -- a failover through a corrupt history and a bogus member that answers garbage --------------------------
 
 
 GARBAGE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"role\": [\"primary\"], garbage\x00\xff"

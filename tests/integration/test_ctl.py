@@ -1,4 +1,4 @@
-"""hasupctl, and the real patronictl, against a live 3-node hasup cluster (issue 6, acceptance 1, 5 and 6).
+"""hasupctl, and the real patronictl, against a live 3-node hasup cluster (docs/hasupctl.md).
 
 One cluster serves the module; tests run in file order, read-only ones first, then the ones
 that move the leader, restart and rebuild members. Each output is parsed (json where the

@@ -1,4 +1,4 @@
-"""etcd unreachable (issue 5, acceptance 10): without failsafe the leader demotes; with it, it keeps
+"""etcd unreachable: without failsafe the leader demotes; with it, it keeps
 leading while every member confirms, and demotes when one cannot."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HA policy on a live cluster (issue 5): tags, primary_start_timeout, maintenance mode, lag on failover.
+"""HA policy on a live cluster: tags, primary_start_timeout, maintenance mode, lag on failover.
 
 node3 carries tags noloadbalance, replicatefrom: node2 and failover_priority 2; node1 bootstraps.
 Tests share the cluster and find the current leader themselves; each leaves every node streaming.

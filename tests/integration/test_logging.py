@@ -1,4 +1,4 @@
-"""Logging as configured, on a real node (acceptance 4 of issue 6).
+"""Logging as configured, on a real node (docs/operator-guide.md, "Logging").
 
 The node writes to log.dir with a small file_size.  A broken `ip` on its PATH
 (it answers in a shape no iproute2 prints) makes the vip worker log an

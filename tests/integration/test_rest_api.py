@@ -50,7 +50,7 @@ def call_raw(node, method: str, path: str, data: bytes | None, auth: bool = True
         return exc.code, exc.read()
 
 
-# (path, code on the leader, code on a streaming replica) per reference §1.3, asynchronous replication.
+# (path, code on the leader, code on a streaming replica) as Patroni answers them, asynchronous replication.
 HEALTH = [
     ("/", 200, 503), ("/primary", 200, 503), ("/master", 200, 503), ("/leader", 200, 503),
     ("/read-write", 200, 503), ("/standby-leader", 503, 503), ("/standby_leader", 503, 503),
@@ -129,7 +129,7 @@ def test_health_checks_stay_fast_while_postgres_is_frozen(tc):
 
 
 def test_config_values_that_cannot_be_applied_never_reach_etcd(tc):
-    """Issue 13, acceptance 4: ttl 1e400, a 600-deep object, a 2 MB value; 4xx with a JSON reason each."""
+    """ttl 1e400, a 600-deep object, a 2 MB value; 4xx with a JSON reason each."""
     leader = tc.wait_leader(30)
     workers = {(n.name, role): n.worker_pid(role) for n in tc.nodes for role in ("api", "api worker", "election")}
     before = tc.etcd.value(tc.key("config"))

@@ -1,4 +1,4 @@
-"""Health checks while slow clients hold the REST port (issue 13, acceptance 3).
+"""Health checks while slow clients hold the REST port (docs/rest-api.md, "Slow clients").
 
 A one-node cluster, once over plain HTTP and once over TLS. 100 connections
 send a request's headers one byte at a time and never finish them (each one
@@ -31,7 +31,7 @@ from tests.harness.pki import make_pki
 
 CLIENTS = 100  # connections trickling headers
 HALF_OPEN = 20  # TLS only: connections that stop in the middle of the handshake
-PROBES = 10  # spaced health checks, the acceptance's requests
+PROBES = 10  # spaced health checks, the requests docs/rest-api.md reports
 SPACING = 1.0
 BURST = 90  # back-to-back health checks after the spaced ones, for the percentiles
 ANSWER_WITHIN = 1.0
@@ -267,7 +267,7 @@ def spaced_probes(live: Live, count: int) -> list[tuple[int | None, float]]:
     start = time.monotonic()
     for i in range(count):
         results.append(probe(live))
-        # Pacing, not synchronisation: the acceptance asks for requests 1 s apart.
+        # Pacing, not synchronisation: the measurement is of requests 1 s apart.
         time.sleep(max(0.0, start + (i + 1) * SPACING - time.monotonic()))
     return results
 

@@ -1,4 +1,4 @@
-"""The REST API of a live node over TLS, with Basic auth (issue 3, acceptance 4 and 7).
+"""The REST API of a live node over TLS, with Basic auth (docs/rest-api.md, "TLS" and "Access control").
 
 One single-node cluster serves https through its real gunicorn, with an
 encrypted key (restapi.keyfile_password), authentication and extra headers:

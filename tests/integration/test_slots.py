@@ -1,4 +1,4 @@
-"""Replication slots on a live three-node cluster with use_slots (issue 5, acceptance 5).
+"""Replication slots on a live three-node cluster with use_slots (docs/operations.md, "Replication slots").
 
 One cluster, tests in order: member slots on the leader, an ignored
 change-data-capture slot next to a stray one, a removed member, a failover.

@@ -187,7 +187,7 @@ def timed_get(port: int, path: str) -> tuple[int, float]:
 
 
 def test_health_checks_stay_fast_during_a_switchover_and_a_restart(tc):
-    """Acceptance 8: admin calls that take seconds never hold up /primary on the node serving them."""
+    """Admin calls that take seconds never hold up /primary on the node serving them."""
     leader = tc.wait_leader(30)
     node, candidate = [n for n in tc.nodes if n is not leader]
     tc.wait_streaming(leader, [node, candidate], 60)

@@ -1,4 +1,5 @@
-"""Synchronous replication (issue 5, acceptance 1 and 2): no acknowledged write lost, strict mode blocks."""
+"""Synchronous replication: no acknowledged write lost, strict mode blocks (docs/operations.md, "Synchronous
+replication")."""
 
 from __future__ import annotations
 

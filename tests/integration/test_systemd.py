@@ -1,4 +1,4 @@
-"""The systemd unit and sd_notify (acceptance 2 of issue 6).
+"""The systemd unit and sd_notify (docs/operator-guide.md §3).
 
 `systemd-analyze verify` checks systemd/hasup.service (its binaries pointed at
 stubs); a real node started with a NOTIFY_SOCKET of the test's own reports

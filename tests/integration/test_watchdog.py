@@ -1,6 +1,6 @@
 """The watchdog under the lease rule, against the emulated device (one emulator per node).
 
-ttl 10, loop_wait 2, retry_timeout 3, safety_margin 3: the tightest profile DESIGN.md §4 allows.
+ttl 10, loop_wait 2, retry_timeout 3, safety_margin 3: the tightest profile docs/design.md §4 allows.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def fired(emu: Emulators, node) -> bool:
 
 
 def test_stuck_postgres_and_election_workers_are_replaced_without_failover(cluster):
-    """Acceptance 3: a SIGSTOPped worker is replaced within its heartbeat; PostgreSQL and leadership stay."""
+    """A SIGSTOPped worker is replaced within its heartbeat; PostgreSQL and leadership stay."""
     tc, emu, leader = cluster
     postmaster = leader.postmaster_pid()
     for role, deadline in (("postgres", 5.0), ("election", 2.5)):
@@ -151,7 +151,7 @@ def test_stuck_postgres_and_election_workers_are_replaced_without_failover(clust
 
 
 def test_frozen_postgres_is_fenced_and_a_replica_takes_over(cluster):
-    """Acceptance 2: keepalive goes on until the health deadline, then every postgres process dies first."""
+    """Keepalive goes on until the health deadline, then every postgres process dies first."""
     tc, emu, leader = cluster
     leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
     tc.wait_streaming(leader, [n for n in tc.nodes if n is not leader], 30)

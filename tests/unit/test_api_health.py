@@ -1,4 +1,4 @@
-"""The generic health check (contract §1.3) as a table: every path in every node situation."""
+"""The generic health check as a table: every path in every node situation."""
 
 from __future__ import annotations
 

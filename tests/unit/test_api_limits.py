@@ -1,4 +1,4 @@
-"""Request bounds (issue 13, acceptance 4): body size, JSON depth and numbers, configuration values, queries.
+"""Request bounds (docs/rest-api.md, "Request limits"): body size, JSON depth and numbers, configuration, queries.
 
 Through falcon.testing with the fake Admin of test_api_admin: a refused
 request answers 4xx with a JSON reason, and nothing reaches the store.
@@ -41,7 +41,7 @@ def assert_json_refusal(result: Any, code: int) -> str:
     return reason
 
 
-# -- acceptance 4: ttl 1e400, a 600-deep object, a 2 MB value --------------------------------------
+# -- ttl 1e400, a 600-deep object, a 2 MB value ----------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["PATCH", "PUT"])

@@ -153,7 +153,7 @@ def api_process() -> Iterator[ApiProcess]:
     from hasup.workers import api
 
     port = free_port()
-    sup_end, worker_end = ipc.channel_pair("api")
+    sup_end, worker_end = ipc.channel_pair()
     me = os.getpid()
     pid = os.fork()
     if pid == 0:  # the api process: never return into pytest
@@ -285,7 +285,7 @@ def test_orphaned_api_exits_even_while_its_pipe_stays_open() -> None:
     from hasup.workers import api
 
     port = free_port()
-    sup_end, worker_end = ipc.channel_pair("api")
+    sup_end, worker_end = ipc.channel_pair()
     rfd, wfd = os.pipe()
     middle = os.fork()
     if middle == 0:  # a stand-in supervisor: forks the api, reports its pid, waits to be killed
@@ -342,7 +342,7 @@ def test_slow_admin_calls_never_hold_up_health_checks() -> None:
     blackhole.listen(64)
     port = free_port()
     config = replace(make_config(port), etcd=EtcdConfig(hosts=(("127.0.0.1", blackhole.getsockname()[1]),)))
-    sup_end, worker_end = ipc.channel_pair("api")
+    sup_end, worker_end = ipc.channel_pair()
     me = os.getpid()
     pid = os.fork()
     if pid == 0:

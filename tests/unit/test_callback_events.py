@@ -1,4 +1,4 @@
-"""Which callbacks the postgres worker's events call for, with which role (reference §3.12)."""
+"""Which callbacks the postgres worker's events call for, with which role (docs/operations.md, "Callbacks")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """hasupctl commands end to end against an in-memory etcd and real HTTP servers standing in for members.
 
 Each member's REST API is a small stdlib server that records what it was sent and answers
-with the reference's status codes and messages (§1.7-1.9), so the requests hasupctl makes
+with Patroni's status codes and messages (docs/rest-api.md), so the requests hasupctl makes
 (method, path, body, auth) and how it reports each answer are checked.
 """
 

@@ -124,7 +124,7 @@ def test_any_cluster_read_builds_a_model_that_decide_and_the_view_can_use(
         assert m.wal_position >= 0 and (m.host_port is None or isinstance(m.host_port[1], int))
 
 
-# -- the values that crashed the election worker (issue 13) -------------------------------------------------
+# -- the values that once crashed the election worker -------------------------------------------------------
 
 
 def read(**values: Any) -> Cluster:

@@ -100,12 +100,12 @@ def test_a_failsafe_promise_ends_once_its_leader_says_it_no_longer_runs_a_primar
     assert failsafe.leader(None) is None  # for good, until it pings again
 
 
-# -- a failing cycle costs the cycle, not the worker (issue 13) -------------------------------------------
+# -- a failing cycle costs the cycle, not the worker ------------------------------------------------------
 
 
 @pytest.fixture
 def worker():
-    sup_end, worker_end = ipc.channel_pair("election")
+    sup_end, worker_end = ipc.channel_pair()
     sup, ours = ipc.Channel(sup_end, "election"), ipc.Channel(worker_end, "supervisor")
     election = ElectionWorker(WorkerContext("election", make_config(1), ours, supervisor_pid=os.getpid()))
     yield election, sup

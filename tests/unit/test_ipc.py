@@ -22,7 +22,7 @@ def sample_messages():
     replication = tuple({"usename": "replicator", "application_name": f"node{i}", "client_addr": "10.0.0.1",
                          "state": "streaming", "sync_state": "async", "sync_priority": 0} for i in range(16))
     return [
-        ipc.Ping(1), ipc.Pong(1), ipc.LogRecord(20, "hasup.x", "m" * 2000, 1.0, "election"),
+        ipc.Ping(1), ipc.Pong(1, 3), ipc.LogLoss(12), ipc.LogRecord(20, "hasup.x", "m" * 2000, 1.0, "election"),
         ipc.PgState("running", "primary", False, True, 1.0, worker_pid=5, replication=replication,
                     timeline_history=tuple((i, i * 1000, "no recovery target specified") for i in range(1, 30))),
         ipc.ClusterView(1.0, 2.0, "node1", True, 3.0, members, {"ttl": 30, "postgresql": {"parameters": {}}},
@@ -41,6 +41,7 @@ def sample_messages():
         ipc.AdminReply(3, 202, "Restart scheduled"),
         ipc.Fence(4242, "it did not answer probes within postgresql.health_deadline"),
         ipc.FenceDone(True, (4242, 4250, 4251), "3 processes killed, none left"),
+        ipc.StoppedForGiveUp(True, (4242,), "1 process killed, none left (giving up)"),
         ipc.Shutdown(), ipc.ShutdownDone(True, True), ipc.ApiListening(),
         ipc.Part(100, 0, 2, '{"k":"ConfigChanged"'),
     ]
@@ -65,7 +66,7 @@ def test_config_changed_repr_hides_passwords():
 
 
 def test_channel_frames_and_coalesces_snapshots():
-    a, b = ipc.channel_pair("t")
+    a, b = ipc.channel_pair()
     sender, receiver = ipc.Channel(a, "r"), ipc.Channel(b, "s")
     sender.send(ipc.Ping(1))
     sender.send(ipc.Lease(1.0, 10))
@@ -79,7 +80,7 @@ def test_channel_frames_and_coalesces_snapshots():
 
 
 def test_channel_never_blocks_and_counts_drops():
-    a, b = ipc.channel_pair("t")
+    a, b = ipc.channel_pair()
     sender = ipc.Channel(a, "peer", max_queued=50)
     big = ipc.LogRecord(20, "x", "y" * 8000, 0.0)
     for _ in range(2000):  # far more than the socket buffer holds; the peer never reads
@@ -90,7 +91,7 @@ def test_channel_never_blocks_and_counts_drops():
 
 
 def test_peer_closed_on_eof():
-    a, b = ipc.channel_pair("t")
+    a, b = ipc.channel_pair()
     ch = ipc.Channel(a, "peer")
     b.close()
     with pytest.raises(ipc.PeerClosed):
@@ -128,7 +129,7 @@ def test_messages_are_frozen():
 def through_channel(message, frames=1):
     """Send message on a Channel; the sizes of the frames that went over the wire, and the one message a
     receiving Channel made of them (with the sender, for its counters)."""
-    a, b = ipc.channel_pair("t")
+    a, b = ipc.channel_pair()
     sender = ipc.Channel(a, "receiver")
     assert sender.send(message)
     b.setblocking(False)
@@ -221,12 +222,18 @@ def test_a_5000_member_view_is_one_frame_keeping_what_hasup_reads_of_each_member
     assert_health_checks_still_answer(got)
 
 
+def shrink(message, limit):
+    """The message fitted into a budget of its own, and what it lost (None: it cannot fit)."""
+    fitted = ipc.fit(message, 0, 0.0, limit)
+    return (fitted.message, fitted.left_out) if fitted is not None else None
+
+
 def test_a_300kb_history_fits_a_frame_whole_and_a_smaller_budget_keeps_the_newest_entries():
     view = base_view(history=long_history())
     assert 250_000 < len(ipc.encode(view, 1, 1.0)) < ipc.MAX_FRAME
     sizes, got, _ = through_channel(view)
     assert sizes[0] <= ipc.MAX_FRAME and got == view
-    shrunk = ipc.shrink(view, 64 * 1024)  # a producer with its own budget
+    shrunk = shrink(view, 64 * 1024)  # a producer with its own budget
     assert shrunk is not None
     smaller, left_out = shrunk
     assert left_out == ("history",) and smaller.history == view.history[-ipc.VIEW_HISTORY:]
@@ -252,7 +259,7 @@ def test_everything_at_once_still_fits_and_answers_health_checks():
 def test_members_go_by_name_from_the_end_and_never_the_leader_or_a_sync_standby():
     members = {f"m{i:03d}": {"state": "running", "role": "replica", "conn_url": "c" * 1500} for i in range(100)}
     view = base_view(leader="m099", sync={"leader": "m099", "sync_standby": "m098"}, members=members)
-    shrunk = ipc.shrink(view, 20_000)
+    shrunk = shrink(view, 20_000)
     assert shrunk is not None
     smaller, left_out = shrunk
     assert "members" in left_out
@@ -263,7 +270,7 @@ def test_members_go_by_name_from_the_end_and_never_the_leader_or_a_sync_standby(
 
 
 def test_a_message_that_cannot_fit_is_not_sent_but_counted_and_logged(caplog):
-    a, b = ipc.channel_pair("t")
+    a, b = ipc.channel_pair()
     sender = ipc.Channel(a, "r")
     view = base_view(leader="n" * (2 << 20))  # the leader's name is never left out
     with caplog.at_level(logging.ERROR, logger="hasup.ipc"):

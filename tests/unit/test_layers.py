@@ -1,6 +1,7 @@
 """No module imports from a layer above its own: the package layout is the process tree, read bottom-up.
 
-foundations  the message protocol, /proc and signals, timing, configuration, the watchdog device
+foundations  the message protocol and the PostgreSQL states it carries, /proc and signals, timing,
+             configuration, the watchdog device
 domain       etcd, PostgreSQL, the virtual IP, peers' REST answers, restart requests
 runtime      what a worker process and the supervisor run on
 roles        the election worker's policy and helpers; the REST API
@@ -19,7 +20,8 @@ from pathlib import Path
 import hasup
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundations", ("hasup", "hasup.ipc", "hasup.proc", "hasup.timing", "hasup.config", "hasup.watchdog")),
+    ("foundations", ("hasup", "hasup.ipc", "hasup.proc", "hasup.timing", "hasup.config", "hasup.watchdog",
+                     "hasup.postgresql.state")),
     ("domain", ("hasup.dcs", "hasup.postgresql", "hasup.vip", "hasup.peers", "hasup.restarts")),
     ("runtime", ("hasup.worker", "hasup.supervision")),
     ("roles", ("hasup.election", "hasup.api")),

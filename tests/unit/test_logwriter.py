@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import socket
 import stat
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 from hasup import ipc
 from hasup.config import load_config_text
 from hasup.supervision.logwriter import LOG_FILE, Levels, LogWriter, tracebacks_visible
+from hasup.worker import PipeLogHandler, WorkerContext, answer_ping
 
 BASE = """
 scope: main
@@ -140,3 +142,37 @@ def test_a_missing_log_dir_falls_back_to_stderr(tmp_path, capsys):
     writer.write(record("in the file"), "election")
     writer.flush()
     assert "[election] in the file" in (tmp_path / LOG_FILE).read_text()
+
+
+# -- lost records: counted where they are lost, added up by the supervisor for /metrics ------------------------
+
+
+def test_a_record_the_destination_refuses_is_counted_as_lost(tmp_path):
+    writer = LogWriter(log_config(""))
+
+    class Refusing(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise OSError(28, "No space left on device")
+
+    writer.handler = Refusing()
+    writer.write(record("one"), "election")
+    writer.write(record("two"), "election")
+    assert writer.records_lost == 2
+
+
+def test_a_worker_counts_records_its_full_pipe_dropped_and_says_so_in_its_pongs(tmp_path):
+    ours, theirs = socket.socketpair()
+    channel, supervisor = ipc.Channel(theirs, "supervisor"), ipc.Channel(ours, "election")
+    try:
+        handler = PipeLogHandler(channel, "election")
+        channel.max_queued = 0  # as full as a pipe the supervisor has stopped reading
+        for i in range(3):
+            handler.emit(logging.LogRecord("hasup.election", logging.INFO, "", 0, f"line {i}", None, None))
+        assert handler.lost == 3
+        channel.max_queued = 10
+        ctx = WorkerContext("election", None, channel, log_handler=handler)  # type: ignore[arg-type]
+        assert answer_ping(ctx, ipc.Envelope(ipc.Ping(5), 1, 0.0))
+        assert [e.message for e in supervisor.receive()] == [ipc.Pong(5, logs_lost=3)]
+    finally:
+        channel.close()
+        supervisor.close()

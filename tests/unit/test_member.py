@@ -1,4 +1,4 @@
-"""The member key a node publishes (reference §2.2)."""
+"""The member key a node publishes (Patroni's fields)."""
 
 from __future__ import annotations
 

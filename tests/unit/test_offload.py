@@ -16,7 +16,7 @@ from tests.unit.test_api_worker import make_config
 
 @pytest.fixture
 def pair():
-    sup_end, worker_end = ipc.channel_pair("election")
+    sup_end, worker_end = ipc.channel_pair()
     sup, worker = ipc.Channel(sup_end, "election"), ipc.Channel(worker_end, "supervisor")
     ctx = WorkerContext("election", make_config(1), worker, supervisor_pid=os.getpid())
     yield sup, ctx

@@ -287,7 +287,7 @@ def test_proc_never_blocks_on_the_database():
     assert "subprocess" not in source and "psycopg" not in source
 
 
-# -- acceptance: one reader of postmaster.pid, one way to SIGKILL PostgreSQL -------------------------
+# -- one reader of postmaster.pid, one way to SIGKILL PostgreSQL -------------------------------------
 
 HASUP = Path(proc.__file__).parent
 # Files that send SIGKILL to processes that are no PostgreSQL; everything else kills through proc.

@@ -20,6 +20,7 @@ from hasup.election.phases import (
     Fenced,
     FenceUnconfirmed,
     Fencing,
+    GaveUp,
     Idle,
     Promoting,
     Replied,
@@ -122,6 +123,9 @@ ANSWERS = [
     (ShuttingDown(True), Replied(act.RunStop("immediate"), True), None, (), None, ""),
     (ShuttingDown(True), Fenced(False, "pid 42 survived"), None, (), ShuttingDown(True, lock_writes=False), ""),
     (SittingOut(NOW + 5), Replied(act.RunFollow("n2"), True), None, (), None, ""),
+    (Idle(), GaveUp("api crash loop"), None, (act.ReleaseLock(),), ShuttingDown(False, lock_writes=False),
+     "releasing the leader key"),
+    (Fencing(), GaveUp("api crash loop"), cluster("n2"), (), ShuttingDown(False, lock_writes=False), "gives up"),
 ]
 
 

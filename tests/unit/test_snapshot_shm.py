@@ -196,9 +196,9 @@ def test_make_snapshot_carries_production_time_and_messages() -> None:
 
 
 def test_ttl_defaults_for_missing_or_bad_config() -> None:
-    assert sn.ttl_of(None) == 30
-    assert sn.ttl_of({}) == 30
-    assert sn.ttl_of({"ttl": 45}) == 45
+    assert sn.timing_of(None)["ttl"] == 30
+    assert sn.timing_of({})["ttl"] == 30
+    assert sn.timing_of({"ttl": 45})["ttl"] == 45
 
 
 def test_oversized_snapshot_drops_history_then_members() -> None:

@@ -188,3 +188,8 @@ def test_the_watchdog_heartbeat_at_known_profiles() -> None:
     # No device in use, or too small a W for any replacement to beat it: no hair trigger.
     assert Deadlines.of(30, 10, 10, 5, watchdog_on=False).heartbeat("watchdog") == timing.OTHER_HEARTBEAT
     assert Deadlines.of(10, 2, 4, 5).heartbeat("watchdog") == timing.OTHER_HEARTBEAT  # W = 2 s
+
+
+def test_the_cluster_view_is_trusted_for_a_cycle_and_its_slowest_read_never_past_ttl():
+    assert timing.view_max_age(30, 10, 10) == 10 + 10 + timing.VIEW_SLACK
+    assert timing.view_max_age(10, 5, 5) == 10  # the leader key may have expired unseen after ttl

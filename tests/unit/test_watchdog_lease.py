@@ -378,7 +378,8 @@ def test_older_leases_never_move_the_limit_back():
 
 
 def test_settings_and_timeout_choice():
-    # The tightest profile the issue names: ttl 10, loop_wait 2, retry_timeout 3, safety_margin 3.
+    # The tightest profile the tests use (docs/operations.md, "Timing"): ttl 10, loop_wait 2, retry_timeout 3,
+    # safety_margin 3.
     assert settings_problem(10, 2, 3, 3) is None
     assert device_timeout(10, 2, 3) == 4
     assert "must not exceed" in (settings_problem(10, 2, 5, 3) or "")
