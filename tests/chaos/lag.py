@@ -23,7 +23,8 @@ import psycopg2.extensions
 
 from hasup.postgresql.probe import ProbeFailed, wait_async
 from tests.chaos.history import LagSample
-from tests.harness import SUPERUSER_PASSWORD, Node
+from tests.chaos.workload import close_quietly, connect_async
+from tests.harness import Node
 from tests.harness.netns import in_netns
 
 LAG_INTERVAL = 0.25  # seconds between samples on each node
@@ -40,22 +41,10 @@ class NodeSampler:
     conn: Any = None
 
     def _connect(self) -> Any:
-        conn = psycopg2.connect(host=self.node.host, port=self.node.pg_port, user="postgres",
-                                password=SUPERUSER_PASSWORD, dbname="postgres", application_name="hasup-chaos-lag",
-                                async_=1)
-        try:
-            wait_async(conn, time.monotonic() + DEADLINE)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return connect_async(self.node, "hasup-chaos-lag", DEADLINE)
 
     def _drop(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except psycopg2.Error:
-                pass
+        close_quietly(self.conn)
         self.conn = None
 
     def sample(self) -> None:

@@ -40,6 +40,28 @@ STATEMENT_DEADLINE = 1.5  # client side; the server's statement_timeout is 1 s
 SYNC_WAIT_CANCELLED = "canceling wait for synchronous replication"
 
 
+
+def connect_async(node: Node, application_name: str, deadline: float, options: str | None = None) -> Any:
+    """An asynchronous connection to the node's PostgreSQL, made within `deadline` seconds or not at all:
+    a frozen server costs a timeout, never a hung thread."""
+    extra = {"options": options} if options else {}
+    conn = psycopg2.connect(host=node.host, port=node.pg_port, user="postgres", password=SUPERUSER_PASSWORD,
+                            dbname="postgres", application_name=application_name, async_=1, **extra)
+    try:
+        wait_async(conn, time.monotonic() + deadline)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def close_quietly(conn: Any) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg2.Error:
+            pass
+
 @dataclass
 class Writer:
     """Writes through one node, from inside that node's network namespace (a client on the same host)."""
@@ -52,22 +74,10 @@ class Writer:
     conn: Any = None
 
     def _connect(self) -> Any:
-        conn = psycopg2.connect(host=self.node.host, port=self.node.pg_port, user="postgres",
-                                password=SUPERUSER_PASSWORD, dbname="postgres", application_name="hasup-chaos",
-                                options="-c statement_timeout=1000", async_=1)
-        try:
-            wait_async(conn, time.monotonic() + CONNECT_DEADLINE)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return connect_async(self.node, "hasup-chaos", CONNECT_DEADLINE, "-c statement_timeout=1000")
 
     def _drop(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except psycopg2.Error:
-                pass
+        close_quietly(self.conn)
         self.conn = None
 
     def attempt(self) -> None:

@@ -8,25 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from hasup.postgresql.control import Binaries, Postmaster, postmaster_pid
 from tests.harness import wait_for
-from tests.unit.proctrees import Sandbox, gone, install_fake_bin, kill_tree, live, live_descendants, open_sandbox
-
-
-@pytest.fixture(scope="module")
-def fake_bin(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    return install_fake_bin(tmp_path_factory.mktemp("fakebin"))
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, fake_bin: tuple[str, str]) -> Iterator[Sandbox]:
-    with open_sandbox(tmp_path, fake_bin) as box:
-        yield box
+from tests.unit.proctrees import Sandbox, gone, kill_tree, live, live_descendants
 
 
 def postmaster(box: Sandbox) -> Postmaster:

@@ -24,19 +24,7 @@ import pytest
 from hasup.proc import kill_and_confirm, read_stat
 from hasup.supervision.fence import fence_postgres
 from tests.harness import PG_BIN, run_as, wait_for
-from tests.unit.proctrees import Sandbox, gone, install_fake_bin, kill_tree, live, live_descendants, open_sandbox
-
-
-@pytest.fixture(scope="module")
-def fake_bin(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    return install_fake_bin(tmp_path_factory.mktemp("fakebin"))
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, fake_bin: tuple[str, str]) -> Iterator[Sandbox]:
-    with open_sandbox(tmp_path, fake_bin) as box:
-        yield box
-
+from tests.unit.proctrees import Sandbox, gone, kill_tree, live, live_descendants
 
 # -- fake trees -----------------------------------------------------------------------------------
 

@@ -46,23 +46,9 @@ from tests.harness import run_as, wait_for
 from tests.unit.proctrees import (
     Sandbox,
     gone,
-    install_fake_bin,
     live,
     live_descendants,
-    open_sandbox,
 )
-
-
-@pytest.fixture(scope="module")
-def fake_bin(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    return install_fake_bin(tmp_path_factory.mktemp("fakebin"))
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, fake_bin: tuple[str, str]) -> Iterator[Sandbox]:
-    with open_sandbox(tmp_path, fake_bin) as box:
-        yield box
-
 
 # -- pure helpers ---------------------------------------------------------------------------------
 

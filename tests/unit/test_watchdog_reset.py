@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from hasup.proc import read_stat
 from hasup.watchdog.emulator import Emulator, start_time
 from hasup.workers.watchdog import reset_processes
 from tests.harness import wait_for
-from tests.unit.proctrees import Sandbox, gone, install_fake_bin, live, open_sandbox
+from tests.unit.proctrees import Sandbox, gone, live
 
 # The watchdog worker's reset_node, run where the worker runs: a child of the supervisor.  Its last
 # word goes to stderr (the supervisor and its log writer are gone by then): here, a file.
@@ -37,17 +34,6 @@ NODE = {"role": "postmaster", "children": [
     {"role": "checkpointer", "ignore": True},
     {"role": "backend", "setsid": True, "stop": True, "children": [{"role": "backend-child", "ignore": True}]},
 ]}
-
-
-@pytest.fixture(scope="module")
-def fake_bin(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    return install_fake_bin(tmp_path_factory.mktemp("fakebin"))
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, fake_bin: tuple[str, str]) -> Iterator[Sandbox]:
-    with open_sandbox(tmp_path, fake_bin) as box:
-        yield box
 
 
 def node(box: Sandbox) -> list[int]:
