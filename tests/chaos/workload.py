@@ -40,7 +40,6 @@ STATEMENT_DEADLINE = 1.5  # client side; the server's statement_timeout is 1 s
 SYNC_WAIT_CANCELLED = "canceling wait for synchronous replication"
 
 
-
 def connect_async(node: Node, application_name: str, deadline: float, options: str | None = None) -> Any:
     """An asynchronous connection to the node's PostgreSQL, made within `deadline` seconds or not at all:
     a frozen server costs a timeout, never a hung thread."""
@@ -61,6 +60,7 @@ def close_quietly(conn: Any) -> None:
             conn.close()
         except psycopg2.Error:
             pass
+
 
 @dataclass
 class Writer:
