@@ -23,9 +23,8 @@ import psycopg2.extensions
 
 from hasup.postgresql.probe import ProbeFailed, wait_async
 from tests.chaos.history import LagSample
-from tests.chaos.workload import close_quietly, connect_async
+from tests.chaos.workload import close_quietly, connect_async, start_in_node, stop_all
 from tests.harness import Node
-from tests.harness.netns import in_netns
 
 LAG_INTERVAL = 0.25  # seconds between samples on each node
 DEADLINE = 1.0  # seconds for connecting, and for each query
@@ -80,18 +79,7 @@ class LagSampler:
     def start(self) -> None:
         for node in self.nodes:
             sampler = NodeSampler(node, self.samples, self.stop)
-
-            def body(s: NodeSampler = sampler, ns: str | None = node.netns) -> None:
-                if ns:
-                    in_netns(ns, s.run)
-                else:
-                    s.run()
-            thread = threading.Thread(target=body, daemon=True, name=f"chaos-lag-{node.name}")
-            thread.start()
-            self.threads.append(thread)
+            self.threads.append(start_in_node(node, sampler.run, f"chaos-lag-{node.name}"))
 
     def finish(self, timeout: float = 10) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout)
-            assert not thread.is_alive(), f"{thread.name} did not stop"
+        stop_all(self.stop, self.threads, timeout)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,27 @@ def close_quietly(conn: Any) -> None:
             conn.close()
         except psycopg2.Error:
             pass
+
+
+def start_in_node(node: Node, target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread running target inside the node's network namespace (a client on the same host)."""
+    ns = node.netns
+
+    def body() -> None:
+        if ns:
+            in_netns(ns, target)
+        else:
+            target()
+    thread = threading.Thread(target=body, daemon=True, name=name)
+    thread.start()
+    return thread
+
+
+def stop_all(stop: threading.Event, threads: list[threading.Thread], timeout: float) -> None:
+    stop.set()
+    for thread in threads:
+        thread.join(timeout)
+        assert not thread.is_alive(), f"{thread.name} did not stop"
 
 
 @dataclass
@@ -139,22 +161,10 @@ class Workload:
         values, lock = itertools.count(self.first), threading.Lock()
         for node in self.nodes:
             writer = Writer(node, values, lock, self.ops, self.stop)
-            ns = node.netns
-
-            def body(w: Writer = writer, ns: str | None = ns) -> None:
-                if ns:
-                    in_netns(ns, w.run)
-                else:
-                    w.run()
-            thread = threading.Thread(target=body, daemon=True, name=f"chaos-writer-{node.name}")
-            thread.start()
-            self.threads.append(thread)
+            self.threads.append(start_in_node(node, writer.run, f"chaos-writer-{node.name}"))
 
     def finish(self, timeout: float = 10) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout)
-            assert not thread.is_alive(), f"{thread.name} did not stop"
+        stop_all(self.stop, self.threads, timeout)
 
     def acked(self) -> list[Op]:
         return [op for op in list(self.ops) if op.outcome is Outcome.OK]
