@@ -240,7 +240,7 @@ def show_members(ctl: Ctl, cluster: Cluster, scope: str, fmt: str = "pretty", ex
     table_fmt = "topology" if nested else fmt
     columns, rows = views.member_table(cluster, scope, table_fmt, extended, nested)
     render_fmt = "pretty" if nested else fmt
-    echo_lines(output.render(columns, rows, render_fmt, views.cluster_title(cluster, scope),
-                             right=("TL", "Lag in MB")))
+    echo_lines(output.render(views.header_names(columns, table_fmt), rows, render_fmt,
+                             views.cluster_title(cluster, scope), right=views.RIGHT_ALIGNED))
     if render_fmt == "pretty":
         echo_lines([" " + line for line in views.service_lines(cluster)])

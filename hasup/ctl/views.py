@@ -5,12 +5,22 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+import yaml
+
+from hasup.dcs import parse
 from hasup.dcs.model import Cluster, Member
+from hasup.postgresql.slots import format_lsn
 
 MB = 1024 * 1024
 # Role filters, as patronictl spells them.
 ROLE_FILTERS = ("leader", "primary", "standby-leader", "replica", "standby", "any")
-LIST_COLUMNS = ["Member", "Host", "Role", "State", "TL", "Lag in MB"]
+# patronictl 4's columns: each replica's received and replayed WAL position and how far each is behind the
+# leader's last published one, in MB.
+LIST_COLUMNS = ["Member", "Host", "Role", "State", "TL", "Receive LSN", "Receive Lag", "Replay LSN", "Replay Lag"]
+# The boxed formats name both lag columns just "Lag" (each follows its LSN column).
+PRETTY_NAMES = {"Receive Lag": "Lag", "Replay Lag": "Lag"}
+RIGHT_ALIGNED = ("TL", "Receive LSN", "Replay LSN", "Lag")
+LONG_REASON = 50  # a pending-restart reason longer than this is hidden in the boxed formats
 OPTIONAL_COLUMNS = ["Pending restart", "Pending restart reason", "Scheduled restart", "Tags"]
 HISTORY_COLUMNS = ["TL", "LSN", "Reason", "Timestamp", "New Leader"]
 
@@ -41,11 +51,29 @@ def sorted_members(cluster: Cluster) -> list[Member]:
     return [cluster.members[n] for n in sorted(cluster.members)]
 
 
-def lag_mb(cluster: Cluster, member: Member) -> int | str:
-    """How far the member's WAL is behind the leader's last published position, in MB (rounded)."""
-    if cluster.optime is None or not isinstance(member.data.get("xlog_location"), int):
-        return "unknown"
-    return round(max(0, cluster.optime - member.wal_position) / MB)
+def _position(member: Member, key: str) -> int | None:
+    v = member.data.get(key)
+    return v if parse.is_int(v, 1, parse.LSN_END) else None
+
+
+def wal_columns(cluster: Cluster, member: Member) -> dict[str, Any]:
+    """Receive/Replay LSN and their lag in MB behind the leader's last published position.
+
+    A position the member does not publish reads "unknown" with a blank lag. A member that publishes only
+    its flushed position (older versions) has it shown as received when it streams, as replayed otherwise.
+    """
+    receive, replay = _position(member, "receive_lsn"), _position(member, "replay_lsn")
+    if receive is None and replay is None and (flushed := _position(member, "xlog_location")) is not None:
+        if (member.data.get("replication_state") or member.state) == "streaming":
+            receive = flushed
+        else:
+            replay = flushed
+    out: dict[str, Any] = {}
+    for prefix, lsn in (("Receive", receive), ("Replay", replay)):
+        out[f"{prefix} LSN"] = "unknown" if lsn is None else format_lsn(lsn)
+        out[f"{prefix} Lag"] = "" if lsn is None or cluster.optime is None \
+            else round(max(0, cluster.optime - lsn) / MB)
+    return out
 
 
 def _show_port(members: list[Member]) -> bool:
@@ -54,15 +82,26 @@ def _show_port(members: list[Member]) -> bool:
     return any(p != 5432 for _, p in hosts) or len({h for h, _ in hosts}) < len(hosts)
 
 
-def _restart_reason(member: Member) -> str:
+def _restart_reason(member: Member, boxed: bool) -> str:
+    """One line per changed parameter; in the boxed formats a long one is hidden rather than widen the table."""
     reason = member.data.get("pending_restart_reason")
     if not isinstance(reason, dict):
         return ""
-    parts = []
+    lines = []
     for param, change in reason.items():
         if isinstance(change, dict):
-            parts.append(f"{param}: {change.get('old_value')}->{change.get('new_value')}")
-    return ", ".join(parts)
+            line = f"{param}: {change.get('old_value')}->{change.get('new_value')}"
+            lines.append(f"{param}: [hidden - too long]" if boxed and len(line) > LONG_REASON else line)
+    return "\n".join(lines)
+
+
+def _tags(member: Member, fmt: str) -> Any:
+    """Tags as a mapping for json/yaml, as YAML text for the tables: block style when boxed, else flow."""
+    if not member.tags:
+        return ""
+    if fmt in ("json", "yaml", "yml"):
+        return member.tags
+    return yaml.safe_dump(member.tags, default_flow_style=fmt != "pretty", allow_unicode=True, width=200).strip()
 
 
 def _scheduled(member: Member) -> str:
@@ -75,21 +114,24 @@ def _scheduled(member: Member) -> str:
     return text
 
 
-def member_row(cluster: Cluster, member: Member, with_port: bool) -> dict[str, Any]:
+def member_row(cluster: Cluster, member: Member, with_port: bool, fmt: str = "json") -> dict[str, Any]:
     role = dcs_role(cluster, member.name)
     leading = role in ("leader", "standby_leader")
     hp = member.host_port
     host = "" if hp is None else f"{hp[0]}:{hp[1]}" if with_port else hp[0]
     state = (not leading and member.data.get("replication_state")) or member.state
-    return {
+    row: dict[str, Any] = {
         "Member": member.name, "Host": host, "Role": role.replace("_", " ").title(), "State": state,
         "TL": "" if member.timeline is None else member.timeline,
-        "Lag in MB": "" if leading else lag_mb(cluster, member),
-        "Pending restart": "*" if member.data.get("pending_restart") else "",
-        "Pending restart reason": _restart_reason(member),
-        "Scheduled restart": _scheduled(member),
-        "Tags": member.tags or "",
     }
+    row.update(dict.fromkeys(LIST_COLUMNS[5:], "") if leading else wal_columns(cluster, member))
+    row.update({
+        "Pending restart": "*" if member.data.get("pending_restart") else "",
+        "Pending restart reason": _restart_reason(member, fmt in ("pretty", "topology")),
+        "Scheduled restart": _scheduled(member),
+        "Tags": _tags(member, fmt),
+    })
+    return row
 
 
 def topology(cluster: Cluster) -> list[tuple[int, Member]]:
@@ -131,7 +173,7 @@ def member_table(cluster: Cluster, scope: str, fmt: str, extended: bool = False,
     with_port = _show_port([m for _, m in ordered])
     rows = []
     for level, m in ordered:
-        row = member_row(cluster, m, with_port)
+        row = member_row(cluster, m, with_port, fmt)
         if level:
             row["Member"] = "  " * (level - 1) + "+ " + m.name
         rows.append(row)
@@ -141,6 +183,11 @@ def member_table(cluster: Cluster, scope: str, fmt: str, extended: bool = False,
         for row in rows:
             row["Cluster"] = scope
     return columns, [[r[c] for c in columns] for r in rows]
+
+
+def header_names(columns: list[str], fmt: str) -> list[str]:
+    """The header row as patronictl prints it: the boxed formats shorten both lag columns to "Lag"."""
+    return [PRETTY_NAMES.get(c, c) for c in columns] if fmt in ("pretty", "topology") else columns
 
 
 def cluster_title(cluster: Cluster, scope: str) -> str:

@@ -141,11 +141,11 @@ def test_hasupctl_list_shows_the_cluster(tc):
             for cells in [[c.strip() for c in line.strip("|").split("|")]]}
     assert set(rows) == {n.name for n in tc.nodes}
     header = [c.strip() for c in lines[1].strip("|").split("|")]
-    assert header[:6] == ["Member", "Host", "Role", "State", "TL", "Lag in MB"]
+    assert header[:9] == ["Member", "Host", "Role", "State", "TL", "Receive LSN", "Lag", "Replay LSN", "Lag"]
     assert rows[leader.name][2:4] == ["Leader", "running"]
     assert rows[leader.name][1] == f"127.0.0.1:{leader.pg_port}"
     for r in replicas:
-        assert rows[r.name][2:4] == ["Replica", "streaming"] and rows[r.name][5] == "0"
+        assert rows[r.name][2:4] == ["Replica", "streaming"] and rows[r.name][6] == rows[r.name][8] == "0"
 
 
 def test_sighup_reload_publishes_new_tags(tc):

@@ -72,7 +72,7 @@ def test_list_topology_dsn_and_version(tc: TestCluster) -> None:
     assert rows[leader.name]["Role"] == "Leader" and rows[leader.name]["State"] == "running"
     for r in replicas:
         assert rows[r.name]["Role"] == "Replica" and rows[r.name]["State"] == "streaming"
-        assert rows[r.name]["Lag in MB"] == 0 and rows[r.name]["TL"] == 1
+        assert rows[r.name]["Receive Lag"] == rows[r.name]["Replay Lag"] == 0 and rows[r.name]["TL"] == 1
         assert rows[r.name]["Host"] == f"127.0.0.1:{r.pg_port}" and rows[r.name]["Cluster"] == tc.scope
     topo = ok(run(tc, "topology")).splitlines()
     assert any(line.startswith(f"| {leader.name} ") for line in topo)

@@ -78,7 +78,7 @@ def test_list_json_parses_and_pretty_has_title_and_footer(store: FakeStore, apis
     result = run(store, config_file, "list", "-f", "json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [(r["Member"], r["Role"], r["State"], r.get("Lag in MB")) for r in rows] == [
+    assert [(r["Member"], r["Role"], r["State"], r.get("Replay Lag")) for r in rows] == [
         ("node1", "Leader", "running", None), ("node2", "Replica", "streaming", 0),
         ("node3", "Replica", "streaming", 3)]
     store.put("config", {"pause": True})

@@ -27,12 +27,15 @@ def table(c: Cluster, fmt: str = "pretty", **kw: Any) -> list[dict[str, Any]]:
     return [dict(zip(columns, r, strict=True)) for r in rows]
 
 
-def test_member_table_shows_role_state_timeline_and_lag_in_mb() -> None:
+def test_member_table_shows_role_state_timeline_and_receive_replay_positions() -> None:
     rows = table(cluster())
     assert [r["Member"] for r in rows] == ["node1", "node2", "node3"]
     assert [r["Role"] for r in rows] == ["Leader", "Replica", "Replica"]
     assert [r["State"] for r in rows] == ["running", "streaming", "streaming"]
-    assert [r["Lag in MB"] for r in rows] == ["", 0, 3]
+    assert [r["Receive LSN"] for r in rows] == ["", "0/3200000", "0/2F00000"]  # 50 MB, 47 MB
+    assert [r["Receive Lag"] for r in rows] == ["", 0, 3]
+    assert [r["Replay LSN"] for r in rows] == ["", "0/3200000", "0/2F00000"]
+    assert [r["Replay Lag"] for r in rows] == ["", 0, 3]
     assert rows[0]["Host"] == "127.0.0.1:5432" and rows[2]["Host"] == "127.0.0.1:5434"  # shared host: port shown
     assert list(rows[0]) == views.LIST_COLUMNS  # no optional column without a value
 
@@ -49,6 +52,8 @@ def test_machine_formats_name_the_cluster_first_and_optional_columns_appear_with
     assert list(rows[0])[0] == "Cluster" and rows[0]["Cluster"] == SCOPE
     assert rows[1]["Pending restart"] == "*" and rows[0]["Pending restart"] == ""
     assert rows[1]["Pending restart reason"] == "max_connections: 100->200"
+    assert table(store.get_cluster(), "tsv")[1]["Tags"] == "{nofailover: true}"  # YAML flow style
+    assert table(store.get_cluster())[1]["Tags"] == "nofailover: true"  # block style in the box
     assert rows[1]["Scheduled restart"] == "2030-01-01T03:00:00+00:00 if version < 15.9"
     assert rows[1]["Tags"] == {"nofailover": True}
     assert "Tags" in table(cluster(), extended=True)[0]
@@ -61,7 +66,10 @@ def test_unknown_lag_and_the_standard_port_rule() -> None:
                             "xlog_location": 5})
     rows = table(store.get_cluster())
     assert [r["Host"] for r in rows] == ["10.0.0.1", "10.0.0.2"]  # all on 5432, distinct hosts
-    assert [r["Lag in MB"] for r in rows] == ["unknown", "unknown"]  # no status optime published
+    # Only the flushed position is published: it counts as replayed when not streaming; without a status
+    # optime no lag can be computed.
+    assert [(r["Receive LSN"], r["Replay LSN"], r["Replay Lag"]) for r in rows] == [
+        ("unknown", "unknown", ""), ("unknown", "0/5", "")]
     assert views.cluster_title(store.get_cluster(), SCOPE) == f"Cluster: {SCOPE} (uninitialized)"
 
 
@@ -123,6 +131,32 @@ def test_dsn_and_connection_parameters() -> None:
 
 
 # -- output ------------------------------------------------------------------------------------------
+
+
+def test_pretty_list_header_matches_patronictl_4() -> None:
+    columns, _rows = views.member_table(cluster(), SCOPE, "pretty")
+    assert views.header_names(columns, "pretty") == ["Member", "Host", "Role", "State", "TL", "Receive LSN", "Lag",
+                                                     "Replay LSN", "Lag"]
+    tsv, _rows = views.member_table(cluster(), SCOPE, "tsv", extended=True)
+    assert views.header_names(tsv, "tsv") == ["Cluster"] + views.LIST_COLUMNS + list(views.OPTIONAL_COLUMNS)
+
+
+def test_a_long_restart_reason_is_hidden_in_the_box_and_several_lines_frame_every_row() -> None:
+    store = FakeStore()
+    three_nodes(store)
+    data = store.value("members/node2")
+    data["pending_restart_reason"] = {"shared_buffers": {"old_value": "128MB", "new_value": "256MB"},
+                                      "shared_preload_libraries": {"old_value": "", "new_value": "x" * 40}}
+    store.put("members/node2", data)
+    rows = table(store.get_cluster())
+    assert rows[1]["Pending restart reason"].split("\n") == ["shared_buffers: 128MB->256MB",
+                                                             "shared_preload_libraries: [hidden - too long]"]
+    assert table(store.get_cluster(), "json")[1]["Pending restart reason"].endswith("x" * 40)
+    columns, raw = views.member_table(store.get_cluster(), SCOPE, "pretty")
+    lines = output.render(columns, raw, "pretty", "Cluster: c (1)")
+    assert len({len(line) for line in lines}) == 1
+    assert sum(line.startswith("+-") for line in lines) == 1 + 3  # under the header, then after each row
+    assert any("| shared_preload_libraries: [hidden - too long] |" in line for line in lines)
 
 
 def test_render_in_every_format() -> None:
