@@ -80,6 +80,14 @@ class WriteInitialConfig(Action):
 
 
 @dataclass(frozen=True)
+class RepublishConfig(Action):
+    """The leader writes back the dynamic configuration it runs with when etcd's config key is gone:
+    the last one read (or cached locally), else bootstrap.dcs."""
+
+    best_effort: ClassVar[bool] = True  # the next cycle sees the key still missing and tries again
+
+
+@dataclass(frozen=True)
 class ClearFailover(Action):
     best_effort: ClassVar[bool] = True  # a stale failover key is cleared by the next cycle that sees it
 

@@ -33,11 +33,13 @@ EXIT_FATAL = 3  # the supervisor stops the node and exits 1: retrying cannot hel
 class Executor:
     def __init__(self, config: Callable[[], Config], store: Store, link: PostgresLink, leases: WatchdogLeases,
                  failsafe: Failsafe, send: Callable[[ipc.Message], object],
-                 dynamic: Callable[[], DynamicConfig]) -> None:
+                 dynamic: Callable[[], DynamicConfig],
+                 known_config: Callable[[], dict[str, Any]] = dict) -> None:
         self.config = config  # a reload replaces it (tags published in the member key)
         self.store, self.link, self.leases, self.failsafe = store, link, leases, failsafe
         self.send = send
         self.dynamic = dynamic
+        self.known_config = known_config  # the dynamic configuration last read from etcd or the local cache
         self.status_written: dict[str, Any] | None = None  # the status key as last written, to skip repeats
         self.sync_written: tuple[str, ...] | None = None
 
@@ -74,6 +76,10 @@ class Executor:
             self.store.delete_initialize()
         elif isinstance(action, act.WriteInitialConfig):
             self.store.set_config(initial_dcs_config(self.config()))
+        elif isinstance(action, act.RepublishConfig):
+            config = self.known_config() or initial_dcs_config(self.config())
+            log.warning("the config key is missing from etcd: writing back the dynamic configuration in force")
+            self.store.set_config(config)
         elif isinstance(action, act.ClearFailover):
             if cluster is not None and cluster.failover is not None:
                 self.store.clear_failover(cluster.failover_index)

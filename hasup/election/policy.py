@@ -33,6 +33,7 @@ from hasup.election.actions import (
     RefreshLock,
     ReleaseLock,
     ReportShutdown,
+    RepublishConfig,
     RunBootstrap,
     RunCreateReplica,
     RunDemote,
@@ -77,6 +78,7 @@ __all__ = [
     "DeleteInitialize",
     "WriteInitialConfig",
     "ClearFailover",
+    "RepublishConfig",
     "RecordHandOver",
     "WriteHistory",
     "WriteStatus",
@@ -340,6 +342,8 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
         return Decision((RefreshLock(), RunPromote()), "promoted self to leader because I had the session lock",
                         phase=Promoting())
     actions: list[Action] = [RefreshLock(), WriteStatus()]
+    if config_missing(cluster):
+        actions.append(RepublishConfig())
     if needs_history(cluster, pg):
         actions.append(WriteHistory())
     sync_steps = _sync_actions(cluster, pg, me, settings)
@@ -356,6 +360,12 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
         return Decision(tuple(actions + more), reason, SWITCHOVER_RECHECK if not more else recheck,
                         Demoting(demote.candidate) if demote is not None else None)
     return Decision(tuple(actions), f"no action. I am ({me.name}), the leader with the lock", recheck)
+
+
+def config_missing(cluster: Cluster) -> bool:
+    """etcd's config key is absent or empty.  A value that was there but failed its parser is not missing:
+    the last good one stays in force (hasup.dcs.model.with_last_good) and an operator's edit is not overwritten."""
+    return not cluster.config and "config" not in cluster.rejected
 
 
 def _sync_actions(cluster: Cluster, pg: PgState, me: Node, settings: Settings) -> list[Action]:

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from hasup import ipc
 from hasup.config import Config, parse_dynamic
+from hasup.config.dynamic_cache import read_cache, write_cache
 from hasup.dcs.backends import open_store
 from hasup.dcs.model import Cluster, with_last_good
 from hasup.dcs.parse import BAD_VALUES
@@ -26,7 +27,14 @@ log = logging.getLogger("hasup.election")
 
 class ClusterReader:
     def __init__(self, cfg: Config, offload: Offloader) -> None:
-        self.dynamic, _ = parse_dynamic(cfg.bootstrap.dcs)
+        self.data_dir = cfg.postgresql.data_dir
+        # The cluster's settings as this node last saw them (hasup.config.dynamic_cache): until etcd's
+        # config key is read they are in force, and a leader writes them back when that key is missing.
+        cached, note = read_cache(self.data_dir)
+        if note:
+            log.warning("dynamic configuration cache: %s", note)
+        self.cached: dict[str, Any] | None = cached
+        self.dynamic, _ = parse_dynamic(cached if cached else cfg.bootstrap.dcs)
         self.raw_store = open_store(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
         self.store = cast(Store, OffloadedProxy(self.raw_store, offload))
         self.wake_r, self.wake_w = os.pipe()
@@ -35,7 +43,8 @@ class ClusterReader:
         self.cluster: Cluster | None = None  # this cycle's read; None when etcd could not be read
         self.last_read: Cluster | None = None  # the last successful read, rejected values patched
         self.read_at = self.read_at_wall = 0.0
-        self.last_config: dict[str, Any] = {}
+        self.last_config: dict[str, Any] = dict(cached) if cached else {}
+        self.cache_failed = False  # said once, not every cycle
 
     def read(self) -> Cluster | None:
         try:
@@ -56,7 +65,22 @@ class ClusterReader:
                     log.warning(w)
                 self.dynamic = dynamic
                 self.store.retry_timeout = self.watch.store.retry_timeout = dynamic.retry_timeout
+            self.save_cache(cluster.config)
         return cluster
+
+    def save_cache(self, config: dict[str, Any]) -> None:
+        """Keep the local copy in step, once the data directory holds a cluster: initdb and
+        pg_basebackup want an empty directory, so nothing is written before either has run."""
+        if config == self.cached or not os.path.exists(os.path.join(self.data_dir, "PG_VERSION")):
+            return
+        try:
+            write_cache(self.data_dir, config)
+        except OSError as exc:
+            if not self.cache_failed:
+                log.warning("cannot write the dynamic configuration cache in %s: %s", self.data_dir, exc)
+            self.cache_failed = True
+            return
+        self.cached, self.cache_failed = dict(config), False
 
     def arm_watch(self, me: str, until: float) -> None:
         c = self.cluster

@@ -46,7 +46,7 @@ class ElectionWorker:
         self.leases = WatchdogLeases(ctx.lease_sock)
         self.failsafe = Failsafe(cfg)
         self.executor = Executor(lambda: ctx.config, self.reader.store, self.link, self.leases, self.failsafe, send,
-                                 lambda: self.reader.dynamic)
+                                 lambda: self.reader.dynamic, known_config=lambda: self.reader.last_config)
         self.desk = OperatorDesk(self.link, self.holds_lock, lambda: self.reader.cluster, self.busy, send)
         self.stopwatches = Stopwatches()
         self.errors = CycleErrors()
