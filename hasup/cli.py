@@ -76,7 +76,13 @@ def start(path: str) -> int:
     if loaded is None:
         return EXIT_BAD_CONFIG
     config, warnings = loaded
-    from hasup.supervisor import run  # imported late: only the daemon needs it
+    from hasup.supervision.unique_name import check_unique_name  # imported late: only the daemon needs these
+    from hasup.supervisor import run
+
+    taken = check_unique_name(config)
+    if taken is not None:
+        print(taken, file=sys.stderr)
+        return EXIT_BAD_CONFIG
 
     # Absolute, because the supervisor re-reads it on SIGHUP whatever its working directory is then.
     return run(config, os.path.abspath(path) if path else path, warnings)

@@ -16,6 +16,7 @@ import hasup
 import hasup.config.environment as config_module
 from hasup.cli import main
 from hasup.config import Config
+from hasup.supervision import unique_name
 from tests.harness.pki import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,6 +209,7 @@ def fake_supervisor(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, str, 
     module = types.ModuleType("hasup.supervisor")
     module.run = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "hasup.supervisor", module)
+    monkeypatch.setattr(unique_name, "check_unique_name", lambda config: None)  # no etcd here
     monkeypatch.setattr(config_module, "_taken_environment", None)
     return calls
 
@@ -289,3 +291,14 @@ def test_start_refuses_a_hostile_file_with_exit_2(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"{path}: line ") and "aliases expand" in line
     assert fake_supervisor == []
+
+
+def test_start_refuses_a_name_in_use_with_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    fake_supervisor: list[tuple[Config, str, list[str]]],
+) -> None:
+    line = "name 'node1' is already in use by a running member of cluster 'demo' (...); refusing to start"
+    monkeypatch.setattr(unique_name, "check_unique_name", lambda config: line)
+    assert main([write(tmp_path, yaml.safe_dump(VALID))]) == 2
+    assert fake_supervisor == []
+    assert capsys.readouterr().err.splitlines() == [line]
