@@ -212,6 +212,9 @@ class ClusterView(Message):
     status: dict[str, Any] = field(default_factory=dict)  # the status key (optime, slots, retain_slots)
     dcs_bad_values: int = 0  # etcd values rejected at the boundary so far (hasup.dcs.parse), for /metrics
     cycle_errors: int = 0  # election cycles that failed with an unexpected error so far, for /metrics
+    # Monotonic: failsafe mode holds until then (this leader was confirmed by every member while etcd
+    # was gone, or the leader pinged this member), for /patroni's failsafe_mode_is_active.
+    failsafe_until: float = 0.0
     # What fit() left out to keep the view within a frame (VIEW_PARTS names); a consumer must not take
     # a part named here for the whole (the postgres worker keeps its last complete config and slots).
     left_out: tuple[str, ...] = ()

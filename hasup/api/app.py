@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +66,13 @@ def _json(resp: falcon.Response, code: int, body: Any) -> None:
     resp.content_type = falcon.MEDIA_JSON
     # default=str as Patroni does: timestamps and the like become strings.
     resp.text = json.dumps(body, default=str)
+
+
+def wal_position(snap: Mapping[str, Any]) -> int | None:
+    """This node's last known WAL position (on a replica the further of received and replayed)."""
+    pg = snap.get("pg")
+    value = pg.get("wal_position") if isinstance(pg, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64 else None
 
 
 def _text(resp: falcon.Response, code: int, message: str) -> None:
@@ -443,6 +450,11 @@ class FailsafeResource(_OperatorResource):
             _json(resp, 400, {"error": "the body must name the leader"})
             return
         self._operate(resp, "failsafe", {"name": body["name"]})
+        if resp.status_code == 200:
+            # Where this member's WAL stands, as Patroni's leader reads it from the answer's lsn header.
+            lsn = wal_position(self.ctx.snapshot())
+            if lsn is not None:
+                resp.set_header("lsn", str(lsn))
 
 
 class _BodyLimit:

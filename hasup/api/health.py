@@ -219,7 +219,8 @@ def readiness_code(query: Mapping[str, list[str]], snap: st.Snap, now: float) ->
     fresh = st.fresh_view(snap, now)
     received = xlog.get("received_location")
     if fresh is None and received is None:
-        return UNAVAILABLE  # hasup has no failsafe mode that could vouch for it
+        # No view of the leader's position: only a leader that failsafe mode keeps leading vouches for us.
+        return OK if st.failsafe_active(snap, now) else UNAVAILABLE
     leader_optime = max((fresh or {}).get("optime") or 0, received or 0)
     mode = _first(query, "mode")
     position = received if mode == "write" else xlog.get("replayed_location")

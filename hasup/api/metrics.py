@@ -113,7 +113,7 @@ def values(snap: st.Snap, now: float) -> list[tuple[str, str, str, float]]:
          server_version),
         ("patroni_cluster_unlocked", "gauge", "1 when no leader key is known.",
          _flag(status.get("cluster_unlocked"))),
-        ("patroni_failsafe_mode_is_active", "gauge", "1 while failsafe mode holds (never in hasup).",
+        ("patroni_failsafe_mode_is_active", "gauge", "1 while failsafe mode holds on this node.",
          _flag(status.get("failsafe_mode_is_active"))),
         ("patroni_failsafe_mode_enabled", "gauge", "1 when the cluster configuration turns failsafe mode on.",
          _flag(str(config.get("failsafe_mode", "")).lower() in ("true", "on", "yes", "1"))),

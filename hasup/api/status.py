@@ -42,6 +42,13 @@ def cluster_view(snap: Snap) -> dict[str, Any] | None:
     return view if isinstance(view, dict) else None
 
 
+def failsafe_active(snap: Snap, now: float) -> bool:
+    """Failsafe mode holds on this node: it leads with every member's confirmation while etcd is gone,
+    or its leader, cut off from etcd, pinged it within ttl (hasup.election.failsafe)."""
+    until = (cluster_view(snap) or {}).get("failsafe_until")
+    return isinstance(until, int | float) and not isinstance(until, bool) and until > now
+
+
 def fresh_view(snap: Snap, now: float) -> dict[str, Any] | None:
     """The ClusterView if etcd was read less than ttl seconds ago, else None (Patroni's "no DCS view")."""
     view = cluster_view(snap)
@@ -167,6 +174,8 @@ def build_status(snap: Snap, now: float) -> dict[str, Any]:
         out["pending_restart"] = True
     if view and isinstance(view.get("scheduled_restart"), dict):
         out["scheduled_restart"] = view["scheduled_restart"]
+    if failsafe_active(snap, now):
+        out["failsafe_mode_is_active"] = True
     if view and view.get("last_decision"):
         # hasup's own: why this node does (or does not do) what it does, e.g. not taking over.
         out["last_decision"] = str(view["last_decision"])

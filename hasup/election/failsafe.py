@@ -31,6 +31,7 @@ class Failsafe:
         self.cfg = cfg
         self.members: dict[str, str] = {}  # the failsafe key as last read
         self.pinged_by: tuple[str, float] | None = None  # (leader name, until) from its last ping
+        self.confirmed_until = 0.0  # monotonic: every member confirmed our leading until then
 
     def remember(self, cluster: Cluster) -> None:
         self.members = {str(k): str(v) for k, v in (cluster.failsafe or {}).items()}
@@ -50,6 +51,12 @@ class Failsafe:
         if not ok:
             log.warning("failsafe: not every member confirmed; demoting")
         return ok
+
+    def active_until(self) -> float:
+        """Monotonic time failsafe mode holds until, on this node: as the confirmed leader, or as a member
+        its leader pinged; in the past when it does not hold."""
+        pinged = self.pinged_by[1] if self.pinged_by is not None else 0.0
+        return max(self.confirmed_until, pinged)
 
     def on_ping(self, leader: str, pg: ipc.PgState | None, ttl: float) -> tuple[int, str]:
         """Another node, cut off from etcd, asks whether it may keep leading."""

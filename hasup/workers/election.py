@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from hasup import ipc
 from hasup.dcs.model import Cluster
@@ -138,6 +139,7 @@ class ElectionWorker:
             return False
         # Every member now treats us as the leader until started + ttl: nobody can take over before.
         self.executor.grant_lease(started, paused=False)
+        self.failsafe.confirmed_until = started + self.reader.dynamic.ttl
         return True
 
     def log_reason(self, reason: str) -> None:
@@ -147,8 +149,9 @@ class ElectionWorker:
             self.last_reason, self.reason_logged_at = reason, now
 
     def publish_view(self, reason: str) -> None:
-        self.ctx.channel.send_now(self.reader.view(self.holds_lock(), self.leases.valid_until, reason,
-                                                   self.desk.scheduled, self.errors.count))
+        view = self.reader.view(self.holds_lock(), self.leases.valid_until, reason, self.desk.scheduled,
+                                self.errors.count)
+        self.ctx.channel.send_now(replace(view, failsafe_until=self.failsafe.active_until()))
 
     # -- when things go wrong ------------------------------------------------------------------------
 
@@ -222,6 +225,8 @@ class ElectionWorker:
         reply = self.failsafe.answer(msg, self.link.pg, d.failsafe_mode, d.ttl)
         if reply is not None:
             self.ctx.channel.send_now(reply)
+            if reply.code == 200:  # /patroni says failsafe mode holds now, not a cycle later
+                self.publish_view(self.last_reason)
         return reply is not None
 
     def on_message(self, msg: ipc.Message) -> None:
