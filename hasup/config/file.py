@@ -68,7 +68,14 @@ def _watchdog(r: Reader, top: Mapping[str, Any]) -> WatchdogConfig:
     sec = r.section(top, "watchdog")
     default = WatchdogConfig()
     # YAML reads `mode: off` as false, so a present-but-false value must not fall to the default.
-    mode = default.mode if "mode" not in sec else r.convert("watchdog.mode", sec["mode"], to_watchdog_mode)
+    given = sec.get("mode")
+    if given is True or isinstance(given, str) and given.strip().lower() in ("on", "true", "yes"):
+        # YAML reads `mode: on` as true.  Whoever wrote it wanted the watchdog: use the device when there
+        # is one, as automatic does, rather than run without it (Patroni turns it off) or refuse to start.
+        r.warnings.append(f"watchdog.mode: {given!r} is not one of off, automatic, required; read as automatic")
+        mode = "automatic"
+    else:
+        mode = default.mode if "mode" not in sec else r.convert("watchdog.mode", sec["mode"], to_watchdog_mode)
     r.ignore_rest(sec, "watchdog", WATCHDOG_USED)
     driver = r.get(sec, "watchdog.driver", to_str, default.driver)
     if driver not in ("default", "testing"):

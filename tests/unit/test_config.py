@@ -677,6 +677,14 @@ def test_watchdog_mode_aliases(value: Any, mode: str) -> None:
     assert to_watchdog_mode(value) == mode
 
 
+@pytest.mark.parametrize("text", ["on", "true", "yes", "'on'", "'ON'"])
+def test_watchdog_mode_on_is_read_as_automatic_with_one_warning(text: str) -> None:
+    cfg, warnings = load_config_text(yaml.safe_dump(MINIMAL) + f"watchdog:\n  mode: {text}\n")
+    assert cfg.watchdog.mode == "automatic"
+    said = [w for w in warnings if w.startswith("watchdog.mode:")]
+    assert len(said) == 1 and said[0].endswith("read as automatic")
+
+
 def test_watchdog_mode_off_from_yaml_false() -> None:
     cfg, _ = load_config_text(yaml.safe_dump(MINIMAL) + "watchdog:\n  mode: off\n  safety_margin: -1\n")
     assert (cfg.watchdog.mode, cfg.watchdog.safety_margin) == ("off", -1)
