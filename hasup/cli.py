@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the configuration, print every problem (exit 2) or nothing (exit 0), and exit",
     )
     parser.add_argument(
+        "-i",
+        "--ignore-listen-port",
+        action="store_true",
+        help="with --validate-config: do not report listen ports already in use (the node itself may be running)",
+    )
+    parser.add_argument(
         "--version",
         action="version",
         version=f"hasup {__version__} (Patroni {PATRONI_COMPAT_VERSION} compatible)",
@@ -58,13 +64,19 @@ def _load(path: str, env: Mapping[str, str] | None = None) -> tuple[Config, list
     return None
 
 
-def validate(path: str) -> int:
-    """Exit status for `--validate-config`: 0 and only warnings when usable, else 2 and every problem."""
+def validate(path: str, ignore_listen_port: bool = False) -> int:
+    """Exit status for `--validate-config`: 0 and only warnings when usable, else 2 and every problem.
+
+    The file first; once it reads, the machine too (hasup.supervision.host_checks)."""
     loaded = _load(path)
     if loaded is None:
         return EXIT_BAD_CONFIG
-    _print_lines(loaded[1], prefix="warning: ")
-    return 0
+    from hasup.supervision.host_checks import check_host
+
+    found = check_host(loaded[0], ignore_listen_port)
+    _print_lines(found.problems)
+    _print_lines(loaded[1] + found.warnings, prefix="warning: ")
+    return EXIT_BAD_CONFIG if found.problems else 0
 
 
 def start(path: str) -> int:
@@ -76,12 +88,13 @@ def start(path: str) -> int:
     if loaded is None:
         return EXIT_BAD_CONFIG
     config, warnings = loaded
-    from hasup.supervision.unique_name import check_unique_name  # imported late: only the daemon needs these
+    from hasup.supervision.host_checks import start_problem  # imported late: only the daemon needs these
+    from hasup.supervision.unique_name import check_unique_name
     from hasup.supervisor import run
 
-    taken = check_unique_name(config)
-    if taken is not None:
-        print(taken, file=sys.stderr)
+    refused = start_problem(config) or check_unique_name(config)
+    if refused is not None:
+        print(refused, file=sys.stderr)
         return EXIT_BAD_CONFIG
 
     # Absolute, because the supervisor re-reads it on SIGHUP whatever its working directory is then.
@@ -94,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed its message
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BAD_CONFIG)
     if args.validate_config:
-        return validate(args.config)
+        return validate(args.config, args.ignore_listen_port)
     return start(args.config)
 
 

@@ -69,6 +69,7 @@ def _watchdog(r: Reader, top: Mapping[str, Any]) -> WatchdogConfig:
     default = WatchdogConfig()
     # YAML reads `mode: off` as false, so a present-but-false value must not fall to the default.
     given = sec.get("mode")
+    mode: str | None
     if given is True or isinstance(given, str) and given.strip().lower() in ("on", "true", "yes"):
         # YAML reads `mode: on` as true.  Whoever wrote it wanted the watchdog: use the device when there
         # is one, as automatic does, rather than run without it (Patroni turns it off) or refuse to start.

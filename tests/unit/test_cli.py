@@ -17,6 +17,7 @@ import hasup.config.environment as config_module
 from hasup.cli import main
 from hasup.config import Config
 from hasup.supervision import unique_name
+from tests.harness import PG_BIN
 from tests.harness.pki import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +86,12 @@ def run_hasup(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+def on_this_machine(raw: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """raw with PostgreSQL's programs and a data directory to be, as --validate-config checks them here."""
+    pg = {**raw["postgresql"], "bin_dir": PG_BIN, "data_dir": str(tmp_path / "data")}
+    return {**raw, "postgresql": pg}
+
+
 def write(tmp_path: Path, text: str, name: str = "hasup.yml") -> str:
     path = tmp_path / name
     path.write_text(text)
@@ -104,12 +111,13 @@ def test_validate_config_reports_every_problem_and_exits_2(tmp_path: Path) -> No
 
 
 def test_validate_config_of_a_valid_file_prints_nothing(tmp_path: Path) -> None:
-    result = run_hasup("--validate-config", write(tmp_path, yaml.safe_dump(VALID)))
+    result = run_hasup("--validate-config", "-i", write(tmp_path, yaml.safe_dump(on_this_machine(VALID, tmp_path))))
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
-def test_validate_config_prints_warnings_with_a_prefix() -> None:
-    result = run_hasup("--validate-config", str(DATA / "patroni-full.yml"))
+def test_validate_config_prints_warnings_with_a_prefix(tmp_path: Path) -> None:
+    raw = on_this_machine(yaml.safe_load((DATA / "patroni-full.yml").read_text()), tmp_path)
+    result = run_hasup("--validate-config", "--ignore-listen-port", write(tmp_path, yaml.safe_dump(raw)))
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert "warning: restapi.request_queue_size: not used by hasup yet, ignored" in lines
@@ -133,8 +141,8 @@ def test_validate_config_of_broken_yaml(tmp_path: Path) -> None:
 
 def test_validate_config_from_environment_only(tmp_path: Path) -> None:
     env = clean_env()
-    env["PATRONI_CONFIGURATION"] = yaml.safe_dump(VALID)
-    result = run_hasup("--validate-config", str(tmp_path / "absent.yml"), env=env)
+    env["PATRONI_CONFIGURATION"] = yaml.safe_dump(on_this_machine(VALID, tmp_path))
+    result = run_hasup("--validate-config", "-i", str(tmp_path / "absent.yml"), env=env)
     assert (result.returncode, result.stderr) == (0, "")
 
 
@@ -151,7 +159,7 @@ def etcd3_config(**tls: str) -> dict[str, Any]:
 
 def test_validate_config_accepts_etcd3_with_tls(tmp_path: Path, pki: Pki) -> None:
     raw = etcd3_config(cacert=pki.ca, cert=pki.server_cert, key=pki.server_key, key_password=pki.key_password)
-    result = run_hasup("--validate-config", write(tmp_path, yaml.safe_dump(raw)))
+    result = run_hasup("--validate-config", "-i", write(tmp_path, yaml.safe_dump(on_this_machine(raw, tmp_path))))
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
