@@ -72,14 +72,30 @@ def set_failsafe(leader: Node, on: bool) -> None:
 
 def test_with_every_member_confirming_the_leader_keeps_accepting_writes(tc):
     leader = healed(tc)
+    active: set[str] = set()  # members whose /patroni said failsafe_mode_is_active during the outage
     with etcd_frozen(tc):
         frozen_at = time.monotonic()
         while time.monotonic() - frozen_at < OUTAGE:
             assert writable(leader), "the leader stopped accepting writes although every member confirmed"
+            active |= {n.name for n in tc.nodes if n.status().get("failsafe_mode_is_active") is True}
             time.sleep(0.5)
         assert "failsafe mode is enabled and all members are accessible" in leader.log_text()
+    assert active == {n.name for n in tc.nodes}
     wait_for(lambda: tc.leader_name() == leader.name, 30, "the same leader once etcd is back")
     assert healed(tc) is leader
+
+
+def test_a_replica_answers_the_failsafe_ping_with_its_wal_position(tc):
+    leader = healed(tc)
+    replica = next(n for n in tc.nodes if n is not leader)
+    req = urllib.request.Request(f"http://127.0.0.1:{replica.api_port}/failsafe", method="POST",
+                                 data=json.dumps({"name": leader.name}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10) as resp:
+        assert resp.status == 200 and resp.read() == b"Accepted"
+        lsn = int(resp.headers["lsn"])
+    xlog = replica.status()["xlog"]
+    assert 0 < lsn <= max(xlog["received_location"], xlog["replayed_location"])
 
 
 def test_with_a_member_unable_to_confirm_the_leader_demotes(tc):
