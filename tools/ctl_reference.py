@@ -34,9 +34,13 @@ scripts written for patronictl keep working, and patronictl itself works against
   members reports each one and exits 1 if any failed. `HASUPCTL_DEBUG=1` shows tracebacks.
 - etcd that does not answer within `retry_timeout` (from the configuration, default 10 s) is an error.
 
-Differences from patronictl: etcd is the only DCS (`etcd:` for the v2 API, `etcd3:` for v3); `list`
-shows one lag column (`Lag in MB`, behind the leader's last published WAL position) instead of receive
-and replay LSNs; `edit-config`
+`list` shows patronictl 4's columns: `Receive LSN` and `Replay LSN` of each replica with the lag of
+each (in MB, behind the leader's last published WAL position; both titled `Lag` in the boxed formats,
+`Receive Lag` and `Replay Lag` in tsv, json and yaml), then `Pending restart`, `Pending restart
+reason`, `Scheduled restart` and `Tags` when a member has one (always with `-e`).
+
+Differences from patronictl: etcd is the only DCS (`etcd:` for the v2 API, `etcd3:` for v3); in tsv a
+multi-line pending-restart reason is joined on one line; `edit-config`
 refuses a configuration that hasup nodes could not use (the same check as `PATCH /config`), where
 patronictl writes anything; `version` names hasup's version besides the Patroni one it implements.
 """

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from hasup.config.bounded_yaml import MAX_CONFIG_BYTES, MAX_YAML_DEPTH, MAX_YAML
 from hasup.config.schema import DYNAMIC_INT_BOUNDS
 from hasup.config.sources import SourceError, parse_yaml
 from hasup.config.values import INT64_MAX, shown
+from tests.harness import PG_BIN
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hostile-test-secret"
@@ -43,7 +45,9 @@ BASE: dict[str, Any] = {
     "postgresql": {
         "listen": "127.0.0.1:5432",
         "connect_address": "127.0.0.1:5432",
-        "data_dir": "/data/pg",
+        # Where --validate-config's checks of this machine pass: the programs, a directory anyone may create.
+        "data_dir": os.path.join(tempfile.gettempdir(), "hasup-hostile-never-created", "pg"),
+        "bin_dir": PG_BIN,
         "authentication": {
             "superuser": {"username": "postgres", "password": SECRET},
             "replication": {"username": "replicator", "password": SECRET},
@@ -84,7 +88,8 @@ def validate(path: Path) -> Run:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PATRONI_", "HASUP_"))}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     result = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "hasup", "--validate-config",
-                             str(path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                             "--ignore-listen-port", str(path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
     measured = json.loads(result.stdout)
     return Run(measured["code"], result.stderr.splitlines(), measured["seconds"], measured["max_rss_kb"] / 1024)
 
