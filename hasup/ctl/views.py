@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from hasup.config.standby import is_standby
 from hasup.dcs.model import Cluster, Member
 
 MB = 1024 * 1024
@@ -16,7 +17,8 @@ HISTORY_COLUMNS = ["TL", "LSN", "Reason", "Timestamp", "New Leader"]
 
 
 def is_standby_cluster(cluster: Cluster) -> bool:
-    return bool((cluster.config or {}).get("standby_cluster"))
+    section = (cluster.config or {}).get("standby_cluster")
+    return isinstance(section, dict) and is_standby(section)
 
 
 def sync_names(cluster: Cluster) -> set[str]:
