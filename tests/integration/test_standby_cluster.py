@@ -3,7 +3,8 @@
 The standby cluster is bootstrapped by cloning the primary cluster's leader (standby_cluster in
 bootstrap.dcs); its leader key holder is the standby leader, the others cascade from it.  Tests run
 in file order on one pair of clusters: replication into every standby member, a SIGKILLed standby
-leader replaced by another that streams from the primary, then a planned DR switchover to the
+leader replaced by another that streams from the primary, a switchover inside the standby cluster,
+then a planned DR switchover to the
 standby cluster and back (demote-cluster, wait for the replay, promote-cluster) under a write
 prober, with no acknowledged write lost and never two writable clusters.
 
@@ -39,6 +40,8 @@ def pair():
         leader.sql("CREATE TABLE marks (token text PRIMARY KEY)")
         dcs = {**primary.dcs, "standby_cluster": {"host": "127.0.0.1", "port": leader.pg_port}}
         standby = TestCluster(3, dcs=dcs, etcd=primary.etcd)
+        for i, node in enumerate(standby.nodes):  # names apart from the primary cluster's (the prober's records)
+            node.name = f"dr{i + 1}"
         for node in standby.nodes:
             node.start()
         settled(standby, 180)
@@ -136,6 +139,22 @@ def test_a_killed_standby_leader_is_replaced_by_another_that_follows_the_primary
     primary.leader().sql("INSERT INTO marks VALUES ('after-failover')")  # type: ignore[union-attr]
     for node in standby.nodes:
         wait_for(lambda n=node: has_mark(n, "after-failover"), 30, f"{node.name} to replay the primary's write")
+
+
+def test_a_switchover_inside_the_standby_cluster_moves_the_standby_leader(
+        pair: tuple[TestCluster, TestCluster]) -> None:
+    primary, standby = pair
+    remote = primary.leader().pg_port  # type: ignore[union-attr]
+    old = settled(standby, 60, remote=remote)
+    candidate = next(n for n in standby.nodes if n is not old)
+    out = ctl(standby, "switchover", "--force", "--candidate", candidate.name)
+    assert f'Successfully switched over to "{candidate.name}"' in out
+    new = settled(standby, 60, remote=remote)
+    assert new is candidate and standby.member(old.name)["role"] == "replica"
+    assert all(n.sql("SELECT pg_is_in_recovery()")[0][0] for n in standby.nodes)  # nobody was promoted
+    primary.leader().sql("INSERT INTO marks VALUES ('after-switchover')")  # type: ignore[union-attr]
+    for node in standby.nodes:
+        wait_for(lambda n=node: has_mark(n, "after-switchover"), 30, f"{node.name} to replay the primary's write")
 
 
 def _streaming_standby_leader(tc: TestCluster, remote: int, exclude: str) -> Node | None:
