@@ -308,6 +308,8 @@ def _not_running(cluster: Cluster, local: Local, me: Node, settings: Settings, h
             return Decision((RefreshLock(), RunStart(as_primary=True)), "starting primary after failure")
         return Decision((RefreshLock(), RunStart(as_primary=False)),
                         "starting as readonly because i had the session lock")
+    if cluster.leader is None and settings.standby_cluster:
+        return standby.start_unled()
     leader = cluster.leader.name if cluster.leader else None
     return Decision((RunFollow(leader),), "starting as a secondary")
 

@@ -61,6 +61,12 @@ def start_leader() -> Decision:
                     "starting as a standby leader because i had the session lock")
 
 
+def start_unled() -> Decision:
+    """A stopped member of a standby cluster without a leader starts streaming from the remote rather than
+    from nobody; whoever takes the lock next, it re-points then."""
+    return Decision((RunFollow(REMOTE),), "trying to follow a remote member because standby cluster is unhealthy")
+
+
 def take_over(handed_over: bool) -> Decision:
     """This replica wins the race for a free lock (or is the switchover's candidate): it leads by
     re-pointing to the remote, never by a promotion."""

@@ -37,6 +37,8 @@ CASES = [
     ("a crashed primary holding the lock starts as the standby leader", standby_cluster("n1"),
      local(pg(state="crashed", role="primary")), (ha.RefreshLock(), ha.RunStart(as_primary=False, leader=REMOTE)),
      "standby leader"),
+    ("a stopped member of a leaderless standby cluster starts from the remote", standby_cluster(),
+     local(pg(state="stopped")), (ha.RunFollow(REMOTE),), "standby cluster is unhealthy"),
     ("the other members cascade from the standby leader", standby_cluster("n2"), local(pg(upstream=REMOTE)),
      (ha.RunFollow("n2"),), "following new leader n2"),
     ("a member following the standby leader stays", standby_cluster("n2"), local(pg(upstream="n2")), (),
