@@ -114,3 +114,16 @@ def test_a_standby_cluster_never_promotes_whatever_it_sees():
                 seen = replace(c, failover=fo) if fo else c
                 d = ha.decide(seen, local(p, peers={"n2": peer("n2"), "n3": peer("n3")}), ME, STANDBY)
                 assert not any(isinstance(a, ha.RunPromote | ha.RunDemote) for a in d.actions), (c, p, d)
+
+
+def test_a_standby_cluster_runs_without_synchronous_mode():
+    from hasup.config import DynamicConfig
+    from hasup.election.inputs import settings_of
+    from tests.unit.test_api_worker import make_config
+    sync = DynamicConfig(synchronous_mode=True, synchronous_mode_strict=True)
+    assert settings_of(sync, make_config(1)).synchronous_mode
+    both = settings_of(replace(sync, standby_cluster={"host": "h"}), make_config(1))
+    assert both.standby_cluster and not both.synchronous_mode and not both.synchronous_mode_strict
+    # A leftover sync key naming others does not keep this member out of the race.
+    c = replace(standby_cluster(), sync={"leader": "n2", "sync_standby": "n3"})
+    assert ha.decide(c, local(pg()), ME, both).actions == (ha.AcquireLock(), ha.RunFollow(REMOTE))
