@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hasup import PATRONI_COMPAT_VERSION, ipc
+from hasup.config.standby import is_standby
 
 # Patroni publishes these boolean tags only when they are set.
 PREDEFINED_BOOL_TAGS = frozenset({"clonefrom", "nofailover", "noloadbalance", "nosync", "nostream"})
@@ -75,7 +76,7 @@ def is_paused(snap: Snap) -> bool:
 
 
 def is_standby_cluster(view: Mapping[str, Any] | None) -> bool:
-    return bool(view and _dict(view.get("config")).get("standby_cluster"))
+    return bool(view and is_standby(_dict(_dict(view.get("config")).get("standby_cluster"))))
 
 
 def quorum_mode(view: Mapping[str, Any] | None) -> bool:
@@ -155,6 +156,8 @@ def build_status(snap: Snap, now: float) -> dict[str, Any]:
     pg = snap.get("pg") if isinstance(snap.get("pg"), dict) else None
     out = _pg_fields(pg, snap, now)
     view = cluster_view(snap)
+    if out.get("role") == "replica" and holds_lock(snap, now) and is_standby_cluster(view):
+        out["role"] = "standby_leader"  # as Patroni names the lock holder of a standby cluster
     fresh = fresh_view(snap, now)
     identity = _dict(snap.get("identity"))
     name = identity.get("name")

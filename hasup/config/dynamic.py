@@ -26,6 +26,7 @@ from hasup.config.schema import (
     lenient,
 )
 from hasup.config.slot_settings import parse_slot_settings
+from hasup.config.standby import is_standby, to_standby_cluster
 from hasup.config.values import (
     int_between,
     join_key,
@@ -60,7 +61,8 @@ class DynamicConfig:
     use_slots: bool = True
     parameters: dict[str, Any] = field(default_factory=dict)  # postgresql.parameters (dynamic)
     pg_hba: tuple[str, ...] | None = None  # postgresql.pg_hba (dynamic); a local pg_hba wins
-    standby_cluster: dict[str, Any] | None = None  # set (non-empty) means this is a standby cluster
+    # Set (with a host, port or restore_command) makes this a standby cluster (hasup.config.standby).
+    standby_cluster: dict[str, Any] | None = None
 
 
 _DEFAULTS = DynamicConfig()
@@ -80,7 +82,9 @@ def refuse_unsafe(r: Reader, section: Mapping[str, Any], prefix: str) -> None:
                 r.problem(path, f"quorum: {UNSUPPORTED}; {reason}")
             continue
         if key == "standby_cluster":
-            convert = to_mapping
+            if prefix == "" and is_standby(r.convert(path, value, to_mapping)):
+                r.problem(path, reason)
+            continue  # under bootstrap.dcs: checked with the other dynamic settings
         if r.convert(path, value, convert):
             r.problem(path, f"{UNSUPPORTED}; {reason}")
 
@@ -103,6 +107,7 @@ def _check_dynamic_values(r: Reader, dcs: Mapping[str, Any], prefix: str) -> Non
         r.get(dcs, join_key(prefix, key), to_bool, None)
     pg_path = join_key(prefix, "postgresql")
     pg = r.section(dcs, pg_path)
+    r.get(dcs, join_key(prefix, "standby_cluster"), to_standby_cluster, None)
     r.get(pg, f"{pg_path}.use_pg_rewind", to_bool, None)
     r.get(pg, f"{pg_path}.use_slots", to_bool, None)
     read_parameters(r, pg, f"{pg_path}.parameters")
@@ -181,9 +186,9 @@ def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
     sync_default: bool | str = False
     sync_mode = lenient(raw, "synchronous_mode", to_sync_mode, sync_default, notes)
     flags["synchronous_mode"] = bool(sync_mode)  # quorum (not supported) still means: never less than sync
-    standby: dict[str, Any] = lenient(raw, "standby_cluster", to_mapping, {}, notes)
+    standby: dict[str, Any] = lenient(raw, "standby_cluster", to_standby_cluster, {}, notes)
     pg: dict[str, Any] = lenient(raw, "postgresql", to_mapping, {}, notes)
-    on = ["standby_cluster"] if standby else []
+    on = []
     if sync_mode == "quorum":
         on.append("synchronous_mode: quorum (running as synchronous_mode: on)")
     notes.extend(f"{key}: set in the cluster configuration, but {UNSUPPORTED}" for key in on)
@@ -205,7 +210,7 @@ def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
         use_slots=lenient(pg, "postgresql.use_slots", to_bool, True, notes),
         parameters=_dynamic_parameters(pg, notes),
         pg_hba=lenient(pg, "postgresql.pg_hba", to_str_list, None, notes),
-        standby_cluster=standby or None,
+        standby_cluster=standby if is_standby(standby) else None,
     )
     return dynamic, notes
 

@@ -41,7 +41,10 @@ UNSUPPORTED = "not supported by this hasup version"
 UNSAFE_REASONS = {
     # on/off are supported; only the quorum flavour is refused (see refuse_unsafe).
     "synchronous_mode": "refusing to start rather than run without quorum commit",
-    "standby_cluster": "refusing to start rather than run as a primary cluster instead of a standby",
+    # Read from bootstrap.dcs and the dynamic configuration only (as Patroni); at the top level of the file it
+    # would be silently ignored, and the cluster bootstrapped as a primary instead of a standby.
+    "standby_cluster": "only read from bootstrap.dcs (then the dynamic configuration); refusing to start rather "
+                       "than bootstrap a primary cluster instead of a standby",
 }
 
 # Integer dynamic settings: (minimum, maximum). hasup's ttl minimum is 10, not Patroni's 20: its

@@ -7,11 +7,20 @@ commands; `base` holds the click group and what they share.
 
 from __future__ import annotations
 
-from hasup.ctl import cmd_config, cmd_members, cmd_migrate, cmd_query, cmd_remove, cmd_show, cmd_switch
+from hasup.ctl import (
+    cmd_cluster,
+    cmd_config,
+    cmd_members,
+    cmd_migrate,
+    cmd_query,
+    cmd_remove,
+    cmd_show,
+    cmd_switch,
+)
 from hasup.ctl.base import cli
 
-__all__ = ["cli", "cmd_config", "cmd_members", "cmd_migrate", "cmd_query", "cmd_remove", "cmd_show", "cmd_switch",
-           "main"]
+__all__ = ["cli", "cmd_cluster", "cmd_config", "cmd_members", "cmd_migrate", "cmd_query", "cmd_remove", "cmd_show",
+           "cmd_switch", "main"]
 
 
 def main() -> None:

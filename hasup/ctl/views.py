@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from hasup.config.standby import is_standby
 from hasup.dcs import parse
 from hasup.dcs.model import Cluster, Member
 from hasup.postgresql.slots import format_lsn
@@ -26,7 +27,8 @@ HISTORY_COLUMNS = ["TL", "LSN", "Reason", "Timestamp", "New Leader"]
 
 
 def is_standby_cluster(cluster: Cluster) -> bool:
-    return bool((cluster.config or {}).get("standby_cluster"))
+    section = (cluster.config or {}).get("standby_cluster")
+    return isinstance(section, dict) and is_standby(section)
 
 
 def sync_names(cluster: Cluster) -> set[str]:

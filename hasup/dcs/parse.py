@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from hasup.config import parse_dynamic
 from hasup.config.schema import DYNAMIC_BOOLS, DYNAMIC_INT_BOUNDS, LEGACY_NAMES
+from hasup.config.standby import to_standby_cluster
 from hasup.config.values import Invalid, to_bool, to_int, to_mapping, to_str_list, to_sync_mode
 
 log = logging.getLogger("hasup.dcs")
@@ -406,7 +407,7 @@ def _dynamic_checks() -> list[tuple[tuple[str, ...], Callable[[Any], Any]]]:
         if key in LEGACY_NAMES:
             checks.append(((LEGACY_NAMES[key],), to_int))
     checks += [((key,), to_bool) for key in DYNAMIC_BOOLS]
-    checks += [(("synchronous_mode",), to_sync_mode), (("standby_cluster",), to_mapping),
+    checks += [(("synchronous_mode",), to_sync_mode), (("standby_cluster",), to_standby_cluster),
                (("postgresql",), to_mapping), (("postgresql", "use_pg_rewind"), to_bool),
                (("postgresql", "use_slots"), to_bool), (("postgresql", "parameters"), to_mapping),
                (("postgresql", "pg_hba"), to_str_list)]

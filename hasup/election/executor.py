@@ -16,6 +16,7 @@ from typing import Any
 
 from hasup import ipc
 from hasup.config import Config, DynamicConfig, initial_dcs_config
+from hasup.config.standby import REMOTE, remote_url
 from hasup.dcs.model import Cluster
 from hasup.dcs.store import DCSError, Store
 from hasup.election import actions as act
@@ -133,6 +134,8 @@ class Executor:
 
     def send_request(self, action: act.Action, cluster: Cluster | None) -> None:
         def member_url(name: str | None) -> str | None:
+            if name == REMOTE:  # the standby leader's upstream: standby_cluster's host (hasup.config.standby)
+                return remote_url(self.dynamic().standby_cluster)
             m = cluster.members.get(name) if cluster and name else None
             return m.conn_url if m else None
 
@@ -150,7 +153,7 @@ class Executor:
             request(ipc.Demote, action)
         elif isinstance(action, act.RunFollow):
             leader_tl = None
-            if cluster is not None and action.leader:
+            if cluster is not None and action.leader and action.leader != REMOTE:
                 # The member key can lag a fresh promotion by a cycle; /history cannot.
                 m = cluster.members.get(action.leader)
                 leader_tl = max((m.timeline if m else None) or 0, cluster.timeline) or None
@@ -166,7 +169,9 @@ class Executor:
     def touch_member(self, cluster: Cluster, scheduled_restart: dict[str, Any] | None) -> None:
         try:
             cfg = self.config()
-            data = member_data(cfg, self.link.pg, cluster.paused)
+            leading = cluster.leader is not None and cluster.leader.name == cfg.name
+            data = member_data(cfg, self.link.pg, cluster.paused,
+                               standby_leader=leading and bool(self.dynamic().standby_cluster))
             if scheduled_restart is not None:
                 data["scheduled_restart"] = scheduled_restart
             self.store.touch_member(cfg.name, data, self.dynamic().ttl)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hasup.config import Config, DynamicConfig
 from hasup.election.policy import Node, Settings
 from hasup.timing import Deadlines
@@ -16,10 +18,14 @@ def node_of(cfg: Config) -> Node:
 
 def settings_of(d: DynamicConfig, cfg: Config) -> Settings:
     pgc = cfg.postgresql
+    if d.standby_cluster:
+        # Nobody commits in a standby cluster, so nobody waits for a synchronous standby (as in Patroni):
+        # a /sync key left from its days as a primary cluster must not keep members out of the race.
+        d = replace(d, synchronous_mode=False, synchronous_mode_strict=False)
     return Settings(d.ttl, d.loop_wait, d.retry_timeout, d.maximum_lag_on_failover, d.check_timeline,
                     d.use_pg_rewind if pgc.use_pg_rewind is None else pgc.use_pg_rewind, pgc.health_deadline,
                     d.primary_start_timeout, d.synchronous_mode, d.synchronous_mode_strict, d.synchronous_node_count,
-                    d.failsafe_mode)
+                    d.failsafe_mode, standby_cluster=bool(d.standby_cluster))
 
 
 def deadlines_of(d: DynamicConfig, cfg: Config) -> Deadlines:

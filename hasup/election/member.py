@@ -9,16 +9,19 @@ from hasup.config import Config
 from hasup.ipc import PgState
 
 
-def member_data(cfg: Config, pg: PgState | None, paused: bool = False) -> dict[str, Any]:
+def member_data(cfg: Config, pg: PgState | None, paused: bool = False, standby_leader: bool = False) \
+        -> dict[str, Any]:
     """The value of members/<name>, with Patroni's fields; WAL fields only from a confirmed probe.
 
     `paused` is the cluster's pause flag as this node last read it: patronictl's
-    `pause --wait` and `resume --wait` poll the member keys for it."""
+    `pause --wait` and `resume --wait` poll the member keys for it.  `standby_leader`: this node holds
+    the lock of a standby cluster, so its replica is published as role standby_leader (as Patroni does;
+    patronictl's demote-cluster waits for it)."""
     data: dict[str, Any] = {
         "conn_url": cfg.postgresql.conn_url,
         "api_url": cfg.restapi.api_url,
         "state": pg.state if pg else "unknown",
-        "role": pg.role if pg else "uninitialized",
+        "role": ("standby_leader" if standby_leader and pg.role == "replica" else pg.role) if pg else "uninitialized",
         # Patroni's tools parse this as the Patroni version; hasup's own goes alongside.
         "version": PATRONI_COMPAT_VERSION,
         "hasup_version": __version__,

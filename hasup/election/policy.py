@@ -16,7 +16,7 @@ import datetime
 from dataclasses import dataclass, field, replace
 
 from hasup.dcs.model import Cluster, Member
-from hasup.election import protocol, sync
+from hasup.election import protocol, standby, sync
 from hasup.election.actions import (
     AcquireLock,
     Action,
@@ -129,6 +129,7 @@ class Settings:
     synchronous_mode_strict: bool = False
     synchronous_node_count: int = 1
     failsafe_mode: bool = False
+    standby_cluster: bool = False  # the dynamic configuration makes this a standby cluster (hasup.election.standby)
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,8 @@ def _in_phase(cluster: Cluster | None, local: Local, me: Node, settings: Setting
         # We let go because our PostgreSQL was hung or down: in the next race we may not lead, as if tagged so.
         me = replace(me, nofailover=True)
     decision = _decide(cluster, local, me, settings)
-    if cluster is not None and standby_cluster_requested(cluster):
-        decision = _no_new_primary(decision, local.pg)
+    if settings.standby_cluster:
+        decision = standby.never_promote(decision)
     if cluster is not None and cluster.paused:
         decision = _paused(decision, local.pg, holds_lock)
     return decision
@@ -199,30 +200,6 @@ def _filtered(decision: Decision, kept: tuple[Action, ...], note: str) -> Decisi
         if starter is not None and not any(isinstance(a, starter) for a in kept):
             phase = None
     return Decision(kept, f"{decision.reason} (not done: {note})", decision.recheck_in, phase)
-
-
-def standby_cluster_requested(cluster: Cluster) -> bool:
-    """The dynamic configuration (written by an existing Patroni standby cluster, or edit-config) asks
-    for a standby cluster, which follows a remote primary and never has a writable one of its own."""
-    value = (cluster.config or {}).get("standby_cluster")
-    return isinstance(value, dict) and bool(value)
-
-
-# What would make a writable primary out of a cluster that is meant to be a standby: hasup does not
-# run standby clusters yet, and promoting anyone would start a second writable copy of the database.
-_NEW_PRIMARY = (RunPromote, RunBootstrap, ClaimInitialize)
-STANDBY_REFUSED = "standby_cluster is set in the cluster configuration and hasup does not run standby " \
-                  "clusters yet: nobody is promoted"
-
-
-def _no_new_primary(decision: Decision, pg: PgState | None) -> Decision:
-    running_primary = pg is not None and pg.role == "primary" and pg.state == "running"
-
-    def allowed(action: Action) -> bool:
-        if isinstance(action, AcquireLock):
-            return running_primary  # retaking the lock makes no new primary; racing for it would
-        return not isinstance(action, _NEW_PRIMARY)
-    return _filtered(decision, tuple(a for a in decision.actions if allowed(a)), STANDBY_REFUSED)
 
 
 # Actions that start, stop or change the role of PostgreSQL: a paused cluster leaves it to the operator.
@@ -320,6 +297,8 @@ def _empty_data_dir(cluster: Cluster, me: Node, holds_lock: bool) -> Decision:
 def _not_running(cluster: Cluster, local: Local, me: Node, settings: Settings, holds_lock: bool) -> Decision:
     pg = local.pg
     assert pg is not None
+    if holds_lock and settings.standby_cluster:
+        return standby.start_leader()
     if holds_lock:
         # A crashed primary restarts in place while the lock is ours, for up to
         # primary_start_timeout; replicas wait for it rather than lose the writes it had.
@@ -331,6 +310,8 @@ def _not_running(cluster: Cluster, local: Local, me: Node, settings: Settings, h
             return Decision((RefreshLock(), RunStart(as_primary=True)), "starting primary after failure")
         return Decision((RefreshLock(), RunStart(as_primary=False)),
                         "starting as readonly because i had the session lock")
+    if cluster.leader is None and settings.standby_cluster:
+        return standby.start_unled()
     leader = cluster.leader.name if cluster.leader else None
     return Decision((RunFollow(leader),), "starting as a secondary")
 
@@ -338,6 +319,9 @@ def _not_running(cluster: Cluster, local: Local, me: Node, settings: Settings, h
 def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> Decision:
     pg = local.pg
     assert pg is not None
+    if settings.standby_cluster:
+        asked = _manual_failover(cluster, local, me, settings) if cluster.failover is not None else None
+        return standby.as_leader(pg, me.name, asked)
     if pg.role != "primary":
         return Decision((RefreshLock(), RunPromote()), "promoted self to leader because I had the session lock",
                         phase=Promoting())
@@ -530,6 +514,8 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
         return Decision((), "cluster is paused: no automatic failover")
     candidate = (cluster.failover or {}).get("member")
     if candidate == me.name and not me.nofailover and local.watchdog_usable:
+        if settings.standby_cluster:
+            return standby.take_over(handed_over=True)
         # The old leader handed over to us: it checked we have everything it wrote.
         return Decision((AcquireLock(), ClearFailover(), RunPromote(require_lsn=cluster.optime)),
                         "promoted self to leader by acquiring session lock (manual failover)",
@@ -546,6 +532,8 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
     ok, why = is_healthiest(cluster, local, me, settings)
     if not ok:
         return Decision((), f"following a different leader because {why}")
+    if settings.standby_cluster:
+        return standby.take_over(handed_over=False)
     return Decision((AcquireLock(), RunPromote()), "promoted self to leader by acquiring session lock",
                     phase=Promoting())
 

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from hasup.config import Config, DynamicConfig, UserSpec
-from hasup.postgresql import conf, slots
+from hasup.config.standby import REMOTE, is_standby, remote_url
+from hasup.postgresql import conf, slots, standby_recovery
 from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, controldata, data_dir_empty, run
 from hasup.postgresql.probe import ProbeFailed, Prober, run_sql
 from hasup.postgresql.roles import Role, create_roles, ident
@@ -93,6 +94,9 @@ class Lifecycle:
             params["synchronous_standby_names"] = self.sync_setting if self.sync_setting is not None else default
         slot = slots.own_slot(self.cfg.name, self.cfg.tags.raw, self.dynamic.use_slots)
         recovery = conf.recovery_parameters(self.cfg, leader_conn_url, slot) if standby else {}
+        if standby and self.dynamic.standby_cluster:  # a standby cluster's member (hasup.config.standby)
+            recovery = standby_recovery.remote_settings(self.cfg, self.dynamic.standby_cluster) \
+                if leader == REMOTE else {**standby_recovery.archive_settings(self.dynamic.standby_cluster), **recovery}
         path = os.path.join(pg.config_dir, "postgresql.conf")
         conf.write_private(path, conf.render_postgresql_conf(self.cfg, params, recovery))
         hba = conf.render_pg_hba(self.cfg, self.dynamic)
@@ -144,6 +148,8 @@ class Lifecycle:
     # -- actions ---------------------------------------------------------------
 
     def bootstrap(self) -> dict[str, Any]:
+        if is_standby(self.dynamic.standby_cluster):
+            return self.bootstrap_standby()
         pg = self.cfg.postgresql
         self.on_state(PgStatus.INITIALIZING)
         self.refuse_if_running()
@@ -177,6 +183,19 @@ class Lifecycle:
         result = self.wait_ready(pg.pg_ctl_timeout)
         self.post_bootstrap()
         return result
+
+    def bootstrap_standby(self) -> dict[str, Any]:
+        """A new standby cluster's first node clones the remote primary instead of running initdb; its
+        users and post_bootstrap are the remote's business (they came with the copy)."""
+        url = remote_url(self.dynamic.standby_cluster)
+        if url is None:
+            raise ActionFailed("standby_cluster names no host or port to clone from: a standby cluster cannot "
+                               "bootstrap from restore_command alone")
+        if not data_dir_empty(self.data_dir):
+            raise ActionFailed(f"data directory {self.data_dir} is not empty")
+        log.info("bootstrapping a standby cluster: cloning the remote primary at %s",
+                 url.removeprefix("postgres://").removesuffix("/postgres"))
+        return self.create_replica(REMOTE, url)
 
     def post_bootstrap(self) -> None:
         pg = self.cfg.postgresql
@@ -351,6 +370,8 @@ class Lifecycle:
         self.on_state(PgStatus.RESTARTING)
         self._stop("fast")
         standby = os.path.exists(os.path.join(self.data_dir, "standby.signal"))
+        if standby and leader is None and self.following == REMOTE:  # a standby leader keeps its remote
+            leader, leader_conn_url = self.following, self.following_url
         self.write_config(leader if standby else None, leader_conn_url if standby else None, standby)
         self.launch()
         return self.wait_ready(timeout if timeout is not None else self.cfg.postgresql.pg_ctl_timeout)
@@ -364,7 +385,17 @@ class Lifecycle:
 
     def follow(self, leader: str | None, leader_conn_url: str | None, leader_timeline: int | None,
                running_role: str | None, force_rewind: bool = False) -> dict[str, Any]:
-        if running_role == "primary":
+        if running_role == "primary" and leader == REMOTE:
+            # demote-cluster: the lock stays ours, so nobody else can have written past us.  A clean stop
+            # lets the walsenders hand everything we wrote to the standbys (the remote cluster included)
+            # before we come back as a replica of the remote, with no rewind needed.
+            log.info("demoting to a standby leader: checkpoint, then a clean (fast) stop")
+            try:
+                run_sql(self.local_dsn(), ["CHECKPOINT"], timeout=self.cfg.postgresql.pg_ctl_timeout)
+            except Exception as exc:
+                log.warning("checkpoint before demoting to a standby leader failed: %s", exc)
+            self.stop("fast")
+        elif running_role == "primary":
             log.info("demoting: stopping PostgreSQL (immediate) to rejoin as a replica of %s", leader)
             self.stop("immediate")
         elif force_rewind and running_role == "replica":

@@ -305,6 +305,8 @@ class PostgresWorker:
                                dynamic.synchronous_mode_strict) != (self.dynamic.parameters, self.dynamic.use_slots,
                                                                     self.dynamic.synchronous_mode,
                                                                     self.dynamic.synchronous_mode_strict)
+                    # A standby cluster's remote (host, slot, restore_command...) is reloadable too.
+                    changed |= dynamic.standby_cluster != self.dynamic.standby_cluster
                     if not dynamic.synchronous_mode:
                         self.lifecycle.sync_setting = None
                     self.dynamic = dynamic

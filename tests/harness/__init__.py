@@ -551,7 +551,8 @@ class TestCluster:
     def __exit__(self, *exc: Any) -> None:
         self.destroy()
 
-    def destroy(self) -> None:
+    def destroy(self, keep_etcd: bool = False) -> None:
+        """Stop every node, then etcd unless keep_etcd (another cluster sharing it stops it)."""
         if os.environ.get("HASUP_SHOW_LOGS") or FAILURES:
             # A failed test's cluster explains itself in the output (its files are deleted below).
             for node in self.nodes:
@@ -560,7 +561,8 @@ class TestCluster:
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.stop(timeout=20)
-        self.etcd.stop()
+        if not keep_etcd:
+            self.etcd.stop()
         me = os.getpid()
         kill_pids([p for p in descendants(me) if alive(p) and self._ours(p)])
         reap_zombies()

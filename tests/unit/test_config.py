@@ -608,7 +608,8 @@ def test_bad_callbacks_are_reported() -> None:
             "bootstrap.dcs.synchronous_mode: quorum: not supported by this hasup version; "
             "refusing to start rather than run without quorum commit",
         ),
-        ({"bootstrap.dcs.standby_cluster": {"host": "10.0.0.1"}}, "bootstrap.dcs.standby_cluster: not supported"),
+        # Read from bootstrap.dcs only, as Patroni: at the top level it would bootstrap a primary cluster.
+        ({"standby_cluster": {"host": "10.0.0.1"}}, "standby_cluster: only read from bootstrap.dcs"),
         ({"synchronous_mode": "quorum"}, "synchronous_mode: quorum: not supported"),
     ],
 )
@@ -617,6 +618,38 @@ def test_safety_settings_are_refused_with_a_reason(changes: dict[str, Any], line
     assert len(problems) == 1
     assert problems[0].startswith(line)
     assert "refusing to start rather than" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("section", "line"),
+    [
+        ({"host": "10.0.0.1", "port": 70000}, "bootstrap.dcs.standby_cluster: port: must be at most 65535"),
+        ({"host": "10.0.0.1", "port": "x"}, "bootstrap.dcs.standby_cluster: port: expected an integer"),
+        ({"host": "a b"}, "bootstrap.dcs.standby_cluster: host: expected a host name"),
+        ({"host": "h", "primary_slot_name": "Bad-Slot"}, "bootstrap.dcs.standby_cluster: primary_slot_name:"),
+        ({"host": "h", "recovery_min_apply_delay": "soon"},
+         "bootstrap.dcs.standby_cluster: recovery_min_apply_delay: expected milliseconds"),
+        ({"host": "h", "recovery_min_apply_delay": -1}, "bootstrap.dcs.standby_cluster: recovery_min_apply_delay:"),
+        ({"restore_command": "'unclosed"}, "bootstrap.dcs.standby_cluster: restore_command: expected a command"),
+        ({"host": "h", "archive_cleanup_command": "x\ny"}, "bootstrap.dcs.standby_cluster: archive_cleanup_command:"),
+        ({"host": "h", "create_replica_methods": "basebackup"},
+         "bootstrap.dcs.standby_cluster: create_replica_methods: expected a list"),
+        ({"primary_slot_name": "s"}, "bootstrap.dcs.standby_cluster: expected at least one of host, port, "
+                                     "restore_command"),
+        ("host=x", "bootstrap.dcs.standby_cluster: expected a mapping"),
+    ],
+)
+def test_a_bad_standby_cluster_section_is_one_line(section: Any, line: str) -> None:
+    problems = problems_of({"bootstrap.dcs.standby_cluster": section})
+    assert len(problems) == 1 and problems[0].startswith(line), problems
+
+
+def test_a_standby_cluster_section_is_accepted_with_every_key() -> None:
+    section = {"host": "10.0.0.1", "port": 5433, "primary_slot_name": "standby_1",
+               "create_replica_methods": ["basebackup"], "restore_command": "cp /archive/%f %p",
+               "archive_cleanup_command": "pg_archivecleanup /archive %r", "recovery_min_apply_delay": "5min"}
+    cfg, warnings = load({"bootstrap.dcs.standby_cluster": section})
+    assert warnings == [] and cfg.bootstrap.dcs["standby_cluster"] == section
 
 
 @pytest.mark.parametrize(

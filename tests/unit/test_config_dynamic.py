@@ -3,12 +3,14 @@ bootstrapping node writes there."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hasup.config import DynamicConfig, initial_dcs_config, parse_dynamic
-from hasup.config.dynamic import apply_timing_rule
+from hasup.config.dynamic import apply_timing_rule, dynamic_problems
 from tests.unit.test_config import load
 
 # -- dynamic configuration ---------------------------------------------------------------------
@@ -111,13 +113,27 @@ def test_dynamic_safety_settings_are_reported_and_kept() -> None:
     assert dynamic.synchronous_mode and dynamic.synchronous_mode_strict and dynamic.failsafe_mode
     assert dynamic.standby_cluster == {"host": "10.0.0.9"}
     assert notes == [
-        "standby_cluster: set in the cluster configuration, but not supported by this hasup version",
         "synchronous_mode: quorum (running as synchronous_mode: on): set in the cluster configuration, but not "
         "supported by this hasup version",
     ]
     on = parse_dynamic({"synchronous_mode": "on", "synchronous_node_count": 2})[0]
     assert on.synchronous_mode and not on.synchronous_mode_strict and on.synchronous_node_count == 2
     assert parse_dynamic({"standby_cluster": {}})[0].standby_cluster is None
+
+
+
+def test_a_bad_standby_cluster_in_etcd_is_refused_as_a_whole_and_ignored_leniently() -> None:
+    from hasup.dcs.parse import Bad, parse_config
+    bad = {"ttl": 30, "standby_cluster": {"host": "10.0.0.9", "port": 0}}
+    refused = parse_config(json.dumps(bad))
+    assert isinstance(refused, Bad) and refused.reason == "standby_cluster: port: must be at least 1"
+    assert dynamic_problems(bad) == ["standby_cluster: port: must be at least 1, got 0"]
+    dynamic, notes = parse_dynamic(bad)  # a running node reading it anyway: not a standby cluster, said once
+    assert dynamic.standby_cluster is None and notes[0].startswith("standby_cluster: port: must be at least 1")
+    good = parse_config(json.dumps({"standby_cluster": {"host": "10.0.0.9", "port": 5433}}))
+    assert good == {"standby_cluster": {"host": "10.0.0.9", "port": 5433}}
+    # Only non-defining keys: not a standby cluster at all.
+    assert parse_dynamic({"standby_cluster": {"primary_slot_name": "s"}})[0].standby_cluster is None
 
 
 def test_bootstrap_timing_violation_is_a_load_warning() -> None:

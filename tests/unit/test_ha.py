@@ -471,25 +471,6 @@ def test_a_new_replica_clones_from_a_clonefrom_replica_rather_than_the_leader():
     assert ha.decide(c, empty, ME, SETTINGS).actions == (ha.RunCreateReplica("n3"),)
 
 
-def test_a_standby_cluster_in_the_configuration_promotes_nobody():
-    standby = {"ttl": 10, "standby_cluster": {"host": "127.0.0.1", "port": 5432}}
-    race = ha.decide(cluster(leader=None, config=standby), local(pg()), ME, SETTINGS)
-    assert ha.RunPromote() not in race.actions and ha.AcquireLock() not in race.actions
-    assert ha.STANDBY_REFUSED in race.reason
-    # The same race without it promotes: the refusal is what kept this node back.
-    assert ha.RunPromote() in ha.decide(cluster(leader=None), local(pg()), ME, SETTINGS).actions
-    # A running primary that lost its lock may take it back (no new primary), and nothing is bootstrapped.
-    retake = ha.decide(cluster(leader=None, config=standby), local(pg(role="primary")), ME, SETTINGS)
-    assert ha.AcquireLock() in retake.actions
-    empty = ha.decide(cluster(leader=None, initialize=None, config=standby), local(pg(empty=True, sysid=None)), ME,
-                      SETTINGS)
-    assert not {type(a) for a in empty.actions} & {ha.ClaimInitialize, ha.RunBootstrap}
-    # An empty or malformed section asks for nothing.
-    for value in ({}, None, "host=x", ["x"]):
-        assert ha.RunPromote() in ha.decide(cluster(leader=None, config={"standby_cluster": value}), local(pg()), ME,
-                                            SETTINGS).actions
-
-
 def test_a_replica_waits_for_the_new_leaders_address_before_following_it():
     # etcd lost every lease: the new leader's lock is back, its member key not yet.
     c = cluster(leader="n2", members=("n1", "n3"))

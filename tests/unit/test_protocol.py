@@ -182,9 +182,6 @@ def test_a_filter_that_drops_the_starting_action_drops_the_phase():
     paused = cluster(paused=True)
     d = cycle(paused, Idle(), pg(role="replica"))
     assert not any(isinstance(a, act.RunPromote) for a in d.actions) and d.phase is None
-    standby = replace(cluster(None), config={"ttl": 10, "standby_cluster": {"host": "remote"}})
-    d = cycle(standby, Idle(), pg(role="replica"), peers={})
-    assert not any(isinstance(a, act.RunPromote) for a in d.actions) and d.phase is None
 
 
 def test_shutting_down_keeps_the_lock_unless_a_fence_forbids_it():
