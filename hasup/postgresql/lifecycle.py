@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -19,17 +18,18 @@ from collections.abc import Callable
 from typing import Any
 
 from hasup.config import Config, DynamicConfig, UserSpec
-from hasup.postgresql import conf, slots
+from hasup.postgresql import conf, restore, slots
+from hasup.postgresql.bootstrap_methods import RestoreRecovery, run_custom_bootstrap
 from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, controldata, data_dir_empty, run
+from hasup.postgresql.failure import ActionFailed
+from hasup.postgresql.group_run import GroupRunner
 from hasup.postgresql.probe import ProbeFailed, Prober, run_sql
+from hasup.postgresql.replica_methods import ReplicaBuilder
+from hasup.postgresql.restore import remove_contents
 from hasup.postgresql.roles import Role, create_roles, ident
 from hasup.postgresql.state import PgStatus
 
 log = logging.getLogger(__name__)
-
-
-class ActionFailed(Exception):
-    pass
 
 
 class Lifecycle:
@@ -46,6 +46,10 @@ class Lifecycle:
         self.sync_setting: str | None = None
         self.cancel = threading.Event()
         self.current: subprocess.Popen[str] | None = None
+        # Users' restore commands (replica methods, a custom bootstrap), each in a process group of its own.
+        self.group = GroupRunner(self.cancel.is_set)
+        # Set while a custom bootstrap's restored data directory first starts (its archive recovery).
+        self.restoring: RestoreRecovery | None = None
 
     def _track(self, proc: subprocess.Popen[str] | None) -> None:
         self.current = proc
@@ -61,6 +65,7 @@ class Lifecycle:
         proc = self.current
         if proc is not None and proc.poll() is None:
             proc.terminate()
+        self.group.kill()
 
     # -- helpers -------------------------------------------------------------
 
@@ -92,7 +97,13 @@ class Lifecycle:
             default = "*" if self.dynamic.synchronous_mode_strict else ""
             params["synchronous_standby_names"] = self.sync_setting if self.sync_setting is not None else default
         slot = slots.own_slot(self.cfg.name, self.cfg.tags.raw, self.dynamic.use_slots)
-        recovery = conf.recovery_parameters(self.cfg, leader_conn_url, slot) if standby else {}
+        recovery: dict[str, Any] = {}
+        if standby:
+            recovery = conf.recovery_parameters(self.cfg, leader_conn_url, slot)
+        elif self.restoring is not None:
+            recovery = dict(self.restoring.settings)
+            if self.restoring.hot_standby_off:
+                params["hot_standby"] = "off"
         path = os.path.join(pg.config_dir, "postgresql.conf")
         conf.write_private(path, conf.render_postgresql_conf(self.cfg, params, recovery))
         hba = conf.render_pg_hba(self.cfg, self.dynamic)
@@ -104,7 +115,8 @@ class Lifecycle:
                 pass
             self.following, self.following_url = leader, leader_conn_url
         else:
-            if os.path.exists(signal_file):
+            # A restored data directory's signal files are the custom bootstrap's to set.
+            if os.path.exists(signal_file) and self.restoring is None:
                 os.unlink(signal_file)
             self.following = self.following_url = None
 
@@ -144,6 +156,8 @@ class Lifecycle:
     # -- actions ---------------------------------------------------------------
 
     def bootstrap(self) -> dict[str, Any]:
+        if self.cfg.bootstrap.method is not None:
+            return run_custom_bootstrap(self, self.cfg.bootstrap.method)
         pg = self.cfg.postgresql
         self.on_state(PgStatus.INITIALIZING)
         self.refuse_if_running()
@@ -178,9 +192,9 @@ class Lifecycle:
         self.post_bootstrap()
         return result
 
-    def post_bootstrap(self) -> None:
+    def post_bootstrap(self, extra: list[Role] | None = None) -> None:
         pg = self.cfg.postgresql
-        users: list[Role] = []
+        users: list[Role] = list(extra or ())
         grants: list[str] = []
         if pg.replication.username != pg.superuser.username:
             users.append(Role(pg.replication.username, pg.replication.password, ("REPLICATION",)))
@@ -209,33 +223,54 @@ class Lifecycle:
         if pid is not None:
             raise ActionFailed(f"PostgreSQL (pid {pid}) is running on {self.data_dir}; refusing to replace it")
 
-    def create_replica(self, leader: str, leader_conn_url: str) -> dict[str, Any]:
+    def create_replica(self, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
+        """Build the data directory by the create_replica_methods (without leader_conn_url: only the
+        ones marked no_leader), then start it as a replica."""
         pg = self.cfg.postgresql
         self.refuse_if_running()
         self.on_state(PgStatus.CREATING_REPLICA)
-        host, port = conf.parse_conn_url(leader_conn_url)
         conf.write_pgpass(self.cfg)
+        connstring = None
+        if leader_conn_url:
+            host, port = conf.parse_conn_url(leader_conn_url)
+            connstring = conf.dsn(host, port, pg.replication, pg.database)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        builder = ReplicaBuilder(
+            scope=self.cfg.scope, data_dir=self.data_dir, runner=self.group,
+            basebackup=lambda: self._basebackup(leader or "", leader_conn_url or ""),
+            empty=lambda: data_dir_empty(self.data_dir), clean=lambda: remove_contents(self.data_dir),
+            cancelled=self.cancel.is_set, env=self.env)
+        attempts = builder.build(pg.create_replica_methods, pg.replica_methods, connstring, leader or "")
+        if not attempts or not attempts[-1].ok:
+            if self.cancel.is_set():
+                raise ActionFailed("cancelled")
+            why = "; ".join(f"{a.method}: {a.message}" for a in attempts) or "no method can work without a leader"
+            raise ActionFailed(f"creating replica{f' from {leader}' if leader else ''} failed: {why}")
+        restore.adopt_restored(self.cfg)
+        return self.start_replica(leader, leader_conn_url)
+
+    def _basebackup(self, leader: str, leader_conn_url: str) -> str | None:
+        """pg_basebackup from the member at leader_conn_url, twice if need be; None, or why it failed."""
+        pg = self.cfg.postgresql
+        host, port = conf.parse_conn_url(leader_conn_url)
         source = conf.dsn(host, port, pg.replication, application_name=f"{self.cfg.name} basebackup")
         options = list(pg.basebackup) or ["--checkpoint=fast"]
         last = ""
         for attempt in range(2):
             if self.cancel.is_set():
-                raise ActionFailed("cancelled")
+                return "cancelled"
             if attempt:
                 time.sleep(5)
             remove_contents(self.data_dir)
             try:
                 self.run([self.bins.path("pg_basebackup"), f"--pgdata={self.data_dir}", "--wal-method=stream",
                           f"--dbname={source}", *options], timeout=None)
-                break
-            except CommandFailed as exc:
+                return None
+            except (CommandFailed, ActionFailed) as exc:
                 last = str(exc)
                 log.error("basebackup from %s failed: %s", leader, last)
-        else:
-            remove_contents(self.data_dir)
-            raise ActionFailed(f"creating replica from {leader} failed: {last}")
-        os.chmod(self.data_dir, 0o700)
-        return self.start_replica(leader, leader_conn_url)
+        remove_contents(self.data_dir)
+        return last
 
     def start_replica(self, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
         self.write_config(leader, leader_conn_url, standby=True)
@@ -303,13 +338,16 @@ class Lifecycle:
         # later restart cannot turn us back into a replica of the old leader.
         self.write_config(None, None, standby=False)
         result = self.wait_ready(self.cfg.postgresql.pg_ctl_timeout)
-        # Until a checkpoint records the new timeline in pg_control, pg_rewind
-        # on an old primary would see "same timeline" and skip a needed rewind.
+        self.checkpoint()
+        return result
+
+    def checkpoint(self) -> None:
+        """After a promotion: until a checkpoint records the new timeline in pg_control, pg_rewind
+        on an old primary would see "same timeline" and skip a needed rewind."""
         try:
             run_sql(self.local_dsn(), ["CHECKPOINT"], timeout=self.cfg.postgresql.pg_ctl_timeout)
         except Exception as exc:
             log.warning("checkpoint after promote failed: %s", exc)
-        return result
 
     def stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
         self.on_state(PgStatus.STOPPING)
@@ -446,13 +484,3 @@ def options_of(spec: UserSpec) -> tuple[str, ...]:
     allowed = {"createrole", "createdb", "replication", "superuser", "inherit", "login", "bypassrls",
                "nocreaterole", "nocreatedb", "noreplication", "nosuperuser", "noinherit", "nologin"}
     return tuple(o.upper() for o in spec.options if o.lower() in allowed)
-
-
-def remove_contents(path: str) -> None:
-    if not os.path.isdir(path):
-        return
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
