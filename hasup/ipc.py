@@ -277,8 +277,8 @@ class Bootstrap(Request):
 
 @dataclass(frozen=True)
 class CreateReplica(Request):
-    leader: str
-    leader_conn_url: str
+    leader: str | None  # None: no member to clone from, only the no_leader replica methods run
+    leader_conn_url: str | None
 
 
 @dataclass(frozen=True)

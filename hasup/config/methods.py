@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,13 @@ class BootstrapMethod:
     no_params: bool = False
     timeout: float = DEFAULT_METHOD_TIMEOUT
     arguments: tuple[tuple[str, str], ...] = field(default=())
+
+
+def methods_to_try(names: Sequence[str], methods: Mapping[str, ReplicaMethod], have_source: bool) -> list[str]:
+    """The replica methods to try, in order; without a member to clone from, only those marked no_leader."""
+    if have_source:
+        return list(names)
+    return [n for n in names if n != BASEBACKUP and n in methods and methods[n].no_leader]
 
 
 def argument_value(value: Any) -> str:

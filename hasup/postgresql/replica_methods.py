@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from hasup.config.methods import BASEBACKUP, ReplicaMethod
+from hasup.config.methods import BASEBACKUP, ReplicaMethod, methods_to_try
 from hasup.postgresql.group_run import GroupRunner
 
 log = logging.getLogger(__name__)
@@ -32,17 +32,6 @@ def method_argv(method: ReplicaMethod, scope: str, data_dir: str, connstring: st
         given = {k for k, _ in args}
         args += [(k, v) for k, v in base.items() if k not in given]
     return [*shlex.split(method.command), *(f"--{k}={v}" for k, v in args)]
-
-
-def methods_to_try(names: Sequence[str], methods: Mapping[str, ReplicaMethod], have_source: bool) -> list[str]:
-    """The methods to try, in order; without a member to clone from only those marked no_leader."""
-    if have_source:
-        return list(names)
-    return [n for n in names if n != BASEBACKUP and n in methods and methods[n].no_leader]
-
-
-def can_work_without_leader(names: Sequence[str], methods: Mapping[str, ReplicaMethod]) -> bool:
-    return bool(methods_to_try(names, methods, have_source=False))
 
 
 @dataclass(frozen=True)
