@@ -122,6 +122,8 @@ class Lifecycle:
 
     def start_options(self) -> list[str]:
         params, _ = conf.effective_parameters(self.cfg, self.dynamic)
+        if self.restoring is not None and self.restoring.hot_standby_off:
+            params["hot_standby"] = "off"  # hot_standby is on the command line, which outranks the file
         return conf.command_line_options(params)
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
