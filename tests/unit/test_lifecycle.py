@@ -84,3 +84,49 @@ def test_discarding_the_data_directory_empties_it_and_never_touches_a_running_se
     with pytest.raises(ActionFailed, match="data directory removed"):
         lifecycle(tmp_path, DynamicConfig(), stopped_pm).discard_data("pg_rewind failed")
     assert os.listdir(tmp_path) == []
+
+
+def test_cancel_current_kills_a_hanging_replica_method_and_its_helpers_and_no_method_follows(tmp_path):
+    import threading
+    import time
+
+    from hasup.config.methods import ReplicaMethod
+    from hasup.postgresql.state import PgStatus
+
+    pm = FakePostmaster(stops=True)
+    pm.running = False
+    data = tmp_path / "data"
+    pids = tmp_path / "pids"
+    hang = tmp_path / "hang.sh"
+    hang.write_text(f"#!/bin/sh\nsleep 600 &\necho $$ $! > {pids}\nwait\n")
+    hang.chmod(0o755)
+    after = tmp_path / "after-ran"
+    lc = lifecycle(tmp_path, DynamicConfig(), pm)
+    pg = replace(lc.cfg.postgresql, data_dir=str(data), pgpass=str(tmp_path / "pgpass"),
+                 create_replica_methods=("hang", "after"),
+                 replica_methods={"hang": ReplicaMethod("hang", str(hang), no_leader=True),
+                                  "after": ReplicaMethod("after", f"touch {after}", no_leader=True)})
+    lc.cfg = replace(lc.cfg, postgresql=pg)
+    states: list[PgStatus] = []
+    lc.on_state = states.append
+    errors: list[str] = []
+
+    def create() -> None:
+        try:
+            lc.create_replica(None, None)
+        except ActionFailed as exc:
+            errors.append(str(exc))
+    thread = threading.Thread(target=create)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not pids.exists() or not pids.read_text().strip():
+        assert time.monotonic() < deadline, "the hang method never started"
+        time.sleep(0.02)
+    started = time.monotonic()
+    lc.cancel_current()
+    thread.join(15)
+    assert not thread.is_alive() and errors == ["cancelled"] and time.monotonic() - started < 10
+    for pid in (int(p) for p in pids.read_text().split()):
+        if os.path.exists(f"/proc/{pid}"):  # a zombie at most, waiting for its parent
+            assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    assert not after.exists() and states == [PgStatus.CREATING_REPLICA]
