@@ -346,6 +346,7 @@ class Reinitialize(Request):
     leader: str
     leader_conn_url: str
     force: bool = False
+    from_leader: bool = False  # pg_basebackup from the leader, not the create_replica_methods
 
 
 # -- fencing -----------------------------------------------------------------------

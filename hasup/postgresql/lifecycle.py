@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hasup.config import Config, DynamicConfig, UserSpec
+from hasup.config.methods import BASEBACKUP
 from hasup.postgresql import conf, restore, slots
 from hasup.postgresql.bootstrap_methods import RestoreRecovery, run_custom_bootstrap
 from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, controldata, data_dir_empty, run
@@ -225,9 +226,10 @@ class Lifecycle:
         if pid is not None:
             raise ActionFailed(f"PostgreSQL (pid {pid}) is running on {self.data_dir}; refusing to replace it")
 
-    def create_replica(self, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
-        """Build the data directory by the create_replica_methods (without leader_conn_url: only the
-        ones marked no_leader), then start it as a replica."""
+    def create_replica(self, leader: str | None, leader_conn_url: str | None,
+                       methods: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Build the data directory by the create_replica_methods (or `methods`; without
+        leader_conn_url only the ones marked no_leader), then start it as a replica."""
         pg = self.cfg.postgresql
         self.refuse_if_running()
         self.on_state(PgStatus.CREATING_REPLICA)
@@ -242,7 +244,8 @@ class Lifecycle:
             basebackup=lambda: self._basebackup(leader or "", leader_conn_url or ""),
             empty=lambda: data_dir_empty(self.data_dir), clean=lambda: remove_contents(self.data_dir),
             cancelled=self.cancel.is_set, env=self.env)
-        attempts = builder.build(pg.create_replica_methods, pg.replica_methods, connstring, leader or "")
+        names = pg.create_replica_methods if methods is None else methods
+        attempts = builder.build(names, pg.replica_methods, connstring, leader or "")
         if not attempts or not attempts[-1].ok:
             if self.cancel.is_set():
                 raise ActionFailed("cancelled")
@@ -395,12 +398,15 @@ class Lifecycle:
         self.launch()
         return self.wait_ready(timeout if timeout is not None else self.cfg.postgresql.pg_ctl_timeout)
 
-    def reinitialize(self, leader: str, leader_conn_url: str) -> dict[str, Any]:
-        """Throw this replica's data away and clone it again from leader."""
+    def reinitialize(self, leader: str, leader_conn_url: str, from_leader: bool = False) -> dict[str, Any]:
+        """Throw this replica's data away and build it again by the create_replica_methods, or, with
+        from_leader, by pg_basebackup from the leader only (as Patroni's reinit --from-leader)."""
         if self.postmaster.pid() is not None:
             log.warning("reinitialize: stopping PostgreSQL (immediate) before removing its data directory")
             self.stop("immediate")
-        return self.create_replica(leader, leader_conn_url)
+        self.refuse_if_running()
+        remove_contents(self.data_dir)  # even for a keep_data method: a reinitialize starts from nothing
+        return self.create_replica(leader, leader_conn_url, (BASEBACKUP,) if from_leader else None)
 
     def follow(self, leader: str | None, leader_conn_url: str | None, leader_timeline: int | None,
                running_role: str | None, force_rewind: bool = False) -> dict[str, Any]:

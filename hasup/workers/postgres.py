@@ -129,7 +129,7 @@ class PostgresWorker:
         if isinstance(req, ipc.Restart):
             return lambda: lc.restart(req.timeout, req.leader, req.leader_conn_url)
         if isinstance(req, ipc.Reinitialize):
-            return lambda: lc.reinitialize(req.leader, req.leader_conn_url)
+            return lambda: lc.reinitialize(req.leader, req.leader_conn_url, req.from_leader)
         raise ValueError(f"unknown request {req!r}")
 
     def finish_actions(self) -> None:

@@ -130,3 +130,24 @@ def test_cancel_current_kills_a_hanging_replica_method_and_its_helpers_and_no_me
         if os.path.exists(f"/proc/{pid}"):  # a zombie at most, waiting for its parent
             assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
     assert not after.exists() and states == [PgStatus.CREATING_REPLICA]
+
+
+def test_reinitialize_empties_the_data_directory_and_from_leader_runs_only_basebackup(tmp_path):
+    from hasup.config.methods import ReplicaMethod
+
+    pm = FakePostmaster(stops=True)
+    pm.running = False
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "old").write_text("x")
+    ran = tmp_path / "method-ran"
+    lc = lifecycle(tmp_path, DynamicConfig(), pm)
+    lc.cfg = replace(lc.cfg, postgresql=replace(
+        lc.cfg.postgresql, data_dir=str(data), pgpass=str(tmp_path / "pgpass"),
+        create_replica_methods=("custom", "basebackup"),
+        replica_methods={"custom": ReplicaMethod("custom", f"touch {ran}", keep_data=True)}))
+    seen: list[list[str]] = []
+    lc._basebackup = lambda leader, url: seen.append(os.listdir(data)) or "refused"  # type: ignore[method-assign]
+    with pytest.raises(ActionFailed, match="creating replica from n2 failed: basebackup: refused"):
+        lc.reinitialize("n2", "postgres://10.0.0.2:5432/postgres", from_leader=True)
+    assert seen == [[]] and not ran.exists()
