@@ -51,6 +51,8 @@ class Lifecycle:
         self.group = GroupRunner(self.cancel.is_set)
         # Set while a custom bootstrap's restored data directory first starts (its archive recovery).
         self.restoring: RestoreRecovery | None = None
+        # Whether the replica's settings as last written hold a restore_command (replication_state).
+        self.archive_recovery = False
 
     def _track(self, proc: subprocess.Popen[str] | None) -> None:
         self.current = proc
@@ -105,6 +107,7 @@ class Lifecycle:
             recovery = dict(self.restoring.settings)
             if self.restoring.hot_standby_off:
                 params["hot_standby"] = "off"
+        self.archive_recovery = standby and bool(recovery.get("restore_command"))
         path = os.path.join(pg.config_dir, "postgresql.conf")
         conf.write_private(path, conf.render_postgresql_conf(self.cfg, params, recovery))
         hba = conf.render_pg_hba(self.cfg, self.dynamic)

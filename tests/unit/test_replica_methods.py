@@ -296,3 +296,16 @@ def test_a_command_that_succeeds_reports_its_status_and_output() -> None:
     assert failed.code == 4 and failed.describe("m") == "m exited 4: bad"
     missing = GroupRunner(lambda: False).run(["/nonexistent/restore"], 10, None, "missing")
     assert missing.code is None and "could not start" in missing.describe("m")
+
+
+def test_a_replica_not_streaming_with_a_restore_command_is_in_archive_recovery() -> None:
+    from hasup.postgresql.probe import ProbeResult
+    from hasup.workers.postgres import replication_state
+
+    def probe(in_recovery: bool, streaming: bool) -> ProbeResult:
+        return ProbeResult(in_recovery, 1, None, None, None, None, None, None, None, 150000, "1", streaming, (),
+                           False)
+    assert replication_state(probe(True, True), archive_recovery=True) == "streaming"
+    assert replication_state(probe(True, False), archive_recovery=True) == "in archive recovery"
+    assert replication_state(probe(True, False), archive_recovery=False) is None
+    assert replication_state(probe(False, False), archive_recovery=True) is None
