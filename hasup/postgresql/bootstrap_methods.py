@@ -85,9 +85,8 @@ def run_custom_bootstrap(lc: Lifecycle, method: BootstrapMethod) -> dict[str, An
     try:
         return _bootstrap(lc, method)
     except Exception:
-        if not lc.cancel.is_set():
-            lc.on_state(PgStatus.CUSTOM_BOOTSTRAP_FAILED)
         _set_aside(lc)
+        lc.on_state(PgStatus.CUSTOM_BOOTSTRAP_FAILED)
         raise
 
 
@@ -122,12 +121,14 @@ def _bootstrap(lc: Lifecycle, method: BootstrapMethod) -> dict[str, Any]:
         wait_end_of_recovery(lc)
     finally:
         lc.restoring = None
-    # A primary now: its own settings (no recovery ones, hot_standby as configured).
-    lc.write_config(None, None, standby=False)
+    # A primary now: its own settings (no recovery ones, hot_standby as configured; that one only
+    # takes effect on a restart).
     if recovery.hot_standby_off:
-        lc._stop("fast")
-        lc.launch()
-    result = lc.wait_ready(pg.pg_ctl_timeout)
+        result = lc.restart(None, None, None)
+    else:
+        lc.write_config(None, None, standby=False)
+        lc.reload()
+        result = lc.wait_ready(pg.pg_ctl_timeout)
     # The backup's superuser may have had another password: set ours, as the other roles.
     lc.post_bootstrap(extra=[Role(pg.superuser.username, pg.superuser.password, ("SUPERUSER",))])
     lc.checkpoint()
@@ -171,7 +172,7 @@ def _set_aside(lc: Lifecycle) -> None:
     """Stop what the failed bootstrap started and keep its data directory for the operator."""
     if lc.postmaster.pid() is not None:
         try:
-            lc._stop("immediate")
+            lc.stop("immediate")
         except Exception as exc:  # the failure being reported matters more
             log.error("stopping PostgreSQL after the failed bootstrap: %s", exc)
     if data_dir_empty(lc.data_dir):

@@ -151,3 +151,27 @@ def test_reinitialize_empties_the_data_directory_and_from_leader_runs_only_baseb
     with pytest.raises(ActionFailed, match="creating replica from n2 failed: basebackup: refused"):
         lc.reinitialize("n2", "postgres://10.0.0.2:5432/postgres", from_leader=True)
     assert seen == [[]] and not ran.exists()
+
+
+def test_a_failed_custom_bootstrap_keeps_its_data_directory_as_failed_and_says_so(tmp_path):
+    from hasup.config.methods import BootstrapMethod
+    from hasup.postgresql.state import PgStatus
+
+    pm = FakePostmaster(stops=True)
+    pm.running = False
+    data = tmp_path / "data"
+    script = tmp_path / "restore.sh"
+    script.write_text('#!/bin/sh\nfor a; do case "$a" in --datadir=*) D="${a#--datadir=}";; esac; done\n'
+                      'echo partial > "$D/PG_VERSION"\necho "no such backup" >&2\nexit 3\n')
+    script.chmod(0o755)
+    lc = lifecycle(tmp_path, DynamicConfig(), pm)
+    method = BootstrapMethod("pitr", str(script))
+    lc.cfg = replace(lc.cfg, postgresql=replace(lc.cfg.postgresql, data_dir=str(data),
+                                                pgpass=str(tmp_path / "pgpass")),
+                     bootstrap=replace(lc.cfg.bootstrap, method=method))
+    states: list[PgStatus] = []
+    lc.on_state = states.append
+    with pytest.raises(ActionFailed, match="custom bootstrap failed: pitr exited 3: no such backup"):
+        lc.bootstrap()
+    assert not data.exists() and (tmp_path / "data.failed" / "PG_VERSION").read_text() == "partial\n"
+    assert states == [PgStatus.CUSTOM_BOOTSTRAP, PgStatus.CUSTOM_BOOTSTRAP_FAILED]
