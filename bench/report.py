@@ -422,6 +422,28 @@ def etcd(res: Results) -> list[str]:
     ]
 
 
+def replica_build(res: Results) -> list[str]:
+    out = ["## Building a replica: pg_basebackup vs a restore method (`bench/replica_build.py`)", ""]
+    r = res.get("replica-build-hasup.json")
+    if r is None:
+        return out + missing("the replica build")
+    s = r["settings"]
+    rows = [[run["method"], sec(run["to_streaming_s"]), sec(run["build_s"]) if run["build_s"] is not None else "-",
+             mib(run["database_bytes"] / 2**20)] for run in r["runs"]]
+    return out + [
+        *sources([r]),
+        *para(f"A new replica of a leader holding pgbench's tables (scale {s['pgbench_scale']}, about "
+              f"{s['size_mb']} MB), while {s['writes_during_build']} writes to it: `basebackup` is pg_basebackup from "
+              "the leader; `restore` is a create_replica_methods script copying a base backup kept in a local "
+              "directory, then WAL from the archive the leader fills (restore_command), then streaming. Time from "
+              "the node's start to its row in the leader's pg_stat_replication as `streaming`; the build is the "
+              "method's own part, from the node's log. The harness runs PostgreSQL with fsync off and the backup "
+              "and the archive are local directories (after the first run mostly in the page cache): the figures "
+              "compare the two paths on one machine, not a remote backup store."),
+        *table(["method", "start to streaming", "building the data directory", "database size"], rows),
+    ]
+
+
 def chaos() -> list[str]:
     return ["## Chaos: faults one after another under a write workload (`bench/chaos.py`)", "",
             *para("Partitions, kills, freezes, etcd outages and switchovers, one after another on "
@@ -432,7 +454,8 @@ def chaos() -> list[str]:
 
 def render(res: Results | None = None) -> str:
     res = res or Results()
-    body = [*failover(res), *footprint(res), *switchover(res), *hangs(res), *rest(res), *etcd(res), *chaos()]
+    body = [*failover(res), *footprint(res), *switchover(res), *hangs(res), *rest(res), *etcd(res), *replica_build(res),
+            *chaos()]
     return "\n".join([*head(), *machines(res), *body]).rstrip("\n") + "\n"
 
 

@@ -280,8 +280,8 @@ class Bootstrap(Request):
 
 @dataclass(frozen=True)
 class CreateReplica(Request):
-    leader: str
-    leader_conn_url: str
+    leader: str | None  # None: no member to clone from, only the no_leader replica methods run
+    leader_conn_url: str | None
 
 
 @dataclass(frozen=True)
@@ -349,6 +349,7 @@ class Reinitialize(Request):
     leader: str
     leader_conn_url: str
     force: bool = False
+    from_leader: bool = False  # pg_basebackup from the leader, not the create_replica_methods
 
 
 # -- fencing -----------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hasup.config.dynamic import check_dcs
+from hasup.config.methods import read_bootstrap_method
 from hasup.config.model import BootstrapConfig, UserSpec
 from hasup.config.postgresql import read_options
 from hasup.config.schema import BOOTSTRAP_USED, INITDB_FORBIDDEN, Reader
@@ -33,10 +34,13 @@ def read_bootstrap(r: Reader, top: Mapping[str, Any]) -> BootstrapConfig:
     sec = r.section(top, "bootstrap")
     dcs = r.section(sec, "bootstrap.dcs")
     check_dcs(r, dcs, "bootstrap.dcs")
-    method = r.get(sec, "bootstrap.method", to_str, "initdb")
-    if method != "initdb":
-        # Ignoring a custom method would create an empty cluster where a restore was asked for.
-        r.problem("bootstrap.method", f"only 'initdb' is supported by this hasup version, got {shown(method)}")
+    name = r.get(sec, "bootstrap.method", to_str, "initdb")
+    method = None
+    if name in BOOTSTRAP_USED:
+        if name != "initdb":
+            r.problem("bootstrap.method", f"{shown(name)} is a key of the bootstrap section, not a method name")
+    else:
+        method = read_bootstrap_method(r, sec, name)
     initdb = read_options(r, sec, "bootstrap.initdb", INITDB_FORBIDDEN)
     pg_hba = r.get(sec, "bootstrap.pg_hba", to_str_list, _NO_STRINGS)
     users = _users(r, r.section(sec, "bootstrap.users"))
@@ -45,5 +49,5 @@ def read_bootstrap(r: Reader, top: Mapping[str, Any]) -> BootstrapConfig:
         post_bootstrap = r.get(sec, "bootstrap.post_init", to_str, None)
     elif sec.get("post_init") is not None:
         r.warn("bootstrap.post_init", "ignored because bootstrap.post_bootstrap is set")
-    r.ignore_rest(sec, "bootstrap", BOOTSTRAP_USED)
-    return BootstrapConfig(dict(dcs), initdb, pg_hba, users, post_bootstrap)
+    r.ignore_rest(sec, "bootstrap", (*BOOTSTRAP_USED, name))
+    return BootstrapConfig(dict(dcs), initdb, pg_hba, users, post_bootstrap, method)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hasup.config.addresses import split_host_port
+from hasup.config.methods import BASEBACKUP, BootstrapMethod, ReplicaMethod
 from hasup.timing import DEFAULT_CALLBACK_TIMEOUT, DEFAULT_HEALTH_DEADLINE
 
 
@@ -93,6 +94,7 @@ class BootstrapConfig:
     pg_hba: tuple[str, ...]
     users: dict[str, UserSpec]
     post_bootstrap: str | None
+    method: BootstrapMethod | None = None  # a custom bootstrap.method; None: initdb
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,12 @@ class PostgresConfig:
     # for an operator (off by default, as in Patroni: it throws data away).
     remove_data_directory_on_rewind_failure: bool = False
     remove_data_directory_on_diverged_timelines: bool = False
+    # How a replica's data directory is built, tried in order (hasup/postgresql/replica_methods.py),
+    # and the settings of each method other than the built-in basebackup.
+    create_replica_methods: tuple[str, ...] = (BASEBACKUP,)
+    replica_methods: dict[str, ReplicaMethod] = field(default_factory=dict)
+    # postgresql.recovery_conf: recovery parameters a replica runs with (restore_command, ...).
+    recovery_conf: dict[str, Any] = field(default_factory=dict)
 
     @property
     def listen_hosts(self) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from hasup.config.addresses import host_port, to_pg_listen
 from hasup.config.dynamic import read_parameters
+from hasup.config.methods import read_recovery_conf, read_replica_methods
 from hasup.config.model import Credentials, PostgresConfig
 from hasup.config.schema import BASEBACKUP_FORBIDDEN, CALLBACK_ACTIONS, PG_USED, Reader
 from hasup.config.values import (
@@ -54,6 +55,7 @@ def read_postgresql(r: Reader, top: Mapping[str, Any]) -> PostgresConfig | None:
     data_dir = r.require(sec, "postgresql.data_dir", to_str)
     config_dir = r.get(sec, "postgresql.config_dir", to_str, "") or data_dir or ""
     superuser, replication, rewind = _authentication(r, sec)
+    methods, method_settings = read_replica_methods(r, sec, PG_USED)
     # Built even when a required key is missing, so every other key is still checked and reported.
     settings = PostgresConfig(
         listen=listen or "",
@@ -81,8 +83,11 @@ def read_postgresql(r: Reader, top: Mapping[str, Any]) -> PostgresConfig | None:
             sec, "postgresql.remove_data_directory_on_rewind_failure", to_bool, False),
         remove_data_directory_on_diverged_timelines=r.get(
             sec, "postgresql.remove_data_directory_on_diverged_timelines", to_bool, False),
+        create_replica_methods=methods,
+        replica_methods=method_settings,
+        recovery_conf=read_recovery_conf(r, sec, "postgresql.recovery_conf", targets=False),
     )
-    r.ignore_rest(sec, "postgresql", PG_USED, dynamic_only=("use_slots",))
+    r.ignore_rest(sec, "postgresql", (*PG_USED, *method_settings), dynamic_only=("use_slots",))
     required = (listen, connect_address, data_dir, superuser, replication, rewind)
     return None if any(v is None for v in required) else settings
 

@@ -87,6 +87,9 @@ PG_USED = (
     "health_deadline",
     "callbacks", "callback_timeout",
     "remove_data_directory_on_rewind_failure", "remove_data_directory_on_diverged_timelines",
+    # Replica creation and recovery (hasup/config/methods.py); each custom method's own section is
+    # read too, under the method's name.
+    "create_replica_methods", "create_replica_method", "recovery_conf",
 )
 # postgresql.callbacks.<action>, each a command line (hasup/postgresql/callbacks.py).
 CALLBACK_ACTIONS = ("on_start", "on_stop", "on_restart", "on_reload", "on_role_change")

@@ -139,7 +139,7 @@ class RunBootstrap(Action):
 
 @dataclass(frozen=True)
 class RunCreateReplica(Action):
-    source: str  # member name
+    source: str | None  # member name; None: restore by the replica methods that need no leader
 
 
 @dataclass(frozen=True)

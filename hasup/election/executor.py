@@ -143,7 +143,8 @@ class Executor:
         if isinstance(action, act.RunBootstrap):
             request(ipc.Bootstrap, action)
         elif isinstance(action, act.RunCreateReplica):
-            request(ipc.CreateReplica, action, leader=action.source, leader_conn_url=member_url(action.source) or "")
+            request(ipc.CreateReplica, action, leader=action.source,
+                    leader_conn_url=member_url(action.source) if action.source else None)
         elif isinstance(action, act.RunStart):
             request(ipc.Start, action, as_primary=action.as_primary, leader=action.leader,
                     leader_conn_url=member_url(action.leader))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hasup.config import Config, DynamicConfig
+from hasup.config.methods import methods_to_try
 from hasup.election.policy import Node, Settings
 from hasup.timing import Deadlines
 
@@ -12,8 +13,10 @@ from hasup.timing import Deadlines
 def node_of(cfg: Config) -> Node:
     tags = cfg.tags
     source = tags.raw.get("replicatefrom")
+    pg = cfg.postgresql
     return Node(cfg.name, tags.nofailover, tags.failover_priority,
-                str(source) if isinstance(source, str) and source else None)
+                str(source) if isinstance(source, str) and source else None,
+                bool(methods_to_try(pg.create_replica_methods, pg.replica_methods, have_source=False)))
 
 
 def settings_of(d: DynamicConfig, cfg: Config) -> Settings:

@@ -38,7 +38,7 @@ class OperatorDesk:
         elif req.action == "cancel_restart":
             answer = self.cancel_restart()
         elif req.action == "reinitialize":
-            answer = self.reinitialize(bool(req.params.get("force")))
+            answer = self.reinitialize(bool(req.params.get("force")), bool(req.params.get("from_leader")))
         else:
             answer = (400, f"unknown action {req.action!r}")
         if answer is not None:
@@ -109,7 +109,7 @@ class OperatorDesk:
 
     # -- reinitialize --------------------------------------------------------------------------
 
-    def reinitialize(self, force: bool) -> tuple[int, str]:
+    def reinitialize(self, force: bool, from_leader: bool = False) -> tuple[int, str]:
         c = self.cluster()
         leader = c.leader.name if c is not None and c.leader is not None else None
         refusal = restarts.reinitialize_refusal(leader, self.holds_lock(), self.busy(), force)
@@ -119,5 +119,6 @@ class OperatorDesk:
         if member is None or not member.conn_url:
             return 503, f"the leader {leader} publishes no connection address, can not reinitialize"
         log.warning("reinitializing this replica from %s on request: its data directory will be replaced", leader)
-        self.link.request(ipc.Reinitialize, leader=member.name, leader_conn_url=member.conn_url, force=force)
+        self.link.request(ipc.Reinitialize, leader=member.name, leader_conn_url=member.conn_url, force=force,
+                          from_leader=from_leader)
         return 200, "reinitialize started"

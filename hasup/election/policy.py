@@ -113,6 +113,7 @@ class Node:
     nofailover: bool = False
     failover_priority: int = 1
     replicatefrom: str | None = None  # cascade: stream from this member instead of the leader
+    clone_without_leader: bool = False  # a create_replica_method marked no_leader (restores from a backup)
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,9 @@ def _empty_data_dir(cluster: Cluster, me: Node, holds_lock: bool) -> Decision:
         if donor is not None:
             return Decision((RunCreateReplica(donor.name),), f"trying to bootstrap from replica '{donor.name}'")
         return Decision((RunCreateReplica(leader.name),), f"trying to bootstrap from leader '{leader.name}'")
+    if me.clone_without_leader and cluster.initialize != "":
+        # A cluster that exists (or will: nobody is bootstrapping it now) can be restored from its backups.
+        return Decision((RunCreateReplica(None),), "trying to bootstrap (without leader)")
     return Decision((), "waiting for leader to bootstrap")
 
 

@@ -172,9 +172,27 @@ def dsn(host: str, port: int, creds: Credentials, dbname: str | None = None, **e
     return " ".join(f"{k}={libpq_quote(v)}" for k, v in parts.items())
 
 
-def recovery_parameters(cfg: Config, leader_conn_url: str | None, slot: str | None) -> dict[str, Any]:
-    """Settings that make PostgreSQL stream from the leader (PG >= 12: postgresql.conf + standby.signal)."""
-    params: dict[str, Any] = {"recovery_target_timeline": "latest"}
+# A replica blanks every recovery target: set in an included file or left by a backup, one would make
+# it stop, pause or promote on its own instead of following its leader.
+BLANK_TARGETS = {name: "" for name in ("recovery_target", "recovery_target_name", "recovery_target_time",
+                                       "recovery_target_xid", "recovery_target_lsn")}
+
+
+def archive_settings(recovery_conf: Mapping[str, Any]) -> dict[str, Any]:
+    """What a replica takes from recovery settings: fetching WAL from an archive (restore_command),
+    cleaning it, a replay delay; never a recovery target or where to stream from."""
+    return {k: v for k, v in recovery_conf.items()
+            if not k.startswith("recovery_target") and k not in ("primary_conninfo", "primary_slot_name")}
+
+
+def recovery_parameters(cfg: Config, leader_conn_url: str | None, slot: str | None,
+                        archive: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Settings that make PostgreSQL a replica (PG >= 12: postgresql.conf + standby.signal): it streams
+    from the leader and, with a restore_command in `archive` (default: postgresql.recovery_conf),
+    fetches from the archive what it cannot stream."""
+    params: dict[str, Any] = {**BLANK_TARGETS,
+                              **archive_settings(cfg.postgresql.recovery_conf if archive is None else archive)}
+    params["recovery_target_timeline"] = "latest"
     if leader_conn_url:
         host, port = parse_conn_url(leader_conn_url)
         params["primary_conninfo"] = dsn(
@@ -183,6 +201,12 @@ def recovery_parameters(cfg: Config, leader_conn_url: str | None, slot: str | No
         if slot:
             params["primary_slot_name"] = slot
     return params
+
+
+def target_recovery_parameters(recovery_conf: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings of an archive recovery to a target (PG >= 12: postgresql.conf + recovery.signal): a
+    custom bootstrap's recovery_conf as given, nothing streamed."""
+    return {k: v for k, v in recovery_conf.items() if k not in ("primary_conninfo", "primary_slot_name")}
 
 
 def pgpass_line(host: str, port: int | str, creds: Credentials, database: str = "*") -> str | None:

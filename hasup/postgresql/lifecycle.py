@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -19,18 +18,20 @@ from collections.abc import Callable
 from typing import Any
 
 from hasup.config import Config, DynamicConfig, UserSpec
+from hasup.config.methods import BASEBACKUP
 from hasup.config.standby import REMOTE, is_standby, remote_url
-from hasup.postgresql import conf, slots, standby_recovery
+from hasup.postgresql import conf, restore, slots, standby_recovery
+from hasup.postgresql.bootstrap_methods import RestoreRecovery, run_custom_bootstrap
 from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, controldata, data_dir_empty, run
+from hasup.postgresql.failure import ActionFailed
+from hasup.postgresql.group_run import GroupRunner
 from hasup.postgresql.probe import ProbeFailed, Prober, run_sql
+from hasup.postgresql.replica_methods import ReplicaBuilder
+from hasup.postgresql.restore import remove_contents
 from hasup.postgresql.roles import Role, create_roles, ident
 from hasup.postgresql.state import PgStatus
 
 log = logging.getLogger(__name__)
-
-
-class ActionFailed(Exception):
-    pass
 
 
 class Lifecycle:
@@ -47,6 +48,12 @@ class Lifecycle:
         self.sync_setting: str | None = None
         self.cancel = threading.Event()
         self.current: subprocess.Popen[str] | None = None
+        # Users' restore commands (replica methods, a custom bootstrap), each in a process group of its own.
+        self.group = GroupRunner(self.cancel.is_set)
+        # Set while a custom bootstrap's restored data directory first starts (its archive recovery).
+        self.restoring: RestoreRecovery | None = None
+        # Whether the replica's settings as last written hold a restore_command (replication_state).
+        self.archive_recovery = False
 
     def _track(self, proc: subprocess.Popen[str] | None) -> None:
         self.current = proc
@@ -62,6 +69,7 @@ class Lifecycle:
         proc = self.current
         if proc is not None and proc.poll() is None:
             proc.terminate()
+        self.group.kill()
 
     # -- helpers -------------------------------------------------------------
 
@@ -93,10 +101,18 @@ class Lifecycle:
             default = "*" if self.dynamic.synchronous_mode_strict else ""
             params["synchronous_standby_names"] = self.sync_setting if self.sync_setting is not None else default
         slot = slots.own_slot(self.cfg.name, self.cfg.tags.raw, self.dynamic.use_slots)
-        recovery = conf.recovery_parameters(self.cfg, leader_conn_url, slot) if standby else {}
-        if standby and self.dynamic.standby_cluster:  # a standby cluster's member (hasup.config.standby)
-            recovery = standby_recovery.remote_settings(self.cfg, self.dynamic.standby_cluster) \
-                if leader == REMOTE else {**standby_recovery.archive_settings(self.dynamic.standby_cluster), **recovery}
+        recovery: dict[str, Any] = {}
+        if standby:
+            recovery = conf.recovery_parameters(self.cfg, leader_conn_url, slot)
+            section = self.dynamic.standby_cluster
+            if section:  # a standby cluster's member (hasup.config.standby)
+                recovery = {**conf.BLANK_TARGETS, **standby_recovery.remote_settings(self.cfg, section)} \
+                    if leader == REMOTE else {**standby_recovery.archive_settings(section), **recovery}
+        elif self.restoring is not None:
+            recovery = dict(self.restoring.settings)
+            if self.restoring.hot_standby_off:
+                params["hot_standby"] = "off"
+        self.archive_recovery = standby and bool(recovery.get("restore_command"))
         path = os.path.join(pg.config_dir, "postgresql.conf")
         conf.write_private(path, conf.render_postgresql_conf(self.cfg, params, recovery))
         hba = conf.render_pg_hba(self.cfg, self.dynamic)
@@ -108,12 +124,15 @@ class Lifecycle:
                 pass
             self.following, self.following_url = leader, leader_conn_url
         else:
-            if os.path.exists(signal_file):
+            # A restored data directory's signal files are the custom bootstrap's to set.
+            if os.path.exists(signal_file) and self.restoring is None:
                 os.unlink(signal_file)
             self.following = self.following_url = None
 
     def start_options(self) -> list[str]:
         params, _ = conf.effective_parameters(self.cfg, self.dynamic)
+        if self.restoring is not None and self.restoring.hot_standby_off:
+            params["hot_standby"] = "off"  # hot_standby is on the command line, which outranks the file
         return conf.command_line_options(params)
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
@@ -150,6 +169,8 @@ class Lifecycle:
     def bootstrap(self) -> dict[str, Any]:
         if is_standby(self.dynamic.standby_cluster):
             return self.bootstrap_standby()
+        if self.cfg.bootstrap.method is not None:
+            return run_custom_bootstrap(self, self.cfg.bootstrap.method)
         pg = self.cfg.postgresql
         self.on_state(PgStatus.INITIALIZING)
         self.refuse_if_running()
@@ -187,19 +208,34 @@ class Lifecycle:
     def bootstrap_standby(self) -> dict[str, Any]:
         """A new standby cluster's first node clones the remote primary instead of running initdb; its
         users and post_bootstrap are the remote's business (they came with the copy)."""
-        url = remote_url(self.dynamic.standby_cluster)
-        if url is None:
-            raise ActionFailed("standby_cluster names no host or port to clone from: a standby cluster cannot "
-                               "bootstrap from restore_command alone")
+        section = self.dynamic.standby_cluster or {}
+        url = remote_url(section)
+        methods = self.standby_methods(section)
+        if url is None and not any(self.cfg.postgresql.replica_methods[m].no_leader
+                                   for m in methods if m != BASEBACKUP):
+            raise ActionFailed("standby_cluster names no host or port to clone from and none of its "
+                               "create_replica_methods is marked no_leader")
         if not data_dir_empty(self.data_dir):
             raise ActionFailed(f"data directory {self.data_dir} is not empty")
-        log.info("bootstrapping a standby cluster: cloning the remote primary at %s",
-                 url.removeprefix("postgres://").removesuffix("/postgres"))
-        return self.create_replica(REMOTE, url)
+        log.info("bootstrapping a standby cluster from %s by %s",
+                 url.removeprefix("postgres://").removesuffix("/postgres") if url else "its archive",
+                 ", ".join(methods))
+        return self.create_replica(REMOTE, url, methods)
 
-    def post_bootstrap(self) -> None:
+    def standby_methods(self, section: dict[str, Any]) -> tuple[str, ...]:
+        """standby_cluster's create_replica_methods (default basebackup) that this node can run: the
+        list comes from etcd, and a method needs its section in this node's postgresql configuration."""
+        wanted = tuple(section.get("create_replica_methods") or (BASEBACKUP,))
+        known = self.cfg.postgresql.replica_methods
+        usable = tuple(m for m in wanted if m == BASEBACKUP or m in known)
+        if usable != wanted:
+            log.warning("standby_cluster.create_replica_methods: no postgresql section for %s on this node: skipped",
+                        ", ".join(m for m in wanted if m not in usable))
+        return usable or (BASEBACKUP,)
+
+    def post_bootstrap(self, extra: list[Role] | None = None) -> None:
         pg = self.cfg.postgresql
-        users: list[Role] = []
+        users: list[Role] = list(extra or ())
         grants: list[str] = []
         if pg.replication.username != pg.superuser.username:
             users.append(Role(pg.replication.username, pg.replication.password, ("REPLICATION",)))
@@ -228,33 +264,56 @@ class Lifecycle:
         if pid is not None:
             raise ActionFailed(f"PostgreSQL (pid {pid}) is running on {self.data_dir}; refusing to replace it")
 
-    def create_replica(self, leader: str, leader_conn_url: str) -> dict[str, Any]:
+    def create_replica(self, leader: str | None, leader_conn_url: str | None,
+                       methods: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Build the data directory by the create_replica_methods (or `methods`; without
+        leader_conn_url only the ones marked no_leader), then start it as a replica."""
         pg = self.cfg.postgresql
         self.refuse_if_running()
         self.on_state(PgStatus.CREATING_REPLICA)
-        host, port = conf.parse_conn_url(leader_conn_url)
         conf.write_pgpass(self.cfg)
+        connstring = None
+        if leader_conn_url:
+            host, port = conf.parse_conn_url(leader_conn_url)
+            connstring = conf.dsn(host, port, pg.replication, pg.database)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        builder = ReplicaBuilder(
+            scope=self.cfg.scope, data_dir=self.data_dir, runner=self.group,
+            basebackup=lambda: self._basebackup(leader or "", leader_conn_url or ""),
+            empty=lambda: data_dir_empty(self.data_dir), clean=lambda: remove_contents(self.data_dir),
+            cancelled=self.cancel.is_set, env=self.env)
+        names = pg.create_replica_methods if methods is None else methods
+        attempts = builder.build(names, pg.replica_methods, connstring, leader or "")
+        if not attempts or not attempts[-1].ok:
+            if self.cancel.is_set():
+                raise ActionFailed("cancelled")
+            why = "; ".join(f"{a.method}: {a.message}" for a in attempts) or "no method can work without a leader"
+            raise ActionFailed(f"creating replica{f' from {leader}' if leader else ''} failed: {why}")
+        restore.adopt_restored(self.cfg)
+        return self.start_replica(leader, leader_conn_url)
+
+    def _basebackup(self, leader: str, leader_conn_url: str) -> str | None:
+        """pg_basebackup from the member at leader_conn_url, twice if need be; None, or why it failed."""
+        pg = self.cfg.postgresql
+        host, port = conf.parse_conn_url(leader_conn_url)
         source = conf.dsn(host, port, pg.replication, application_name=f"{self.cfg.name} basebackup")
         options = list(pg.basebackup) or ["--checkpoint=fast"]
         last = ""
         for attempt in range(2):
             if self.cancel.is_set():
-                raise ActionFailed("cancelled")
+                return "cancelled"
             if attempt:
                 time.sleep(5)
             remove_contents(self.data_dir)
             try:
                 self.run([self.bins.path("pg_basebackup"), f"--pgdata={self.data_dir}", "--wal-method=stream",
                           f"--dbname={source}", *options], timeout=None)
-                break
-            except CommandFailed as exc:
+                return None
+            except (CommandFailed, ActionFailed) as exc:
                 last = str(exc)
                 log.error("basebackup from %s failed: %s", leader, last)
-        else:
-            remove_contents(self.data_dir)
-            raise ActionFailed(f"creating replica from {leader} failed: {last}")
-        os.chmod(self.data_dir, 0o700)
-        return self.start_replica(leader, leader_conn_url)
+        remove_contents(self.data_dir)
+        return last
 
     def start_replica(self, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
         self.write_config(leader, leader_conn_url, standby=True)
@@ -322,13 +381,16 @@ class Lifecycle:
         # later restart cannot turn us back into a replica of the old leader.
         self.write_config(None, None, standby=False)
         result = self.wait_ready(self.cfg.postgresql.pg_ctl_timeout)
-        # Until a checkpoint records the new timeline in pg_control, pg_rewind
-        # on an old primary would see "same timeline" and skip a needed rewind.
+        self.checkpoint()
+        return result
+
+    def checkpoint(self) -> None:
+        """After a promotion: until a checkpoint records the new timeline in pg_control, pg_rewind
+        on an old primary would see "same timeline" and skip a needed rewind."""
         try:
             run_sql(self.local_dsn(), ["CHECKPOINT"], timeout=self.cfg.postgresql.pg_ctl_timeout)
         except Exception as exc:
             log.warning("checkpoint after promote failed: %s", exc)
-        return result
 
     def stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
         self.on_state(PgStatus.STOPPING)
@@ -376,12 +438,15 @@ class Lifecycle:
         self.launch()
         return self.wait_ready(timeout if timeout is not None else self.cfg.postgresql.pg_ctl_timeout)
 
-    def reinitialize(self, leader: str, leader_conn_url: str) -> dict[str, Any]:
-        """Throw this replica's data away and clone it again from leader."""
+    def reinitialize(self, leader: str, leader_conn_url: str, from_leader: bool = False) -> dict[str, Any]:
+        """Throw this replica's data away and build it again by the create_replica_methods, or, with
+        from_leader, by pg_basebackup from the leader only (as Patroni's reinit --from-leader)."""
         if self.postmaster.pid() is not None:
             log.warning("reinitialize: stopping PostgreSQL (immediate) before removing its data directory")
             self.stop("immediate")
-        return self.create_replica(leader, leader_conn_url)
+        self.refuse_if_running()
+        remove_contents(self.data_dir)  # even for a keep_data method: a reinitialize starts from nothing
+        return self.create_replica(leader, leader_conn_url, (BASEBACKUP,) if from_leader else None)
 
     def follow(self, leader: str | None, leader_conn_url: str | None, leader_timeline: int | None,
                running_role: str | None, force_rewind: bool = False) -> dict[str, Any]:
@@ -477,13 +542,3 @@ def options_of(spec: UserSpec) -> tuple[str, ...]:
     allowed = {"createrole", "createdb", "replication", "superuser", "inherit", "login", "bypassrls",
                "nocreaterole", "nocreatedb", "noreplication", "nosuperuser", "noinherit", "nologin"}
     return tuple(o.upper() for o in spec.options if o.lower() in allowed)
-
-
-def remove_contents(path: str) -> None:
-    if not os.path.isdir(path):
-        return
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)

@@ -19,6 +19,9 @@ class PgStatus(StrEnum):
     UNKNOWN = "unknown"  # a postmaster that has not answered three probes in a row
     RESTARTING = "restarting"
     INITIALIZING = "initializing new cluster"
+    CUSTOM_BOOTSTRAP = "running custom bootstrap script"
+    CUSTOM_BOOTSTRAP_FAILED = "custom bootstrap failed"
+    STARTING_AFTER_CUSTOM_BOOTSTRAP = "starting after custom bootstrap"
     CREATING_REPLICA = "creating replica"
     PROMOTING = "promoting"
     DEMOTING = "demoting"

@@ -32,6 +32,16 @@ from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 log = logging.getLogger("hasup.postgres")
 
 
+def replication_state(probe: ProbeResult, archive_recovery: bool) -> str | None:
+    """Patroni's replication_state of a replica: streaming, else in archive recovery when it has a
+    restore_command to fetch WAL with, else nothing (the member key then says "not streaming")."""
+    if not probe.in_recovery:
+        return None
+    if probe.streaming:
+        return "streaming"
+    return "in archive recovery" if archive_recovery else None
+
+
 class PostgresWorker:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
@@ -129,7 +139,7 @@ class PostgresWorker:
         if isinstance(req, ipc.Restart):
             return lambda: lc.restart(req.timeout, req.leader, req.leader_conn_url)
         if isinstance(req, ipc.Reinitialize):
-            return lambda: lc.reinitialize(req.leader, req.leader_conn_url)
+            return lambda: lc.reinitialize(req.leader, req.leader_conn_url, req.from_leader)
         raise ValueError(f"unknown request {req!r}")
 
     def finish_actions(self) -> None:
@@ -188,7 +198,7 @@ class PostgresWorker:
                 wal_position=probe.wal_position, received_location=probe.received_lsn,
                 replayed_location=probe.replayed_lsn, replayed_timestamp=probe.replayed_timestamp,
                 replay_paused=probe.replay_paused,
-                replication_state="streaming" if probe.in_recovery and probe.streaming else None,
+                replication_state=replication_state(probe, self.lifecycle.archive_recovery),
                 upstream=self.lifecycle.following if probe.in_recovery else None,
                 replication=probe.replication,
                 timeline_history=self.timeline_history(probe) if not probe.in_recovery else (),

@@ -430,7 +430,7 @@ ERROR_CASES: list[tuple[dict[str, Any], str | list[str]]] = [
         "bootstrap.users.admin.options: expected a list of strings",
     ),
     ({"bootstrap.post_bootstrap": ["a"]}, "bootstrap.post_bootstrap: expected a string, got ['a']"),
-    ({"bootstrap.method": "wal_e"}, "bootstrap.method: only 'initdb' is supported by this hasup version, got 'wal_e'"),
+    ({"bootstrap.method": "wal_e"}, "bootstrap.method: 'wal_e' needs a section bootstrap.wal_e with its command"),
     (
         {"postgresql.authentication.superuser": {"password": "x"}},
         "postgresql.authentication.superuser.username: required",
@@ -515,10 +515,7 @@ def test_no_password_appears_in_warnings() -> None:
         ({"restapi.authentication.realm": "x"}, "restapi.authentication.realm: not used by hasup yet, ignored"),
         ({"log.max_queue_size": 10}, "log.max_queue_size: not used by hasup yet, ignored"),
         ({"postgresql.callbacks.on_demote": "/x"}, "postgresql.callbacks.on_demote: not used by hasup yet, ignored"),
-        (
-            {"postgresql.create_replica_methods": ["wal_e"]},
-            "postgresql.create_replica_methods: not used by hasup yet, ignored",
-        ),
+        ({"postgresql.proxy_address": "10.0.0.1:5433"}, "postgresql.proxy_address: not used by hasup yet, ignored"),
         (
             {"postgresql.authentication.superuser.sslrootcert": "/ca"},
             "postgresql.authentication.superuser.sslrootcert: not used by hasup yet, ignored",
@@ -834,9 +831,10 @@ def test_full_patroni_configuration_loads_with_warnings() -> None:
     for expected in (
         "restapi.request_queue_size: not used by hasup yet, ignored",
         "ctl: not used by hasup yet, ignored",
-        "postgresql.create_replica_methods: not used by hasup yet, ignored",
+        "postgresql.use_unix_socket: not used by hasup yet, ignored",
     ):
         assert expected in warnings
+    assert cfg.postgresql.create_replica_methods == ("basebackup",) and cfg.postgresql.replica_methods == {}
     assert not any(w.startswith("postgresql.callback") for w in warnings)
     assert cfg.postgresql.callbacks == dict.fromkeys(("on_start", "on_stop", "on_role_change"),
                                                      "/usr/local/bin/callback.sh")

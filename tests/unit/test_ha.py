@@ -471,6 +471,19 @@ def test_a_new_replica_clones_from_a_clonefrom_replica_rather_than_the_leader():
     assert ha.decide(c, empty, ME, SETTINGS).actions == (ha.RunCreateReplica("n3"),)
 
 
+def test_without_a_leader_an_empty_node_restores_by_a_no_leader_method_unless_a_bootstrap_runs():
+    restorer = replace(ME, clone_without_leader=True)
+    empty = local(pg(state="stopped", empty=True))
+    leaderless = cluster(leader=None)
+    d = ha.decide(leaderless, empty, restorer, SETTINGS)
+    assert d.actions == (ha.RunCreateReplica(None),) and d.reason == "trying to bootstrap (without leader)"
+    assert ha.decide(leaderless, empty, ME, SETTINGS).actions == ()
+    bootstrapping = cluster(leader=None, initialize="")
+    assert ha.decide(bootstrapping, empty, restorer, SETTINGS).actions == ()
+    # With a running leader it clones from the leader as ever.
+    assert ha.decide(cluster(leader="n2"), empty, restorer, SETTINGS).actions == (ha.RunCreateReplica("n2"),)
+
+
 def test_a_replica_waits_for_the_new_leaders_address_before_following_it():
     # etcd lost every lease: the new leader's lock is back, its member key not yet.
     c = cluster(leader="n2", members=("n1", "n3"))

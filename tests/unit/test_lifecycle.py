@@ -84,3 +84,94 @@ def test_discarding_the_data_directory_empties_it_and_never_touches_a_running_se
     with pytest.raises(ActionFailed, match="data directory removed"):
         lifecycle(tmp_path, DynamicConfig(), stopped_pm).discard_data("pg_rewind failed")
     assert os.listdir(tmp_path) == []
+
+
+def test_cancel_current_kills_a_hanging_replica_method_and_its_helpers_and_no_method_follows(tmp_path):
+    import threading
+    import time
+
+    from hasup.config.methods import ReplicaMethod
+    from hasup.postgresql.state import PgStatus
+
+    pm = FakePostmaster(stops=True)
+    pm.running = False
+    data = tmp_path / "data"
+    pids = tmp_path / "pids"
+    hang = tmp_path / "hang.sh"
+    hang.write_text(f"#!/bin/sh\nsleep 600 &\necho $$ $! > {pids}\nwait\n")
+    hang.chmod(0o755)
+    after = tmp_path / "after-ran"
+    lc = lifecycle(tmp_path, DynamicConfig(), pm)
+    pg = replace(lc.cfg.postgresql, data_dir=str(data), pgpass=str(tmp_path / "pgpass"),
+                 create_replica_methods=("hang", "after"),
+                 replica_methods={"hang": ReplicaMethod("hang", str(hang), no_leader=True),
+                                  "after": ReplicaMethod("after", f"touch {after}", no_leader=True)})
+    lc.cfg = replace(lc.cfg, postgresql=pg)
+    states: list[PgStatus] = []
+    lc.on_state = states.append
+    errors: list[str] = []
+
+    def create() -> None:
+        try:
+            lc.create_replica(None, None)
+        except ActionFailed as exc:
+            errors.append(str(exc))
+    thread = threading.Thread(target=create)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not pids.exists() or not pids.read_text().strip():
+        assert time.monotonic() < deadline, "the hang method never started"
+        time.sleep(0.02)
+    started = time.monotonic()
+    lc.cancel_current()
+    thread.join(15)
+    assert not thread.is_alive() and errors == ["cancelled"] and time.monotonic() - started < 10
+    for pid in (int(p) for p in pids.read_text().split()):
+        if os.path.exists(f"/proc/{pid}"):  # a zombie at most, waiting for its parent
+            assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    assert not after.exists() and states == [PgStatus.CREATING_REPLICA]
+
+
+def test_reinitialize_empties_the_data_directory_and_from_leader_runs_only_basebackup(tmp_path):
+    from hasup.config.methods import ReplicaMethod
+
+    pm = FakePostmaster(stops=True)
+    pm.running = False
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "old").write_text("x")
+    ran = tmp_path / "method-ran"
+    lc = lifecycle(tmp_path, DynamicConfig(), pm)
+    lc.cfg = replace(lc.cfg, postgresql=replace(
+        lc.cfg.postgresql, data_dir=str(data), pgpass=str(tmp_path / "pgpass"),
+        create_replica_methods=("custom", "basebackup"),
+        replica_methods={"custom": ReplicaMethod("custom", f"touch {ran}", keep_data=True)}))
+    seen: list[list[str]] = []
+    lc._basebackup = lambda leader, url: seen.append(os.listdir(data)) or "refused"  # type: ignore[method-assign]
+    with pytest.raises(ActionFailed, match="creating replica from n2 failed: basebackup: refused"):
+        lc.reinitialize("n2", "postgres://10.0.0.2:5432/postgres", from_leader=True)
+    assert seen == [[]] and not ran.exists()
+
+
+def test_a_failed_custom_bootstrap_keeps_its_data_directory_as_failed_and_says_so(tmp_path):
+    from hasup.config.methods import BootstrapMethod
+    from hasup.postgresql.state import PgStatus
+
+    pm = FakePostmaster(stops=True)
+    pm.running = False
+    data = tmp_path / "data"
+    script = tmp_path / "restore.sh"
+    script.write_text('#!/bin/sh\nfor a; do case "$a" in --datadir=*) D="${a#--datadir=}";; esac; done\n'
+                      'echo partial > "$D/PG_VERSION"\necho "no such backup" >&2\nexit 3\n')
+    script.chmod(0o755)
+    lc = lifecycle(tmp_path, DynamicConfig(), pm)
+    method = BootstrapMethod("pitr", str(script))
+    lc.cfg = replace(lc.cfg, postgresql=replace(lc.cfg.postgresql, data_dir=str(data),
+                                                pgpass=str(tmp_path / "pgpass")),
+                     bootstrap=replace(lc.cfg.bootstrap, method=method))
+    states: list[PgStatus] = []
+    lc.on_state = states.append
+    with pytest.raises(ActionFailed, match="custom bootstrap failed: pitr exited 3: no such backup"):
+        lc.bootstrap()
+    assert not data.exists() and (tmp_path / "data.failed" / "PG_VERSION").read_text() == "partial\n"
+    assert states == [PgStatus.CUSTOM_BOOTSTRAP, PgStatus.CUSTOM_BOOTSTRAP_FAILED]

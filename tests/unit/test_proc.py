@@ -283,6 +283,7 @@ NOT_POSTGRES = {
     "hasup/supervision/heartbeat.py": "a worker that ignored SIGABRT",
     "hasup/supervision/system.py": "the supervisor's seam: the workers' signals",
     "hasup/postgresql/callbacks.py": "callback scripts, by their process group",
+    "hasup/postgresql/group_run.py": "restore commands (replica and bootstrap methods), by their process group",
 }
 
 
