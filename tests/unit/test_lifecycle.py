@@ -175,3 +175,29 @@ def test_a_failed_custom_bootstrap_keeps_its_data_directory_as_failed_and_says_s
         lc.bootstrap()
     assert not data.exists() and (tmp_path / "data.failed" / "PG_VERSION").read_text() == "partial\n"
     assert states == [PgStatus.CUSTOM_BOOTSTRAP, PgStatus.CUSTOM_BOOTSTRAP_FAILED]
+
+
+def test_a_new_standby_cluster_is_built_by_its_own_methods_and_without_a_host_only_by_no_leader_ones(tmp_path):
+    from hasup.config.methods import ReplicaMethod
+
+    pm = FakePostmaster(stops=True)
+    pm.running = False
+    data = tmp_path / "data"
+    lc = lifecycle(tmp_path, DynamicConfig(standby_cluster={"host": "10.9.0.1", "port": 5433,
+                                                            "create_replica_methods": ["wal_g", "nosuch"]}), pm)
+    lc.cfg = replace(lc.cfg, postgresql=replace(
+        lc.cfg.postgresql, data_dir=str(data), pgpass=str(tmp_path / "pgpass"),
+        replica_methods={"wal_g": ReplicaMethod("wal_g", "false", no_leader=True)}))
+    calls: list[tuple[object, object, object]] = []
+    lc.create_replica = lambda leader, url, methods=None: calls.append((leader, url, methods)) or {}  # type: ignore
+    lc.bootstrap()
+    # The method this node has no section for is skipped; the remote is where a basebackup would come from.
+    assert calls == [("/standby_cluster", "postgres://10.9.0.1:5433/postgres", ("wal_g",))]
+    lc.dynamic = DynamicConfig(standby_cluster={"restore_command": "cp /a/%f %p",
+                                                "create_replica_methods": ["wal_g"]})
+    lc.bootstrap()
+    assert calls[-1] == ("/standby_cluster", None, ("wal_g",))
+    # Neither a host nor a method that can work without one: nothing to build the standby from.
+    lc.dynamic = DynamicConfig(standby_cluster={"restore_command": "cp /a/%f %p"})
+    with pytest.raises(ActionFailed, match="no host or port to clone from"):
+        lc.bootstrap()
