@@ -283,6 +283,7 @@ NOT_POSTGRES = {
     "hasup/supervision/heartbeat.py": "a worker that ignored SIGABRT",
     "hasup/supervision/system.py": "the supervisor's seam: the workers' signals",
     "hasup/postgresql/callbacks.py": "callback scripts, by their process group",
+    "hasup/postgresql/hooks.py": "pre_promote and before_stop scripts, by their process group",
 }
 
 
