@@ -196,7 +196,9 @@ def lag_leader(tc: TestCluster, leader: Node, lagging: list[Node]) -> list[int]:
 
 def test_a_lagging_replica_is_passed_over(tc):
     leader = heal(tc)
-    laggard, fresh = [n for n in tc.nodes if n is not leader]
+    replicas = [n for n in tc.nodes if n is not leader]
+    laggard = next(n for n in replicas if not streaming_from(n))  # not the upstream of a cascade
+    fresh = next(n for n in replicas if n is not laggard)
     stopped = lag_leader(tc, leader, [laggard])
     lsn = int(leader.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0])
     wait_for(lambda: int(fresh.sql("SELECT pg_last_wal_replay_lsn() - '0/0'")[0][0]) >= lsn, 30, "the other replica")
