@@ -120,3 +120,14 @@ def test_before_stop_is_skipped_when_nothing_runs(tmp_path):
 def test_the_hooks_keep_their_runner_small():
     # One job: run a script and wait, bounded.  Not a second callback runner.
     assert len(Path(hooks.__file__).read_text().splitlines()) < 160
+
+
+def test_election_gives_a_request_the_time_its_hooks_may_take():
+    from hasup import ipc
+    from hasup.election.postgres_link import PostgresLink
+    sent: list[ipc.Message] = []
+    plain, hooked = PostgresLink(sent.append, 60.0), PostgresLink(sent.append, 60.0, hook_time=45.0)
+    plain.request(ipc.Promote)
+    hooked.request(ipc.Promote)
+    first, second = (m for m in sent if isinstance(m, ipc.Promote))
+    assert 44.0 < second.deadline - first.deadline < 46.0
