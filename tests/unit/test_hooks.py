@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from hasup import ipc
 from hasup.config import DynamicConfig
+from hasup.election.postgres_link import PostgresLink
 from hasup.postgresql import hooks
 from hasup.postgresql.hooks import OUTPUT_KEPT, run_hook
 from hasup.postgresql.lifecycle import ActionFailed
@@ -123,8 +125,6 @@ def test_the_hooks_keep_their_runner_small():
 
 
 def test_election_gives_a_request_the_time_its_hooks_may_take():
-    from hasup import ipc
-    from hasup.election.postgres_link import PostgresLink
     sent: list[ipc.Message] = []
     plain, hooked = PostgresLink(sent.append, 60.0), PostgresLink(sent.append, 60.0, hook_time=45.0)
     plain.request(ipc.Promote)
