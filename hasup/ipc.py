@@ -186,6 +186,9 @@ class PgState(Message):
         # Parsed at the boundary: a state the postgres worker never emits is a broken frame, not a new
         # state for the policy to fall through on.  The enum's value, so the wire format stays a string.
         object.__setattr__(self, "state", PgStatus(self.state))
+        # The policy resumes a paused replay on it (hasup.election.policy): a truthy string is no "yes".
+        if self.replay_paused is not None and not isinstance(self.replay_paused, bool):
+            raise ValueError(f"replay_paused: expected true, false or null, got {str(self.replay_paused)[:40]!r}")
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,11 @@ class SetSyncStandbys(Request):
 
 
 @dataclass(frozen=True)
+class ResumeReplay(Request):
+    """pg_wal_replay_resume() on a replica whose WAL replay is paused."""
+
+
+@dataclass(frozen=True)
 class Restart(Request):
     """Stop fast and start again in the same role; timeout bounds the start (None: pg_ctl_timeout).
 
@@ -435,8 +443,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     for cls in (
         Ping, Pong, LogRecord, LogLoss, ConfigChanged, Shutdown, ApiListening, ShutdownDone, PgState, ClusterView,
         Lease, Disarm, WorkerRestarted, WatchdogState, Bootstrap, CreateReplica, Start, Promote, Demote, Follow, Stop,
-        Restart, SetSyncStandbys, Reinitialize, AdminRequest, AdminReply, Fence, FenceDone, StoppedForGiveUp, Reply,
-        Part,
+        Restart, SetSyncStandbys, ResumeReplay, Reinitialize, AdminRequest, AdminReply, Fence, FenceDone,
+        StoppedForGiveUp, Reply, Part,
     )
 }
 

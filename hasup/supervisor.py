@@ -491,7 +491,7 @@ class Supervisor:
     # -- shutdown (hasup.supervision.shutdown) ------------------------------------------------------
 
     def shutdown_budget(self) -> float:
-        return self.config.postgresql.pg_ctl_timeout + 30.0
+        return self.config.postgresql.pg_ctl_timeout + 30.0 + self.config.postgresql.stop_hook_time
 
     def begin_shutdown(self) -> None:
         if self.shutdown_started is not None:

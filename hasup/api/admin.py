@@ -105,7 +105,8 @@ class EtcdAdmin:
         if action == "restart" and not params.get("schedule"):
             pg_ctl = float(self.config.postgresql.pg_ctl_timeout)
             # A fast stop (pg_ctl_timeout, then immediate and kill: ~15 s more), then the start.
-            return pg_ctl + 15.0 + float(params.get("timeout") or pg_ctl) + 10.0
+            hook = self.config.postgresql.stop_hook_time  # before_stop runs first
+            return pg_ctl + 15.0 + float(params.get("timeout") or pg_ctl) + 10.0 + hook
         return self._retry_timeout() + 10.0
 
     def sleep(self, seconds: float) -> None:

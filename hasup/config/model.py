@@ -122,6 +122,10 @@ class PostgresConfig:
     # each run (hasup/postgresql/callbacks.py).
     callbacks: dict[str, str] = field(default_factory=dict)
     callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT
+    # postgresql.pre_promote and before_stop: command lines the postgres worker runs and waits for, each
+    # bounded by callback_timeout (hasup/postgresql/hooks.py); "" when not set.
+    pre_promote: str = ""
+    before_stop: str = ""
     # A replica that cannot rejoin its leader's history is emptied and cloned again, instead of waiting
     # for an operator (off by default, as in Patroni: it throws data away).
     remove_data_directory_on_rewind_failure: bool = False
@@ -132,6 +136,15 @@ class PostgresConfig:
     replica_methods: dict[str, ReplicaMethod] = field(default_factory=dict)
     # postgresql.recovery_conf: recovery parameters a replica runs with (restore_command, ...).
     recovery_conf: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stop_hook_time(self) -> float:
+        """The longest a stop may wait for before_stop: what every bound around a stop must allow for."""
+        return self.callback_timeout if self.before_stop else 0.0
+
+    @property
+    def promote_hook_time(self) -> float:
+        return self.callback_timeout if self.pre_promote else 0.0
 
     @property
     def listen_hosts(self) -> list[str]:

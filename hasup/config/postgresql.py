@@ -79,6 +79,8 @@ def read_postgresql(r: Reader, top: Mapping[str, Any]) -> PostgresConfig | None:
         callbacks=_callbacks(r, sec),
         callback_timeout=r.get(sec, "postgresql.callback_timeout", seconds_between(1, HOUR),
                                DEFAULT_CALLBACK_TIMEOUT),
+        pre_promote=r.get(sec, "postgresql.pre_promote", to_command, ""),
+        before_stop=r.get(sec, "postgresql.before_stop", to_command, ""),
         remove_data_directory_on_rewind_failure=r.get(
             sec, "postgresql.remove_data_directory_on_rewind_failure", to_bool, False),
         remove_data_directory_on_diverged_timelines=r.get(

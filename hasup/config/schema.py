@@ -85,7 +85,7 @@ PG_USED = (
     "listen", "connect_address", "data_dir", "config_dir", "bin_dir", "pgpass", "authentication",
     "parameters", "pg_hba", "pg_ctl_timeout", "use_pg_rewind", "custom_conf", "database", "basebackup",
     "health_deadline",
-    "callbacks", "callback_timeout",
+    "callbacks", "callback_timeout", "pre_promote", "before_stop",
     "remove_data_directory_on_rewind_failure", "remove_data_directory_on_diverged_timelines",
     # Replica creation and recovery (hasup/config/methods.py); each custom method's own section is
     # read too, under the method's name.

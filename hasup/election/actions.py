@@ -181,8 +181,14 @@ class SetSyncStandbys(Action):
     setting: str
 
 
+@dataclass(frozen=True)
+class RunResumeReplay(Action):
+    """pg_wal_replay_resume() on this replica: its WAL replay was paused, and the cluster is not."""
+
+
 # Requests of the ordinary cycle: their replies move no protocol on (the next cycle sees their effect).
-ORDINARY_REQUESTS: tuple[type[Action], ...] = (RunCreateReplica, RunStart, RunFollow, SetSyncStandbys)
+ORDINARY_REQUESTS: tuple[type[Action], ...] = (RunCreateReplica, RunStart, RunFollow, SetSyncStandbys,
+                                               RunResumeReplay)
 # Requests whose replies are steps of a protocol (hasup.election.protocol).
 PROTOCOL_REQUESTS: tuple[type[Action], ...] = (RunBootstrap, RunPromote, RunDemote, RunStop)
 REQUESTS = ORDINARY_REQUESTS + PROTOCOL_REQUESTS

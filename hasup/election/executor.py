@@ -164,6 +164,8 @@ class Executor:
             request(ipc.Stop, action, mode=action.mode)
         elif isinstance(action, act.SetSyncStandbys):
             request(ipc.SetSyncStandbys, action, setting=action.setting)
+        elif isinstance(action, act.RunResumeReplay):
+            request(ipc.ResumeReplay, action)
         else:
             raise TypeError(f"unhandled action {action!r}")
 

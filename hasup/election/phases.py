@@ -49,9 +49,14 @@ class FenceUnconfirmed:
 
 @dataclass(frozen=True)
 class SittingOut:
-    """We let go of the lock because our PostgreSQL was hung or down: the next race is for the others."""
+    """We let go of the lock because our PostgreSQL was hung or down, or the pre_promote script refused
+    the promotion: the next race is for the others."""
 
     until: float  # monotonic
+    why: str = ""  # said in every decision while it lasts ("": our PostgreSQL was hung or down)
+
+
+PRE_PROMOTE_FAILED = "the pre-promote script failed"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from hasup.election.actions import (
     RunDemote,
     RunFollow,
     RunPromote,
+    RunResumeReplay,
     RunStart,
     RunStop,
     SetSyncStandbys,
@@ -96,6 +97,7 @@ __all__ = [
     "FencePostgres",
     "Disarm",
     "ReportShutdown",
+    "RunResumeReplay",
     "Fatal",
     "Decision",
     "Local", "Node", "PeerStatus", "Settings", "decide",
@@ -184,11 +186,31 @@ def _in_phase(cluster: Cluster | None, local: Local, me: Node, settings: Setting
         # We let go because our PostgreSQL was hung or down: in the next race we may not lead, as if tagged so.
         me = replace(me, nofailover=True)
     decision = _decide(cluster, local, me, settings)
+    if isinstance(phase, SittingOut) and phase.why:
+        decision = replace(decision, reason=f"{decision.reason} ({phase.why}: sitting out leader races for ttl)")
+    if cluster is not None and not cluster.paused:
+        decision = _resume_replay(decision, local)
     if settings.standby_cluster:
         decision = standby.never_promote(decision)
     if cluster is not None and cluster.paused:
-        decision = _paused(decision, local.pg, holds_lock)
+        decision = _paused(decision, local, holds_lock)
     return decision
+
+
+def _resume_replay(decision: Decision, local: Local) -> Decision:
+    """A running replica whose WAL replay is paused (by hand, or by PostgreSQL 14+ itself when a hot standby
+    parameter is below the primary's) resumes it, as Patroni does on every cycle outside maintenance mode:
+    a replica that replays nothing serves stale reads and would be passed over in a failover."""
+    pg = local.pg
+    if pg is None or not local.pg_fresh or local.busy or pg.busy or not pg.replay_paused:
+        return decision
+    if pg.state != "running" or pg.role != "replica" or (pg.server_version or 0) < 140000:
+        return decision
+    if any(isinstance(a, RunPromote | RunStop | RunDemote | RunFollow | YieldLock | FencePostgres)
+           for a in decision.actions):
+        return decision  # PostgreSQL is about to change: the next cycle looks again
+    return replace(decision, actions=(*decision.actions, RunResumeReplay()),
+                   reason=f"{decision.reason}; resuming paused WAL replay")
 
 
 def _filtered(decision: Decision, kept: tuple[Action, ...], note: str) -> Decision:
@@ -204,11 +226,19 @@ def _filtered(decision: Decision, kept: tuple[Action, ...], note: str) -> Decisi
 
 
 # Actions that start, stop or change the role of PostgreSQL: a paused cluster leaves it to the operator.
-_HANDS_ON = (RunStart, RunStop, RunPromote, RunDemote, RunCreateReplica, RunBootstrap, FencePostgres, YieldLock)
+_HANDS_ON = (RunStart, RunStop, RunPromote, RunDemote, RunCreateReplica, RunBootstrap, FencePostgres, YieldLock,
+             RunResumeReplay)
 
 
-def _paused(decision: Decision, pg: PgState | None, holds_lock: bool) -> Decision:
-    """Maintenance mode: keep the lock and the keys, touch PostgreSQL only to re-point a running replica."""
+def _paused(decision: Decision, local: Local, holds_lock: bool) -> Decision:
+    """Maintenance mode: touch PostgreSQL only to re-point a running replica; the leader keeps the lock while
+    its PostgreSQL runs, and lets go of it once it does not (nobody else takes it while paused)."""
+    pg = local.pg
+    if holds_lock and pg is not None and local.pg_fresh and not (local.busy or pg.busy) and pg.state in NOT_RUNNING:
+        # As Patroni: the key would name a leader with no PostgreSQL behind it.  The replicas do not race while
+        # paused; the operator's PostgreSQL, started as a primary again, retakes the free lock (_leader_race).
+        return Decision((ReleaseLock(),), "PAUSE: removed leader lock because postgres is not running")
+
     def allowed(action: Action) -> bool:
         if isinstance(action, RunFollow):
             return pg is not None and pg.state == "running" and pg.role == "replica" and not action.rewind
@@ -327,6 +357,9 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
         asked = _manual_failover(cluster, local, me, settings) if cluster.failover is not None else None
         return standby.as_leader(pg, me.name, asked)
     if pg.role != "primary":
+        if isinstance(local.phase, SittingOut) and local.phase.why:
+            # The veto's release did not get through (etcd): promoting now would overrule it.
+            return Decision((YieldLock(),), f"not promoting: {local.phase.why}")
         return Decision((RefreshLock(), RunPromote()), "promoted self to leader because I had the session lock",
                         phase=Promoting())
     actions: list[Action] = [RefreshLock(), WriteStatus()]

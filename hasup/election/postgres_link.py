@@ -25,9 +25,10 @@ REQUEST_DEADLINES = {"Bootstrap": 3600.0, "CreateReplica": 86400.0, "Reinitializ
 
 
 class PostgresLink:
-    def __init__(self, send: Callable[[ipc.Message], object], pg_ctl_timeout: float) -> None:
+    def __init__(self, send: Callable[[ipc.Message], object], pg_ctl_timeout: float, hook_time: float = 0.0) -> None:
         self.send = send
         self.pg_ctl_timeout = pg_ctl_timeout
+        self.hook_time = hook_time  # what pre_promote and before_stop may add to a request (hasup.postgresql.hooks)
         self.pg: ipc.PgState | None = None
         self.received_at = 0.0
         # After a reply, the PgState we hold predates the action's effect; the worker sends a new one
@@ -40,7 +41,7 @@ class PostgresLink:
         rid = self.next_id
         self.next_id += 1
         deadline = time.monotonic() + REQUEST_DEADLINES.get(cls.__name__, self.pg_ctl_timeout + 120.0) \
-            + float(kwargs.get("timeout") or 0)
+            + float(kwargs.get("timeout") or 0) + self.hook_time
         req = cls(id=rid, deadline=deadline, **kwargs)
         self.pending[rid] = (req, self.pg.worker_pid if self.pg else None, action)
         self.send(req)

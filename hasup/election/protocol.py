@@ -40,6 +40,7 @@ from hasup.election.actions import (
 )
 from hasup.election.phases import (
     PHASES,
+    PRE_PROMOTE_FAILED,
     Bootstrapping,
     Demoting,
     Event,
@@ -56,6 +57,7 @@ from hasup.election.phases import (
     SittingOut,
 )
 from hasup.ipc import PgState
+from hasup.postgresql.state import PRE_PROMOTE, REFUSED_BY
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,12 @@ def _lsn(value: object) -> int | None:
 def _promoted(phase: Promoting, event: Replied, facts: Facts) -> Decision:
     if event.ok:
         return Decision((), "", phase=Idle())
+    if event.result.get(REFUSED_BY) == PRE_PROMOTE:
+        # The operator's script said no: this node must not lead now.  Another member takes over, and we
+        # stay out of the leader race for ttl, or we would win it again at once (as Patroni backs off).
+        yielded: tuple[Action, ...] = (YieldLock(),) if facts.holds_lock else ()
+        return Decision(yielded, f"Promotion cancelled because the pre-promote script failed ({event.message})",
+                        phase=SittingOut(facts.now + facts.ttl, PRE_PROMOTE_FAILED))
     # Not caught up with the old leader (or the promote failed): let a better node lead.
     return Decision(_release(facts), f"giving the leader lock back: {event.message}", phase=Idle())
 
@@ -217,8 +225,10 @@ def moved_on(phase: Phase, cluster: Cluster | None, pg: PgState | None, pg_fresh
     if request is not None and request not in busy.split(", "):
         return Idle()  # its request was lost with a replaced postgres worker, or passed its deadline
     if isinstance(phase, SittingOut):
+        # Sitting out after a fence ends once another node leads: ours may then rejoin as its replica.  After
+        # a vetoed promotion it lasts its whole ttl, whoever leads, so the next race cannot bring it back at once.
         someone_else = cluster is not None and cluster.leader is not None and cluster.leader.name != me
-        return Idle() if now >= phase.until or someone_else else None
+        return Idle() if now >= phase.until or someone_else and not phase.why else None
     if isinstance(phase, FenceUnconfirmed) and pg is not None and pg_fresh and pg.postmaster_pid is None:
         return Idle()  # the hung PostgreSQL has gone after all
     return None

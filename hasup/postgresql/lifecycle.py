@@ -25,11 +25,12 @@ from hasup.postgresql.bootstrap_methods import RestoreRecovery, run_custom_boots
 from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, controldata, data_dir_empty, run
 from hasup.postgresql.failure import ActionFailed
 from hasup.postgresql.group_run import GroupRunner
+from hasup.postgresql.hooks import run_hook
 from hasup.postgresql.probe import ProbeFailed, Prober, run_sql
 from hasup.postgresql.replica_methods import ReplicaBuilder
 from hasup.postgresql.restore import remove_contents
 from hasup.postgresql.roles import Role, create_roles, ident
-from hasup.postgresql.state import PgStatus
+from hasup.postgresql.state import PRE_PROMOTE, REFUSED_BY, PgStatus
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +372,15 @@ class Lifecycle:
         if require_lsn is not None:
             self.wait_received(require_lsn, timeout=5.0)
         self.on_state(PgStatus.PROMOTING)
+        pg = self.cfg.postgresql
+        if pg.pre_promote:
+            # The operator's last word (a fencing script, say) before this node becomes writable; the
+            # leader lock is ours meanwhile, refreshed by election while we are busy.
+            hook = run_hook("pre_promote", pg.pre_promote, pg.callback_timeout, self.cancel)
+            if not hook.ok:
+                raise ActionFailed(f"the pre_promote script {hook.reason}: not promoting", {REFUSED_BY: PRE_PROMOTE})
+            if self.cancel.is_set():
+                raise ActionFailed("cancelled")
         try:
             run([self.bins.path("pg_ctl"), "promote", "-D", self.data_dir, "-w",
                  "-t", str(self.cfg.postgresql.pg_ctl_timeout)], timeout=self.cfg.postgresql.pg_ctl_timeout + 5,
@@ -392,11 +402,23 @@ class Lifecycle:
         except Exception as exc:
             log.warning("checkpoint after promote failed: %s", exc)
 
-    def stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
+    def stop(self, mode: str, timeout: float | None = None, before_stop: bool = True) -> dict[str, Any]:
         self.on_state(PgStatus.STOPPING)
-        return self._stop(mode, timeout)
+        return self._stop(mode, timeout, before_stop)
 
-    def _stop(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
+    def run_before_stop(self) -> None:
+        """postgresql.before_stop, waited for (at most callback_timeout); its failure never blocks the stop."""
+        pg = self.cfg.postgresql
+        if pg.before_stop and self.postmaster.pid() is not None:
+            run_hook("before_stop", pg.before_stop, pg.callback_timeout, self.cancel)
+
+    def _stop(self, mode: str, timeout: float | None = None, before_stop: bool = True) -> dict[str, Any]:
+        if before_stop:
+            self.run_before_stop()
+        elif self.cfg.postgresql.before_stop and self.postmaster.pid() is not None:
+            # A primary that lost (or may lose) its lock, or a node whose supervisor is gone, must stop now:
+            # waiting on a script could keep it writable past its lease (docs/design.md §4).
+            log.warning("before_stop not run: this %s stop cannot wait for it", mode)
         budget = timeout if timeout is not None else self.cfg.postgresql.pg_ctl_timeout
         d = self.dynamic
         # primary_stop_timeout (synchronous mode only, as in Patroni): a primary whose stop hangs, say
@@ -430,7 +452,7 @@ class Lifecycle:
     def restart(self, timeout: float | None, leader: str | None, leader_conn_url: str | None) -> dict[str, Any]:
         """Stop fast and start again in the role PostgreSQL had, re-rendering its configuration."""
         self.on_state(PgStatus.RESTARTING)
-        self._stop("fast")
+        self._stop("fast")  # before_stop included, as for every fast stop
         standby = os.path.exists(os.path.join(self.data_dir, "standby.signal"))
         if standby and leader is None and self.following == REMOTE:  # a standby leader keeps its remote
             leader, leader_conn_url = self.following, self.following_url
@@ -462,7 +484,7 @@ class Lifecycle:
             self.stop("fast")
         elif running_role == "primary":
             log.info("demoting: stopping PostgreSQL (immediate) to rejoin as a replica of %s", leader)
-            self.stop("immediate")
+            self.stop("immediate", before_stop=False)  # another node may lead already: no waiting
         elif force_rewind and running_role == "replica":
             log.warning("stopping the replica to rewind it: it cannot stream from %s", leader)
             self.stop("fast")
@@ -483,6 +505,15 @@ class Lifecycle:
             self.write_config(self.following, self.following_url if standby else None, standby)
             self.reload()
         return {"setting": setting}
+
+    def resume_replay(self) -> dict[str, Any]:
+        """Resume this replica's paused WAL replay (election asks: the cluster is not paused)."""
+        log.info("resuming paused WAL replay")
+        try:
+            run_sql(self.local_dsn(), ["SELECT pg_catalog.pg_wal_replay_resume()"], timeout=10.0)
+        except Exception as exc:  # not in recovery any more, or not answering: the next cycle looks again
+            raise ActionFailed(f"resuming WAL replay failed: {(str(exc).splitlines() or [''])[0]}") from exc
+        return {}
 
     def apply_parameters(self) -> None:
         """Re-render the configuration of a running PostgreSQL and reload it (pending_restart shows the rest)."""

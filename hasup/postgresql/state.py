@@ -43,3 +43,8 @@ ACTION_STATES = {
     "promote": PgStatus.PROMOTING,
     "demote": PgStatus.DEMOTING,
 }
+
+# What a promote's failure reply carries (its result) when the pre_promote script vetoed it: election
+# then gives the lock up instead of retrying (hasup.election.protocol).
+REFUSED_BY = "refused_by"
+PRE_PROMOTE = "pre_promote"

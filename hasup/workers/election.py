@@ -43,7 +43,8 @@ class ElectionWorker:
         # etcd and peer calls run on a helper thread so the loop keeps answering its (short) heartbeat.
         self.offload = Offloader(ctx, lambda: self.reader.dynamic.retry_timeout + 2.0, urgent=self.urgent)
         self.reader = ClusterReader(cfg, self.offload)
-        self.link = PostgresLink(send, cfg.postgresql.pg_ctl_timeout)
+        self.link = PostgresLink(send, cfg.postgresql.pg_ctl_timeout,
+                                 cfg.postgresql.stop_hook_time + cfg.postgresql.promote_hook_time)
         self.leases = WatchdogLeases(ctx.lease_sock)
         self.failsafe = Failsafe(cfg)
         self.executor = Executor(lambda: ctx.config, self.reader.store, self.link, self.leases, self.failsafe, send,

@@ -104,7 +104,7 @@ class PostgresWorker:
                 reply = ipc.Reply(req.id, type(req).__name__, True, "", result)
             except ActionFailed as exc:
                 log.error("%s failed: %s", name, exc)
-                reply = ipc.Reply(req.id, type(req).__name__, False, str(exc))
+                reply = ipc.Reply(req.id, type(req).__name__, False, str(exc), exc.result)
             except Exception as exc:  # a bug must not leave the worker wedged as busy
                 log.exception("%s raised", name)
                 reply = ipc.Reply(req.id, type(req).__name__, False, f"{type(exc).__name__}: {exc}")
@@ -133,9 +133,12 @@ class PostgresWorker:
                                      req.force_rewind)
         if isinstance(req, ipc.Stop):
             self.stopped_on_purpose = True
-            return lambda: lc.stop(req.mode)
+            # hasup stops immediately only when it must not wait: a primary whose lease may be gone.
+            return lambda: lc.stop(req.mode, before_stop=req.mode != "immediate")
         if isinstance(req, ipc.SetSyncStandbys):
             return lambda: lc.set_sync_standbys(req.setting)
+        if isinstance(req, ipc.ResumeReplay):
+            return lc.resume_replay
         if isinstance(req, ipc.Restart):
             return lambda: lc.restart(req.timeout, req.leader, req.leader_conn_url)
         if isinstance(req, ipc.Reinitialize):
@@ -350,7 +353,7 @@ class PostgresWorker:
         log.critical("supervisor is gone: stopping PostgreSQL (immediate) and exiting")
         self.lifecycle.cancel_current()
         try:
-            self.lifecycle.stop("immediate", timeout=30)
+            self.lifecycle.stop("immediate", timeout=30, before_stop=False)
         except ActionFailed as exc:
             log.critical("could not stop PostgreSQL: %s", exc)
 

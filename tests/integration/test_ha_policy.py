@@ -155,9 +155,12 @@ def test_pause_leaves_postgresql_alone_and_resume_heals(tc):
     wait_for(lambda: all(n.status().get("pause") for n in tc.nodes), 20, "every node paused")
     os.kill(leader.postmaster_pid(), signal.SIGINT)  # an operator stops the leader's PostgreSQL
     wait_for(lambda: leader.postmaster_pid() is None, 30, "PostgreSQL stopped")
+    # The key naming a leader without PostgreSQL goes (as in Patroni: tests/integration/test_hooks_and_pause.py
+    # times it), and nobody takes it while paused.
+    wait_for(lambda: tc.leader_name() is None, 20, "the leader key removed")
     watched_until = time.monotonic() + 3 * DCS["loop_wait"]
     while time.monotonic() < watched_until:
-        assert tc.leader_name() == leader.name  # no failover while paused
+        assert tc.leader_name() is None  # no failover while paused
         assert leader.postmaster_pid() is None  # and hasup does not start it either
         time.sleep(0.2)
     assert "PAUSE: " in leader.log_text()
@@ -173,32 +176,42 @@ def test_pause_leaves_postgresql_alone_and_resume_heals(tc):
     assert healed.sql("SELECT NOT pg_is_in_recovery()") == [(True,)]
 
 
-def lag_leader(tc: TestCluster, leader: Node, paused: list[Node]) -> None:
-    """Write ~2.6 MB on the leader while `paused` replicas replay nothing, and publish the optime."""
-    for node in paused:
-        node.sql("SELECT pg_wal_replay_pause()")
+def lag_leader(tc: TestCluster, leader: Node, lagging: list[Node]) -> list[int]:
+    """Write ~2.6 MB on the leader while `lagging` replicas receive nothing, and publish the optime.
+
+    Their walsenders (on whichever node they stream from) are stopped: a replay paused by hand would be
+    resumed within a loop_wait (hasup.election.policy, as in Patroni).  Returns the walsenders' pids
+    for SIGCONT."""
+    names = [n.name for n in lagging]
+    walsenders = [int(pid) for node in tc.nodes if node not in lagging for (pid,) in node.sql(
+        "SELECT pid FROM pg_stat_replication WHERE application_name = ANY(%s)", names)]
+    assert len(walsenders) == len(lagging), walsenders
+    kill_pids(walsenders, signal.SIGSTOP)
     leader.sql("INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 20000)")
     lsn = int(leader.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0])
     wait_for(lambda: json.loads(tc.etcd.value(tc.key("status")) or "{}").get("optime", 0) >= lsn, 20,
              "the leader to publish its optime")
+    return walsenders
 
 
-def test_a_replica_with_replay_paused_is_passed_over(tc):
+def test_a_lagging_replica_is_passed_over(tc):
     leader = heal(tc)
-    laggard, fresh = [n for n in tc.nodes if n is not leader]
-    lag_leader(tc, leader, [laggard])
+    replicas = [n for n in tc.nodes if n is not leader]
+    laggard = next(n for n in replicas if not streaming_from(n))  # not the upstream of a cascade
+    fresh = next(n for n in replicas if n is not laggard)
+    stopped = lag_leader(tc, leader, [laggard])
     lsn = int(leader.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0])
     wait_for(lambda: int(fresh.sql("SELECT pg_last_wal_replay_lsn() - '0/0'")[0][0]) >= lsn, 30, "the other replica")
     leader.kill_tree()
     assert tc.wait_leader(60, exclude=leader.name) is fresh
-    laggard.sql("SELECT pg_wal_replay_resume()")
+    kill_pids(stopped, signal.SIGCONT)  # a walsender of a surviving replica (cascading) streams on
     heal(tc)
 
 
 def test_with_every_replica_too_far_behind_nobody_is_promoted(tc):
     leader = heal(tc)
     replicas = [n for n in tc.nodes if n is not leader]
-    lag_leader(tc, leader, replicas)
+    stopped = lag_leader(tc, leader, replicas)
     leader.kill_tree()
     wait_for(lambda: tc.leader_name() is None, 30, "the dead leader's key to expire")
     for node in replicas:
@@ -208,8 +221,7 @@ def test_with_every_replica_too_far_behind_nobody_is_promoted(tc):
     while time.monotonic() < waited_until:
         assert tc.leader_name() is None
         time.sleep(0.2)
-    for node in replicas:
-        node.sql("SELECT pg_wal_replay_resume()")
+    kill_pids(stopped, signal.SIGCONT)
     heal(tc)
 
 

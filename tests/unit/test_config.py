@@ -594,6 +594,19 @@ def test_bad_callbacks_are_reported() -> None:
     assert "postgresql.callback_timeout: must be at least 1, got 0" in problems
 
 
+def test_pre_promote_and_before_stop_are_read_and_bad_ones_reported() -> None:
+    cfg, warnings = load({"postgresql.pre_promote": "/bin/fence --now", "postgresql.before_stop": "/bin/drain 'a b'"})
+    assert (cfg.postgresql.pre_promote, cfg.postgresql.before_stop) == ("/bin/fence --now", "/bin/drain 'a b'")
+    assert not any("pre_promote" in w or "before_stop" in w for w in warnings)
+    assert (cfg.postgresql.promote_hook_time, cfg.postgresql.stop_hook_time) == (60, 60)
+    unset = load()[0].postgresql
+    assert (unset.pre_promote, unset.before_stop, unset.promote_hook_time, unset.stop_hook_time) == ("", "", 0, 0)
+    problems = problems_of({"postgresql.pre_promote": "/bin/x 'unclosed", "postgresql.before_stop": ["/bin/x"]})
+    assert "postgresql.pre_promote: expected a command line (No closing quotation), got \"/bin/x 'unclosed\"" \
+        in problems
+    assert "postgresql.before_stop: expected a string, got ['/bin/x']" in problems
+
+
 # -- safety settings hasup must refuse ---------------------------------------------------------
 
 

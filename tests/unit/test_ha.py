@@ -396,8 +396,23 @@ def test_a_crashed_primary_restarts_in_place_until_primary_start_timeout():
 
 def test_paused_cluster_keeps_the_lock_and_leaves_postgresql_alone():
     paused = replace(cluster(leader="n1"), config={"ttl": 10, "pause": True})
-    d = ha.decide(paused, crashed_primary(down_for=1000), ME, replace(SETTINGS, primary_start_timeout=0))
-    assert d.actions == (ha.RefreshLock(),) and d.reason.startswith("PAUSE: ") and "not done: paused" in d.reason
+    # A leader whose PostgreSQL is down lets go of the key (as Patroni), without starting it...
+    for state in ("crashed", "stopped"):
+        down = ha.Local(replace(pg(state=state, role="primary"), probe_ok=False), True, down_for=1000)
+        d = ha.decide(paused, down, ME, replace(SETTINGS, primary_start_timeout=0))
+        assert d == ha.Decision((ha.ReleaseLock(),), "PAUSE: removed leader lock because postgres is not running")
+    # ...but not on a stale report, nor while the postgres worker is busy (a restart the operator asked for).
+    stale = ha.Local(replace(pg(state="stopped", role="primary"), probe_ok=False), False)
+    assert ha.decide(paused, stale, ME, SETTINGS).actions == (ha.RefreshLock(),)
+    restarting = ha.Local(replace(pg(state="stopped", role="primary"), probe_ok=False), True, busy="restart")
+    assert ha.decide(paused, restarting, ME, SETTINGS).actions == (ha.RefreshLock(),)
+    # A running one keeps it, whatever the policy would otherwise do.
+    d = ha.decide(paused, local(pg(role="primary", state="starting")), ME, SETTINGS)
+    assert d.actions == (ha.RefreshLock(),) and d.reason.startswith("PAUSE: ")
+    # Nobody races for the key it left while paused, not even the replica furthest ahead.
+    for me in ("n2", "n3"):
+        d = ha.decide(replace(paused, leader=None), local(pg(upstream="n1", wal=9000)), ha.Node(me), SETTINGS)
+        assert d.actions == () and "paused" in d.reason
     # A replica of a paused cluster is not started, a running primary without the lock is not demoted...
     follower = ha.decide(replace(paused, leader=Leader("n2", 3)), crashed_primary(), ME, SETTINGS)
     assert follower.actions == ()
@@ -434,6 +449,30 @@ def test_a_replica_with_replay_paused_counts_only_what_it_replayed():
             "xlog": {"received_location": 9000, "replayed_location": 100, "paused": True}}
     assert parse_status("n2", body).wal_position == 100
     assert parse_status("n2", {**body, "xlog": {**body["xlog"], "paused": False}}).wal_position == 9000
+
+
+def test_a_replica_whose_replay_was_paused_resumes_it_unless_the_cluster_is_paused():
+    c = cluster(leader="n2")
+    stuck = replace(pg(upstream="n2"), replay_paused=True, server_version=150004)
+    d = ha.decide(c, local(stuck), ME, SETTINGS)
+    assert d.actions == (ha.RunResumeReplay(),) and "resuming paused WAL replay" in d.reason
+    # Maintenance mode: the operator paused it on purpose.
+    paused = replace(c, config={"ttl": 10, "pause": True})
+    assert ha.decide(paused, local(stuck), ME, SETTINGS).actions == ()
+    # Not on a replay that runs, before PostgreSQL 14, on a stale report, while busy, or on a primary.
+    assert ha.decide(c, local(replace(stuck, replay_paused=False)), ME, SETTINGS).actions == ()
+    assert ha.decide(c, local(replace(stuck, server_version=130010)), ME, SETTINGS).actions == ()
+    assert ha.decide(c, local(stuck, fresh=False), ME, SETTINGS).actions == ()
+    assert ha.decide(c, local(stuck, busy="resumereplay"), ME, SETTINGS).actions == ()
+    assert ha.RunResumeReplay() not in ha.decide(cluster(leader="n1"), local(replace(stuck, role="primary")), ME,
+                                                 SETTINGS).actions
+    # Re-pointed first (the follow reloads it); the next cycle resumes.
+    moved = ha.decide(cluster(leader="n3"), local(stuck), ME, SETTINGS)
+    assert moved.actions == (ha.RunFollow("n3"),)
+    # No leader: it races with what it replayed (see above), and is resumed while it does not win.
+    behind = replace(stuck, replayed_location=1_000)
+    d = ha.decide(cluster(leader=None, optime=10_000_000), local(behind), ME, SETTINGS)
+    assert d.actions == (ha.RunResumeReplay(),) and "maximum replication lag" in d.reason
 
 
 # -- failsafe_mode -------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def sample_messages():
         ipc.Follow(5, 6.0, "node1", "postgres://x/postgres", 2),
         ipc.Stop(6, 7.0, "fast"), ipc.Reply(1, "Bootstrap", True, "", {"sysid": "1"}),
         ipc.Restart(7, 8.0, 30.0, "node1", "postgres://x:5432/postgres"),
-        ipc.SetSyncStandbys(9, 10.0, 'FIRST 2 ("node2", "node3")'),
+        ipc.SetSyncStandbys(9, 10.0, 'FIRST 2 ("node2", "node3")'), ipc.ResumeReplay(10, 11.0),
         ipc.Reinitialize(8, 9.0, "node1", "postgres://x:5432/postgres", True),
         ipc.AdminRequest(3, 4.0, "restart", {"schedule": "2030-01-01T00:00:00+00:00", "role": "replica"}),
         ipc.AdminReply(3, 202, "Restart scheduled"),
@@ -391,3 +391,12 @@ def test_the_postgres_worker_uses_only_whole_parts_of_a_view(left_out, config_us
     view = base_view(left_out=left_out)
     assert ipc.complete(view, "config_values") == config_used
     assert PostgresWorker.view_usable_for_slots(view) == slots_kept
+
+
+def test_a_pg_state_with_a_replay_paused_that_is_no_boolean_is_refused_at_the_boundary():
+    good = ipc.PgState("running", "replica", False, True, 1.0, replay_paused=True)
+    assert ipc.decode(ipc.encode(good, 1, 0.0)).message == good
+    for bad in ('"yes"', "1", "[true]"):
+        frame = ipc.encode(good, 1, 0.0).replace(b'"replay_paused":true', f'"replay_paused":{bad}'.encode())
+        with pytest.raises(ipc.ProtocolError):
+            ipc.decode(frame)

@@ -284,6 +284,7 @@ NOT_POSTGRES = {
     "hasup/supervision/system.py": "the supervisor's seam: the workers' signals",
     "hasup/postgresql/callbacks.py": "callback scripts, by their process group",
     "hasup/postgresql/group_run.py": "restore commands (replica and bootstrap methods), by their process group",
+    "hasup/postgresql/hooks.py": "pre_promote and before_stop scripts, by their process group",
 }
 
 

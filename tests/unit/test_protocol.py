@@ -15,6 +15,7 @@ from hasup.election import protocol
 from hasup.election.actions import Decision
 from hasup.election.phases import (
     PHASES,
+    PRE_PROMOTE_FAILED,
     Bootstrapping,
     Demoting,
     Fenced,
@@ -85,6 +86,8 @@ DEMOTED = Replied(act.RunDemote("n2"), True, result={"checkpoint_lsn": 83886080}
 PROMOTE_FAILED = Replied(act.RunPromote(5000), False, "not caught up")
 BOOTSTRAPPED = Replied(act.RunBootstrap(), True, result={"sysid": SYSID})
 SHUTDOWN_STOP = act.RunStop("fast", for_shutdown=True)
+VETOED = Replied(act.RunPromote(), False, "the pre_promote script exited with status 1: not promoting",
+                 result={"refused_by": "pre_promote"})
 
 ANSWERS = [
     # (phase, answer, cluster or None for "n1 leads", expected actions, expected phase, reason fragment)
@@ -96,6 +99,13 @@ ANSWERS = [
     (Promoting(5000), PROMOTE_FAILED, None, (act.ReleaseLock(),), Idle(), "giving the leader lock back"),
     (Promoting(5000), PROMOTE_FAILED, cluster("n2"), (), Idle(), "giving the leader lock back"),
     (Promoting(), Replied(act.RunPromote(), True), None, (), Idle(), ""),
+    # The pre_promote script vetoed the promotion: let go and sit out the races for ttl (as Patroni backs off).
+    (Promoting(), VETOED, None, (act.YieldLock(),), SittingOut(NOW + 10, PRE_PROMOTE_FAILED),
+     "Promotion cancelled because the pre-promote script failed (the pre_promote script exited with status 1"),
+    (Promoting(5000), VETOED, cluster("n2"), (), SittingOut(NOW + 10, PRE_PROMOTE_FAILED), "pre-promote"),
+    (Promoting(), Replied(act.RunPromote(), False, "x", result={"refused_by": "someone else"}), None,
+     (act.ReleaseLock(),), Idle(), "giving the leader lock back"),
+    (Idle(), VETOED, None, (), None, ""),  # a promote whose phase a shutdown outran
     (Bootstrapping(), BOOTSTRAPPED, cluster(None), (act.PublishInitialize(SYSID), act.WriteInitialConfig(),
                                                     act.TakeLock()), Idle(), "initialized"),
     (Bootstrapping(), Replied(act.RunBootstrap(), False, "initdb: disk full"), cluster(None),
@@ -143,7 +153,8 @@ def test_answers(phase, event, c, actions, next_phase, reason):
 def test_ordinary_replies_move_no_phase(phase):
     for kind in act.ORDINARY_REQUESTS:
         action = {act.RunCreateReplica: act.RunCreateReplica("n2"), act.RunStart: act.RunStart(True),
-                  act.RunFollow: act.RunFollow("n2"), act.SetSyncStandbys: act.SetSyncStandbys("n2")}[kind]
+                  act.RunFollow: act.RunFollow("n2"), act.SetSyncStandbys: act.SetSyncStandbys("n2"),
+                  act.RunResumeReplay: act.RunResumeReplay()}[kind]
         assert answer(phase, Replied(action, False, "x")) == Decision((), "")
 
 
@@ -221,3 +232,22 @@ def test_sitting_out_ends_when_another_node_leads_or_the_time_is_up():
     # While it lasts we do not race, as if tagged nofailover.
     d = cycle(cluster(None), SittingOut(NOW + 1), replica, peers={})
     assert act.AcquireLock() not in d.actions and "not allowed to promote" in d.reason
+
+
+def test_a_vetoed_promotion_sits_out_the_races_for_ttl_whoever_leads():
+    vetoed = SittingOut(NOW + 5, PRE_PROMOTE_FAILED)
+    replica = pg(role="replica", upstream="n2")
+    # No leader: no race for us, and the decision says why.
+    d = cycle(cluster(None), vetoed, replica, peers={})
+    assert act.AcquireLock() not in d.actions and d.phase is None and PRE_PROMOTE_FAILED in d.reason
+    # Another node leads: we follow it, still sitting out (its lock may go again within ttl)...
+    d = cycle(cluster("n2"), vetoed, replica)
+    assert d.actions == () and d.phase is None and PRE_PROMOTE_FAILED in d.reason
+    # ...until ttl has passed.
+    d = cycle(cluster("n2"), SittingOut(NOW, PRE_PROMOTE_FAILED), replica)
+    assert d.phase == Idle() and PRE_PROMOTE_FAILED not in d.reason
+    # Still holding the lock (the release did not reach etcd): no second promotion, the lock goes again.
+    d = cycle(cluster(), vetoed, pg(role="replica"))
+    assert d.actions == (act.YieldLock(),) and "not promoting" in d.reason
+    # A fenced node's sitting out still ends as soon as another node leads.
+    assert cycle(cluster("n2"), SittingOut(NOW + 5), replica).phase == Idle()
