@@ -102,7 +102,8 @@ def test_the_standby_cluster_replicates_the_primary_and_says_who_leads(pair: tup
     leader = settled(standby, 60, remote=primary.leader().pg_port)  # type: ignore[union-attr]
     # Cloned, not initialised: the same system identifier, and no bootstrap of its own.
     assert standby.etcd.value(standby.key("initialize")) == primary.etcd.value(primary.key("initialize"))
-    assert "cloning the remote primary" in leader.log_text()
+    remote = f"127.0.0.1:{primary.leader().pg_port}"  # type: ignore[union-attr]
+    assert f"bootstrapping a standby cluster from {remote} by basebackup" in leader.log_text()
     assert "post_bootstrap" not in leader.log_text()
     primary.leader().sql("INSERT INTO marks VALUES ('first')")  # type: ignore[union-attr]
     for node in standby.nodes:
