@@ -19,7 +19,8 @@ def settings_of(d: DynamicConfig, cfg: Config) -> Settings:
     return Settings(d.ttl, d.loop_wait, d.retry_timeout, d.maximum_lag_on_failover, d.check_timeline,
                     d.use_pg_rewind if pgc.use_pg_rewind is None else pgc.use_pg_rewind, pgc.health_deadline,
                     d.primary_start_timeout, d.synchronous_mode, d.synchronous_mode_strict, d.synchronous_node_count,
-                    d.failsafe_mode)
+                    d.failsafe_mode, quorum_commit=d.quorum_commit,
+                    maximum_lag_on_syncnode=d.maximum_lag_on_syncnode)
 
 
 def deadlines_of(d: DynamicConfig, cfg: Config) -> Deadlines:

@@ -208,8 +208,10 @@ def next_step(me: str, key: Key | None, commit: Commit, settled: bool, active: S
         # Members that stopped streaming leave the key, one or all at once, with the quorum kept
         # (promising no less), or leave PostgreSQL's names with as many confirmations as the key needs.
         fewer = key.voters - (gone_voters if gone is None else {gone})
-        drops: list[Step] = [Step(Key(me, fewer, max(key.quorum, _lowest_quorum(me, me, fewer, commit)) if fewer else 0),
-                      None)] if gone in key.voters or (gone is None and gone_voters) else []
+        drops: list[Step] = []
+        if gone in key.voters or (gone is None and gone_voters):
+            kept_quorum = max(key.quorum, _lowest_quorum(me, me, fewer, commit)) if fewer else 0
+            drops.append(Step(Key(me, fewer, kept_quorum), None))
         need = _lowest_num(me, key, commit.names - {gone}) if gone is not None else None
         if gone in commit.names and need is not None and gone is not None:
             drops.append(Step(None, Commit(need, commit.names - {gone})))

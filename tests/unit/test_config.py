@@ -540,7 +540,8 @@ def test_no_password_appears_in_warnings() -> None:
         ({"bootstrap.wal_e": {"command": "x"}}, "bootstrap.wal_e: not used by hasup yet, ignored"),
         ({"bootstrap.users": {"a": {"options": [], "x": 1}}}, "bootstrap.users.a.x: not used by hasup yet, ignored"),
         ({"watchdog.frob": 1}, "watchdog.frob: not used by hasup yet, ignored"),
-        ({"tags.nostream": True}, "tags.nostream: not used by hasup yet, ignored"),
+        ({"synchronous_mode": "quorum"},
+         "synchronous_mode: only read from the dynamic configuration (bootstrap.dcs, then etcd), ignored here"),
         (
             {"ttl": 30},
             "ttl: only read from the dynamic configuration (bootstrap.dcs, then etcd), ignored here",
@@ -603,13 +604,7 @@ def test_bad_callbacks_are_reported() -> None:
 @pytest.mark.parametrize(
     ("changes", "line"),
     [
-        (
-            {"bootstrap.dcs.synchronous_mode": "quorum"},
-            "bootstrap.dcs.synchronous_mode: quorum: not supported by this hasup version; "
-            "refusing to start rather than run without quorum commit",
-        ),
         ({"bootstrap.dcs.standby_cluster": {"host": "10.0.0.1"}}, "bootstrap.dcs.standby_cluster: not supported"),
-        ({"synchronous_mode": "quorum"}, "synchronous_mode: quorum: not supported"),
     ],
 )
 def test_safety_settings_are_refused_with_a_reason(changes: dict[str, Any], line: str) -> None:
@@ -631,6 +626,8 @@ def test_safety_settings_are_refused_with_a_reason(changes: dict[str, Any], line
         {"bootstrap.dcs.standby_cluster": {}},
         {"bootstrap.dcs.standby_cluster": None},
         {"bootstrap.dcs.failsafe_mode": True},
+        {"bootstrap.dcs.synchronous_mode": "quorum", "bootstrap.dcs.synchronous_node_count": 2,
+         "bootstrap.dcs.maximum_lag_on_syncnode": -1},
         {"watchdog.mode": "off"},
     ],
 )
