@@ -386,7 +386,20 @@ class Lifecycle:
             standby = os.path.exists(os.path.join(self.data_dir, "standby.signal"))
             self.write_config(self.following, self.following_url if standby else None, standby)
             self.reload()
+            if not standby:
+                self.nudge_standbys()
         return {"setting": setting}
+
+    def nudge_standbys(self) -> None:
+        """Commits already waiting are released only when a standby next reports its position, and one
+        that has everything reports again only after wal_receiver_status_interval: a little WAL (a
+        transaction id, not waiting for anyone) makes them report now, under the new setting."""
+        time.sleep(0.1)  # the walsenders apply the reload a moment after the signal
+        try:
+            run_sql(self.local_dsn(), ["SET synchronous_commit TO local", "SELECT pg_catalog.txid_current()"],
+                    timeout=5)
+        except Exception as exc:  # only a shortcut: the standbys report within the interval anyway
+            log.info("could not write WAL after changing synchronous_standby_names: %s", exc)
 
     def apply_parameters(self) -> None:
         """Re-render the configuration of a running PostgreSQL and reload it (pending_restart shows the rest)."""
