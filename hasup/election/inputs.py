@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hasup.config import Config, DynamicConfig
+from hasup.config.values import Invalid, to_bool
 from hasup.election.policy import Node, Settings
 from hasup.timing import Deadlines
 
@@ -10,8 +11,12 @@ from hasup.timing import Deadlines
 def node_of(cfg: Config) -> Node:
     tags = cfg.tags
     source = tags.raw.get("replicatefrom")
+    try:
+        nostream = bool(to_bool(tags.raw.get("nostream") or False))
+    except Invalid:
+        nostream = False  # as Patroni: a value it cannot read as a boolean is no tag
     return Node(cfg.name, tags.nofailover, tags.failover_priority,
-                str(source) if isinstance(source, str) and source else None)
+                str(source) if isinstance(source, str) and source else None, nostream)
 
 
 def settings_of(d: DynamicConfig, cfg: Config) -> Settings:

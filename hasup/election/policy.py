@@ -111,6 +111,7 @@ class Node:
     nofailover: bool = False
     failover_priority: int = 1
     replicatefrom: str | None = None  # cascade: stream from this member instead of the leader
+    nostream: bool = False  # never streams: a replica that replays only what restore_command brings
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,7 @@ def _not_running(cluster: Cluster, local: Local, me: Node, settings: Settings, h
         return Decision((RefreshLock(), RunStart(as_primary=False)),
                         "starting as readonly because i had the session lock")
     leader = cluster.leader.name if cluster.leader else None
-    return Decision((RunFollow(leader),), "starting as a secondary")
+    return Decision((RunFollow(None if me.nostream else leader),), "starting as a secondary")
 
 
 def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> Decision:
@@ -540,6 +541,12 @@ def _as_follower(cluster: Cluster, local: Local, me: Node, settings: Settings) -
     leader = cluster.leader.name
     if pg.role == "primary":
         return Decision((RunFollow(leader),), "demoting self because I do not have the lock and I was a leader")
+    if me.nostream:
+        # As Patroni: no primary_conninfo, so no slot on the leader either (hasup.postgresql.slots).
+        if pg.upstream is not None:
+            return Decision((RunFollow(None),), f"not streaming from {pg.upstream}: this member is tagged nostream")
+        return Decision((), f"no action. I am ({me.name}), a secondary, and not streaming (nostream), "
+                            f"the leader is {leader}")
     upstream = upstream_for(cluster, me)
     if pg.upstream != upstream:
         target = cluster.members.get(upstream)

@@ -371,7 +371,8 @@ class Lifecycle:
             log.warning("stopping the replica to rewind it: it cannot stream from %s", leader)
             self.stop("fast")
         if self.postmaster.pid() is not None:
-            if leader != self.following and leader is not None:
+            if leader != self.following and (leader is not None or running_role == "replica"):
+                # leader None: stop streaming (a nostream member), without primary_conninfo.
                 self.write_config(leader, leader_conn_url, standby=True)
                 self.reload()
             return {"reloaded": True}

@@ -131,3 +131,14 @@ def test_sync_priority_nosync_and_lag_choose_the_synchronous_standbys() -> None:
     assert sync.candidates(rows, c, "n1", 5000, max_lag=1000) == ["n2", "n3"]
     assert sync.nosync(member("x", nosync=False, sync_priority=0)) is False  # the nosync tag wins
     assert sync.sync_priority(member("x", nosync=True, sync_priority=3)) == 0
+
+
+def test_a_nostream_member_never_streams() -> None:
+    c = cluster("n1", None)
+    plain = replace(QUORUM, synchronous_mode=False, quorum_commit=False)
+    me = ha.Node("n2", nostream=True)
+    d = ha.decide(c, local(pg()), me, plain)  # pg() streams from n1
+    assert d.actions == (ha.RunFollow(None),) and "nostream" in d.reason
+    assert ha.decide(c, local(replace(pg(), upstream=None)), me, plain).actions == ()
+    stopped = replace(pg(), state="stopped", probe_ok=False, upstream=None)
+    assert ha.decide(c, local(stopped), me, plain).actions == (ha.RunFollow(None),)
