@@ -390,17 +390,21 @@ def _quorum_actions(cluster: Cluster, pg: PgState, me: Node, settings: Settings,
     key = quorum.read_key(cluster)
     commit = quorum.parse_commit(pg.sync_standby_names)
     strict = settings.synchronous_mode_strict
-    if key is not None and local.primary_for < settings.loop_wait:
-        # Just promoted: the standbys are still reconnecting, and dropping them from the key now would
-        # only churn it.  Taking the key over changes no promise (hasup.election.quorum).
-        if key.leader == me.name:
-            return []
+    if key is not None and key.leader != me.name:
+        # Just promoted: take the key over first; that changes no promise (hasup.election.quorum).
         return [WriteSync(tuple(sorted(key.members() - {me.name})), key.quorum)]
     positions = {n: m.wal_position for n, m in cluster.members.items()}
     settled = quorum.settled(commit, local.sync_since, positions)
     wanted = settings.synchronous_node_count
     active = sync.quorum_candidates(pg.replication, cluster, me.name, pg.wal_position or 0,
                                     settings.maximum_lag_on_syncnode, wanted)
+    if key is not None and local.primary_for < settings.loop_wait:
+        # Just promoted: the standbys are still reconnecting.  Dropping them now would only churn the
+        # key, so only those whose member key is gone (or says they are not running) leave it yet.
+        def may_return(name: str) -> bool:
+            m = cluster.members.get(name)
+            return m is not None and m.state == "running" and not sync.nosync(m)
+        active += sorted(n for n in (key.voters | commit.names) - set(active) if may_return(n))
     step = quorum.next_step(me.name, key, commit, settled, active, wanted)
     actions: list[Action] = []
     if step.key is not None:
@@ -467,9 +471,10 @@ def _manual_failover(cluster: Cluster, local: Local, me: Node, settings: Setting
     ok = [n for n in switchover_candidates(cluster, local, me, settings) if not candidate or n == candidate]
     key = quorum.read_key(cluster) if settings.synchronous_mode and settings.quorum_commit else None
     if key is not None and key.leader == me.name:
-        # As in Patroni: a switchover goes to a voter, and without a named candidate only when enough
-        # of them are healthy to reach the quorum in the race that follows.
-        ok = [n for n in ok if n in key.voters]
+        # As in Patroni: a switchover (it names the leader; a failover does not) goes to a voter, and
+        # without a named candidate only when enough are healthy to reach the quorum in the race.
+        if leader:
+            ok = [n for n in ok if n in key.voters]
         if not candidate and len(ok) < key.quorum + 1:
             ok = []
     if not ok:

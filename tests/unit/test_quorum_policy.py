@@ -67,6 +67,17 @@ def test_new_leader_takes_the_key_over_at_once_and_waits_for_the_rest() -> None:
     c = cluster("n2", {"leader": "n1", "sync_standby": "n2,n3", "quorum": 0})
     d = ha.decide(c, local(pg("primary", names='ANY 2 ("n1", "n3")'), primary_for=0.5), me, QUORUM)
     assert of(d, ha.WriteSync) == [ha.WriteSync(("n1", "n3"), 0)] and not of(d, ha.SetSyncStandbys)
+    # Right after promoting, a member whose key still says running may be reconnecting: it stays.
+    c = cluster("n2", {"leader": "n2", "sync_standby": "n1,n3", "quorum": 0})
+    d = ha.decide(c, local(pg("primary", names='ANY 2 ("n1", "n3")', rows=("n3",)), primary_for=0.5), me, QUORUM)
+    assert not of(d, ha.WriteSync) and not of(d, ha.SetSyncStandbys)
+    # One whose member key is gone (the killed old leader's expired with its lock) leaves at once.
+    gone = cluster("n2", {"leader": "n2", "sync_standby": "n1,n3", "quorum": 0},
+                   {"n2": member("n2", "primary"), "n3": member("n3")})
+    d = ha.decide(gone, local(pg("primary", names='ANY 2 ("n1", "n3")', rows=("n3",)), primary_for=0.5), me,
+                  QUORUM)
+    assert of(d, ha.WriteSync) == [ha.WriteSync(("n3",), 0)]
+    assert of(d, ha.SetSyncStandbys) == [ha.SetSyncStandbys('ANY 1 ("n3")')]
     # Once the standbys had time to reconnect, the dead old leader leaves the key, then PostgreSQL.
     c = cluster("n2", {"leader": "n2", "sync_standby": "n1,n3", "quorum": 0})
     d = ha.decide(c, local(pg("primary", names='ANY 2 ("n1", "n3")', rows=("n3",)), primary_for=5), me, QUORUM)
