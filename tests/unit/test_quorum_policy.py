@@ -130,6 +130,10 @@ def test_switchover_goes_to_a_voter() -> None:
     d = ha.decide(c, local(running, peers=peers, failover_age=60, primary_for=60, sync_since=0), ha.Node("n1"),
                   replace(QUORUM, synchronous_node_count=1))
     assert of(d, ha.RunDemote) == [ha.RunDemote("n2")]
+    c = replace(c, failover={"member": "n3"})  # a failover (no leader named) may go to a non-voter
+    d = ha.decide(c, local(running, peers=peers, failover_age=60, primary_for=60, sync_since=0), ha.Node("n1"),
+                  replace(QUORUM, synchronous_node_count=1))
+    assert of(d, ha.RunDemote) == [ha.RunDemote("n3")]
 
 
 def test_sync_priority_nosync_and_lag_choose_the_synchronous_standbys() -> None:
