@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -125,4 +126,28 @@ def test_health_checks_and_roles_answer_as_patroni(tc):
         other.stop()
         del other.extra["tags.nosync"]
         other.start()
+    settled(tc)
+
+
+def test_switchover_goes_to_the_voter_named_and_loses_nothing(tc):
+    leader, key = settled(tc)
+    candidate = sorted(key.voters)[0]
+    prober, thread = start_prober(tc.nodes, 10_000_000)
+    try:
+        wait_for(lambda: len(prober.acked) > 50, 30, "the prober to write")
+        body = json.dumps({"leader": leader.name, "candidate": candidate}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{leader.api_port}/switchover", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        asked_at = time.monotonic()
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+            answer = (resp.status, resp.read().decode())
+        assert answer == (200, f'Successfully switched over to "{candidate}"')
+        new = tc.wait_leader(10)
+        assert new.name == candidate
+        wait_for(lambda: any(n == candidate and t > asked_at for _, t, n in prober.acked), 30,
+                 "writes on the new leader")
+    finally:
+        prober.stop.set()
+        thread.join(10)
+    assert lost_writes(prober, new) == []
     settled(tc)
