@@ -188,11 +188,16 @@ def _lowest_num(me: str, key: Key, names: frozenset[str]) -> int | None:
     return None
 
 
+def _without(me: str, key: Key, commit: Commit, fewer: frozenset[str]) -> Key:
+    """The key with fewer voters and the quorum kept (raised if the setting needs it; 0 with none left)."""
+    return Key(me, fewer, max(key.quorum, _lowest_quorum(me, me, fewer, commit)) if fewer else 0)
+
+
 def next_step(me: str, key: Key | None, commit: Commit, settled: bool, active: Sequence[str],
               wanted: int) -> Step:
     """One safe step from the key and PostgreSQL's setting towards the target (module docstring).
 
-    key: the sync key (None: empty or another leader's without members); commit: what PostgreSQL
+    key: the sync key (None: it names no leader); commit: what PostgreSQL
     runs with; settled: that setting holds since `num` of its names reached where it took effect;
     active: eligible standbys streaming from us.  Step(None, None) when there is nothing to do now.
     """
@@ -203,21 +208,20 @@ def next_step(me: str, key: Key | None, commit: Commit, settled: bool, active: S
         # Take over the key: the old leader becomes a voter, so the members other than us are the same.
         return Step(Key(me, key.members() - {me}, key.quorum), None)
     alive = frozenset(active)
-    gone_voters = key.voters - alive
-    for gone in [*sorted((key.voters | commit.names) - alive), None]:
-        # Members that stopped streaming leave the key, one or all at once, with the quorum kept
-        # (promising no less), or leave PostgreSQL's names with as many confirmations as the key needs.
-        fewer = key.voters - (gone_voters if gone is None else {gone})
-        drops: list[Step] = []
-        if gone in key.voters or (gone is None and gone_voters):
-            kept_quorum = max(key.quorum, _lowest_quorum(me, me, fewer, commit)) if fewer else 0
-            drops.append(Step(Key(me, fewer, kept_quorum), None))
-        need = _lowest_num(me, key, commit.names - {gone}) if gone is not None else None
-        if gone in commit.names and need is not None and gone is not None:
+    # Members that stopped streaming leave the key, one or all at once, with the quorum kept (promising
+    # no less), or leave PostgreSQL's names with as many confirmations as the key needs.
+    drops: list[Step] = []
+    for gone in sorted((key.voters | commit.names) - alive):
+        if gone in key.voters:
+            drops.append(Step(_without(me, key, commit, key.voters - {gone}), None))
+        need = _lowest_num(me, key, commit.names - {gone})
+        if gone in commit.names and need is not None:
             drops.append(Step(None, Commit(need, commit.names - {gone})))
-        for move in drops:
-            if allowed(me, key, commit, settled, move):
-                return move
+    if key.voters - alive:
+        drops.append(Step(_without(me, key, commit, key.voters & alive), None))
+    for move in drops:
+        if allowed(me, key, commit, settled, move):
+            return move
     names, num, quorum = target(active, wanted)
     kept = (key.voters | commit.names) & alive
     kept_num = min(wanted, len(kept))
