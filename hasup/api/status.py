@@ -161,7 +161,8 @@ def build_status(snap: Snap, now: float) -> dict[str, Any]:
     fresh = fresh_view(snap, now)
     identity = _dict(snap.get("identity"))
     name = identity.get("name")
-    if fresh is not None and name in sync_members(fresh):
+    if fresh is not None and out.get("role") == "replica" and name in sync_members(fresh):
+        # As Patroni: only a replica is a synchronous or quorum standby (a new primary the key still lists is not).
         out["quorum_standby" if quorum_mode(fresh) else "sync_standby"] = True
     if is_paused(snap):
         out["pause"] = True

@@ -55,6 +55,8 @@ class DynamicConfig:
     synchronous_mode: bool = False
     synchronous_mode_strict: bool = False
     synchronous_node_count: int = 1
+    quorum_commit: bool = False  # synchronous_mode: quorum (hasup.election.quorum)
+    maximum_lag_on_syncnode: int = -1  # bytes; a standby further behind is not chosen as synchronous
     failsafe_mode: bool = False
     pause: bool = False
     use_pg_rewind: bool = False
@@ -76,11 +78,6 @@ def refuse_unsafe(r: Reader, section: Mapping[str, Any], prefix: str) -> None:
             continue
         path = join_key(prefix, key)
         convert: Callable[[Any], Any] = to_bool
-        if key == "synchronous_mode":
-            # on/off are supported; the quorum flavour is not yet.
-            if r.convert(path, value, to_sync_mode) == "quorum":
-                r.problem(path, f"quorum: {UNSUPPORTED}; {reason}")
-            continue
         if key == "standby_cluster":
             if prefix == "" and is_standby(r.convert(path, value, to_mapping)):
                 r.problem(path, reason)
@@ -105,6 +102,7 @@ def _check_dynamic_values(r: Reader, dcs: Mapping[str, Any], prefix: str) -> Non
                 r.get(dcs, join_key(prefix, name), int_between(minimum, maximum), None)
     for key in DYNAMIC_BOOLS:
         r.get(dcs, join_key(prefix, key), to_bool, None)
+    r.get(dcs, join_key(prefix, "synchronous_mode"), to_sync_mode, None)
     pg_path = join_key(prefix, "postgresql")
     pg = r.section(dcs, pg_path)
     r.get(dcs, join_key(prefix, "standby_cluster"), to_standby_cluster, None)
@@ -185,12 +183,10 @@ def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
     flags = {key: lenient(raw, key, to_bool, False, notes) for key in DYNAMIC_BOOLS}
     sync_default: bool | str = False
     sync_mode = lenient(raw, "synchronous_mode", to_sync_mode, sync_default, notes)
-    flags["synchronous_mode"] = bool(sync_mode)  # quorum (not supported) still means: never less than sync
+    flags["synchronous_mode"] = bool(sync_mode)  # quorum is a flavour of synchronous mode
     standby: dict[str, Any] = lenient(raw, "standby_cluster", to_standby_cluster, {}, notes)
     pg: dict[str, Any] = lenient(raw, "postgresql", to_mapping, {}, notes)
-    on = []
-    if sync_mode == "quorum":
-        on.append("synchronous_mode: quorum (running as synchronous_mode: on)")
+    on: list[str] = []
     notes.extend(f"{key}: set in the cluster configuration, but {UNSUPPORTED}" for key in on)
     dynamic = DynamicConfig(
         ttl=ints["ttl"],
@@ -204,6 +200,8 @@ def parse_dynamic(raw: Mapping[str, Any]) -> tuple[DynamicConfig, list[str]]:
         synchronous_mode=flags["synchronous_mode"],
         synchronous_mode_strict=flags["synchronous_mode_strict"],
         synchronous_node_count=ints["synchronous_node_count"],
+        quorum_commit=sync_mode == "quorum",
+        maximum_lag_on_syncnode=ints["maximum_lag_on_syncnode"],
         failsafe_mode=flags["failsafe_mode"],
         pause=flags["pause"],
         use_pg_rewind=lenient(pg, "postgresql.use_pg_rewind", to_bool, False, notes),

@@ -39,8 +39,6 @@ UNSUPPORTED = "not supported by this hasup version"
 # Why each safety setting cannot simply be ignored (docs/design.md §7): running without it would
 # silently weaken a promise the operator asked for.
 UNSAFE_REASONS = {
-    # on/off are supported; only the quorum flavour is refused (see refuse_unsafe).
-    "synchronous_mode": "refusing to start rather than run without quorum commit",
     # Read from bootstrap.dcs and the dynamic configuration only (as Patroni); at the top level of the file it
     # would be silently ignored, and the cluster bootstrapped as a primary instead of a standby.
     "standby_cluster": "only read from bootstrap.dcs (then the dynamic configuration); refusing to start rather "
@@ -62,11 +60,14 @@ DYNAMIC_INT_BOUNDS: dict[str, tuple[int, int]] = {
     "primary_start_timeout": (0, DAY),
     "primary_stop_timeout": (0, DAY),
     "synchronous_node_count": (1, 1000),
+    "maximum_lag_on_syncnode": (-INT64_MAX, INT64_MAX),  # bytes of WAL; 0 or less: no limit
 }
 LEGACY_NAMES = {"primary_start_timeout": "master_start_timeout", "primary_stop_timeout": "master_stop_timeout"}
 DYNAMIC_BOOLS = ("check_timeline", "pause", "synchronous_mode_strict", "failsafe_mode")
+DYNAMIC_OTHER = ("synchronous_mode",)  # on, off or quorum (values.to_sync_mode)
 SLOT_KEYS = ("slots", "permanent_slots", "permanent_replication_slots", "ignore_slots", "member_slots_ttl")
-DCS_USED = (*DYNAMIC_INT_BOUNDS, *LEGACY_NAMES.values(), *DYNAMIC_BOOLS, *UNSAFE_REASONS, *SLOT_KEYS, "postgresql")
+DCS_USED = (*DYNAMIC_INT_BOUNDS, *LEGACY_NAMES.values(), *DYNAMIC_BOOLS, *DYNAMIC_OTHER, *UNSAFE_REASONS, *SLOT_KEYS,
+            "postgresql")
 DCS_PG_USED = ("use_pg_rewind", "use_slots", "parameters", "pg_hba")
 # Dynamic settings Patroni never reads from the top level of the local file.
 TOP_DYNAMIC_ONLY = frozenset(DCS_USED) - frozenset(UNSAFE_REASONS) - {"postgresql"}
@@ -93,7 +94,7 @@ PG_USED = (
 )
 # postgresql.callbacks.<action>, each a command line (hasup/postgresql/callbacks.py).
 CALLBACK_ACTIONS = ("on_start", "on_stop", "on_restart", "on_reload", "on_role_change")
-TAGS_UNUSED = ("nostream", "sync_priority")  # Patroni tags hasup publishes but ignores
+TAGS_UNUSED: tuple[str, ...] = ()  # Patroni tags hasup publishes but ignores
 LOG_USED = (
     "type", "level", "traceback_level", "format", "dateformat", "static_fields", "dir", "mode", "file_num",
     "file_size", "loggers",

@@ -240,8 +240,8 @@ class EtcdStore:
     def set_history(self, history: list[list[Any]]) -> None:
         self._call(lambda c, _t: c.write(self.key("history"), compact(history)))
 
-    def set_sync(self, leader: str, standbys: tuple[str, ...]) -> None:
-        self._call(lambda c, _t: c.write(self.key("sync"), compact(sync_value(leader, standbys))))
+    def set_sync(self, leader: str, standbys: tuple[str, ...], quorum: int | None = None) -> None:
+        self._call(lambda c, _t: c.write(self.key("sync"), compact(sync_value(leader, standbys, quorum))))
 
     def set_failsafe(self, members: dict[str, str]) -> None:
         self._call(lambda c, _t: c.write(self.key("failsafe"), compact(members)))

@@ -265,8 +265,8 @@ class Etcd3Store:
     def set_history(self, history: list[list[Any]]) -> None:
         self._put("history", compact(history))
 
-    def set_sync(self, leader: str, standbys: tuple[str, ...]) -> None:
-        self._put("sync", compact(sync_value(leader, standbys)))
+    def set_sync(self, leader: str, standbys: tuple[str, ...], quorum: int | None = None) -> None:
+        self._put("sync", compact(sync_value(leader, standbys, quorum)))
 
     def set_failsafe(self, members: dict[str, str]) -> None:
         self._put("failsafe", compact(members))

@@ -47,7 +47,7 @@ class Store(Protocol):
 
     def set_history(self, history: list[list[Any]]) -> None: ...
 
-    def set_sync(self, leader: str, standbys: tuple[str, ...]) -> None: ...
+    def set_sync(self, leader: str, standbys: tuple[str, ...], quorum: int | None = None) -> None: ...
 
     def set_failsafe(self, members: dict[str, str]) -> None: ...
 
@@ -66,9 +66,13 @@ class Store(Protocol):
     def put_raw(self, rel: str, value: str) -> None: ...
 
 
-def sync_value(leader: str, standbys: tuple[str, ...]) -> dict[str, Any]:
-    """The sync key as Patroni writes it: the leader and its synchronous standbys (comma-separated)."""
-    return {"leader": leader, "sync_standby": ",".join(standbys) if standbys else None}
+def sync_value(leader: str, standbys: tuple[str, ...], quorum: int | None = None) -> dict[str, Any]:
+    """The sync key as Patroni writes it: the leader and its synchronous standbys (comma-separated),
+    and in quorum mode the quorum."""
+    value: dict[str, Any] = {"leader": leader, "sync_standby": ",".join(standbys) if standbys else None}
+    if quorum is not None:
+        value["quorum"] = quorum
+    return value
 
 
 def base_path(namespace: str, scope: str) -> str:

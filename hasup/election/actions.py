@@ -115,6 +115,7 @@ class WriteSync(Action):
     """Record in the sync key which standbys are synchronous (hasup.election.sync: before PostgreSQL drops one)."""
 
     standbys: tuple[str, ...]
+    quorum: int | None = None  # quorum commit: how many of them a candidate must see besides one (else unset)
 
 
 @dataclass(frozen=True)

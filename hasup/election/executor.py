@@ -42,7 +42,7 @@ class Executor:
         self.dynamic = dynamic
         self.known_config = known_config  # the dynamic configuration last read from etcd or the local cache
         self.status_written: dict[str, Any] | None = None  # the status key as last written, to skip repeats
-        self.sync_written: tuple[str, ...] | None = None
+        self.sync_written: tuple[tuple[str, ...], int | None] | None = None
 
     def run(self, actions: tuple[act.Action, ...], cluster: Cluster | None) -> bool:
         """Carry out the actions in order; False when one failed and stopped the rest."""
@@ -95,10 +95,12 @@ class Executor:
             self.store.set_failsafe(dict(action.members))
             self.failsafe.members = dict(action.members)  # etcd may be gone before we read it back
         elif isinstance(action, act.WriteSync):
-            if action.standbys != self.sync_written:
-                log.info("synchronous standbys: %s", ", ".join(action.standbys) or "none")
-            self.store.set_sync(name, action.standbys)
-            self.sync_written = action.standbys
+            written = (action.standbys, action.quorum)
+            if written != self.sync_written:
+                log.info("synchronous standbys: %s%s", ", ".join(action.standbys) or "none",
+                         f" (quorum {action.quorum})" if action.quorum is not None else "")
+            self.store.set_sync(name, action.standbys, action.quorum)
+            self.sync_written = written
         elif isinstance(action, act.ClearSync):
             self.store.delete_sync()
         elif isinstance(action, act.FencePostgres):

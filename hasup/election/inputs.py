@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from hasup.config import Config, DynamicConfig
 from hasup.config.methods import methods_to_try
+from hasup.config.values import Invalid, to_bool
 from hasup.election.policy import Node, Settings
 from hasup.timing import Deadlines
 
@@ -14,9 +15,15 @@ def node_of(cfg: Config) -> Node:
     tags = cfg.tags
     source = tags.raw.get("replicatefrom")
     pg = cfg.postgresql
+    try:
+        nostream = bool(to_bool(tags.raw.get("nostream") or False))
+    except Invalid:
+        nostream = False  # as Patroni: a value it cannot read as a boolean is no tag
     return Node(cfg.name, tags.nofailover, tags.failover_priority,
                 str(source) if isinstance(source, str) and source else None,
-                bool(methods_to_try(pg.create_replica_methods, pg.replica_methods, have_source=False)))
+                clone_without_leader=bool(methods_to_try(pg.create_replica_methods, pg.replica_methods,
+                                                         have_source=False)),
+                nostream=nostream)
 
 
 def settings_of(d: DynamicConfig, cfg: Config) -> Settings:
@@ -28,7 +35,8 @@ def settings_of(d: DynamicConfig, cfg: Config) -> Settings:
     return Settings(d.ttl, d.loop_wait, d.retry_timeout, d.maximum_lag_on_failover, d.check_timeline,
                     d.use_pg_rewind if pgc.use_pg_rewind is None else pgc.use_pg_rewind, pgc.health_deadline,
                     d.primary_start_timeout, d.synchronous_mode, d.synchronous_mode_strict, d.synchronous_node_count,
-                    d.failsafe_mode, standby_cluster=bool(d.standby_cluster))
+                    d.failsafe_mode, standby_cluster=bool(d.standby_cluster), quorum_commit=d.quorum_commit,
+                    maximum_lag_on_syncnode=d.maximum_lag_on_syncnode)
 
 
 def deadlines_of(d: DynamicConfig, cfg: Config) -> Deadlines:

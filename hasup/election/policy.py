@@ -16,7 +16,7 @@ import datetime
 from dataclasses import dataclass, field, replace
 
 from hasup.dcs.model import Cluster, Member
-from hasup.election import protocol, standby, sync
+from hasup.election import protocol, quorum, standby, sync
 from hasup.election.actions import (
     AcquireLock,
     Action,
@@ -116,6 +116,7 @@ class Node:
     failover_priority: int = 1
     replicatefrom: str | None = None  # cascade: stream from this member instead of the leader
     clone_without_leader: bool = False  # a create_replica_method marked no_leader (restores from a backup)
+    nostream: bool = False  # never streams: a replica that replays only what restore_command brings
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class Settings:
     synchronous_node_count: int = 1
     failsafe_mode: bool = False
     standby_cluster: bool = False  # the dynamic configuration makes this a standby cluster (hasup.election.standby)
+    quorum_commit: bool = False  # synchronous_mode: quorum (hasup.election.quorum)
+    maximum_lag_on_syncnode: int = -1  # bytes; 0 or less: no limit
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,10 @@ class Local:
     failsafe_leader: str | None = None  # a primary cut off from etcd pinged us within ttl: do not race it
     phase: Phase = field(default_factory=Idle)  # where we stand in a multi-step protocol (hasup.election.phases)
     now: float = 0.0  # monotonic, for the phases' deadlines
+    # Quorum commit: the primary's WAL position where its synchronous_standby_names took effect (None:
+    # not known yet), and seconds it has run as a primary (as far as this process knows).
+    sync_since: int | None = None
+    primary_for: float = 0.0
 
 
 
@@ -347,7 +354,7 @@ def _not_running(cluster: Cluster, local: Local, me: Node, settings: Settings, h
     if cluster.leader is None and settings.standby_cluster:
         return standby.start_unled()
     leader = cluster.leader.name if cluster.leader else None
-    return Decision((RunFollow(leader),), "starting as a secondary")
+    return Decision((RunFollow(None if me.nostream else leader),), "starting as a secondary")
 
 
 def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> Decision:
@@ -367,7 +374,7 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
         actions.append(RepublishConfig())
     if needs_history(cluster, pg):
         actions.append(WriteHistory())
-    sync_steps = _sync_actions(cluster, pg, me, settings)
+    sync_steps = _sync_actions(cluster, pg, me, settings, local)
     actions.extend(sync_steps)
     if settings.failsafe_mode:
         wanted = failsafe_members(cluster)
@@ -389,21 +396,73 @@ def config_missing(cluster: Cluster) -> bool:
     return not cluster.config and "config" not in cluster.rejected
 
 
-def _sync_actions(cluster: Cluster, pg: PgState, me: Node, settings: Settings) -> list[Action]:
+def _sync_actions(cluster: Cluster, pg: PgState, me: Node, settings: Settings, local: Local) -> list[Action]:
     """The next safe step of synchronous replication on the leader (hasup.election.sync), key first."""
     recorded = (cluster.sync or {}).get("leader")
     if not settings.synchronous_mode:
         return [ClearSync()] if recorded else []
+    if settings.quorum_commit:
+        return _quorum_actions(cluster, pg, me, settings, local)
     key = sync.key_standbys(cluster, me.name)
     configured = sync.parse_setting(pg.sync_standby_names)
-    step = sync.next_step(key, configured, sync.sync_now(pg.replication), sync.candidates(pg.replication, cluster,
-                          me.name), settings.synchronous_node_count, settings.synchronous_mode_strict)
+    step = sync.next_step(key, configured, sync.sync_now(pg.replication), sync.candidates(
+        pg.replication, cluster, me.name, pg.wal_position or 0, settings.maximum_lag_on_syncnode),
+        settings.synchronous_node_count, settings.synchronous_mode_strict)
     actions: list[Action] = []
     if recorded != me.name or step.key != key:
         actions.append(WriteSync(step.key))
     if step.names != configured:
         actions.append(SetSyncStandbys(sync.standby_names_setting(step.names)))
     return actions
+
+
+def _quorum_actions(cluster: Cluster, pg: PgState, me: Node, settings: Settings, local: Local) -> list[Action]:
+    """The next safe step of quorum commit on the leader (hasup.election.quorum): the key, then PostgreSQL."""
+    key = quorum.read_key(cluster)
+    commit = quorum.parse_commit(pg.sync_standby_names)
+    strict = settings.synchronous_mode_strict
+    if key is not None and key.leader != me.name:
+        # Just promoted: take the key over first; that changes no promise (hasup.election.quorum).
+        return [WriteSync(tuple(sorted(key.members() - {me.name})), key.quorum)]
+    positions = {n: m.wal_position for n, m in cluster.members.items()}
+    settled = quorum.settled(commit, local.sync_since, positions)
+    wanted = settings.synchronous_node_count
+    active = sync.quorum_candidates(pg.replication, cluster, me.name, pg.wal_position or 0,
+                                    settings.maximum_lag_on_syncnode, wanted)
+    if key is not None and local.primary_for < settings.loop_wait:
+        # Just promoted: the standbys are still reconnecting.  Dropping them now would only churn the
+        # key, so only those whose member key is gone (or says they are not running) leave it yet.
+        def may_return(name: str) -> bool:
+            m = cluster.members.get(name)
+            return m is not None and m.state == "running" and not sync.nosync(m)
+        active += sorted(n for n in (key.voters | commit.names) - set(active) if may_return(n))
+    step = quorum.next_step(me.name, key, commit, settled, active, wanted)
+    actions: list[Action] = []
+    if step.key is not None:
+        actions.append(WriteSync(tuple(sorted(step.key.voters)), step.key.quorum))
+        # The key is written before PostgreSQL is asked (the executor stops at a failed write), so a
+        # PostgreSQL step that the new key allows can follow in the same cycle.
+        then = quorum.next_step(me.name, step.key, commit, settled, active, wanted)
+        if then.key is None and then.commit is not None:
+            step = quorum.Step(step.key, then.commit)
+    setting = quorum.render(step.commit if step.commit is not None else commit, strict)
+    if setting != (pg.sync_standby_names or ""):
+        actions.append(SetSyncStandbys(setting))
+    return actions
+
+
+def _prepare_promotion(cluster: Cluster, pg: PgState, me: Node, settings: Settings) -> Decision | None:
+    """Quorum commit: before promoting, run with the setting that keeps the key's promise (None: ready)."""
+    if not (settings.synchronous_mode and settings.quorum_commit):
+        return None
+    key = quorum.read_key(cluster)
+    if key is None or key.leader == me.name:
+        return None
+    wanted = quorum.promotion_commit(me.name, key)
+    if quorum.parse_commit(pg.sync_standby_names) == wanted:
+        return None
+    return Decision((SetSyncStandbys(quorum.render(wanted, settings.synchronous_mode_strict)),),
+                    "setting synchronous_standby_names for the quorum before promoting", SWITCHOVER_RECHECK)
 
 
 def failsafe_members(cluster: Cluster) -> tuple[tuple[str, str], ...]:
@@ -441,6 +500,14 @@ def _manual_failover(cluster: Cluster, local: Local, me: Node, settings: Setting
     if cluster.paused and not candidate:
         return [], "switchover in a paused cluster needs a candidate"
     ok = [n for n in switchover_candidates(cluster, local, me, settings) if not candidate or n == candidate]
+    key = quorum.read_key(cluster) if settings.synchronous_mode and settings.quorum_commit else None
+    if key is not None and key.leader == me.name:
+        # As in Patroni: a switchover (it names the leader; a failover does not) goes to a voter, and
+        # without a named candidate only when enough are healthy to reach the quorum in the race.
+        if leader:
+            ok = [n for n in ok if n in key.voters]
+        if not candidate and len(ok) < key.quorum + 1:
+            ok = []
     if not ok:
         who = f"candidate {candidate}" if candidate else "members"
         # A candidate's /patroni trails its WAL by up to a probe, and it may be mid-restart:
@@ -510,6 +577,12 @@ def _as_follower(cluster: Cluster, local: Local, me: Node, settings: Settings) -
     leader = cluster.leader.name
     if pg.role == "primary":
         return Decision((RunFollow(leader),), "demoting self because I do not have the lock and I was a leader")
+    if me.nostream:
+        # As Patroni: no primary_conninfo, so no slot on the leader either (hasup.postgresql.slots).
+        if pg.upstream is not None:
+            return Decision((RunFollow(None),), f"not streaming from {pg.upstream}: this member is tagged nostream")
+        return Decision((), f"no action. I am ({me.name}), a secondary, and not streaming (nostream), "
+                            f"the leader is {leader}")
     upstream = upstream_for(cluster, me)
     if pg.upstream != upstream:
         target = cluster.members.get(upstream)
@@ -529,9 +602,19 @@ def _as_follower(cluster: Cluster, local: Local, me: Node, settings: Settings) -
                         f"not streaming for {local.not_streaming_for:.0f}s on timeline {pg.timeline} "
                         f"behind the leader's {leader_tl}: rewinding")
     if upstream != leader:
-        return Decision((), f"no action. I am ({me.name}), a secondary, and following {upstream} "
-                            f"(replicatefrom), the leader is {leader}")
-    return Decision((), f"no action. I am ({me.name}), a secondary, and following a leader ({leader})")
+        return _ready_to_promote(Decision((), f"no action. I am ({me.name}), a secondary, and following {upstream} "
+                                              f"(replicatefrom), the leader is {leader}"), cluster, pg, me, settings)
+    return _ready_to_promote(Decision((), f"no action. I am ({me.name}), a secondary, and following a leader "
+                                          f"({leader})"), cluster, pg, me, settings)
+
+
+def _ready_to_promote(decision: Decision, cluster: Cluster, pg: PgState, me: Node, settings: Settings) -> Decision:
+    """Quorum commit: a replica that may be promoted keeps the setting it would promote with in place
+    (a reload), so a failover does not wait for it."""
+    if me.nofailover or pg.state != "running":
+        return decision
+    prepare = _prepare_promotion(cluster, pg, me, settings)
+    return decision if prepare is None else replace(decision, actions=(*decision.actions, *prepare.actions))
 
 
 def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -> Decision:
@@ -554,6 +637,9 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
         if settings.standby_cluster:
             return standby.take_over(handed_over=True)
         # The old leader handed over to us: it checked we have everything it wrote.
+        prepare = _prepare_promotion(cluster, pg, me, settings)
+        if prepare is not None:
+            return prepare
         return Decision((AcquireLock(), ClearFailover(), RunPromote(require_lsn=cluster.optime)),
                         "promoted self to leader by acquiring session lock (manual failover)",
                         phase=Promoting(cluster.optime))
@@ -564,13 +650,16 @@ def _leader_race(cluster: Cluster, local: Local, me: Node, settings: Settings) -
     if local.failsafe_leader and local.failsafe_leader != me.name:
         return Decision((), f"following a different leader because {local.failsafe_leader} still leads in "
                             "failsafe mode")
-    if settings.synchronous_mode and not sync.may_race(cluster, me.name):
+    if settings.synchronous_mode and not settings.quorum_commit and not sync.may_race(cluster, me.name):
         return Decision((), "following a different leader because I am not a synchronous standby")
     ok, why = is_healthiest(cluster, local, me, settings)
     if not ok:
         return Decision((), f"following a different leader because {why}")
     if settings.standby_cluster:
         return standby.take_over(handed_over=False)
+    prepare = _prepare_promotion(cluster, pg, me, settings)
+    if prepare is not None:
+        return prepare
     return Decision((AcquireLock(), RunPromote()), "promoted self to leader by acquiring session lock",
                     phase=Promoting())
 
@@ -587,6 +676,9 @@ def is_healthiest(cluster: Cluster, local: Local, me: Node, settings: Settings) 
         return False, "my wal position exceeds maximum replication lag"
     if settings.check_timeline and (pg.timeline is None or pg.timeline < cluster.timeline):
         return False, "my timeline is behind the cluster's"
+    key = quorum.read_key(cluster) if settings.synchronous_mode and settings.quorum_commit else None
+    if key is not None:
+        return _quorum_healthiest(key, local, me, my_wal)
     for name, peer in sorted(local.peers.items()):
         if peer is None or name == me.name:
             continue
@@ -601,6 +693,18 @@ def is_healthiest(cluster: Cluster, local: Local, me: Node, settings: Settings) 
         if peer.wal_position == my_wal and peer.failover_priority > me.failover_priority:
             return False, f"{name} has the same wal position and a higher failover priority"
     return True, "I am the healthiest node"
+
+
+def _quorum_healthiest(key: quorum.Key, local: Local, me: Node, my_wal: int) -> tuple[bool, str]:
+    """Quorum commit: enough of the key's members seen at or behind us (hasup.election.quorum.may_promote)."""
+    for name, peer in sorted(local.peers.items()):
+        if peer is not None and name != me.name and peer.role in ("primary", "master") and peer.state == "running":
+            return False, f"primary ({name}) is still alive"
+    seen = [quorum.Witness(name, peer.wal_position, peer.state == "running",
+                           not (peer.nofailover or peer.watchdog_failed), peer.failover_priority)
+            for name, peer in sorted(local.peers.items()) if peer is not None]
+    ok, why = quorum.may_promote(me.name, my_wal, me.failover_priority, key, seen)
+    return ok, (f"I am the healthiest node: {why}" if ok else why)
 
 
 def failover_position(pg: PgState) -> int:

@@ -20,6 +20,11 @@ from hasup.timing import STALE_PGSTATE
 
 log = logging.getLogger("hasup.election")
 
+# Seconds between the first probe that shows a new synchronous_standby_names and the one whose WAL
+# position is taken as where it took effect: the walsenders, which release waiting commits, apply a
+# reload a moment after the probe's own backend does.
+SYNC_SETTLE_DELAY = 0.5
+
 # Seconds a request may run before its outcome counts as unknown; others get pg_ctl_timeout + 120 s.
 REQUEST_DEADLINES = {"Bootstrap": 3600.0, "CreateReplica": 86400.0, "Reinitialize": 86400.0}
 
@@ -36,6 +41,12 @@ class PostgresLink:
         self.outdated = False
         self.pending: dict[int, tuple[ipc.Request, int | None, act.Action | None]] = {}  # id -> (req, pid, action)
         self.next_id = 1
+        # Where the primary's current synchronous_standby_names took effect (hasup.election.quorum.settled):
+        # the value, when a probe first showed it, and the WAL position recorded a moment later.
+        self.sync_names: str | None = None
+        self.sync_names_at = 0.0
+        self.sync_since: int | None = None
+        self.primary_since: float | None = None  # monotonic: when PostgreSQL was first seen as a primary
 
     def request(self, cls: type[ipc.Request], action: act.Action | None = None, **kwargs: Any) -> int:
         rid = self.next_id
@@ -69,10 +80,24 @@ class PostgresLink:
                 "succeeded" if reply.ok else "failed", f": {reply.message}" if reply.message else "")
         return True, entry[2]
 
+    def track_sync_names(self, state: ipc.PgState) -> None:
+        if state.role != "primary" or not state.probe_ok:
+            if state.role != "primary":
+                self.primary_since = None
+            self.sync_names, self.sync_since = None, None
+            return
+        if self.primary_since is None:
+            self.primary_since = self.received_at
+        if state.sync_standby_names != self.sync_names or self.sync_names is None:
+            self.sync_names, self.sync_names_at, self.sync_since = state.sync_standby_names, state.probe_at, None
+        elif self.sync_since is None and state.probe_at - self.sync_names_at >= SYNC_SETTLE_DELAY:
+            self.sync_since = state.wal_position
+
     def on_pgstate(self, state: ipc.PgState, synchronous_mode: bool) -> bool:
         """Take a new PgState; True when it changed enough for a cycle to run at once."""
         prev = self.pg
         self.pg, self.received_at, self.outdated = state, time.monotonic(), False
+        self.track_sync_names(state)
         for rid, (_req, pid, _action) in list(self.pending.items()):
             if pid is not None and state.worker_pid != pid:
                 del self.pending[rid]  # a restarted postgres worker lost whatever it was doing for us

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hasup.dcs.model import Cluster
+from hasup.dcs.model import Cluster, Member
 
 STRICT_ANY = ("*",)
 
@@ -44,20 +44,75 @@ def key_standbys(cluster: Cluster, leader: str) -> tuple[str, ...]:
     return ()
 
 
-def candidates(replication: Iterable[Mapping[str, Any]], cluster: Cluster, me: str) -> list[str]:
-    """Members streaming from us that may be synchronous, most advanced first (by their member keys)."""
+def _int_tag(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def sync_priority(member: Member) -> int:
+    """Patroni's sync_priority: a true nosync tag makes it 0; unset (or unreadable) it is 1."""
+    tags = member.tags
+    if tags.get("nosync"):
+        return 0
+    value = _int_tag(tags.get("sync_priority"))
+    return 1 if value is None else value
+
+
+def nosync(member: Member) -> bool:
+    """Never synchronous: the nosync tag when given (it wins), else a sync_priority of 0 or less."""
+    tags = member.tags
+    if "nosync" in tags and tags["nosync"] is not None:
+        return bool(tags["nosync"])
+    value = _int_tag(tags.get("sync_priority"))
+    return value is not None and value <= 0
+
+
+def eligible(replication: Iterable[Mapping[str, Any]], cluster: Cluster, me: str, primary_wal: int,
+             max_lag: int) -> list[Member]:
+    """Running members streaming from us that may be synchronous, preferred first: higher sync_priority,
+    then further ahead (by their member keys).  maximum_lag_on_syncnode (when above 0) leaves out one
+    further behind the most advanced of them (or, alone, behind us) than that many bytes."""
     out = []
     for row in replication:
         name = str(row.get("application_name"))
         member = cluster.members.get(name)
         if row.get("state") != "streaming" or name == me or member is None:
             continue
-        if member.tags.get("nosync") or member.tags.get("nofailover"):
+        if member.state != "running" or nosync(member) or member.tags.get("nostream"):
             continue
         out.append(member)
-    # Member.wal_position: 0 for a position that is missing or not a number (etcd holds what anyone wrote).
-    out.sort(key=lambda m: -m.wal_position)  # stable: ties keep their order
-    return [m.name for m in out]
+    if max_lag > 0 and out:
+        # Member.wal_position: 0 for a position that is missing or not a number (etcd holds what anyone wrote).
+        ahead = max(m.wal_position for m in out) if len(out) > 1 else primary_wal
+        out = [m for m in out if ahead - m.wal_position <= max_lag]
+    out.sort(key=lambda m: (-sync_priority(m), -m.wal_position))  # stable: ties keep their order
+    return out
+
+
+def candidates(replication: Iterable[Mapping[str, Any]], cluster: Cluster, me: str, primary_wal: int = 0,
+               max_lag: int = -1) -> list[str]:
+    """Standbys that may be synchronous (eligible), not those that may not take over, best first."""
+    return [m.name for m in eligible(replication, cluster, me, primary_wal, max_lag) if not m.nofailover]
+
+
+def quorum_candidates(replication: Iterable[Mapping[str, Any]], cluster: Cluster, me: str, primary_wal: int,
+                      max_lag: int, wanted: int) -> list[str]:
+    """Quorum mode, as Patroni: every eligible standby, and those that may not take over only while
+    fewer than `wanted` others are (they confirm commits but can never be promoted)."""
+    out: list[str] = []
+    members = eligible(replication, cluster, me, primary_wal, max_lag)
+    for m in sorted(members, key=lambda m: m.nofailover):
+        if not m.nofailover or len(out) < wanted:
+            out.append(m.name)
+    return out
 
 
 def sync_now(replication: Iterable[Mapping[str, Any]]) -> set[str]:

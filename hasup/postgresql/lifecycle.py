@@ -489,7 +489,8 @@ class Lifecycle:
             log.warning("stopping the replica to rewind it: it cannot stream from %s", leader)
             self.stop("fast")
         if self.postmaster.pid() is not None:
-            if leader != self.following and leader is not None:
+            if leader != self.following and (leader is not None or running_role == "replica"):
+                # leader None: stop streaming (a nostream member), without primary_conninfo.
                 self.write_config(leader, leader_conn_url, standby=True)
                 self.reload()
             return {"reloaded": True}
@@ -504,6 +505,8 @@ class Lifecycle:
             standby = os.path.exists(os.path.join(self.data_dir, "standby.signal"))
             self.write_config(self.following, self.following_url if standby else None, standby)
             self.reload()
+            if not standby:
+                self.nudge_standbys()
         return {"setting": setting}
 
     def resume_replay(self) -> dict[str, Any]:
@@ -514,6 +517,17 @@ class Lifecycle:
         except Exception as exc:  # not in recovery any more, or not answering: the next cycle looks again
             raise ActionFailed(f"resuming WAL replay failed: {(str(exc).splitlines() or [''])[0]}") from exc
         return {}
+
+    def nudge_standbys(self) -> None:
+        """Commits already waiting are released only when a standby next reports its position, and one
+        that has everything reports again only after wal_receiver_status_interval: a little WAL (a
+        transaction id, not waiting for anyone) makes them report now, under the new setting."""
+        time.sleep(0.1)  # the walsenders apply the reload a moment after the signal
+        try:
+            run_sql(self.local_dsn(), ["SET synchronous_commit TO local", "SELECT pg_catalog.txid_current()"],
+                    timeout=5)
+        except Exception as exc:  # only a shortcut: the standbys report within the interval anyway
+            log.info("could not write WAL after changing synchronous_standby_names: %s", exc)
 
     def apply_parameters(self) -> None:
         """Re-render the configuration of a running PostgreSQL and reload it (pending_restart shows the rest)."""

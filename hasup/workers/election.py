@@ -85,7 +85,9 @@ class ElectionWorker:
                         failover_age=w.failover_age(cluster),
                         unhealthy_for=unhealthy_for(pg, self.link.received_at, now, deadlines),
                         down_for=w.down_for(pg, holds), failsafe_confirmed=cluster is None and self.failsafe_check(pg),
-                        failsafe_leader=self.failsafe.leader(cluster), phase=self.phase, now=now)
+                        failsafe_leader=self.failsafe.leader(cluster), phase=self.phase, now=now,
+                        sync_since=self.link.sync_since,
+                        primary_for=now - self.link.primary_since if self.link.primary_since is not None else 0.0)
 
     def carry_out(self, decision: ha.Decision, cluster: Cluster | None) -> bool:
         if not self.executor.run(decision.actions, cluster):

@@ -305,7 +305,7 @@ def test_patch_config_writes_with_cas() -> None:
     ({"ttl": "soon"}, "config.ttl"), ({"loop_wait": -1}, "config.loop_wait"),
     ({"postgresql": {"parameters": "x"}}, "config.postgresql.parameters"),
     ({"maximum_lag_on_failover": [1]}, "config.maximum_lag_on_failover"),
-    ({"synchronous_mode": "quorum"}, "config.synchronous_mode"),
+    ({"synchronous_mode": "sometimes"}, "config.synchronous_mode"),
 ])
 def test_patch_config_refuses_values_hasup_cannot_use(body: dict[str, Any], key: str) -> None:
     admin = FakeAdmin()

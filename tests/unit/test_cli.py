@@ -50,7 +50,7 @@ etcd:
 bootstrap:
   dcs:
     loop_wait: fast
-    synchronous_mode: quorum
+    synchronous_mode: sometimes
 postgresql:
   listen: 127.0.0.1:5432
   connect_address: 127.0.0.1:5432
@@ -61,9 +61,8 @@ postgresql:
 
 BAD_PROBLEMS = [
     "restapi.listen: expected host:port, got '8008'",
-    "bootstrap.dcs.synchronous_mode: quorum: not supported by this hasup version; "
-    "refusing to start rather than run without quorum commit",
     "bootstrap.dcs.loop_wait: expected an integer, got 'fast'",
+    "bootstrap.dcs.synchronous_mode: expected a boolean or 'quorum', got 'sometimes'",
     "postgresql.data_dir: required",
 ]
 

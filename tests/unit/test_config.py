@@ -537,7 +537,8 @@ def test_no_password_appears_in_warnings() -> None:
         ({"bootstrap.wal_e": {"command": "x"}}, "bootstrap.wal_e: not used by hasup yet, ignored"),
         ({"bootstrap.users": {"a": {"options": [], "x": 1}}}, "bootstrap.users.a.x: not used by hasup yet, ignored"),
         ({"watchdog.frob": 1}, "watchdog.frob: not used by hasup yet, ignored"),
-        ({"tags.nostream": True}, "tags.nostream: not used by hasup yet, ignored"),
+        ({"synchronous_mode": "quorum"},
+         "synchronous_mode: only read from the dynamic configuration (bootstrap.dcs, then etcd), ignored here"),
         (
             {"ttl": 30},
             "ttl: only read from the dynamic configuration (bootstrap.dcs, then etcd), ignored here",
@@ -613,14 +614,8 @@ def test_pre_promote_and_before_stop_are_read_and_bad_ones_reported() -> None:
 @pytest.mark.parametrize(
     ("changes", "line"),
     [
-        (
-            {"bootstrap.dcs.synchronous_mode": "quorum"},
-            "bootstrap.dcs.synchronous_mode: quorum: not supported by this hasup version; "
-            "refusing to start rather than run without quorum commit",
-        ),
         # Read from bootstrap.dcs only, as Patroni: at the top level it would bootstrap a primary cluster.
         ({"standby_cluster": {"host": "10.0.0.1"}}, "standby_cluster: only read from bootstrap.dcs"),
-        ({"synchronous_mode": "quorum"}, "synchronous_mode: quorum: not supported"),
     ],
 )
 def test_safety_settings_are_refused_with_a_reason(changes: dict[str, Any], line: str) -> None:
@@ -674,6 +669,8 @@ def test_a_standby_cluster_section_is_accepted_with_every_key() -> None:
         {"bootstrap.dcs.standby_cluster": {}},
         {"bootstrap.dcs.standby_cluster": None},
         {"bootstrap.dcs.failsafe_mode": True},
+        {"bootstrap.dcs.synchronous_mode": "quorum", "bootstrap.dcs.synchronous_node_count": 2,
+         "bootstrap.dcs.maximum_lag_on_syncnode": -1},
         {"watchdog.mode": "off"},
     ],
 )

@@ -112,10 +112,8 @@ def test_dynamic_safety_settings_are_reported_and_kept() -> None:
     )  # fmt: skip
     assert dynamic.synchronous_mode and dynamic.synchronous_mode_strict and dynamic.failsafe_mode
     assert dynamic.standby_cluster == {"host": "10.0.0.9"}
-    assert notes == [
-        "synchronous_mode: quorum (running as synchronous_mode: on): set in the cluster configuration, but not "
-        "supported by this hasup version",
-    ]
+    assert dynamic.quorum_commit
+    assert notes == []
     on = parse_dynamic({"synchronous_mode": "on", "synchronous_node_count": 2})[0]
     assert on.synchronous_mode and not on.synchronous_mode_strict and on.synchronous_node_count == 2
     assert parse_dynamic({"standby_cluster": {}})[0].standby_cluster is None

@@ -80,6 +80,10 @@ def test_sync_standby_and_standby_leader_roles() -> None:
     store.put("sync", {"leader": "node1", "sync_standby": "node3"})
     assert [r["Role"] for r in table(store.get_cluster())] == ["Leader", "Replica", "Sync Standby"]
     assert table(c)[2]["Role"] == "Replica"  # no sync key: nobody is a sync standby
+    quorum = FakeStore()
+    three_nodes(quorum, config={"synchronous_mode": "quorum"})
+    quorum.put("sync", {"leader": "node1", "sync_standby": "node2,node3", "quorum": 1})
+    assert [r["Role"] for r in table(quorum.get_cluster())] == ["Leader", "Quorum Standby", "Quorum Standby"]
     standby = cluster(config={"standby_cluster": {"host": "10.0.0.9"}})
     assert table(standby)[0]["Role"] == "Standby Leader"
     assert views.members_with_role(standby, "primary") == []
