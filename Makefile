@@ -73,7 +73,7 @@ bench: install bench-deps
 	$(PY) bench/hangs.py --profile defaults --faults freeze_pg --runs $(HANG_RUNS) --sync
 	$(PY) bench/hangs.py --profile tight --faults freeze_pg,freeze_tree --runs $(HANG_RUNS)
 	$(PY) bench/hangs.py --profile defaults --pgbench-minutes $(PGBENCH_MINUTES)
-	$(PY) bench/rest.py
+	$(PY) bench/footprint.py
 	$(PY) bench/etcd_load.py
 	$(if $(CHAOS),$(MAKE) chaos VENV=$(VENV))
 	$(MAKE) bench-docs VENV=$(VENV)

@@ -1,21 +1,16 @@
-"""Failover benchmark: write availability and lost writes across leader faults, plus the idle footprint.
+"""Failover benchmark: write availability and lost writes across leader faults.
 
 A prober inserts a sequence value every 20 ms into whichever node accepts
 writes and records each acknowledged value.  For each fault we measure the
 longest gap between acknowledged writes and count acknowledged values that
-the healed cluster no longer has.  The footprint, per node: the summed RSS,
-PSS and USS of the supervisor's process tree (not PostgreSQL), its CPU
-seconds over an idle minute, and the CPU PostgreSQL spent in that minute
-(mostly answering the supervisor's probes).
+the healed cluster no longer has.  (The footprint at rest is bench/footprint.py's.)
 
 Every supervisor installed in the venv (hasup, and Patroni when present) runs
 the same faults on a cluster of its own, one after the other:
 
     python bench/failover.py [--runs 3] [--faults sigterm,sigkill_tree,switchover_api] [--supervisor all]
-    python bench/failover.py --footprint-only
 
-Each mode writes its own result file: bench/results/footprint-<supervisor>.json
-and failover-<fault>-<supervisor>.json.  Settings: ttl 30,
+Each fault writes its own result file: bench/results/failover-<fault>-<supervisor>.json.  Settings: ttl 30,
 loop_wait 10, retry_timeout 10 (Patroni's defaults).
 """
 
@@ -34,94 +29,13 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import record, supervisors  # noqa: E402
-from tests.harness import Node, TestCluster, become_subreaper, cmdline, descendants, wait_for  # noqa: E402
+from tests.harness import Node, TestCluster, become_subreaper, wait_for  # noqa: E402
 from tests.harness.prober import INTERVAL, longest_gap, lost_writes, start_prober  # noqa: E402
 
 DCS: dict[str, Any] = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576,
        "postgresql": {"use_pg_rewind": True, "use_slots": False}}
 FAULTS = ("sigterm", "sigkill_tree", "switchover", "switchover_api")
-IDLE_WINDOW = 60.0  # seconds: "CPU per idle minute" is measured over one whole minute
 AFTER_SWITCH = 3.0  # seconds of writes kept after the first one on the new leader, so the gap window is whole
-
-
-# -- footprint ----------------------------------------------------------------------
-
-
-def postgres_pids(node: Node) -> set[int]:
-    pm = node.postmaster_pid()
-    return {pm, *descendants(pm)} if pm else set()
-
-
-def supervisor_pids(node: Node) -> set[int]:
-    """The supervisor's tree: every live process of the node that is not PostgreSQL."""
-    return node.processes() - postgres_pids(node)
-
-
-def memory_kib(pid: int) -> tuple[int, int, int]:
-    """(RSS, PSS, USS) of one process; USS is what it alone holds (its private pages)."""
-    rss = pss = uss = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                kib = int(rest.split()[0]) if rest.strip() else 0
-                if key == "Rss":
-                    rss = kib
-                elif key == "Pss":
-                    pss = kib
-                elif key in ("Private_Clean", "Private_Dirty"):
-                    uss += kib
-    except (OSError, ValueError, IndexError):
-        pass
-    return rss, pss, uss
-
-
-def cpu_seconds(pids: set[int]) -> float:
-    """User + system CPU of these processes and of the children they have reaped (a backend that
-    exited, a helper a worker ran): measured at both ends of a window, the difference is the window's."""
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
-        except (OSError, IndexError, ValueError):
-            pass
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def role(pid: int) -> str:
-    """hasup names each process by role ("hasup: election main/node1"); Patroni is one `python patroni`."""
-    line = cmdline(pid)
-    if line.startswith("hasup: "):
-        words = line.split(" ")
-        return words[1] + (" worker" if words[1:3] == ["api", "worker"] else "")
-    argv = line.split(" ")
-    script = argv[1] if os.path.basename(argv[0]).startswith("python") and len(argv) > 1 else argv[0]
-    return os.path.basename(script)
-
-
-def footprint(c: TestCluster) -> dict[str, Any]:
-    sup_before = {n.name: cpu_seconds(supervisor_pids(n)) for n in c.nodes}
-    pg_before = {n.name: cpu_seconds(postgres_pids(n)) for n in c.nodes}
-    started = time.monotonic()
-    time.sleep(IDLE_WINDOW)  # an idle minute, measured as it passes
-    per_minute = 60.0 / (time.monotonic() - started)
-    out: dict[str, Any] = {}
-    for n in c.nodes:
-        pids = supervisor_pids(n)
-        sizes = {pid: memory_kib(pid) for pid in pids}
-        out[n.name] = {
-            "processes": len(pids),
-            "rss_mib": round(sum(s[0] for s in sizes.values()) / 1024, 1),
-            "pss_mib": round(sum(s[1] for s in sizes.values()) / 1024, 1),
-            "uss_mib": round(sum(s[2] for s in sizes.values()) / 1024, 1),
-            "pss_mib_by_role": {role(pid): round(s[1] / 1024, 1) for pid, s in sorted(sizes.items())},
-            "cpu_s_per_idle_min": round((cpu_seconds(supervisor_pids(n)) - sup_before[n.name]) * per_minute, 3),
-            "postgres_cpu_s_per_idle_min": round((cpu_seconds(postgres_pids(n)) - pg_before[n.name]) * per_minute,
-                                                 3),
-        }
-    return out
 
 
 # -- faults -------------------------------------------------------------------------
@@ -195,20 +109,14 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def settings(runs: int) -> dict[str, Any]:
     return {"dcs": DCS, "nodes": 3, "etcd": "one member, v2 API", "replication": "asynchronous",
-            "prober_interval_s": INTERVAL, "runs": runs, "idle_window_s": IDLE_WINDOW,
-            "after_switch_s": AFTER_SWITCH}
+            "prober_interval_s": INTERVAL, "runs": runs, "after_switch_s": AFTER_SWITCH}
 
 
 def bench(kind: str, faults: list[str], args: argparse.Namespace) -> None:
     who = supervisors.describe(kind)
-    head = record.header("footprint", "idle", who, settings(args.runs))
     with supervisors.running(kind), TestCluster(3, dcs=DCS) as c:
         leader = c.start_all(180)
         leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
-        if not args.skip_footprint:
-            nodes = footprint(c)
-            print(json.dumps(nodes, indent=1), flush=True)
-            record.save(f"footprint-{kind}.json", head, {"nodes": nodes}, args.out)
         for fault in faults:
             head = record.header("failover", fault, who, settings(args.runs))
             runs: list[dict[str, Any]] = []
@@ -226,11 +134,9 @@ def main() -> int:
                     help="comma-separated: sigterm, sigkill_tree, switchover (through the failover key), "
                          "switchover_api (POST /switchover)")
     ap.add_argument("--supervisor", default="all", help="all (every installed one), hasup, patroni, or both by comma")
-    ap.add_argument("--skip-footprint", action="store_true")
-    ap.add_argument("--footprint-only", action="store_true", help="measure memory and idle CPU, no faults")
     ap.add_argument("--out", default=record.RESULTS)
     args = ap.parse_args()
-    faults = [] if args.footprint_only else args.faults.split(",")
+    faults = args.faults.split(",")
     unknown = sorted(set(faults) - set(FAULTS))
     if unknown:
         ap.error(f"unknown faults: {', '.join(unknown)}")

@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import etcd_load  # noqa: E402
+from bench import footprint as footprint_table  # noqa: E402
 from bench.record import RESULTS, ROOT  # noqa: E402
 from bench.supervisors import KINDS  # noqa: E402
 
@@ -224,41 +225,36 @@ def failover(res: Results) -> list[str]:
     return [*out, ""]
 
 
-def footprint_row(r: Result) -> list[str]:
-    nodes = list(r["nodes"].values())
-
-    def over_nodes(key: str, unit: Callable[[float], str]) -> str:
-        return span([n[key] for n in nodes], unit)
-    return [who(r), over_nodes("processes", plain), over_nodes("rss_mib", mib), over_nodes("pss_mib", mib),
-            over_nodes("uss_mib", mib), over_nodes("cpu_s_per_idle_min", cpu),
-            over_nodes("postgres_cpu_s_per_idle_min", cpu)]
-
-
 def footprint(res: Results) -> list[str]:
-    out = ["## Footprint at rest (`bench/failover.py`, before its faults)", ""]
+    out = ["## Footprint at rest and health-check throughput (`bench/footprint.py`)", ""]
     results = res.each("footprint-{kind}.json")
     if not results:
         return out + missing("the footprint")
     s = results[0]["settings"]
     out += [*sources(results),
-            *para(f"Per node, at {timing(s['dcs'])}, over an idle window of {s['idle_window_s']:g} s measured as it "
-                  "passes: the supervisor's process tree without PostgreSQL (its memory summed over its processes, "
-                  "its CPU), and the CPU PostgreSQL spent in the same window, mostly answering the supervisor's "
-                  "probes. Each range is over the 3 nodes."),
-            *table(["supervisor", "processes", "RSS (sum)", "PSS (sum)", "USS (sum)", "supervisor CPU per idle "
-                    "minute", "PostgreSQL CPU per idle minute"], (footprint_row(r) for r in results))]
+            *para(f"Per node, over idle windows of {s['idle_window_s']:g} s measured as they pass, first at "
+                  f"{timing(s['dcs'])}, then at {timing(s['tight_timing'])} (set through `PATCH /config`): the "
+                  "supervisor's process tree without PostgreSQL (its memory summed over its processes, its CPU), "
+                  "the CPU PostgreSQL spent in the same window (mostly answering the supervisor's probes) and the "
+                  "requests and writes the cluster's etcd served. Then, back at the defaults, `GET /primary` on the "
+                  f"leader with `{s['rest']['tool']}` for {s['rest']['duration_s']} s per case, idle and while "
+                  "pgbench writes on the leader. Each figure is the worst of the 3 nodes; the target column is the "
+                  "one the project set itself."),
+            *footprint_table.table(results).splitlines(), ""]
     for r in results:
-        roles: dict[str, list[float]] = {}
-        for n in r["nodes"].values():
-            for name, pss in n["pss_mib_by_role"].items():
-                roles.setdefault(name, []).append(pss)
-        if len(roles) > 1:
-            out += bullet(f"**{who(r)}, PSS by process:** "
-                          + ", ".join(f"{name} {span(v, mib)}" for name, v in roles.items()) + ".")
+        for what, key in (("PSS", "pss_mib_by_role"), ("USS", "uss_mib_by_role")):
+            roles: dict[str, list[float]] = {}
+            for n in r["timings"]["defaults"]["nodes"].values():
+                for name, size in n[key].items():
+                    roles.setdefault(name, []).append(size)
+            if len(roles) > 1:
+                out += bullet(f"**{who(r)}, {what} by process:** "
+                              + ", ".join(f"{name} {span(v, mib)}" for name, v in roles.items()) + ".")
     out += bullet("RSS counts the pages processes share copy-on-write (the interpreter's heap after imports) once "
                   "per process; PSS divides them among the processes sharing them; USS counts only the pages a "
                   "process holds alone. CPU is user and system time, including that of the children a process "
-                  "reaped.")
+                  "reaped. etcd's requests and writes are counted from its own metrics as in "
+                  "[etcd.md](etcd.md).")
     return [*out, ""]
 
 
@@ -384,16 +380,16 @@ def errors(x: dict[str, float]) -> str:
 
 def rest_rows(r: Result) -> Iterable[list[str]]:
     for key, load, conn in REST_RUNS:
-        x = r["runs"][key]
+        x = r["rest"][key]
         yield [who(r), load, conn, f"{x['requests_per_s']:,.0f}", ms(x["p50_ms"]), ms(x["p99_ms"]), errors(x)]
 
 
 def rest(res: Results) -> list[str]:
-    out = ["## REST health checks (`bench/rest.py`, needs `wrk`)", ""]
-    results = res.each("rest-{kind}.json")
+    out = ["## REST health checks (`bench/footprint.py`, needs `wrk`)", ""]
+    results = res.each("footprint-{kind}.json")
     if not results:
         return out + missing("the REST API")
-    s = results[0]["settings"]
+    s = {**results[0]["settings"]["rest"], "dcs": results[0]["settings"]["dcs"]}
     p = s["pgbench"]
     return out + [
         *sources(results),

@@ -5,7 +5,7 @@ fork is one copy of memory for the whole node, its pages shared copy-on-write an
 out of the collector's reach (gc.freeze).  A module imported after the fork is a private copy in
 that worker, and worse: CPython fills the free slots of the supervisor's half-used memory pages
 first, so a worker's import also turns many of the shared pages private, in the worker and in the
-supervisor alike.  Measured on a node (bench/failover.py --footprint-only), importing each worker's
+supervisor alike.  Measured on a node (bench/footprint.py), importing each worker's
 libraries in the worker instead (psycopg2 in postgres alone, the etcd client in election alone,
 falcon and gunicorn in api alone) took the sum of RSS from 244 to 167 MiB but left the sum of PSS
 where it was (69.2 against 69.6 MiB), and made each restart of a worker import its libraries
