@@ -47,8 +47,10 @@ lint: venv
 unit: install
 	$(PY) -m pytest -q tests/unit
 
+# Two at a time, then alone what measures timings or uses host-wide resources (tests/conftest.py SERIAL_FILES).
 test: install lint
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not serial" tests
+	$(PY) -m pytest -q -p no:cacheprovider -m serial tests
 
 demo: install
 	$(PY) tools/demo.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import fcntl
 import json
 import os
 import pwd
@@ -72,29 +73,54 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float =
 _handed_out: set[int] = set()
 
 
+def _port_share() -> tuple[int, int]:
+    """(index, count) of this pytest-xdist worker; (0, 1) outside xdist.  Workers hand out disjoint ports
+    (port % count == index), so two test processes never hand out the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        return int(worker[2:]) % count, count
+    return 0, 1
+
+
 def free_port() -> int:
     """A port nobody listens on now and that this process has not handed out before: two calls in a row
     can get the same port from the kernel once the first socket is closed (an etcd member once got it
     as both its client and its peer port, and could not start)."""
+    index, count = _port_share()
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+        # Linux hands out only even ports to bind(0), so a worker moves to its own residue and checks it.
+        port += index - port % count
+        if port in _handed_out or not _bindable(port):
+            continue
+        _handed_out.add(port)
+        return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def run_as() -> tuple[int, int] | None:
     """(uid, gid) to run nodes as; None when we are not root."""
     if os.geteuid() != 0:
         return None
-    try:
-        pw = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
-                       check=True)
-        pw = pwd.getpwnam(TEST_USER)
+    with open("/tmp/hasup-test-user.lock", "w") as lock:  # two test processes may both find it missing
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pw = pwd.getpwnam(TEST_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+                           check=True)
+            pw = pwd.getpwnam(TEST_USER)
     return pw.pw_uid, pw.pw_gid
 
 
