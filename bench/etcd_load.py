@@ -70,6 +70,28 @@ def counted(sample: dict[str, float], api: int) -> tuple[float, float]:
     return reads + writes + watches, writes
 
 
+def by_method(before: dict[str, float], after: dict[str, float], api: int, per_node_minute: float) -> dict[str, float]:
+    """What the requests were, per node per minute: v3 gRPC methods, v2 store actions."""
+    out: dict[str, float] = {}
+    for k, v in after.items():
+        if api == 3 and k.startswith("grpc_server_started_total") \
+                and any(f'grpc_service="{s}"' in k for s in V3_SERVICES):
+            m = re.search(r'grpc_method="([A-Za-z]+)"', k)
+            name = m.group(1) if m else "?"
+        elif api == 2 and k.startswith(("etcd_debugging_store_reads_total", "etcd_debugging_store_writes_total")) \
+                and 'action="expire"' not in k:
+            m = re.search(r'action="([A-Za-z]+)"', k)
+            name = ("read " if "reads" in k else "write ") + (m.group(1) if m else "?")
+        elif api == 2 and k == "etcd_debugging_store_watch_requests_total":
+            name = "watch"
+        else:
+            continue
+        delta = round((v - before.get(k, 0)) * per_node_minute, 1)
+        if delta:
+            out[name] = round(out.get(name, 0) + delta, 1)
+    return out
+
+
 def one(kind: str, api: int, timing: str, window: float) -> dict[str, Any]:
     base = tempfile.mkdtemp(prefix="hasup-bench-etcd-")
     os.chmod(base, 0o755)
@@ -91,7 +113,8 @@ def one(kind: str, api: int, timing: str, window: float) -> dict[str, Any]:
     per_node_minute = 60.0 / elapsed / 3
     return {"kind": kind, "api": f"v{api}", "timing": timing, **TIMINGS[timing], "window_s": round(elapsed, 1),
             "requests_per_node_min": round((r1 - r0) * per_node_minute, 1),
-            "writes_per_node_min": round((w1 - w0) * per_node_minute, 1)}
+            "writes_per_node_min": round((w1 - w0) * per_node_minute, 1),
+            "by_method": by_method(before, after, api, per_node_minute)}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -163,6 +186,8 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=60.0, help="idle seconds measured per case")
     ap.add_argument("--supervisor", default="all", help="all (every installed one), hasup, patroni, or both by comma")
     ap.add_argument("--out", default=record.RESULTS)
+    ap.add_argument("--api", default="2,3", help="DCS APIs to measure: 2, 3 or both by comma")
+    ap.add_argument("--timing", default=",".join(TIMINGS), help=f"timings to measure ({', '.join(TIMINGS)})")
     ap.add_argument("--render", action="store_true", help="only re-render docs/etcd.md from the result files")
     args = ap.parse_args()
     if args.render:
@@ -173,8 +198,8 @@ def main() -> int:
     settings = {"window_s": args.window, "timings": TIMINGS, "nodes": 3, "etcd": "one member, etcd 3.4 (Debian)"}
     heads = {k: record.header("etcd-load", "idle", supervisors.describe(k), settings) for k in kinds}
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
-    for api in (2, 3):
-        for timing in TIMINGS:
+    for api in (int(a) for a in args.api.split(",")):
+        for timing in args.timing.split(","):
             for kind in kinds:  # interleaved, so both see the machine in the same state
                 row = one(kind, api, timing, args.window)
                 print(json.dumps(row), flush=True)
@@ -183,7 +208,8 @@ def main() -> int:
         record.save(result_name(kind), heads[kind], {"rows": rows[kind]}, args.out)
     results = load_results(args.out)
     print(table(rows_of(results)))
-    render(results)
+    if os.path.abspath(args.out) == os.path.abspath(record.RESULTS):  # a scratch run leaves the docs alone
+        render(results)
     return 0
 
 

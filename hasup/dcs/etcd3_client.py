@@ -273,16 +273,8 @@ class Etcd3Client:
 
     # -- watch ---------------------------------------------------------------------------
 
-    def watch(self, key: str, start_revision: int, timeout: float, range_end: str | None = None,
-              wanted: Callable[[str], bool] | None = None) -> str:
-        """Wait for a change at or after start_revision: 'changed', 'compacted' or 'timeout'.
-
-        Watches key, or the range [key, range_end) (base64) when given, and reports only changes
-        of keys that `wanted` accepts (all when None).  One member is asked (the healthiest); a
-        member without a raft leader cancels the watch (the `hasleader` metadata) rather than keep
-        a watch that would never fire."""
-        url = self.endpoints.order()[0]
-        deadline = time.monotonic() + timeout
+    def _open_watch(self, url: str, key: str, start_revision: int, timeout: float, range_end: str | None) -> Any:
+        """The stream of a new watch on url, or None when the member could not start it (marked failed)."""
         try:
             prefix = self._prefix(url, min(timeout, 2.0))
             if self.cfg.username and self._token is None:
@@ -298,11 +290,43 @@ class Etcd3Client:
             if reason is None:
                 raise
             self.endpoints.failed(url, reason)
+            return None
+        if resp.status != 200:
+            self.endpoints.failed(url, f"watch answered HTTP {resp.status}")
+            resp.close()
+            resp.release_conn()
+            return None
+        return resp
+
+    def watch(self, key: str, start_revision: int, timeout: float, range_end: str | None = None,
+              wanted: Callable[[str], bool] | None = None) -> str:
+        """Wait for a change at or after start_revision: 'changed', 'compacted' or 'timeout'.
+
+        Watches key, or the range [key, range_end) (base64) when given, and reports only changes
+        of keys that `wanted` accepts (all when None)."""
+        def on_events(events: list[Event], _revision: int) -> bool:
+            return any(wanted is None or wanted(e.kv.key) for e in events)
+        outcome = self.stream(key, start_revision, timeout, range_end, on_events)
+        return outcome if outcome in ("changed", "compacted") else "timeout"
+
+    def stream(self, key: str, start_revision: int, timeout: float, range_end: str | None,
+               on_events: Callable[[list[Event], int], bool],
+               on_open: Callable[[str, Any], None] | None = None) -> str:
+        """Follow a watch from start_revision for up to timeout, handing each batch of events and the
+        revision they bring the watcher up to to on_events, until on_events returns True ('changed'),
+        etcd ends it ('compacted', 'canceled') or it fails or times out ('timeout').
+
+        One member is asked (the healthiest); a member without a raft leader cancels the watch (the
+        `hasleader` metadata) rather than keep a watch that would never fire.  on_open(url, response)
+        learns which member serves the stream and the response, which another thread may shut down."""
+        url = self.endpoints.order()[0]
+        deadline = time.monotonic() + timeout
+        resp = self._open_watch(url, key, start_revision, timeout, range_end)
+        if resp is None:
             return "timeout"
         try:
-            if resp.status != 200:
-                self.endpoints.failed(url, f"watch answered HTTP {resp.status}")
-                return "timeout"
+            if on_open is not None:
+                on_open(url, resp)
             for message in _messages(resp, deadline):
                 result = message.get("result") if isinstance(message.get("result"), dict) else None
                 if result is None:
@@ -313,12 +337,13 @@ class Etcd3Client:
                 if int64(result.get("compact_revision")):
                     return "compacted"
                 if result.get("canceled"):
-                    return "timeout"
-                events = result.get("events")
-                if isinstance(events, list) and any(wanted is None or wanted(_event_key(e)) for e in events):
+                    return "canceled"
+                raw = result.get("events")
+                events = [e for e in map(parse_event, raw) if e is not None] if isinstance(raw, list) else []
+                if events and on_events(events, header_revision(result)):
                     return "changed"
             return "timeout"
-        except Exception as exc:  # a reset or timed-out stream ends this watch; the cycle re-reads anyway
+        except Exception as exc:  # a reset or timed-out stream ends this watch; the caller reads again
             reason = _classify(exc)
             if reason is None:
                 raise
@@ -330,9 +355,18 @@ class Etcd3Client:
             resp.release_conn()
 
 
-def _event_key(event: object) -> str:
-    kv = event.get("kv") if isinstance(event, dict) else None
-    return unb64(kv.get("key")) if isinstance(kv, dict) else ""
+@dataclass(frozen=True)
+class Event:
+    deleted: bool
+    kv: KeyValue
+
+
+def parse_event(raw: object) -> Event | None:
+    """One watch event: a put (the type is left out, being protobuf's default) or a delete."""
+    if not isinstance(raw, dict):
+        return None
+    kv = parse_kv(raw.get("kv"))
+    return Event(raw.get("type") == "DELETE", kv) if kv is not None else None
 
 
 def _messages(resp: Any, deadline: float) -> Iterator[dict[str, Any]]:
