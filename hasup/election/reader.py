@@ -88,7 +88,9 @@ class ClusterReader:
             return
         # Replicas wake when the leader key changes; the leader when a switchover is requested.
         key = "failover" if c.leader.name == me else "leader"
-        self.watch.arm(key, c.etcd_index + 1 if key == "failover" else c.watch_index, until)
+        # The watch outlives the cycle (up to a ttl): an idle cycle needs no new watch request.
+        self.watch.arm(key, c.etcd_index + 1 if key == "failover" else c.watch_index,
+                       max(until, time.monotonic() + self.dynamic.ttl))
 
     def woken(self) -> None:
         try:
