@@ -27,6 +27,7 @@ def open_watched(cfg: EtcdConfig, namespace: str, scope: str, retry_timeout: flo
         cache = ClusterCache(store.prefix, store.client.endpoints)
         store.attach(cache)
         own = Etcd3Store(cfg, namespace, scope, retry_timeout, endpoints=store.client.endpoints)
+        own.client.discover = False  # the cycle's client reads the member list for both
         return store, CacheWatch(own, cache, wake_fd, WAKE_KEYS)
     return EtcdStore(cfg, namespace, scope, retry_timeout), \
         KeyWatch(EtcdStore(cfg, namespace, scope, retry_timeout), wake_fd)

@@ -169,8 +169,9 @@ def _parse(body: bytes) -> object:
 class Etcd3Client:
     """Calls on the etcd v3 API; safe for one caller at a time (each store has its own)."""
 
-    def __init__(self, cfg: EtcdConfig, endpoints: Endpoints | None = None) -> None:
+    def __init__(self, cfg: EtcdConfig, endpoints: Endpoints | None = None, discover: bool = True) -> None:
         self.cfg = cfg
+        self.discover = discover  # False: another client sharing these endpoints reads the member list
         self.endpoints = endpoints or configured(cfg)
         self.http = pool_manager(cfg)
         self._prefixes: dict[str, str] = {}
@@ -258,7 +259,8 @@ class Etcd3Client:
     def _maybe_discover(self, budget: float) -> None:
         """Add the members the cluster advertises (as Patroni does), now and then, never past budget."""
         now = time.monotonic()
-        if self._discovered_at is not None and now - self._discovered_at < DISCOVERY_INTERVAL or budget < 1.0:
+        if not self.discover or self._discovered_at is not None and now - self._discovered_at < DISCOVERY_INTERVAL \
+                or budget < 1.0:
             return
         self._discovered_at = now
         try:

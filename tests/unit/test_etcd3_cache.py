@@ -137,3 +137,16 @@ def test_watch_events_are_parsed_as_puts_or_deletes():
 def test_no_watch_event_crashes_the_parser(raw):
     event = parse_event(raw)
     assert event is None or isinstance(event.kv, KeyValue)
+
+
+def test_the_cache_threads_client_leaves_reading_the_member_list_to_the_cycles():
+    from hasup.config import EtcdConfig
+    from hasup.dcs.etcd3_client import Etcd3Client
+
+    cfg = EtcdConfig((("127.0.0.1", 2379),), "http", api_version=3)
+    asked: list[str] = []
+    for discover in (True, False):
+        client = Etcd3Client(cfg, discover=discover)
+        client._request = lambda url, method, body, t: asked.append(method) or {}  # type: ignore[method-assign]
+        client._maybe_discover(5.0)
+    assert asked == ["/cluster/member/list"]
