@@ -85,6 +85,7 @@ class EtcdStore:
         self._member_written: tuple[str, float] | None = None  # (value, when)
         self._discovered_at: float | None = None
         self._seen_members: dict[str, str | None] = {}  # member keys at the last read
+        self.lock_alive_at: float | None = None  # every lock call renews the key itself
 
     # -- plumbing ------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from hasup.dcs.store import DCSError, base_path, compact, sync_value
 log = logging.getLogger(__name__)
 
 WAKE_KEYS = ("leader", "failover", "config", "initialize", "sync")
+READ_RENEWAL_USABLE = 1.0  # seconds a keep-alive sent by a cycle's read may stand for the lock refresh after it
 
 
 class Lease:
@@ -63,6 +64,8 @@ class Etcd3Store:
         self._deadline: float | None = None  # of the operation in progress (one budget for all its calls)
         self._cache: ClusterCache | None = None  # a watch-fed copy of the keys (hasup/dcs/etcd3_cache.py)
         self._wrote = 0  # revision of this store's last write that changed a key: a cache read must hold it
+        self._read_renewal: float | None = None  # a keep-alive a cached read sent, not yet used by a refresh
+        self.lock_alive_at: float | None = None  # start of the keep-alive the last lock call relied on
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -180,9 +183,23 @@ class Etcd3Store:
 
     def get_cluster(self) -> Cluster:
         cached = self._cache.read(self._wrote, CATCH_UP) if self._cache is not None else None
+        if cached is not None:
+            self._renew_if_leading(cached[0])
         keys, revision = cached if cached is not None else self.read_all()
         self._seen = {rel: (kv.value, kv.lease) for rel, kv in keys.items()}
         return build_cluster({rel: (kv.value, kv.mod_revision, None) for rel, kv in keys.items()}, revision)
+
+    def _renew_if_leading(self, keys: dict[str, KeyValue]) -> None:
+        """A leader's cached read still asks etcd one thing: the keep-alive its lock needs anyway, sent
+        here so that an etcd that stopped answering fails the read, as a range would have (the cycle
+        then takes the path of an unreachable etcd: failsafe_mode or demotion), and the lock refresh
+        that follows uses it instead of sending another."""
+        lease, leader = self._lease, keys.get("leader")
+        if lease is None or leader is None or leader.lease != lease.id:
+            return
+        with self._operation():
+            if self._keep_alive(lease):
+                self._read_renewal = lease.alive_at
 
     def read_raw(self) -> dict[str, str]:
         """Every key of the cluster as {relative key: value}, unparsed (hasupctl migrate-dcs)."""
@@ -215,13 +232,19 @@ class Etcd3Store:
     def acquire_leader(self, name: str, ttl: int) -> bool:
         with self._operation():
             lease, _new = self._live_lease(self._lease, ttl)
-            self._lease = lease
+            self._lease, self.lock_alive_at = lease, lease.alive_at
             return self._txn([self._compare("leader", "CREATE", 0)], [self._put_op("leader", name, lease.id)])
 
     def refresh_leader(self, name: str, ttl: int) -> bool:
         with self._operation():
-            lease, new = self._live_lease(self._lease, ttl)
-            self._lease = lease
+            renewal, self._read_renewal = self._read_renewal, None
+            lease = self._lease
+            if lease is not None and lease.ttl == ttl and renewal is not None and lease.alive_at == renewal \
+                    and time.monotonic() - renewal < READ_RENEWAL_USABLE:
+                new = False  # renewed by this cycle's read (_renew_if_leading) a moment ago
+            else:
+                lease, new = self._live_lease(lease, ttl)
+            self._lease, self.lock_alive_at = lease, lease.alive_at
             if not new and self._ours_in_cache(name, lease.id):
                 return True
             if not new and self._txn([self._compare("leader", "VALUE", name),
@@ -245,7 +268,7 @@ class Etcd3Store:
     def take_leader(self, name: str, ttl: int) -> None:
         with self._operation():
             lease, _new = self._live_lease(self._lease, ttl)
-            self._lease = lease
+            self._lease, self.lock_alive_at = lease, lease.alive_at
             self._put("leader", name, lease.id)
 
     def delete_leader(self, name: str) -> bool:
