@@ -242,7 +242,10 @@ def test_an_idle_leader_cycle_asks_etcd_for_its_lease_keep_alive_only(etcd):
     for _ in range(5):  # five idle cycles of a leader: read, refresh, member key
         c = s.get_cluster()
         assert c.leader is not None and c.leader.name == "n1" and "n1" in c.members
+        before_refresh = time.monotonic()
         assert s.refresh_leader("n1", 12)
+        # The read sent the keep-alive; the lock's lease counts from it, not from the refresh.
+        assert s.lock_alive_at is not None and s.lock_alive_at < before_refresh
         s.touch_member("n1", {"role": "primary"}, 12)
     # The leader's keep-alive each cycle (the member key's lease needs one only every ttl / 3), nothing else.
     assert set(calls) == {"/lease/keepalive"} and 5 <= calls["/lease/keepalive"] <= 7, calls
@@ -281,3 +284,28 @@ def test_a_frozen_member_serving_the_stream_is_left_at_the_first_call_it_fails(e
         assert not calls, calls
     finally:
         etcd.thaw(index)
+
+
+def test_a_silent_etcd_fails_the_leaders_cached_read_as_a_range_would(etcd):
+    s, _cache, _wake, calls = _watched(etcd, "cached-silent")
+    assert s.acquire_leader("n1", 12)
+    s.get_cluster()
+    for i in range(3):
+        etcd.freeze(i)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DCSError):
+            s.get_cluster()  # the keep-alive a leader's read sends finds nobody answering
+        assert time.monotonic() - started < RETRY_TIMEOUT + 1.0
+    finally:
+        for i in range(3):
+            etcd.thaw(i)
+    wait_for(lambda: _reads(s), 20, "etcd to answer again")
+
+
+def _reads(s: Etcd3Store) -> bool:
+    try:
+        s.get_cluster()
+        return True
+    except DCSError:
+        return False
