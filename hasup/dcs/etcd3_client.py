@@ -188,10 +188,11 @@ class Etcd3Client:
         return headers
 
     def _post(self, url: str, path: str, body: dict[str, Any], timeout: float,
-              headers: dict[str, str] | None = None) -> Any:
+              headers: dict[str, str] | None = None, connect: float | None = None) -> Any:
+        connect = min(timeout, max(1.0, timeout / 2)) if connect is None else min(timeout, connect)
         return self.http.request("POST", url + path, body=json.dumps(body).encode(),
                                  headers=headers or self._headers(), preload_content=False, retries=False,
-                                 timeout=urllib3.Timeout(connect=min(timeout, max(1.0, timeout / 2)), read=timeout))
+                                 timeout=urllib3.Timeout(connect=connect, read=timeout))
 
     def _prefix(self, url: str, timeout: float) -> str:
         prefix = self._prefixes.get(url)
@@ -286,7 +287,8 @@ class Etcd3Client:
                 request["range_end"] = range_end
             body = {"create_request": request}
             headers = {**self._headers(), "Grpc-Metadata-Hasleader": "true"}
-            resp = self._post(url, prefix + "/watch", body, timeout, headers=headers)
+            # A long stream still connects within seconds: a member that does not answer is left at once.
+            resp = self._post(url, prefix + "/watch", body, timeout, headers=headers, connect=2.0)
         except Exception as exc:  # classified below: a watch that cannot start is a failed member
             reason = _classify(exc)
             if reason is None:
