@@ -70,6 +70,11 @@ class Endpoints:
                 self._last_reason[url] = reason
                 log.warning("etcd member %s failed: %s", url, reason)
 
+    def failed_since(self, url: str, since: float) -> bool:
+        """Whether a call to url failed at or after `since` (this clock)."""
+        with self._lock:
+            return self._failed_at.get(url, float("-inf")) >= since
+
     def add(self, discovered: Iterable[str]) -> None:
         """Members the cluster advertises join the configured ones (only http(s) URLs, capped)."""
         with self._lock:

@@ -85,6 +85,7 @@ class EtcdStore:
         self._member_written: tuple[str, float] | None = None  # (value, when)
         self._discovered_at: float | None = None
         self._seen_members: dict[str, str | None] = {}  # member keys at the last read
+        self.lock_alive_at: float | None = None  # every lock call renews the key itself
 
     # -- plumbing ------------------------------------------------------------
 
@@ -198,7 +199,9 @@ class EtcdStore:
         return self._cas(lambda c: c.write(self.key("leader"), name, ttl=ttl, prevExist=False))
 
     def refresh_leader(self, name: str, ttl: int) -> bool:
-        if self._cas(lambda c: c.write(self.key("leader"), name, ttl=ttl, prevValue=name)):
+        # A refresh (v2 `refresh=true`) renews the ttl without a watch event: the replicas' watches
+        # on the leader key fire only when it changes hands or expires, not on every leader cycle.
+        if self._cas(lambda c: c.refresh(self.key("leader"), ttl, prevValue=name)):
             return True
         # The key may have expired while we were slow: take it back if free.
         return self.acquire_leader(name, ttl)
@@ -212,8 +215,8 @@ class EtcdStore:
     # -- other keys ------------------------------------------------------------
 
     def touch_member(self, name: str, data: dict[str, Any], ttl: int) -> None:
-        """Write the member key when its value changed, it is not as we left it, or a third of
-        its ttl has passed (v2 renews a ttl only by writing)."""
+        """Write the member key when its value changed or it is not as we left it; renew its ttl
+        (a refresh, no new value) when a third of the ttl has passed."""
         rel = f"members/{name}"
         value = compact(data)
         written = self._member_written
@@ -221,7 +224,12 @@ class EtcdStore:
                 and self._seen_members.get(rel) == value:
             return
         started = time.monotonic()
-        self._call(lambda c, _t: c.write(self.key(rel), value, ttl=ttl))
+        if written is not None and written[0] == value and self._seen_members.get(rel) == value:
+            # Only the ttl needs renewing: no new value, no watch event.
+            if not self._cas(lambda c: c.refresh(self.key(rel), ttl, prevValue=value)):
+                self._call(lambda c, _t: c.write(self.key(rel), value, ttl=ttl))  # gone or changed meanwhile
+        else:
+            self._call(lambda c, _t: c.write(self.key(rel), value, ttl=ttl))
         self._member_written = (value, started)
         self._seen_members[rel] = value  # until the next read says otherwise
 

@@ -2,11 +2,12 @@
 
 The same paths and values as on v2 (`/<namespace>/<scope>/leader`, `members/<name>`, ...).
 What v3 changes is how keys expire and how writes are made conditional:
-- The leader key hangs on a lease of `ttl` of its own: refreshing it is a lease keep-alive plus a
-  read-only transaction that checks the key still names us on that lease, so a healthy leader
-  writes nothing to the raft log.  A graceful release deletes the key (if ours) and revokes the lease.
-- Each member key hangs on a second lease (so giving up the lock never takes the member key with
-  it); it is rewritten only when its value changes, and the lease kept alive every ttl/3.
+- Each node holds one lease of `ttl`, as Patroni does: its member key hangs on it, and so does the
+  leader key while it leads.  Refreshing the lock is a keep-alive of that lease plus a check that the
+  key still names us on it (the watch-fed cache when it can be trusted, else a read-only transaction),
+  so a healthy leader writes nothing to the raft log.  A graceful release deletes the leader key (if
+  ours) and keeps the lease, so the member key stays.  A replica keeps the lease alive every ttl/3; the
+  member key is rewritten only when its value changes.
 - Every write that must not race is a transaction comparing the key's value, mod or create revision.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 from hasup.config import EtcdConfig
 from hasup.dcs.endpoints import Endpoints
+from hasup.dcs.etcd3_cache import CATCH_UP, ClusterCache
 from hasup.dcs.etcd3_client import (
     CallFailed,
     Etcd3Client,
@@ -36,8 +38,8 @@ from hasup.dcs.store import DCSError, base_path, compact, sync_value
 
 log = logging.getLogger(__name__)
 
-LEASE_NOT_FOUND = "requested lease not found"
 WAKE_KEYS = ("leader", "failover", "config", "initialize", "sync")
+READ_RENEWAL_USABLE = 1.0  # seconds a keep-alive sent by a cycle's read may stand for the lock refresh after it
 
 
 class Lease:
@@ -56,16 +58,34 @@ class Etcd3Store:
         self.base = base_path(namespace, scope)
         self.retry_timeout = retry_timeout
         self.client = Etcd3Client(cfg, endpoints)
-        self._leader_lease: Lease | None = None
-        self._member_lease: Lease | None = None
+        self._lease: Lease | None = None  # the member key's, and the leader key's while we lead
         self._member_written: str | None = None
         self._seen: dict[str, tuple[str, int]] = {}  # relative key -> (value, lease) at the last read
         self._deadline: float | None = None  # of the operation in progress (one budget for all its calls)
+        self._cache: ClusterCache | None = None  # a watch-fed copy of the keys (hasup/dcs/etcd3_cache.py)
+        self._wrote = 0  # revision of this store's last write that changed a key: a cache read must hold it
+        self._read_renewal: float | None = None  # a keep-alive a cached read sent, not yet used by a refresh
+        self.lock_alive_at: float | None = None  # start of the keep-alive the last lock call relied on
 
     # -- plumbing ------------------------------------------------------------------------
 
     def key(self, rel: str) -> str:
         return f"{self.base}/{rel}"
+
+    @property
+    def prefix(self) -> str:
+        return self.base + "/"
+
+    @property
+    def prefix_end(self) -> str:
+        return prefix_end(self.prefix)
+
+    def attach(self, cache: ClusterCache) -> None:
+        """Read the cluster from cache whenever it can be trusted (the election worker's store)."""
+        self._cache = cache
+
+    def _wrote_at(self, doc: dict[str, Any]) -> None:
+        self._wrote = max(self._wrote, header_revision(doc))
 
     @contextmanager
     def _operation(self) -> Iterator[None]:
@@ -94,14 +114,21 @@ class Etcd3Store:
         body: dict[str, Any] = {"key": b64(self.key(rel)), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
-        self._call("/kv/put", body)
+        self._wrote_at(self._call("/kv/put", body))
 
     def _delete(self, rel: str) -> bool:
-        return int64(self._call("/kv/deleterange", {"key": b64(self.key(rel))}).get("deleted")) > 0
+        doc = self._call("/kv/deleterange", {"key": b64(self.key(rel))})
+        if int64(doc.get("deleted")) > 0:
+            self._wrote_at(doc)
+            return True
+        return False
 
     def _txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
         doc = self._call("/kv/txn", {"compare": compare, "success": success})
-        return doc.get("succeeded") is True
+        succeeded = doc.get("succeeded") is True
+        if succeeded and success:  # a read-only or failed transaction changed nothing the cache must show
+            self._wrote_at(doc)
+        return succeeded
 
     def _compare(self, rel: str, target: str, value: Any) -> dict[str, Any]:
         field = {"VALUE": "value", "MOD": "mod_revision", "CREATE": "create_revision", "LEASE": "lease"}[target]
@@ -137,13 +164,6 @@ class Etcd3Store:
             return True
         return False
 
-    def _revoke(self, lease: Lease) -> None:
-        try:
-            self._call("/lease/revoke", {"ID": str(lease.id)})
-        except DCSError as exc:
-            if LEASE_NOT_FOUND not in str(exc):
-                raise
-
     def _live_lease(self, current: Lease | None, ttl: int) -> tuple[Lease, bool]:
         """A lease of ttl that etcd has now (renewed or new), and whether it is new."""
         if current is not None and current.ttl == ttl and self._keep_alive(current):
@@ -152,7 +172,7 @@ class Etcd3Store:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _read_all(self) -> tuple[dict[str, KeyValue], int]:
+    def read_all(self) -> tuple[dict[str, KeyValue], int]:
         """Every key of the cluster by relative key, and the revision of the read."""
         prefix = self.base + "/"
         doc = self._call("/kv/range", {"key": b64(prefix), "range_end": prefix_end(prefix)})
@@ -162,13 +182,28 @@ class Etcd3Store:
             header_revision(doc)
 
     def get_cluster(self) -> Cluster:
-        keys, revision = self._read_all()
+        cached = self._cache.read(self._wrote, CATCH_UP) if self._cache is not None else None
+        if cached is not None:
+            self._renew_if_leading(cached[0])
+        keys, revision = cached if cached is not None else self.read_all()
         self._seen = {rel: (kv.value, kv.lease) for rel, kv in keys.items()}
         return build_cluster({rel: (kv.value, kv.mod_revision, None) for rel, kv in keys.items()}, revision)
 
+    def _renew_if_leading(self, keys: dict[str, KeyValue]) -> None:
+        """A leader's cached read still asks etcd one thing: the keep-alive its lock needs anyway, sent
+        here so that an etcd that stopped answering fails the read, as a range would have (the cycle
+        then takes the path of an unreachable etcd: failsafe_mode or demotion), and the lock refresh
+        that follows uses it instead of sending another."""
+        lease, leader = self._lease, keys.get("leader")
+        if lease is None or leader is None or leader.lease != lease.id:
+            return
+        with self._operation():
+            if self._keep_alive(lease):
+                self._read_renewal = lease.alive_at
+
     def read_raw(self) -> dict[str, str]:
         """Every key of the cluster as {relative key: value}, unparsed (hasupctl migrate-dcs)."""
-        return {rel: kv.value for rel, kv in self._read_all()[0].items()}
+        return {rel: kv.value for rel, kv in self.read_all()[0].items()}
 
     def put_raw(self, rel: str, value: str) -> None:
         self._put(rel, value)
@@ -196,14 +231,22 @@ class Etcd3Store:
 
     def acquire_leader(self, name: str, ttl: int) -> bool:
         with self._operation():
-            lease, _new = self._live_lease(self._leader_lease, ttl)
-            self._leader_lease = lease
+            lease, _new = self._live_lease(self._lease, ttl)
+            self._lease, self.lock_alive_at = lease, lease.alive_at
             return self._txn([self._compare("leader", "CREATE", 0)], [self._put_op("leader", name, lease.id)])
 
     def refresh_leader(self, name: str, ttl: int) -> bool:
         with self._operation():
-            lease, new = self._live_lease(self._leader_lease, ttl)
-            self._leader_lease = lease
+            renewal, self._read_renewal = self._read_renewal, None
+            lease = self._lease
+            if lease is not None and lease.ttl == ttl and renewal is not None and lease.alive_at == renewal \
+                    and time.monotonic() - renewal < READ_RENEWAL_USABLE:
+                new = False  # renewed by this cycle's read (_renew_if_leading) a moment ago
+            else:
+                lease, new = self._live_lease(lease, ttl)
+            self._lease, self.lock_alive_at = lease, lease.alive_at
+            if not new and self._ours_in_cache(name, lease.id):
+                return True
             if not new and self._txn([self._compare("leader", "VALUE", name),
                                       self._compare("leader", "LEASE", lease.id)], []):
                 return True
@@ -212,19 +255,25 @@ class Etcd3Store:
                 return True
             return self._txn([self._compare("leader", "CREATE", 0)], [self._put_op("leader", name, lease.id)])
 
+    def _ours_in_cache(self, name: str, lease_id: int) -> bool:
+        """The trusted cache shows the leader key naming us on this lease: the keep-alive that just
+        succeeded keeps it, and only a write (which the stream would show) could change it, so the
+        check needs no transaction."""
+        cached = self._cache.read(self._wrote, CATCH_UP) if self._cache is not None else None
+        if cached is None:
+            return False
+        kv = cached[0].get("leader")
+        return kv is not None and kv.value == name and kv.lease == lease_id
+
     def take_leader(self, name: str, ttl: int) -> None:
         with self._operation():
-            lease, _new = self._live_lease(self._leader_lease, ttl)
-            self._leader_lease = lease
+            lease, _new = self._live_lease(self._lease, ttl)
+            self._lease, self.lock_alive_at = lease, lease.alive_at
             self._put("leader", name, lease.id)
 
     def delete_leader(self, name: str) -> bool:
-        with self._operation():
-            deleted = self._txn([self._compare("leader", "VALUE", name)], [self._delete_op("leader")])
-            lease, self._leader_lease = self._leader_lease, None
-            if lease is not None:
-                self._revoke(lease)
-            return deleted
+        # The lease stays: the member key hangs on it too.
+        return self._txn([self._compare("leader", "VALUE", name)], [self._delete_op("leader")])
 
     # -- member key -----------------------------------------------------------------------------
 
@@ -232,11 +281,12 @@ class Etcd3Store:
         rel = f"members/{name}"
         value = compact(data)
         with self._operation():
-            lease = self._member_lease
+            lease = self._lease
             renewed = False
+            # A leader's lock refresh keeps the lease alive every cycle: then this costs nothing.
             if lease is None or lease.ttl != ttl or time.monotonic() - lease.alive_at >= ttl / 3:
                 lease, renewed = self._live_lease(lease, ttl)
-                self._member_lease = lease
+                self._lease = lease
             if renewed or value != self._member_written or self._seen.get(rel) != (value, lease.id):
                 self._put(rel, value, lease.id)
                 self._member_written = value
@@ -285,4 +335,6 @@ class Etcd3Store:
 
     def delete_cluster(self) -> None:
         prefix = self.base + "/"
-        self._call("/kv/deleterange", {"key": b64(prefix), "range_end": prefix_end(prefix)})
+        doc = self._call("/kv/deleterange", {"key": b64(prefix), "range_end": prefix_end(prefix)})
+        if int64(doc.get("deleted")) > 0:
+            self._wrote_at(doc)

@@ -169,8 +169,9 @@ def _parse(body: bytes) -> object:
 class Etcd3Client:
     """Calls on the etcd v3 API; safe for one caller at a time (each store has its own)."""
 
-    def __init__(self, cfg: EtcdConfig, endpoints: Endpoints | None = None) -> None:
+    def __init__(self, cfg: EtcdConfig, endpoints: Endpoints | None = None, discover: bool = True) -> None:
         self.cfg = cfg
+        self.discover = discover  # False: another client sharing these endpoints reads the member list
         self.endpoints = endpoints or configured(cfg)
         self.http = pool_manager(cfg)
         self._prefixes: dict[str, str] = {}
@@ -187,10 +188,11 @@ class Etcd3Client:
         return headers
 
     def _post(self, url: str, path: str, body: dict[str, Any], timeout: float,
-              headers: dict[str, str] | None = None) -> Any:
+              headers: dict[str, str] | None = None, connect: float | None = None) -> Any:
+        connect = min(timeout, max(1.0, timeout / 2)) if connect is None else min(timeout, connect)
         return self.http.request("POST", url + path, body=json.dumps(body).encode(),
                                  headers=headers or self._headers(), preload_content=False, retries=False,
-                                 timeout=urllib3.Timeout(connect=min(timeout, max(1.0, timeout / 2)), read=timeout))
+                                 timeout=urllib3.Timeout(connect=connect, read=timeout))
 
     def _prefix(self, url: str, timeout: float) -> str:
         prefix = self._prefixes.get(url)
@@ -258,7 +260,8 @@ class Etcd3Client:
     def _maybe_discover(self, budget: float) -> None:
         """Add the members the cluster advertises (as Patroni does), now and then, never past budget."""
         now = time.monotonic()
-        if self._discovered_at is not None and now - self._discovered_at < DISCOVERY_INTERVAL or budget < 1.0:
+        if not self.discover or self._discovered_at is not None and now - self._discovered_at < DISCOVERY_INTERVAL \
+                or budget < 1.0:
             return
         self._discovered_at = now
         try:
@@ -273,16 +276,8 @@ class Etcd3Client:
 
     # -- watch ---------------------------------------------------------------------------
 
-    def watch(self, key: str, start_revision: int, timeout: float, range_end: str | None = None,
-              wanted: Callable[[str], bool] | None = None) -> str:
-        """Wait for a change at or after start_revision: 'changed', 'compacted' or 'timeout'.
-
-        Watches key, or the range [key, range_end) (base64) when given, and reports only changes
-        of keys that `wanted` accepts (all when None).  One member is asked (the healthiest); a
-        member without a raft leader cancels the watch (the `hasleader` metadata) rather than keep
-        a watch that would never fire."""
-        url = self.endpoints.order()[0]
-        deadline = time.monotonic() + timeout
+    def _open_watch(self, url: str, key: str, start_revision: int, timeout: float, range_end: str | None) -> Any:
+        """The stream of a new watch on url, or None when the member could not start it (marked failed)."""
         try:
             prefix = self._prefix(url, min(timeout, 2.0))
             if self.cfg.username and self._token is None:
@@ -292,17 +287,50 @@ class Etcd3Client:
                 request["range_end"] = range_end
             body = {"create_request": request}
             headers = {**self._headers(), "Grpc-Metadata-Hasleader": "true"}
-            resp = self._post(url, prefix + "/watch", body, timeout, headers=headers)
+            # A long stream still connects within seconds: a member that does not answer is left at once.
+            resp = self._post(url, prefix + "/watch", body, timeout, headers=headers, connect=2.0)
         except Exception as exc:  # classified below: a watch that cannot start is a failed member
             reason = _classify(exc)
             if reason is None:
                 raise
             self.endpoints.failed(url, reason)
+            return None
+        if resp.status != 200:
+            self.endpoints.failed(url, f"watch answered HTTP {resp.status}")
+            resp.close()
+            resp.release_conn()
+            return None
+        return resp
+
+    def watch(self, key: str, start_revision: int, timeout: float, range_end: str | None = None,
+              wanted: Callable[[str], bool] | None = None) -> str:
+        """Wait for a change at or after start_revision: 'changed', 'compacted' or 'timeout'.
+
+        Watches key, or the range [key, range_end) (base64) when given, and reports only changes
+        of keys that `wanted` accepts (all when None)."""
+        def on_events(events: list[Event], _revision: int) -> bool:
+            return any(wanted is None or wanted(e.kv.key) for e in events)
+        outcome = self.stream(key, start_revision, timeout, range_end, on_events)
+        return outcome if outcome in ("changed", "compacted") else "timeout"
+
+    def stream(self, key: str, start_revision: int, timeout: float, range_end: str | None,
+               on_events: Callable[[list[Event], int], bool],
+               on_open: Callable[[str, Any], None] | None = None) -> str:
+        """Follow a watch from start_revision for up to timeout, handing each batch of events and the
+        revision they bring the watcher up to to on_events, until on_events returns True ('changed'),
+        etcd ends it ('compacted', 'canceled') or it fails or times out ('timeout').
+
+        One member is asked (the healthiest); a member without a raft leader cancels the watch (the
+        `hasleader` metadata) rather than keep a watch that would never fire.  on_open(url, response)
+        learns which member serves the stream and the response, which another thread may shut down."""
+        url = self.endpoints.order()[0]
+        deadline = time.monotonic() + timeout
+        resp = self._open_watch(url, key, start_revision, timeout, range_end)
+        if resp is None:
             return "timeout"
         try:
-            if resp.status != 200:
-                self.endpoints.failed(url, f"watch answered HTTP {resp.status}")
-                return "timeout"
+            if on_open is not None:
+                on_open(url, resp)
             for message in _messages(resp, deadline):
                 result = message.get("result") if isinstance(message.get("result"), dict) else None
                 if result is None:
@@ -313,12 +341,13 @@ class Etcd3Client:
                 if int64(result.get("compact_revision")):
                     return "compacted"
                 if result.get("canceled"):
-                    return "timeout"
-                events = result.get("events")
-                if isinstance(events, list) and any(wanted is None or wanted(_event_key(e)) for e in events):
+                    return "canceled"
+                raw = result.get("events")
+                events = [e for e in map(parse_event, raw) if e is not None] if isinstance(raw, list) else []
+                if events and on_events(events, header_revision(result)):
                     return "changed"
             return "timeout"
-        except Exception as exc:  # a reset or timed-out stream ends this watch; the cycle re-reads anyway
+        except Exception as exc:  # a reset or timed-out stream ends this watch; the caller reads again
             reason = _classify(exc)
             if reason is None:
                 raise
@@ -330,9 +359,18 @@ class Etcd3Client:
             resp.release_conn()
 
 
-def _event_key(event: object) -> str:
-    kv = event.get("kv") if isinstance(event, dict) else None
-    return unb64(kv.get("key")) if isinstance(kv, dict) else ""
+@dataclass(frozen=True)
+class Event:
+    deleted: bool
+    kv: KeyValue
+
+
+def parse_event(raw: object) -> Event | None:
+    """One watch event: a put (the type is left out, being protobuf's default) or a delete."""
+    if not isinstance(raw, dict):
+        return None
+    kv = parse_kv(raw.get("kv"))
+    return Event(raw.get("type") == "DELETE", kv) if kv is not None else None
 
 
 def _messages(resp: Any, deadline: float) -> Iterator[dict[str, Any]]:

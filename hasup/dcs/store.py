@@ -22,6 +22,8 @@ def compact(value: Any) -> str:
 
 class Store(Protocol):
     retry_timeout: float
+    # When the renewal the last successful lock call relied on started; None: that call's own start.
+    lock_alive_at: float | None
 
     def get_cluster(self) -> Cluster: ...
 

@@ -128,7 +128,10 @@ class Executor:
                         else "refresh")
             self.leases.expire()
             return False
-        self.grant_lease(started, paused)
+        # The renewal may have been sent by this cycle's read, before `started` (hasup/dcs/etcd3.py):
+        # the lease counts from whichever began first.
+        alive_at = self.store.lock_alive_at
+        self.grant_lease(min(started, alive_at) if alive_at is not None else started, paused)
         return True
 
     def grant_lease(self, started: float, paused: bool) -> None:

@@ -15,11 +15,10 @@ from typing import Any, cast
 from hasup import ipc
 from hasup.config import Config, parse_dynamic
 from hasup.config.dynamic_cache import read_cache, write_cache
-from hasup.dcs.backends import open_store
+from hasup.dcs.backends import open_watched
 from hasup.dcs.model import Cluster, with_last_good
 from hasup.dcs.parse import BAD_VALUES
 from hasup.dcs.store import DCSError, Store
-from hasup.dcs.watch import KeyWatch
 from hasup.election.offload import OffloadedProxy, Offloader
 
 log = logging.getLogger("hasup.election")
@@ -35,11 +34,12 @@ class ClusterReader:
             log.warning("dynamic configuration cache: %s", note)
         self.cached: dict[str, Any] | None = cached
         self.dynamic, _ = parse_dynamic(cached if cached else cfg.bootstrap.dcs)
-        self.raw_store = open_store(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout)
-        self.store = cast(Store, OffloadedProxy(self.raw_store, offload))
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
-        self.watch = KeyWatch(open_store(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout), self.wake_w)
+        # v3: the store reads from a watch-fed cache kept by self.watch; v2: self.watch is armed each cycle.
+        self.raw_store, self.watch = open_watched(cfg.etcd, cfg.namespace, cfg.scope, self.dynamic.retry_timeout,
+                                                  self.wake_w)
+        self.store = cast(Store, OffloadedProxy(self.raw_store, offload))
         self.cluster: Cluster | None = None  # this cycle's read; None when etcd could not be read
         self.last_read: Cluster | None = None  # the last successful read, rejected values patched
         self.read_at = self.read_at_wall = 0.0
@@ -88,7 +88,9 @@ class ClusterReader:
             return
         # Replicas wake when the leader key changes; the leader when a switchover is requested.
         key = "failover" if c.leader.name == me else "leader"
-        self.watch.arm(key, c.etcd_index + 1 if key == "failover" else c.watch_index, until)
+        # The watch outlives the cycle (up to a ttl): an idle cycle needs no new watch request.
+        self.watch.arm(key, c.etcd_index + 1 if key == "failover" else c.watch_index,
+                       max(until, time.monotonic() + self.dynamic.ttl))
 
     def woken(self) -> None:
         try:

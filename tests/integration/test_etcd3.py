@@ -7,16 +7,22 @@ watches across compaction, one bounded attempt for a frozen member, TLS refusals
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import time
+from collections import Counter
+from typing import Any
 
 import pytest
 
 from hasup.config import EtcdConfig
+from hasup.dcs.backends import open_watched
 from hasup.dcs.endpoints import per_attempt
 from hasup.dcs.etcd3 import Etcd3Store
+from hasup.dcs.etcd3_cache import CacheWatch, ClusterCache
 from hasup.dcs.store import DCSError
+from tests.harness import wait_for
 from tests.harness.etcd3 import ETCD_BIN, Etcd3Cluster, newer_etcd
 
 RETRY_TIMEOUT = 4.0
@@ -42,14 +48,14 @@ def store(etcd: Etcd3Cluster, scope: str, **files: str) -> Etcd3Store:
     return Etcd3Store(config(etcd, **files), "service", scope, RETRY_TIMEOUT)
 
 
-def test_the_leader_key_hangs_on_a_lease_of_ttl_and_a_refresh_writes_nothing(etcd):
+def test_the_leader_and_member_keys_hang_on_the_nodes_lease_of_ttl_and_a_refresh_writes_nothing(etcd):
     s = store(etcd, "lease")
     assert s.acquire_leader("n1", 12)
     s.touch_member("n1", {"role": "primary"}, 12)
     leader = etcd.key("/service/lease/leader")
     member = etcd.key("/service/lease/members/n1")
     assert leader is not None and member is not None and leader["value"] == "n1"
-    assert leader["lease"] and member["lease"] and leader["lease"] != member["lease"]
+    assert leader["lease"] and member["lease"] == leader["lease"]  # one lease per node, as Patroni
     granted, remaining = etcd.lease_ttl(leader["lease"])
     assert granted == 12 and 0 < remaining <= 12
     revision = etcd.revision()
@@ -61,8 +67,9 @@ def test_the_leader_key_hangs_on_a_lease_of_ttl_and_a_refresh_writes_nothing(etc
     assert etcd.revision() == revision + 1
     assert s.delete_leader("n1")
     assert etcd.key("/service/lease/leader") is None
-    assert etcd.lease_ttl(leader["lease"])[1] == -1  # revoked, not left to expire
-    assert etcd.key("/service/lease/members/n1") is not None  # the member key has a lease of its own
+    # Giving up the lock keeps the lease: the member key hangs on it and stays.
+    assert etcd.lease_ttl(leader["lease"])[1] > 0
+    assert etcd.key("/service/lease/members/n1") is not None
 
 
 def test_the_lock_is_exclusive_and_conditional(etcd):
@@ -200,3 +207,106 @@ def test_username_and_password_on_an_etcd_with_authentication(etcd_with_auth):
     anonymous = Etcd3Store(EtcdConfig(cfg.hosts, api_version=3), "service", "auth", RETRY_TIMEOUT)
     with pytest.raises(DCSError, match="etcd refused"):
         anonymous.get_cluster()
+
+
+def _watched(etcd: Etcd3Cluster, scope: str) -> tuple[Etcd3Store, ClusterCache, int, Counter[str]]:
+    """The election worker's pair (hasup/dcs/backends.py open_watched), with the store's calls counted."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    s, watch = open_watched(config(etcd), "service", scope, RETRY_TIMEOUT, w)
+    assert isinstance(s, Etcd3Store) and isinstance(watch, CacheWatch)
+    calls: Counter[str] = Counter()
+    call = s.client.call
+
+    def counted(method: str, body: dict[str, Any], budget: float) -> dict[str, Any]:
+        calls[method] += 1
+        return call(method, body, budget)
+    s.client.call = counted  # type: ignore[method-assign]
+    watch.start()
+    wait_for(lambda: watch.cache.read(0, 0) is not None, 10, "the cache to follow the cluster")
+    return s, watch.cache, r, calls
+
+
+def _woken(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 64))
+    except BlockingIOError:
+        return False
+
+
+def test_an_idle_leader_cycle_asks_etcd_for_its_lease_keep_alive_only(etcd):
+    s, _cache, wake, calls = _watched(etcd, "cached")
+    assert s.acquire_leader("n1", 12)
+    s.touch_member("n1", {"role": "primary"}, 12)
+    calls.clear()
+    for _ in range(5):  # five idle cycles of a leader: read, refresh, member key
+        c = s.get_cluster()
+        assert c.leader is not None and c.leader.name == "n1" and "n1" in c.members
+        before_refresh = time.monotonic()
+        assert s.refresh_leader("n1", 12)
+        # The read sent the keep-alive; the lock's lease counts from it, not from the refresh.
+        assert s.lock_alive_at is not None and s.lock_alive_at < before_refresh
+        s.touch_member("n1", {"role": "primary"}, 12)
+    # The leader's keep-alive each cycle (the member key's lease needs one only every ttl / 3), nothing else.
+    assert set(calls) == {"/lease/keepalive"} and 5 <= calls["/lease/keepalive"] <= 7, calls
+    # Another node's change wakes the cycle and shows in the cache.
+    _woken(wake)
+    other = store(etcd, "cached")
+    assert other.set_failover({"leader": "n1", "member": "n2"})
+    wait_for(lambda: _woken(wake), 5, "the failover request to wake the cycle", interval=0.05)
+    c = s.get_cluster()
+    assert c.failover is not None and c.failover.get("member") == "n2"
+    # This node's own write shows in its very next read.
+    assert s.clear_failover(c.failover_index)
+    assert s.get_cluster().failover is None
+    assert other.delete_leader("n1")
+    wait_for(lambda: s.get_cluster().leader is None, 2, "the deleted leader key to show", interval=0.05)
+    assert "/kv/range" not in calls, calls
+
+
+def test_a_frozen_member_serving_the_stream_is_left_at_the_first_call_it_fails(etcd):
+    s, cache, _wake, calls = _watched(etcd, "cached-frozen")
+    assert s.acquire_leader("n1", 12)
+    source = cache._source
+    assert source is not None
+    index = etcd.endpoints.index(source)
+    s.client.endpoints.succeeded(source)  # the keep-alive goes to the member serving the stream
+    calls.clear()
+    etcd.freeze(index)
+    try:
+        assert s.refresh_leader("n1", 12)  # its first attempt fails on the frozen member
+        # That failure ends the trust in the stream the frozen member serves (the refresh's own check of
+        # the copy then used a transaction); the thread reads and watches again from a member that answers.
+        assert "/kv/txn" in calls, calls
+        wait_for(lambda: cache._source not in (None, source), 10, "the stream to move to another member")
+        calls.clear()
+        c = s.get_cluster()
+        assert c.leader is not None and c.leader.name == "n1"
+        assert set(calls) <= {"/lease/keepalive"}, calls  # served by the copy again
+    finally:
+        etcd.thaw(index)
+
+
+def test_a_silent_etcd_fails_the_leaders_cached_read_as_a_range_would(etcd):
+    s, _cache, _wake, calls = _watched(etcd, "cached-silent")
+    assert s.acquire_leader("n1", 12)
+    s.get_cluster()
+    for i in range(3):
+        etcd.freeze(i)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DCSError):
+            s.get_cluster()  # the keep-alive a leader's read sends finds nobody answering
+        assert time.monotonic() - started < RETRY_TIMEOUT + 1.0
+    finally:
+        for i in range(3):
+            etcd.thaw(i)
+    wait_for(lambda: _reads(s), 20, "etcd to answer again")
+
+
+def _reads(s: Etcd3Store) -> bool:
+    try:
+        s.get_cluster()
+        return True
+    except DCSError:
+        return False
