@@ -205,7 +205,7 @@ def build_status(snap: Snap, now: float) -> dict[str, Any]:
 
 def lease_protection(watchdog: Any) -> dict[str, Any] | None:
     """hasup's own field: what stops PostgreSQL when the lease runs out unrenewed (device, software fence or
-    none), how often the software fence killed it and when last (docs/design.md §4, "The software fence")."""
+    none), how often the software fence killed it and when last (docs/operations.md, "The software fence")."""
     if not isinstance(watchdog, dict) or not watchdog.get("protection"):
         return None
     last = watchdog.get("last_fence")

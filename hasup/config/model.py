@@ -202,7 +202,7 @@ class WatchdogConfig:
     safety_margin: int = 5
     driver: str = "default"
     # hasup's own: the watchdog worker kills PostgreSQL itself when the lease runs out unrenewed, before
-    # any device would fire (docs/design.md §4, "The software fence").  Independent of mode, which is
+    # any device would fire (docs/operations.md, "The software fence").  Independent of mode, which is
     # about the device alone, as in Patroni.
     software_fence: bool = True
 

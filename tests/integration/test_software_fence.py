@@ -1,5 +1,5 @@
 """The software fence: a leader whose supervisor and election worker freeze together is stopped by its watchdog
-worker before the leader key expires, with no device and with one (docs/design.md §4, "The software fence").
+worker before the leader key expires, with no device and with one (docs/operations.md, "The software fence").
 
 One module-scoped 3-node cluster, ttl 10, loop_wait 2, retry_timeout 3, safety_margin 3 (the tightest profile the
 lease rule allows): the fence falls due 5.5 s after the last renewal began, 4.5 s before the key can expire.  Each
@@ -110,6 +110,9 @@ def freeze_leader(tc: TestCluster, run: int) -> dict[str, float]:
     finally:
         prober.stop.set()
         thread.join(10)
+    import os
+    with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fence-debug-{run}.log"), "w") as f:
+        f.write(leader.log_text())
     assert writer_runs(prober.acked) == [leader.name, new.name]  # no two writable primaries, ever
     fenced = wait_for(lambda: log_time(leader, r"\[watchdog\] software fence: .* killed PostgreSQL, confirmed",
                                        frozen_at_wall), 30, "the fence's log line")
