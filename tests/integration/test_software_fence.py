@@ -110,9 +110,6 @@ def freeze_leader(tc: TestCluster, run: int) -> dict[str, float]:
     finally:
         prober.stop.set()
         thread.join(10)
-    import os
-    with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fence-debug-{run}.log"), "w") as f:
-        f.write(leader.log_text())
     assert writer_runs(prober.acked) == [leader.name, new.name]  # no two writable primaries, ever
     fenced = wait_for(lambda: log_time(leader, r"\[watchdog\] software fence: .* killed PostgreSQL, confirmed",
                                        frozen_at_wall), 30, "the fence's log line")

@@ -147,3 +147,21 @@ def test_the_supervisor_keeps_the_fence_record_across_watchdog_workers():
     assert h.carry(0, None) == (1, 100.0)  # a new worker (the old one was replaced after its fence)
     assert h.carry(1, 200.0) == (2, 200.0)
     assert h.carry(0, None) == (2, 200.0)
+
+
+def test_a_worker_that_died_with_a_ping_unread_still_has_its_last_words_read():
+    """The watchdog worker reports its fence while the supervisor is frozen; the thawed supervisor pings it,
+    finds its heartbeat overdue and replaces it.  The worker dies with that ping unread, which makes the
+    supervisor's next read fail with ECONNRESET: what the worker wrote before must still be read."""
+    sup_end, worker_end = ipc.channel_pair()
+    sup, worker = ipc.Channel(sup_end, "watchdog"), ipc.Channel(worker_end, "supervisor")
+    report = ipc.WatchdogState("off", False, None, None, None, protection=FENCE, fences=1, last_fence=1.7e9)
+    worker.send_now(ipc.LogRecord(50, "hasup.watchdog", "software fence: killed PostgreSQL", 1.7e9, "watchdog"))
+    worker.send_now(report)
+    sup.send_now(ipc.Ping(7))  # never read: the worker dies first
+    worker_end.close()
+    got = [env.message for env in sup.receive()]
+    assert got[-1] == report and isinstance(got[0], ipc.LogRecord)
+    with pytest.raises(ipc.PeerClosed):
+        sup.receive()
+    sup_end.close()
