@@ -722,11 +722,13 @@ class Supervisor:
             if w.channel is None:
                 continue
             try:
-                if mask & selectors.EVENT_WRITE:
-                    w.channel.flush()
+                # Read before writing: a worker that died with our ping unread fails the write, and what it
+                # wrote first (a fence's report, its last log lines) must not be dropped with the pipe.
                 if mask & selectors.EVENT_READ:
                     for env in w.channel.receive():
                         self.route(w.role, env)
+                if mask & selectors.EVENT_WRITE and w.channel is not None:
+                    w.channel.flush()
             except (ipc.PeerClosed, ipc.ProtocolError) as exc:
                 # The worker is dying; waitpid will tell us how.  Stop selecting on it.
                 if isinstance(exc, ipc.ProtocolError):

@@ -107,15 +107,21 @@ class WatchdogWorker:
         os._exit(70)
 
     def on_lease(self, lease: ipc.Lease) -> None:
+        if lease.valid_until <= 0:
+            return  # election's "no lease" (it never led, or its lease was taken back): nothing to enforce
         self.lease = lease
         deadlines = Deadlines.of(lease.ttl, lease.loop_wait, lease.retry_timeout, self.cfg.safety_margin)
         problem = settings_problem(lease.ttl, lease.loop_wait, lease.retry_timeout, deadlines.safety_margin)
         margin, timeout = deadlines.safety_margin, deadlines.watchdog_timeout
         # Leases only move forward: an older one arriving late changes nothing.
+        first = self.valid_until is None
         if self.valid_until is None or lease.valid_until > self.valid_until:
             self.valid_until = lease.valid_until
         self.margin = margin
         self.fence_ok = self.cfg.software_fence and problem is None
+        if first and self.fence_ok:
+            log.info("software fence armed: PostgreSQL is killed if the lease is not renewed within %.1f s",
+                     fence.fence_at(lease.valid_until, margin) - time.monotonic())
         if self.cfg.software_fence and problem:
             # As the device: a fence on these timings could kill a leader whose renewal is slow but healthy.
             self.warn_once(f"software fence off: {problem}")
@@ -140,6 +146,8 @@ class WatchdogWorker:
             except DeviceError as exc:
                 self.failed, self.reason = True, str(exc)
                 log.error("could not disarm the watchdog: %s", exc)
+        if self.valid_until is not None and self.fence_ok:
+            log.info("software fence disarmed (%s)", msg.reason)
         self.petter = None
         self.lease = None
         self.valid_until = None

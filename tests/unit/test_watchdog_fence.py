@@ -165,3 +165,34 @@ def test_a_worker_that_died_with_a_ping_unread_still_has_its_last_words_read():
     with pytest.raises(ipc.PeerClosed):
         sup.receive()
     sup_end.close()
+
+
+def test_the_setting_defaults_to_on_and_is_validated_like_other_keys():
+    from tests.unit.test_config import load, problems_of
+
+    cfg, warnings = load()
+    assert cfg.watchdog.software_fence is True and not any("software_fence" in w for w in warnings)
+    assert load({"watchdog.software_fence": False})[0].watchdog.software_fence is False
+    assert load({"watchdog.software_fence": "off", "watchdog.mode": "off"})[0].watchdog.software_fence is False
+    problems = problems_of({"watchdog.software_fence": "sometimes"})
+    assert problems == ["watchdog.software_fence: expected a boolean (on/off, true/false, yes/no, 1/0), "
+                        "got 'sometimes'"]
+
+
+def test_election_resends_a_lease_to_a_new_watchdog_worker_only_while_leased():
+    from hasup.config import DynamicConfig
+    from hasup.election.leases import WatchdogLeases
+
+    mine, theirs = ipc.lease_pair()
+    leases, d = WatchdogLeases(mine), DynamicConfig()
+    leases.resend(d)  # a fresh election worker (it never led): nothing the fence could take for a lapsed lease
+    assert ipc.receive_datagrams(theirs) == []
+    leases.grant(100.0, d, paused=False)
+    leases.resend(d)
+    got = [env.message for env in ipc.receive_datagrams(theirs)]
+    assert [m.valid_until for m in got if isinstance(m, ipc.Lease)] == [100.0 + d.ttl] * 2
+    leases.disarm("postgres is stopped as primary")
+    leases.resend(d)
+    assert [type(env.message) for env in ipc.receive_datagrams(theirs)] == [ipc.Disarm]
+    mine.close()
+    theirs.close()
