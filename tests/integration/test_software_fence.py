@@ -111,15 +111,8 @@ def freeze_leader(tc: TestCluster, run: int) -> dict[str, float]:
         prober.stop.set()
         thread.join(10)
     assert writer_runs(prober.acked) == [leader.name, new.name]  # no two writable primaries, ever
-    try:
-        fenced = wait_for(lambda: log_time(leader, r"\[watchdog\] software fence: .* killed PostgreSQL, confirmed",
-                                           frozen_at_wall), 30, "the fence's log line")
-    except AssertionError:
-        import json
-        import os
-        with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fence-debug-{run}.log"), "w") as f:
-            f.write(json.dumps(leader.status()) + "\n" + leader.log_text())
-        raise
+    fenced = wait_for(lambda: log_time(leader, r"\[watchdog\] software fence: .* killed PostgreSQL, confirmed",
+                                       frozen_at_wall), 30, "the fence's log line")
     old_acks = [t for _, t, n in prober.acked if n == leader.name]
     new_acks = [t for _, t, n in prober.acked if n == new.name]
     last_old = old_acks[-1] + wall_minus_mono
