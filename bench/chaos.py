@@ -176,6 +176,8 @@ etcd, and 6 in synchronous mode on the 3-member v3 TLS etcd, the etcd member nem
 | etcd-down-failsafe | the same with `failsafe_mode: true` for that fault | 1.5 × ttl |
 | switchover | `POST /switchover` to a random replica (the synchronous standby in synchronous mode) | — |
 | sigstop-*X*-worker | SIGSTOP of one of the leader's workers (election, postgres, watchdog, api) | ≤ 1.5 × ttl |
+| sigstop-leader-election-no-device | SIGSTOP of the leader's supervisor and election worker, its device muted: \
+only the software fence can stop PostgreSQL | 1.5 × ttl, fenced, new leader |
 | etcd-member-down | SIGKILL of one etcd member drawn at random, started again on heal | 1.5 × ttl, same leader |
 | partition-leader-etcd-member | the leader's host cut from the etcd raft leader member only | 1.5 × ttl, same leader |
 | etcd-leader-change | `etcdctl move-leader` to another etcd member drawn at random | 1.5 × ttl, same leader |

@@ -259,6 +259,18 @@ class WatchdogState(Message):
     lease_valid_until: float | None
     failed: bool = False
     reason: str = ""
+    protection: str = ""  # device, software fence or none (hasup.watchdog.fence)
+    fences: int = 0  # times the software fence killed PostgreSQL since this worker started
+    last_fence: float | None = None  # wall clock of the last fence's kill
+    last_fence_result: str = ""
+
+    def __post_init__(self) -> None:
+        check_count("fences", self.fences)
+        if self.protection not in ("", "device", "software fence", "none"):
+            raise ValueError(f"protection: expected device, software fence or none, got {str(self.protection)[:40]!r}")
+        if self.last_fence is not None and (not isinstance(self.last_fence, int | float)
+                                            or isinstance(self.last_fence, bool)):
+            raise ValueError(f"last_fence: expected a time or null, got {str(self.last_fence)[:40]!r}")
 
 
 # -- requests and replies -----------------------------------------------------
@@ -862,9 +874,11 @@ class Channel:
                 chunk = self.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
                 break
-            except ConnectionResetError as exc:
+            except ConnectionResetError:
+                # The peer died with our data unread (say a ping to a worker killed for missing its heartbeat).
+                # What it wrote before that was read above: its last words (a fence's report) still count.
                 self.closed = True
-                raise PeerClosed(self.peer) from exc
+                break
             if not chunk:
                 self.closed = True
                 break

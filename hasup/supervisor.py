@@ -22,7 +22,7 @@ import selectors
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from setproctitle import setproctitle
@@ -38,6 +38,7 @@ from hasup.supervision.shutdown import Phase, ShutdownOrder, Tell
 from hasup.supervision.system import LinuxSystem, StackFile, System, describe_exit
 from hasup.timing import ABORT_GRACE, Deadlines
 from hasup.vip import address as vipaddr
+from hasup.watchdog.fence import FenceHistory
 from hasup.worker import PipeLogHandler, WorkerContext
 from hasup.workers import api, election, postgres, vip, watchdog
 
@@ -119,13 +120,15 @@ class Supervisor:
         self.views_at_release = 0  # views_received when election was told PostgreSQL had stopped
         self.guarded_lease = 0.0  # the lease (lock_valid_until) the lease guard already acted on
         self.logs_lost_retired = 0  # reported by workers that have since exited
+        self.fence_history = FenceHistory()  # the software fence's count and time, across watchdog workers
         self.logs_lost_reported = 0  # the last count sent to the api
         seed, _ = parse_dynamic(config.bootstrap.dcs)
         self.deadlines = self.deadlines_for(seed.ttl, seed.loop_wait, seed.retry_timeout)
 
     def deadlines_for(self, ttl: int, loop_wait: int, retry_timeout: int) -> Deadlines:
         return Deadlines.of(ttl, loop_wait, retry_timeout, self.config.watchdog.safety_margin,
-                            self.config.postgresql.health_deadline, self.config.watchdog.mode != "off")
+                            self.config.postgresql.health_deadline, self.config.watchdog.mode != "off",
+                            fence_on=self.config.watchdog.software_fence)
 
     @property
     def last_pg(self) -> ipc.PgState | None:
@@ -312,6 +315,9 @@ class Supervisor:
                      f": {msg.message}" if msg.message else "")
             self.postgres_stopped = True
         else:
+            if isinstance(msg, ipc.WatchdogState):
+                fences, last = self.fence_history.carry(msg.fences, msg.last_fence)
+                msg = replace(msg, fences=fences, last_fence=last)
             self.snapshots.keep(msg)
             if isinstance(msg, ipc.PgState):
                 self.update_status()
@@ -716,11 +722,13 @@ class Supervisor:
             if w.channel is None:
                 continue
             try:
-                if mask & selectors.EVENT_WRITE:
-                    w.channel.flush()
+                # Read before writing: a worker that died with our ping unread fails the write, and what it
+                # wrote first (a fence's report, its last log lines) must not be dropped with the pipe.
                 if mask & selectors.EVENT_READ:
                     for env in w.channel.receive():
                         self.route(w.role, env)
+                if mask & selectors.EVENT_WRITE and w.channel is not None:
+                    w.channel.flush()
             except (ipc.PeerClosed, ipc.ProtocolError) as exc:
                 # The worker is dying; waitpid will tell us how.  Stop selecting on it.
                 if isinstance(exc, ipc.ProtocolError):

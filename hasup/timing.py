@@ -227,13 +227,15 @@ class Deadlines:
     health_deadline: float = DEFAULT_HEALTH_DEADLINE
     watchdog_on: bool = True  # watchdog.mode is not off
     figures: Figures = FIGURES
+    fence_on: bool = False  # watchdog.software_fence
 
     @classmethod
     def of(cls, ttl: float, loop_wait: float, retry_timeout: float, safety_margin: float,
            health_deadline: float = DEFAULT_HEALTH_DEADLINE, watchdog_on: bool = True,
-           figures: Figures = FIGURES) -> Deadlines:
+           figures: Figures = FIGURES, fence_on: bool = False) -> Deadlines:
         return cls(float(ttl), float(loop_wait), float(retry_timeout),
-                   float(effective_safety_margin(safety_margin, ttl)), float(health_deadline), watchdog_on, figures)
+                   float(effective_safety_margin(safety_margin, ttl)), float(health_deadline), watchdog_on, figures,
+                   fence_on)
 
     @property
     def watchdog_timeout(self) -> int | None:
@@ -270,14 +272,26 @@ class Deadlines:
     def watchdog_heartbeat(self) -> float:
         """A frozen watchdog worker holds the device open without petting it: the device fires W after the
         last pet (at most MAX_PET_INTERVAL before the freeze) unless a replacement opens and pets it first.
-        Its loop makes no I/O beyond the device, so a short heartbeat is safe."""
+        With the software fence it also owes a fence at `earliest_reset` after the last lease it saw
+        (fence_budget).  Its loop makes no I/O beyond the device, /proc and the lease pipe, so a short
+        heartbeat is safe."""
+        budgets = []
         w = self.watchdog_timeout
-        if w is None or not self.watchdog_on:
-            return OTHER_HEARTBEAT
-        fits = w - MAX_PET_INTERVAL - FAST_PING_INTERVAL - RESPAWN - EPSILON
-        # Under a second no replacement beats the device anyway: a frozen worker costs a reset either way,
-        # and a hair-trigger heartbeat would only restart a busy one.
-        return min(OTHER_HEARTBEAT, fits) if fits >= 1.0 else OTHER_HEARTBEAT
+        if w is not None and self.watchdog_on:
+            budgets.append(w - MAX_PET_INTERVAL - FAST_PING_INTERVAL - RESPAWN - EPSILON)
+        if self.fence_on:
+            budgets.append(self.fence_budget)
+        # Under a second no replacement is in time anyway: a frozen worker costs a reset (or a fence not
+        # made) either way, and a hair-trigger heartbeat would only restart a busy one.
+        fits = [b for b in budgets if b >= 1.0]
+        return min(OTHER_HEARTBEAT, *fits) if fits else OTHER_HEARTBEAT
+
+    @property
+    def fence_budget(self) -> float:
+        """Seconds from a frozen watchdog worker's last answer until a replacement must run, for the software
+        fence: the last lease it saw may be loop_wait + RENEWAL_LATENCY old, and the fence it owes falls due
+        `earliest_reset` after that lease's renewal began (hasup.watchdog.fence)."""
+        return self.earliest_reset - self.loop_wait - RENEWAL_LATENCY - RESPAWN - FAST_PING_INTERVAL
 
     def ping_interval(self, role: str) -> float:
         return FAST_PING_INTERVAL if role in ("election", "watchdog") else self.figures.ping_interval

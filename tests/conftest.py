@@ -29,6 +29,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.serial)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: a soak test of minutes; runs only with -m long or HASUP_LONG_TESTS=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("HASUP_LONG_TESTS") or "long" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a long soak test: run it with -m long or HASUP_LONG_TESTS=1")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -29,6 +29,7 @@ POSTGRES_STATES = (
     "restarting", "restart failed", "stopping", "stopped", "stop failed", "crashed",
 )
 STATE_VALUES = "# Values: " + ", ".join(f"{i}={s}" for i, s in enumerate(POSTGRES_STATES))
+LEASE_PROTECTION = {"device": 2, "software fence": 1, "none": 0}
 _COUNTERS = ("patroni_xlog_location", "patroni_xlog_received_location", "patroni_xlog_replayed_location")
 
 
@@ -141,6 +142,17 @@ def values(snap: st.Snap, now: float) -> list[tuple[str, str, str, float]]:
         ("hasup_rest_api_unprotected", "gauge", "1 when this REST API is reachable from other hosts without "
          "authentication, an allowlist or required client certificates.",
          _flag((snap.get("identity") or {}).get("rest_unprotected"))),
+    ]
+    protection = status.get("lease_protection") or {}
+    last_fence = protection.get("last_fence")
+    out += [
+        ("hasup_lease_protection", "gauge", "What stops PostgreSQL when the leader lease runs out unrenewed: "
+         "2=device (the software fence first), 1=software fence, 0=none, -1=not reported yet.",
+         LEASE_PROTECTION.get(str(protection.get("kind")), -1)),
+        ("hasup_software_fences_total", "counter", "Times the watchdog worker killed PostgreSQL because the "
+         "leader lease ran out unrenewed (since that worker started).", _count(protection.get("fences"))),
+        ("hasup_software_fence_last_seconds", "gauge", "Unix time of the software fence's last kill, 0 if none.",
+         _epoch(last_fence)),
     ]
     return out
 

@@ -8,6 +8,7 @@ microseconds whatever PostgreSQL or etcd are doing.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -195,8 +196,26 @@ def build_status(snap: Snap, now: float) -> dict[str, Any]:
             "last_pet_age": round(now - last_pet, 3) if isinstance(last_pet, int | float) else None,
             "failed": bool(watchdog.get("failed")), "reason": watchdog.get("reason") or None,
         }
+    protection = lease_protection(watchdog)
+    if protection is not None:
+        out["lease_protection"] = protection
     out["patroni"] = {"version": PATRONI_COMPAT_VERSION, "scope": identity.get("scope"), "name": name}
     return out
+
+
+def lease_protection(watchdog: Any) -> dict[str, Any] | None:
+    """hasup's own field: what stops PostgreSQL when the lease runs out unrenewed (device, software fence or
+    none), how often the software fence killed it and when last (docs/operations.md, "The software fence")."""
+    if not isinstance(watchdog, dict) or not watchdog.get("protection"):
+        return None
+    last = watchdog.get("last_fence")
+    fences = watchdog.get("fences")
+    return {
+        "kind": str(watchdog["protection"]),
+        "fences": fences if isinstance(fences, int) and not isinstance(fences, bool) and fences >= 0 else 0,
+        "last_fence": datetime.fromtimestamp(last, UTC).isoformat(timespec="milliseconds")
+        if isinstance(last, int | float) and not isinstance(last, bool) and 0 < last < 1e11 else None,
+    }
 
 
 # -- /cluster, /history, /config --------------------------------------------------------

@@ -86,6 +86,7 @@ def _watchdog(r: Reader, top: Mapping[str, Any]) -> WatchdogConfig:
         device=r.get(sec, "watchdog.device", to_str, default.device),
         safety_margin=r.get(sec, "watchdog.safety_margin", int_between(-1, HOUR), default.safety_margin),
         driver=driver,
+        software_fence=r.get(sec, "watchdog.software_fence", to_bool, default.software_fence),
     )
 
 

@@ -201,6 +201,10 @@ class WatchdogConfig:
     device: str = "/dev/watchdog"
     safety_margin: int = 5
     driver: str = "default"
+    # hasup's own: the watchdog worker kills PostgreSQL itself when the lease runs out unrenewed, before
+    # any device would fire (docs/operations.md, "The software fence").  Independent of mode, which is
+    # about the device alone, as in Patroni.
+    software_fence: bool = True
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ LOG_USED = (
     "file_size", "loggers",
 )
 VIP_USED = ("address", "prefix", "netmask", "broadcast", "interface", "label")
-WATCHDOG_USED = ("mode", "device", "safety_margin", "driver")
+WATCHDOG_USED = ("mode", "device", "safety_margin", "driver", "software_fence")
 
 
 class Reader:

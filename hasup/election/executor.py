@@ -22,7 +22,7 @@ from hasup.dcs.store import DCSError, Store
 from hasup.election import actions as act
 from hasup.election.failsafe import Failsafe
 from hasup.election.leases import WatchdogLeases
-from hasup.election.member import member_data, recorded_history
+from hasup.election.member import member_data, recorded_history, with_protection
 from hasup.election.postgres_link import PostgresLink
 from hasup.postgresql.slots import status_value
 
@@ -174,7 +174,8 @@ class Executor:
         else:
             raise TypeError(f"unhandled action {action!r}")
 
-    def touch_member(self, cluster: Cluster, scheduled_restart: dict[str, Any] | None) -> None:
+    def touch_member(self, cluster: Cluster, scheduled_restart: dict[str, Any] | None,
+                     watchdog: ipc.WatchdogState | None = None) -> None:
         try:
             cfg = self.config()
             leading = cluster.leader is not None and cluster.leader.name == cfg.name
@@ -182,6 +183,7 @@ class Executor:
                                standby_leader=leading and bool(self.dynamic().standby_cluster))
             if scheduled_restart is not None:
                 data["scheduled_restart"] = scheduled_restart
+            with_protection(data, watchdog)
             self.store.touch_member(cfg.name, data, self.dynamic().ttl)
         except DCSError as exc:
             log.error("could not update the member key: %s", exc)

@@ -31,8 +31,12 @@ class WatchdogLeases:
         self.resend(d)
 
     def resend(self, d: DynamicConfig) -> None:
-        """The lease in force, again (a restarted watchdog worker's device is armed and counting)."""
-        self._send(ipc.Lease(self.valid_until, d.ttl, d.loop_wait, d.retry_timeout))
+        """The lease in force, again (a restarted watchdog worker's device is armed and counting).
+
+        Only while leased: a lease after the disarm (or from an election worker that never led) is no lease,
+        and the software fence would take an old one for a lease that ran out and kill a replica."""
+        if self.leased:
+            self._send(ipc.Lease(self.valid_until, d.ttl, d.loop_wait, d.retry_timeout))
 
     def expire(self) -> None:
         """The key is gone or may be: nothing vouches for our lock any more."""

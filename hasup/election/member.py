@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from hasup import PATRONI_COMPAT_VERSION, __version__
 from hasup.config import Config
-from hasup.ipc import PgState
+from hasup.ipc import PgState, WatchdogState
 
 
 def member_data(cfg: Config, pg: PgState | None, paused: bool = False, standby_leader: bool = False) \
@@ -44,6 +45,16 @@ def member_data(cfg: Config, pg: PgState | None, paused: bool = False, standby_l
             data["pending_restart"] = True
     if paused:
         data["pause"] = True
+    return data
+
+
+def with_protection(data: dict[str, Any], watchdog: WatchdogState | None) -> dict[str, Any]:
+    """hasup's own member fields, for `hasupctl list -e`: what stops this node's PostgreSQL when its lease runs
+    out unrenewed, and when the software fence last did (docs/operations.md, "The software fence")."""
+    if watchdog is not None and watchdog.protection:
+        data["lease_protection"] = watchdog.protection
+        if watchdog.last_fence is not None:
+            data["last_fence"] = datetime.fromtimestamp(watchdog.last_fence, UTC).isoformat(timespec="seconds")
     return data
 
 

@@ -14,6 +14,11 @@ expiry in etcd.
 
 Wire protocol (one request per line, one answer line): OPEN, SETTIMEOUT n,
 GETTIMEOUT, KEEPALIVE, V.  Answers: "OK n" (n = timeout in force) or "ERR text".
+
+SIGUSR1 mutes it and SIGUSR2 restores it: muted, a timer that runs out is
+recorded ("fired_muted") but kills nothing, so a test can take the device
+away from a node without its watchdog worker knowing (the chaos suite's
+fault with no device).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Emulator:
         self.node_root: int | None = None  # the supervisor of the client's node
         self.node_root_started: int | None = None
         self.magic = False
+        self.muted = False
 
     def record(self, event: str, **fields: object) -> None:
         line = {"event": event, "mono": time.monotonic(), "wall": time.time(), "timeout": self.timeout,
@@ -90,6 +96,7 @@ class Emulator:
         self.node_root = client.ppid if client is not None and client.ppid > 1 else pid
         self.node_root_started = start_time(self.node_root)
         self.magic = False
+        self.muted = False
         if self.deadline is None:
             self.timeout = self.default_timeout
         self.pet()  # opening the device arms (or pets) it
@@ -103,6 +110,10 @@ class Emulator:
             self.record("closed_armed")  # like the kernel: a close without "V" keeps the timer running
 
     def fire(self) -> None:
+        if self.muted:
+            self.record("fired_muted")
+            self.deadline = None
+            return
         # A node already dead (SIGKILLed, say) has nothing left to reset, and its pids may belong to
         # someone else by now: a real reset would hit that machine only.  Hence the root's start time.
         mono, wall = time.monotonic(), time.time()  # the reset's moment: the kills go out at once
@@ -130,6 +141,12 @@ class Emulator:
             nonlocal running
             running = False
         signal.signal(signal.SIGTERM, stop)
+
+        def mute(signum: int, _frame: object) -> None:
+            self.muted = signum == signal.SIGUSR1
+            self.record("muted" if self.muted else "unmuted")
+        signal.signal(signal.SIGUSR1, mute)
+        signal.signal(signal.SIGUSR2, mute)
         while running:
             timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
             for key, _ in sel.select(min(timeout, 0.5) if timeout is not None else 0.5):

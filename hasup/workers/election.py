@@ -130,7 +130,7 @@ class ElectionWorker:
             due = max(0.05, settings_of(self.reader.dynamic, self.ctx.config).health_deadline - local.unhealthy_for)
             self.recheck_in = min(due, self.recheck_in or due)
         if cluster is not None:
-            self.executor.touch_member(cluster, self.desk.scheduled)
+            self.executor.touch_member(cluster, self.desk.scheduled, self.watchdog)
         self.leases.disarm_if_safe(self.link.pg, self.holds_lock())
         self.publish_view(decision.reason)
 

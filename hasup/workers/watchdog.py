@@ -1,11 +1,15 @@
-"""The watchdog worker: pets the device under the lease rule (docs/design.md §4).
+"""The watchdog worker: pets the device under the lease rule, and fences PostgreSQL itself (docs/design.md §4).
 
 It imports little and makes no network or database calls.  Leases and
 disarm orders come straight from election on the lease pipe.  Without new
 leases it stops petting, so the device fires no later than the lease's
-end minus safety_margin, however the other workers hang.  It never writes
-the magic close on an error path or at exit: only on election's Disarm,
-which comes after PostgreSQL stopped or was demoted.
+end minus safety_margin, however the other workers hang.  Before the
+device could fire (and with no device at all) the software fence SIGKILLs
+this node's PostgreSQL and confirms it through /proc: between the lease
+running out and that confirmation it touches nothing but the lease pipe,
+/proc and kill.  It never writes the magic close on an error path or at
+exit: only on election's Disarm, which comes after PostgreSQL stopped or
+was demoted, or after its own fence was confirmed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import time
 from hasup import ipc
 from hasup.config import WatchdogConfig
 from hasup.proc import KillResult, kill_and_confirm, read_stat
-from hasup.timing import Deadlines, settings_problem
+from hasup.timing import FENCE_TIMEOUT, Deadlines, settings_problem
+from hasup.watchdog import fence
 from hasup.watchdog.emulated import EmulatedWatchdog
 from hasup.watchdog.lease import LeaseRule
 from hasup.watchdog.linux import LinuxWatchdog
@@ -76,6 +81,16 @@ class WatchdogWorker:
         self.reason = "watchdog.mode is off" if self.cfg.mode == "off" else "not leading"
         self.warned: set[str] = set()
         self.terminating = False
+        # The software fence: on while watchdog.software_fence is set and the lease's timings keep the rule.
+        self.fence_ok = False
+        self.valid_until: float | None = None  # the newest lease since the last disarm
+        self.margin = 0.0  # the effective safety_margin of that lease's timings
+        self.fenced_lease: float | None = None  # the lease a confirmed fence acted on
+        self.fence_retry_at = 0.0
+        self.device_problem: str | None = None  # why the device cannot be used, as check_device last saw it
+        self.fences = 0
+        self.last_fence: float | None = None  # wall clock
+        self.last_fence_result = ""
 
     def warn_once(self, message: str) -> None:
         if message not in self.warned:
@@ -92,12 +107,26 @@ class WatchdogWorker:
         os._exit(70)
 
     def on_lease(self, lease: ipc.Lease) -> None:
+        if lease.valid_until <= 0:
+            return  # election's "no lease" (it never led, or its lease was taken back): nothing to enforce
         self.lease = lease
-        if self.cfg.mode == "off":
-            return
         deadlines = Deadlines.of(lease.ttl, lease.loop_wait, lease.retry_timeout, self.cfg.safety_margin)
         problem = settings_problem(lease.ttl, lease.loop_wait, lease.retry_timeout, deadlines.safety_margin)
         margin, timeout = deadlines.safety_margin, deadlines.watchdog_timeout
+        # Leases only move forward: an older one arriving late changes nothing.
+        first = self.valid_until is None
+        if self.valid_until is None or lease.valid_until > self.valid_until:
+            self.valid_until = lease.valid_until
+        self.margin = margin
+        self.fence_ok = self.cfg.software_fence and problem is None
+        if first and self.fence_ok:
+            log.info("software fence armed: PostgreSQL is killed if the lease is not renewed within %.1f s",
+                     fence.fence_at(lease.valid_until, margin) - time.monotonic())
+        if self.cfg.software_fence and problem:
+            # As the device: a fence on these timings could kill a leader whose renewal is slow but healthy.
+            self.warn_once(f"software fence off: {problem}")
+        if self.cfg.mode == "off":
+            return
         if problem or timeout is None:
             self.failed = True
             self.reason = problem or "no watchdog timeout of at least 1 s fits these timings"
@@ -117,15 +146,55 @@ class WatchdogWorker:
             except DeviceError as exc:
                 self.failed, self.reason = True, str(exc)
                 log.error("could not disarm the watchdog: %s", exc)
+        if self.valid_until is not None and self.fence_ok:
+            log.info("software fence disarmed (%s)", msg.reason)
         self.petter = None
         self.lease = None
+        self.valid_until = None
         self.reason = "not leading"
+
+    def fence_inputs(self) -> fence.FenceInputs:
+        return fence.FenceInputs(self.fence_ok, self.valid_until, self.margin, self.fenced_lease)
+
+    def fence_if_due(self) -> None:
+        """The lease ran out unrenewed: kill this node's PostgreSQL before the device could fire, and confirm.
+
+        Only /proc and kill until the answer is in: the supervisor, the log writer and election may all be
+        the ones that hang.  Reported (logged, and in WatchdogState) only after that.
+        """
+        now = time.monotonic()
+        if now < self.fence_retry_at or not fence.fence_due(now, self.fence_inputs()):
+            return
+        lease = self.valid_until
+        # The supervisor is the subreaper: a backend whose postmaster died already is re-parented to it.
+        subreaper = self.ctx.supervisor_pid if os.getppid() == self.ctx.supervisor_pid else None
+        result = kill_and_confirm(self.ctx.config.postgresql.data_dir, subreaper=subreaper, timeout=FENCE_TIMEOUT)
+        if result.killed:
+            self.fences += 1
+            self.last_fence = time.time()
+        self.last_fence_result = result.reason
+        if not result.confirmed:
+            self.fence_retry_at = time.monotonic() + fence.RETRY
+            log.critical("software fence: the leader lease ran out unrenewed; killing PostgreSQL %s", result.reason)
+            return
+        self.fenced_lease = lease
+        log.critical("software fence: the leader lease ran out unrenewed %.1f s before the lease rule's limit; "
+                     "killed PostgreSQL, %s", lease - self.margin - now if lease is not None else 0.0, result.reason)
+        if self.petter is not None and self.petter.armed:
+            # PostgreSQL is confirmed gone: the reset would only cost the host, as election's Disarm says.
+            try:
+                self.petter.disarm()
+                log.info("watchdog disarmed (PostgreSQL fenced)")
+            except DeviceError as exc:
+                self.failed, self.reason = True, str(exc)
+                log.error("could not disarm the watchdog: %s", exc)
+            self.petter = None
 
     def check_device(self) -> None:
         """While not armed, keep the verdict on the device current (it may appear or vanish)."""
         if self.petter is not None and self.petter.armed:
             return
-        problem = unusable(self.cfg)
+        problem = self.device_problem = unusable(self.cfg)
         if problem:
             self.failed, self.reason = True, problem
             self.warn_once(f"{problem}: " + ("this node will not lead" if self.cfg.mode == "required"
@@ -157,9 +226,20 @@ class WatchdogWorker:
         return ipc.WatchdogState(
             mode=self.cfg.mode, armed=bool(p and p.armed), timeout=p.current if p else None,
             last_pet=p.last_pet if p else None, lease_valid_until=self.lease.valid_until if self.lease else None,
-            failed=self.failed, reason=self.reason)
+            failed=self.failed, reason=self.reason, protection=self.protection(), fences=self.fences,
+            last_fence=self.last_fence, last_fence_result=self.last_fence_result)
+
+    def protection(self) -> str:
+        return fence.protection(self.cfg.mode, self.device_problem, self.cfg.software_fence)
 
     def next_wake(self) -> float:
+        due = fence.next_check(time.monotonic(), self.fence_inputs())
+        device = self.device_wake()
+        if due is None:
+            return device
+        return min(device, max(due, self.fence_retry_at - time.monotonic(), 0.01))
+
+    def device_wake(self) -> float:
         p = self.petter
         if p is None or not p.armed:
             return 1.0 if p is not None else REPORT_INTERVAL
@@ -174,6 +254,8 @@ class WatchdogWorker:
         extra = [self.ctx.lease_sock] if self.ctx.lease_sock is not None else []
         reported: ipc.WatchdogState | None = None
         next_report = 0.0
+        self.device_problem = unusable(self.cfg)
+        log.info(fence.protection_line(self.cfg.mode, self.cfg.device, self.device_problem, self.cfg.software_fence))
         while True:
             try:
                 if self.ctx.orphaned():
@@ -190,6 +272,7 @@ class WatchdogWorker:
                         self.on_disarm(env.message)
             if self.terminating:
                 return  # the lease pipe was drained: a Disarm sent before the stop was honoured
+            self.fence_if_due()
             self.check_device()
             self.pet()
             state = self.state()

@@ -41,7 +41,7 @@ WORKERS = ("election", "postgres", "watchdog", "api")
 ETCD_MEMBER_KINDS = ("etcd-member-down", "partition-leader-etcd-member", "etcd-leader-change")  # etcd3 only
 KINDS = ("partition-leader", "partition-leader-etcd", "partition-replica-etcd", "sigkill-leader-tree",
          "sigstop-leader-hasup", "sigstop-leader-postgres", "etcd-down", "etcd-down-failsafe", "switchover",
-         *(f"sigstop-{role}-worker" for role in WORKERS), *ETCD_MEMBER_KINDS)
+         *(f"sigstop-{role}-worker" for role in WORKERS), *ETCD_MEMBER_KINDS, "sigstop-leader-election-no-device")
 
 
 def kinds_for(etcd3: bool) -> tuple[str, ...]:
@@ -101,6 +101,7 @@ class Nemeses:
             "etcd-member-down": self.kill_etcd_member,
             "partition-leader-etcd-member": self.partition_leader_from_etcd_member,
             "etcd-leader-change": self.change_etcd_leader,
+            "sigstop-leader-election-no-device": self.stop_leader_election_without_device,
         })
         assert tuple(faults) == KINDS
         return faults
@@ -175,6 +176,35 @@ class Nemeses:
         postgres = {pm, *descendants(pm)} if pm else set()
         thaw = self._freeze(sorted(leader.processes() - postgres))
         return Fault("sigstop-leader-hasup", leader.name, hold_for(1.5 * self.ttl), thaw)
+
+    def stop_leader_election_without_device(self, leader: Node) -> Fault:
+        """Freeze the supervisor and the election worker with the device taken away (its emulator muted): the
+        watchdog worker and PostgreSQL keep running, and only the software fence can stop the old primary
+        before the leader key expires (docs/design.md §4).  The checker's dual-primary verdict applies."""
+        pm = leader.postmaster_pid()
+        election = leader.worker_pid("election")
+        assert pm and leader.pid and election, f"{leader.name} has no postmaster or election worker"
+        muted_before = self._muted_firings(leader)
+        self.emulators.mute(leader)
+        thaw = self._freeze([leader.pid, election])
+
+        def hold() -> None:
+            # Fenced well before the key can expire: the fence falls due ttl - safety_margin - 1.5 s after the
+            # last renewal.  The fault then lasts its full 1.5 x ttl, a replica promoted meanwhile.
+            started = time.monotonic()
+            wait_for(lambda: not alive(pm), self.ttl, f"{leader.name}'s PostgreSQL to be fenced")
+            self.tc.wait_leader(max(1.0, started + 1.5 * self.ttl - time.monotonic()), exclude=leader.name)
+            time.sleep(max(0.0, started + 1.5 * self.ttl - time.monotonic()))
+            if self._muted_firings(leader) > muted_before:
+                raise AssertionError("the muted device's timer ran out: the software fence came too late")
+
+        def heal() -> None:
+            thaw()
+            self.emulators.mute(leader, False)
+        return Fault("sigstop-leader-election-no-device", leader.name, hold, heal)
+
+    def _muted_firings(self, node: Node) -> int:
+        return sum(e["event"] == "fired_muted" for e in self.emulators.events(node))
 
     def _stop_worker(self, role: str) -> Callable[[Node], Fault]:
         def inject(leader: Node) -> Fault:

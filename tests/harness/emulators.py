@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -42,6 +43,12 @@ class Emulators:
             except subprocess.TimeoutExpired:
                 kill_pids([p.pid])
                 p.wait()
+
+    def mute(self, node: Node, muted: bool = True) -> None:
+        """Take the device away from the node (its timer then kills nothing), or give it back."""
+        self.procs[node.name].send_signal(signal.SIGUSR1 if muted else signal.SIGUSR2)
+        wait_for(lambda: [e["event"] for e in self.events(node) if e["event"] in ("muted", "unmuted")][-1:]
+                 == ["muted" if muted else "unmuted"], 10, "the emulator to take the signal")
 
     def fired(self, node: Node) -> dict[str, Any] | None:
         return next((e for e in self.events(node) if e["event"] == "fired"), None)

@@ -247,7 +247,8 @@ def test_metrics_parse_and_match_the_status() -> None:
                 "patroni_postgres_timeline", "patroni_dcs_last_seen", "patroni_pending_restart", "patroni_is_paused",
                 "patroni_postgres_state", "patroni_failover_priority",
                 "hasup_dcs_bad_values", "hasup_election_cycle_errors",  # hasup's own (docs/design.md §11)
-                "hasup_rest_api_unprotected", "hasup_log_records_lost"}
+                "hasup_rest_api_unprotected", "hasup_log_records_lost",
+                "hasup_lease_protection", "hasup_software_fences", "hasup_software_fence_last_seconds"}
     assert set(families) == expected
     assert value["hasup_rest_api_unprotected"] == 0
     assert value["hasup_dcs_bad_values"] == 0 and families["hasup_dcs_bad_values"].type == "counter"

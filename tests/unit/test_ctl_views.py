@@ -242,3 +242,29 @@ def test_settings_take_ctl_auth_and_tls_with_restapi_fallbacks() -> None:
     with pytest.raises(SettingsError, match="etcd"):
         settings_from_raw({"etcd": {"port": 1}})
     assert settings_from_raw({}).etcd.hosts == (("127.0.0.1", 2379),)
+
+
+def test_the_extended_list_shows_each_nodes_lease_protection_and_last_fence() -> None:
+    store = FakeStore()
+    three_nodes(store)
+    for name, protection in (("node1", "software fence"), ("node2", "device"), ("node3", "none")):
+        data = store.value(f"members/{name}")
+        data["lease_protection"] = protection
+        if name == "node1":
+            data["last_fence"] = "2026-12-05T03:15:00+00:00"
+        store.put(f"members/{name}", data)
+    assert "Protection" not in table(store.get_cluster())[0]  # patronictl's columns unless asked for
+    rows = table(store.get_cluster(), extended=True)
+    assert [r["Protection"] for r in rows] == ["software fence, fenced 2026-12-05T03:15:00+00:00", "device", "none"]
+    assert "Protection" not in table(cluster(), extended=True)[0]  # nobody publishes it: no empty column
+
+
+def test_the_member_key_carries_the_protection_from_the_watchdog_state() -> None:
+    from hasup import ipc
+    from hasup.election.member import with_protection
+
+    state = ipc.WatchdogState("off", False, None, None, None, protection="software fence", fences=1,
+                              last_fence=1767225600.0)
+    assert with_protection({}, state) == {"lease_protection": "software fence",
+                                          "last_fence": "2026-01-01T00:00:00+00:00"}
+    assert with_protection({}, None) == {}

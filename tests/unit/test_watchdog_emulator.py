@@ -48,3 +48,20 @@ def test_a_reset_connection_does_not_end_the_emulator(tmp_path) -> None:
         emu.terminate()
         _, err = emu.communicate(timeout=10)
     assert b"Traceback" not in err, err.decode()
+
+
+def test_a_muted_emulator_records_its_timer_but_kills_nothing(tmp_path) -> None:
+    import json
+
+    from hasup.watchdog.emulator import Emulator
+
+    record = tmp_path / "events.jsonl"
+    emu = Emulator(str(tmp_path / "sock"), str(record), 1)
+    # Our own process as the node: a firing that were not muted would kill this test.
+    emu.node_root, emu.node_root_started = os.getpid(), None
+    emu.muted = True
+    emu.pet()
+    emu.fire()
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["fired_muted"]
+    assert emu.deadline is None
