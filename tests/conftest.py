@@ -15,30 +15,22 @@ from tests.harness import alive, become_subreaper, cmdline, descendants, kill_pi
 SERIAL_FILES = frozenset({
     "test_callbacks.py", "test_cluster.py", "test_cluster_etcd3.py", "test_etcd.py", "test_failsafe.py",
     "test_haproxy.py", "test_quorum.py", "test_rest_slow_clients.py", "test_switchover.py", "test_sync.py",
-    "test_vip.py", "test_watchdog.py", "test_worker_restart.py", "test_short.py",
+    "test_vip.py", "test_watchdog.py", "test_worker_restart.py", "test_short.py", "test_software_fence.py",
 })
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "serial: run alone, not beside another test process (tests/conftest.py)")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.name in SERIAL_FILES:
-            item.add_marker(pytest.mark.serial)
-
-
-def pytest_configure(config):
     config.addinivalue_line("markers", "long: a soak test of minutes; runs only with -m long or HASUP_LONG_TESTS=1")
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("HASUP_LONG_TESTS") or "long" in (config.getoption("markexpr") or ""):
-        return
+    run_long = os.environ.get("HASUP_LONG_TESTS") or "long" in (config.getoption("markexpr") or "")
     skip = pytest.mark.skip(reason="a long soak test: run it with -m long or HASUP_LONG_TESTS=1")
     for item in items:
-        if "long" in item.keywords:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
+        if "long" in item.keywords and not run_long:
             item.add_marker(skip)
 
 
