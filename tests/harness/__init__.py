@@ -129,15 +129,25 @@ class _PostmasterReaper:
 
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
 
     def ensure(self) -> None:
         if self.thread is None or not self.thread.is_alive():
-            self.thread = threading.Thread(target=self._loop, daemon=True, name="postmaster-reaper")
+            self.stopping = threading.Event()
+            self.thread = threading.Thread(target=self._loop, args=(self.stopping,), daemon=True,
+                                           name="postmaster-reaper")
             self.thread.start()
 
-    def _loop(self) -> None:
-        while True:
-            time.sleep(self.EVERY)
+    def stop(self) -> None:
+        """Until the next Patroni node starts (TestCluster.destroy: its Patroni nodes are gone)."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    @staticmethod
+    def _loop(stopping: threading.Event) -> None:
+        while not stopping.wait(_PostmasterReaper.EVERY):
             me = os.getpid()
             for pid in all_pids():
                 try:
@@ -639,6 +649,8 @@ class TestCluster:
                 node.stop(timeout=20)
         if not keep_etcd:
             self.etcd.stop()
+        if any(n.kind == "patroni" for n in self.nodes):
+            postmaster_reaper.stop()
         me = os.getpid()
         kill_pids([p for p in descendants(me) if alive(p) and self._ours(p)])
         reap_zombies()
