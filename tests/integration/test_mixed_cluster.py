@@ -6,8 +6,9 @@ prober of tests/harness/prober.py.  It starts as Patroni 4.1 nodes; the tests ru
 2. forward: replicas are swapped to hasup (the asynchronous one first), then a switchover through
    patronictl hands the lead to a hasup node, then the old leader is swapped.  On the way, at
    2 Patroni + 1 hasup the Patroni leader's tree is SIGKILLed, and at 1 Patroni + 2 hasup the
-   hasup leader's: a new leader must come within the lease bound and keep the crashed leader's
-   slot after its member key expired; pause and resume are sent from one CLI and read by the other;
+   hasup leader's, each with the synchronous standby of the other kind: a new leader of the other
+   kind must come within the lease bound and keep the crashed leader's slot after its member key
+   expired; pause and resume are sent from one CLI and read by the other;
 3. the hasup leader's status key is compared with the Patroni leader's field by field;
 4. back: the same to Patroni, the switchover through hasupctl;
 5. no acknowledged write lost, never two writers, and the write gap of every step.
@@ -23,6 +24,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,19 +86,21 @@ def journey():
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def ctl(tc: TestCluster, tool: str, *args: str, timeout: float = 90) -> str:
+def run(tc: TestCluster, tool: str, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PATRONI", "HASUP_", "PG", "DCS_URL"))}
-    r = subprocess.run([tool, "-c", tc.nodes[0].config_path, *args], capture_output=True, text=True,
-                       timeout=timeout, env=clean)
+    return subprocess.run([tool, "-c", tc.nodes[0].config_path, *args], capture_output=True, text=True,
+                          timeout=timeout, env=clean)
+
+
+def ctl(tc: TestCluster, tool: str, *args: str) -> str:
+    r = run(tc, tool, *args)
     assert r.returncode == 0, f"{os.path.basename(tool)} {' '.join(args)}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
     return r.stdout
 
 
 def ctl_result(tc: TestCluster, tool: str, *args: str) -> str | None:
     """The command's output when it exits 0, else None (for wait_for)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PATRONI", "HASUP_", "PG", "DCS_URL"))}
-    r = subprocess.run([tool, "-c", tc.nodes[0].config_path, *args], capture_output=True, text=True, timeout=60,
-                       env=clean)
+    r = run(tc, tool, *args, timeout=60)
     return r.stdout if r.returncode == 0 else None
 
 
@@ -106,7 +110,7 @@ def key(tc: TestCluster, rel: str) -> dict[str, Any]:
 
 
 def settled(tc: TestCluster) -> tuple[Node, list[Node]]:
-    """The leader, its replicas streaming and caught up, and a synchronous standby named."""
+    """The leader, its replicas streaming (and saying so in their member keys), a synchronous standby named."""
     leader = tc.wait_leader(90)
     replicas = [n for n in tc.nodes if n is not leader]
     tc.wait_streaming(leader, replicas, 90)
@@ -148,19 +152,32 @@ def note_leader(j: Journey, name: str) -> None:
         j.leaders.append(name)
 
 
+def tag_nosync(node: Node, on: bool) -> None:
+    """Set or clear the node's nosync tag in its file and reload it (SIGHUP), as an operator would."""
+    if on:
+        node.extra["tags.nosync"] = True
+    else:
+        node.extra.pop("tags.nosync", None)
+    node.prepare()
+    os.kill(node.pid or 0, signal.SIGHUP)
+
+
+def wait_sync(tc: TestCluster, ok: Callable[[str | None], bool], what: str) -> None:
+    """Until the sync key and the leader's synchronous_standby_names both name a standby `ok` accepts."""
+    leader = tc.leader()
+    assert leader is not None
+    def named() -> bool:
+        standby = key(tc, "sync").get("sync_standby")
+        return ok(standby) and standby is not None and standby in leader.sql("SHOW synchronous_standby_names")[0][0]
+    wait_for(named, 30, what)
+
+
 def leave_sync(j: Journey, node: Node) -> None:
     """Tag the synchronous standby nosync and reload it, so the leader names another before it stops:
     a Patroni leader notices a stopped synchronous standby only at its next loop, and commits wait
     until then (docs/migration.md, "Order of nodes")."""
-    tc = j.tc
-    node.extra["tags.nosync"] = True
-    node.prepare()
-    os.kill(node.pid or 0, signal.SIGHUP)
-    leader = tc.leader()
-    assert leader is not None
-    wait_for(lambda: key(tc, "sync").get("sync_standby") not in (None, node.name)
-             and node.name not in leader.sql("SHOW synchronous_standby_names")[0][0], 30,
-             f"{leader.name} to name another synchronous standby than {node.name}")
+    tag_nosync(node, True)
+    wait_sync(j.tc, lambda s: s != node.name, f"another synchronous standby than {node.name}")
     del node.extra["tags.nosync"]  # the other kind starts on the file as it was
 
 
@@ -216,15 +233,25 @@ def pause_and_resume(j: Journey, pause: str, resume: str) -> None:
 def crash_leader(j: Journey) -> None:
     """SIGKILL the leader's whole tree: a new leader within the lease bound keeps its slot."""
     tc = j.tc
-    leader, _ = settled(tc)
+    leader, replicas = settled(tc)
     state = kinds(tc)
     slot = leader.name  # node names are their slot names
+    # The successor is the synchronous standby: make it the replica of the other kind, so a crash
+    # hands the lead across kinds (the others tagged nosync until it is over).
+    heir = next(r for r in replicas if r.kind != leader.kind)
+    bystanders = [r for r in replicas if r is not heir]
+    for r in bystanders:
+        tag_nosync(r, True)
+    wait_sync(tc, lambda s: s == heir.name, f"{heir.name} to be the synchronous standby")
     start = time.monotonic()
     leader.kill_tree()
     new = tc.wait_leader(LEASE_BOUND + 30, exclude=leader.name)
     took = time.monotonic() - start
     note_leader(j, new.name)
     assert took <= LEASE_BOUND, f"{new.name} led {took:.1f}s after the kill, over the lease bound {LEASE_BOUND}s"
+    assert new is heir and new.kind != leader.kind
+    for r in bystanders:
+        tag_nosync(r, False)
     # The crashed leader's member key expires too; the new leader still holds its slot a few
     # loops later (each loop rewrites the new leader's member key with its WAL position).
     wait_for(lambda: not tc.member(leader.name), TTL + 15, f"{leader.name}'s member key to expire")
