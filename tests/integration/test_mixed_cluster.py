@@ -44,6 +44,7 @@ STEP_GAP = 1.0  # seconds without an acknowledged write a migration step may cos
 # The prober shares a 2-core machine with the nodes, the CLIs and `make test -n 2`: a starting node or a
 # starved synchronous standby has stretched a step's gap to 1.0-1.04 s (load 12), where 0.05-0.1 s is usual.
 CONTENTION = 1.0
+SWITCHOVER_NOISE = 1.5  # seconds
 
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "patroni")),
                                 reason="Patroni is not installed next to hasup (make install)")
@@ -366,7 +367,8 @@ def test_no_acknowledged_write_lost_and_never_two_writers(journey: Journey) -> N
     steps = [(s, g) for s, g in journey.gaps if s.startswith("swap")]
     assert len(steps) == 6 and all(g <= STEP_GAP + CONTENTION for s, g in steps), journey.gaps
     assert sorted(g for _, g in steps)[len(steps) // 2] <= STEP_GAP, journey.gaps
-    # A switchover across kinds costs no more than Patroni's own (one sample each: 1 s for noise).
+    # A switchover across kinds costs no more than Patroni's own. One sample each on a loaded machine:
+    # Patroni's demote alone (stop to lock released) has taken 0.3-1.6 s there, hence the margin.
     own = [g for s, g in journey.gaps if s.startswith("switchover") and s.count("(patroni)") == 2]
     across = [g for s, g in journey.gaps if s.startswith("switchover") and s.count("(patroni)") == 1]
-    assert len(own) == 1 and len(across) == 2 and max(across) <= own[0] + 1.0, journey.gaps
+    assert len(own) == 1 and len(across) == 2 and max(across) <= own[0] + SWITCHOVER_NOISE, journey.gaps
