@@ -167,6 +167,9 @@ class PgState(Message):
     server_version: int | None = None
     sysid: str | None = None
     timeline: int | None = None
+    # The timeline of the latest checkpoint: on a primary it lags `timeline` until the first
+    # checkpoint after a promotion, and pg_rewind against it would see no fork before then.
+    checkpoint_timeline: int | None = None
     wal_position: int | None = None  # primary: flush LSN; replica: max(received, replayed)
     received_location: int | None = None
     replayed_location: int | None = None

@@ -8,6 +8,7 @@ commands; `base` holds the click group and what they share.
 from __future__ import annotations
 
 from hasup.ctl import (
+    cmd_check,
     cmd_cluster,
     cmd_config,
     cmd_members,
@@ -19,8 +20,8 @@ from hasup.ctl import (
 )
 from hasup.ctl.base import cli
 
-__all__ = ["cli", "cmd_cluster", "cmd_config", "cmd_members", "cmd_migrate", "cmd_query", "cmd_remove", "cmd_show",
-           "cmd_switch", "main"]
+__all__ = ["cli", "cmd_check", "cmd_cluster", "cmd_config", "cmd_members", "cmd_migrate", "cmd_query", "cmd_remove",
+           "cmd_show", "cmd_switch", "main"]
 
 
 def main() -> None:

@@ -21,10 +21,11 @@ from hasup.dcs.model import Cluster
 from hasup.dcs.store import DCSError, Store
 from hasup.election import actions as act
 from hasup.election.failsafe import Failsafe
+from hasup.election.inputs import node_of
 from hasup.election.leases import WatchdogLeases
 from hasup.election.member import member_data, recorded_history, with_protection
 from hasup.election.postgres_link import PostgresLink
-from hasup.postgresql.slots import status_value
+from hasup.postgresql.slots import handover_value, slot_name, status_value
 
 log = logging.getLogger("hasup.election")
 
@@ -85,7 +86,8 @@ class Executor:
             if cluster is not None and cluster.failover is not None:
                 self.store.clear_failover(cluster.failover_index)
         elif isinstance(action, act.RecordHandOver):
-            self.store.set_status({"optime": action.lsn, "slots": {}, "retain_slots": []})
+            previous = self.status_written or (cluster.status if cluster else None)
+            self.store.set_status(handover_value(action.lsn, previous, self.own_slot()))
             self.status_written = None
         elif isinstance(action, act.WriteStatus):
             self.write_status(cluster)
@@ -192,10 +194,16 @@ class Executor:
         pg = self.link.pg
         if pg is None or pg.wal_position is None:
             return
-        status = status_value(pg.wal_position, pg.slots, pg.retain_slots, cluster.status if cluster else None)
+        status = status_value(pg.wal_position, pg.slots, pg.retain_slots, cluster.status if cluster else None,
+                              self.own_slot())
         if status != self.status_written:
             self.store.set_status(status)
             self.status_written = status
+
+    def own_slot(self) -> str | None:
+        """This node's member slot as its /status lists it (None: it never streams)."""
+        me = node_of(self.config())
+        return None if me.nostream else slot_name(me.name)
 
     def write_history(self, cluster: Cluster | None) -> None:
         pg = self.link.pg

@@ -35,6 +35,11 @@ def member_data(cfg: Config, pg: PgState | None, paused: bool = False, standby_l
             data["xlog_location"] = pg.wal_position
         if pg.timeline is not None:
             data["timeline"] = pg.timeline
+        if pg.role == "primary" and pg.timeline is not None and pg.checkpoint_timeline is not None \
+                and pg.checkpoint_timeline < pg.timeline:
+            # As Patroni's leader: a Patroni replica waits for this flag to go before it runs pg_rewind
+            # against us (docs/migration.md, "What each kind reads of the other").
+            data["checkpoint_after_promote"] = False
         if pg.role == "replica":
             data["replication_state"] = pg.replication_state or "not streaming"
             if pg.received_location is not None:

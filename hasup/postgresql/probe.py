@@ -58,6 +58,7 @@ class ProbeResult:
     replication: tuple[dict[str, Any], ...]
     pending_restart: bool
     sync_standby_names: str | None = None
+    checkpoint_timeline: int | None = None  # the timeline of the latest checkpoint (pg_control)
 
 
 class ProbeFailed(Exception):
@@ -138,6 +139,7 @@ class Prober:
             replayed_timestamp=replay_ts,
             replay_paused=paused,
             postmaster_start_time=start_time,
+            checkpoint_timeline=int(checkpoint_tl) if checkpoint_tl is not None else None,
             server_version=int(version),
             sysid=str(sysid),
             streaming=wr_status == "streaming",

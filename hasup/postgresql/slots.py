@@ -251,15 +251,43 @@ def _mismatch(row: SlotRow, spec: SlotSpec) -> str:
 
 
 def status_value(optime: int, slots: Mapping[str, int] | None, retain_slots: Iterable[str],
-                 previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The leader's /status value.  Until its slot keeper has reported (`slots` None, e.g.
-    right after a promotion), the previous leader's slot positions and retained names stay."""
+                 previous: Mapping[str, Any] | None, own: str | None = None) -> dict[str, Any]:
+    """The leader's /status value, as Patroni's leader writes it (docs/migration.md, "The status key").
+
+    `own` is the leader's own member slot (None when it never streams): it is listed in
+    `slots` at the leader's optime and in `retain_slots`, so that when this leader crashes
+    every other member, of either kind, keeps its slot until member_slots_ttl has passed,
+    after its member key has expired.  Until the slot keeper has reported (`slots` None,
+    e.g. right after a promotion), the previous leader's slot positions and retained names
+    stay.  Empty fields are left out, as Patroni leaves them out."""
     if slots is None:
         prev = previous or {}
         old_slots, old_retain = prev.get("slots"), prev.get("retain_slots")
-        return {"optime": optime, "slots": dict(old_slots) if isinstance(old_slots, Mapping) else {},
-                "retain_slots": list(old_retain) if isinstance(old_retain, list | tuple) else []}
-    return {"optime": optime, "slots": dict(slots), "retain_slots": sorted(retain_slots)}
+        slots = dict(old_slots) if isinstance(old_slots, Mapping) else {}
+        retain_slots = [str(s) for s in old_retain] if isinstance(old_retain, list | tuple) else []
+    positions = dict(slots)
+    kept = set(retain_slots)
+    if own is not None:
+        positions[own] = optime
+        kept.add(own)
+    value: dict[str, Any] = {"optime": optime}
+    if positions:
+        value["slots"] = positions
+    if kept:
+        value["retain_slots"] = sorted(kept)
+    return value
+
+
+def handover_value(optime: int, previous: Mapping[str, Any] | None, own: str | None) -> dict[str, Any]:
+    """The /status value a leader leaves when it hands over: where it stopped, and the member
+    slots it retained (its own included), with no slot positions, as Patroni's leader leaves it
+    at shutdown; the next leader keeps those slots for member_slots_ttl."""
+    prev = previous or {}
+    old_retain = prev.get("retain_slots")
+    kept = {str(s) for s in old_retain} if isinstance(old_retain, list | tuple) else set()
+    if own is not None:
+        kept.add(own)
+    return {"optime": optime, **({"retain_slots": sorted(kept)} if kept else {})}
 
 
 def parse_lsn(value: Any) -> int | None:

@@ -198,6 +198,7 @@ class PostgresWorker:
                 role=role, data_dir_empty=False, probe_ok=True, probe_at=now, worker_pid=os.getpid(),
                 busy=self.action, postmaster_pid=pid, postmaster_start_time=probe.postmaster_start_time,
                 server_version=probe.server_version, sysid=probe.sysid, timeline=probe.timeline,
+                checkpoint_timeline=probe.checkpoint_timeline,
                 wal_position=probe.wal_position, received_location=probe.received_lsn,
                 replayed_location=probe.replayed_lsn, replayed_timestamp=probe.replayed_timestamp,
                 replay_paused=probe.replay_paused,

@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -126,6 +127,66 @@ def run_as() -> tuple[int, int] | None:
 
 def hasup_bin() -> str:
     return os.environ.get("HASUP_BIN") or os.path.join(os.path.dirname(sys.executable), "hasup")
+
+
+KINDS = ("hasup", "patroni")
+
+
+def node_binary(kind: str) -> str:
+    """What a node of this kind runs: hasup (HASUP_BIN or the venv's), or the venv's Patroni
+    (`make install` puts it there), which reads the same configuration file."""
+    if kind == "hasup":
+        return hasup_bin()
+    if kind == "patroni":
+        return os.path.join(os.path.dirname(sys.executable), "patroni")
+    raise ValueError(f"unknown node kind {kind!r} (known: {', '.join(KINDS)})")
+
+
+class _PostmasterReaper:
+    """Reaps the zombie postmasters re-parented to the test process while Patroni nodes run.
+
+    Patroni starts PostgreSQL through a helper that exits, so the postmaster's parent becomes
+    the nearest subreaper (in production init, here the test process).  Patroni waits for a
+    stopped postmaster's pid to vanish, and an unreaped zombie never does: its stop or demotion
+    would hang.  Only zombies named postgres are reaped, so a Popen child's exit status stays
+    for its own wait()."""
+
+    EVERY = 0.1  # seconds, about as soon as init would
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+    def ensure(self) -> None:
+        if self.thread is None or not self.thread.is_alive():
+            self.stopping = threading.Event()
+            self.thread = threading.Thread(target=self._loop, args=(self.stopping,), daemon=True,
+                                           name="postmaster-reaper")
+            self.thread.start()
+
+    def stop(self) -> None:
+        """Until the next Patroni node starts (TestCluster.destroy: its Patroni nodes are gone)."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    @staticmethod
+    def _loop(stopping: threading.Event) -> None:
+        while not stopping.wait(_PostmasterReaper.EVERY):
+            me = os.getpid()
+            for pid in all_pids():
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        head, _, rest = f.read().rpartition(")")
+                    fields = rest.split()
+                    if head.partition("(")[2] == "postgres" and fields[0] == "Z" and int(fields[1]) == me:
+                        os.waitpid(pid, os.WNOHANG)
+                except (OSError, IndexError, ValueError):
+                    continue
+
+
+postmaster_reaper = _PostmasterReaper()
 
 
 # -- /proc -------------------------------------------------------------------------
@@ -281,6 +342,7 @@ class Node:
     caps: tuple[str, ...] = ()  # ambient capabilities, as systemd's AmbientCapabilities= grants them
     # Replaces the `etcd:` section of the configuration (e.g. Etcd3Cluster.dcs_section(): `etcd3:` with TLS).
     dcs_section: dict[str, Any] | None = None
+    kind: str = "hasup"  # what runs the node: "hasup" or "patroni" (KINDS), on the same configuration file
 
     @property
     def dir(self) -> str:
@@ -382,10 +444,20 @@ class Node:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PATRONI_", "HASUP_", "PG"))}
         env["HOME"] = self.dir
         env.update(self.env)
-        self.proc = subprocess.Popen(self.command(hasup_bin(), self.config_path), stdout=log,
+        if self.kind == "patroni":
+            postmaster_reaper.ensure()
+        self.proc = subprocess.Popen(self.command(node_binary(self.kind), self.config_path), stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
                                      **kwargs)
         log.close()
+
+    def swap(self, kind: str, timeout: float = 90) -> None:
+        """Replace what runs this node, as an operator migrates it: stop it (PostgreSQL too), then
+        start the other kind with the same configuration file on the same data directory."""
+        node_binary(kind)  # an unknown kind fails before the node is stopped
+        self.stop(timeout)
+        self.kind = kind
+        self.start()
 
     @property
     def pid(self) -> int | None:
@@ -538,13 +610,14 @@ class TestCluster:
 
     etcd: the DCS to use instead of a new single v2 Etcd(base), e.g. an Etcd3Cluster made on the same
     base; when it has dcs_section(), the nodes' configuration gets that section instead of `etcd:`.
+    kinds: what runs each node ("hasup" or "patroni", in node order; the rest run hasup).
     """
 
     __test__ = False  # a helper, not a pytest test class
 
     def __init__(self, n: int = 3, dcs: dict[str, Any] | None = None, scope: str | None = None,
                  base: str | None = None, network: Network | None = None,
-                 etcd: Etcd | Etcd3Cluster | None = None) -> None:
+                 etcd: Etcd | Etcd3Cluster | None = None, kinds: tuple[str, ...] | None = None) -> None:
         self.owner = run_as()
         self.base = base or tempfile.mkdtemp(prefix="hasup-test-")
         os.chmod(self.base, 0o755)
@@ -567,6 +640,9 @@ class TestCluster:
                            "postgresql": {"use_pg_rewind": True, "use_slots": False}}
         self.nodes = [Node(f"node{i + 1}", self.base, self.scope, self.etcd.port, self.owner, self.dcs,
                            dcs_section=dcs_section) for i in range(n)]
+        for node, kind in zip(self.nodes, kinds or (), strict=False):  # a mixed cluster: per node (Node.kind)
+            node_binary(kind)
+            node.kind = kind
         for node in self.nodes if where else ():
             place = where[node.name]
             node.netns, node.host, node.etcd_host = place.ns, place.address, self.etcd.host
@@ -599,6 +675,8 @@ class TestCluster:
                 node.stop(timeout=20)
         if not keep_etcd:
             self.etcd.stop()
+        if any(n.kind == "patroni" for n in self.nodes):
+            postmaster_reaper.stop()
         me = os.getpid()
         kill_pids([p for p in descendants(me) if alive(p) and self._ours(p)])
         reap_zombies()

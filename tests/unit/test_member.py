@@ -23,3 +23,18 @@ def test_pause_flag_follows_the_cluster_for_patronictl_wait() -> None:
     assert paused["pause"] is True
     assert "pause" not in member_data(cfg, pg)  # like Patroni: the key is absent, not false, when not paused
     assert paused["api_url"] == "http://127.0.0.1:8008/patroni" and paused["xlog_location"] == 100
+
+
+def test_a_fresh_primary_says_its_checkpoint_after_promote_is_pending() -> None:
+    # A Patroni replica waits for the flag to go before it rewinds against this leader: until the
+    # first checkpoint on the new timeline, pg_rewind would see no fork.
+    cfg, _ = load_config_text(yaml.safe_dump(NODE))
+    fresh = PgState(state="running", role="primary", data_dir_empty=False, probe_ok=True, probe_at=1.0,
+                    wal_position=100, timeline=3, checkpoint_timeline=2)
+    assert member_data(cfg, fresh)["checkpoint_after_promote"] is False
+    done = PgState(state="running", role="primary", data_dir_empty=False, probe_ok=True, probe_at=1.0,
+                   wal_position=100, timeline=3, checkpoint_timeline=3)
+    assert "checkpoint_after_promote" not in member_data(cfg, done)
+    replica = PgState(state="running", role="replica", data_dir_empty=False, probe_ok=True, probe_at=1.0,
+                      wal_position=100, timeline=3, checkpoint_timeline=2)
+    assert "checkpoint_after_promote" not in member_data(cfg, replica)

@@ -196,8 +196,45 @@ def test_status_value() -> None:
     previous = {"optime": 3, "slots": {"node1": 2}, "retain_slots": ["node1"]}
     # Until the slot keeper reports as leader, the previous leader's record stands.
     assert slots.status_value(9, None, (), previous) == {"optime": 9, "slots": {"node1": 2}, "retain_slots": ["node1"]}
-    assert slots.status_value(9, None, (), {"slots": "x"}) == {"optime": 9, "slots": {}, "retain_slots": []}
+    # Empty fields are left out, as Patroni's leader leaves them out.
+    assert slots.status_value(9, None, (), {"slots": "x"}) == {"optime": 9}
+    assert slots.status_value(9, {}, (), None) == {"optime": 9}
 
+
+def test_status_value_lists_the_leaders_own_slot_as_patroni_does() -> None:
+    # The leader's own slot at its optime, and its name among the retained ones: when it crashes,
+    # the others keep its slot after its member key has expired.
+    assert slots.status_value(70, {"node2": 50, "node3": 60}, ("node2", "node3"), None, own="node1") == \
+        {"optime": 70, "slots": {"node1": 70, "node2": 50, "node3": 60}, "retain_slots": ["node1", "node2", "node3"]}
+    # Just promoted: the previous leader's record (its slot included) stands, with ours at our optime.
+    previous = {"optime": 40, "slots": {"node1": 40, "node2": 35}, "retain_slots": ["node1", "node2"]}
+    assert slots.status_value(45, None, (), previous, own="node2") == \
+        {"optime": 45, "slots": {"node1": 40, "node2": 45}, "retain_slots": ["node1", "node2"]}
+    # A leader that never streams (nostream) has no slot of its own to list.
+    assert slots.status_value(45, {"node2": 5}, ("node2",), None, own=None) == \
+        {"optime": 45, "slots": {"node2": 5}, "retain_slots": ["node2"]}
+
+
+def test_handover_value_keeps_the_retained_slots() -> None:
+    previous = {"optime": 40, "slots": {"node1": 40, "node2": 35}, "retain_slots": ["node2", "node3"]}
+    assert slots.handover_value(50, previous, "node1") == {"optime": 50, "retain_slots": ["node1", "node2", "node3"]}
+    assert slots.handover_value(50, None, None) == {"optime": 50}
+    assert slots.handover_value(50, {"retain_slots": "junk"}, "node1") == {"optime": 50, "retain_slots": ["node1"]}
+
+
+def test_a_new_leader_keeps_the_crashed_leaders_slot() -> None:
+    # node1 led and crashed; its member key is gone, but its /status lists its slot.
+    now = [1000.0]
+    status = slots.status_value(70, {"node2": 50, "node3": 60}, ("node2", "node3"), None, own="node1")
+    keeper = SlotKeeper(lambda db: "", clock=lambda: now[0])
+    job = SlotJob(me="node2", nofailover=False, holds_lock=True, leader="node2", paused=False,
+                  members={"node2": {}, "node3": {}}, settings=SlotSettings(member_slots_ttl=60), status=status)
+    assert keeper._member_slot_names(job, primary=False) == {"node1", "node3"}
+    assert keeper._member_slot_names(job, primary=True) == {"node1", "node3"}
+    result = slots.plan(me="node2", primary=True, settings=SlotSettings(), member_slot_names={"node1", "node3"},
+                        rows=[slots.SlotRow("node1", "physical", restart_lsn=70),
+                              slots.SlotRow("node3", "physical", restart_lsn=60)])
+    assert result.drop == () and result.create == ()
 
 def test_rows_and_lsns() -> None:
     r = slots.row_of({"slot_name": "l", "slot_type": "logical", "database": "d", "plugin": "p", "temporary": False,
