@@ -16,6 +16,7 @@ SERIAL_FILES = frozenset({
     "test_callbacks.py", "test_cluster.py", "test_cluster_etcd3.py", "test_etcd.py", "test_failsafe.py",
     "test_haproxy.py", "test_quorum.py", "test_rest_slow_clients.py", "test_switchover.py", "test_sync.py",
     "test_vip.py", "test_watchdog.py", "test_worker_restart.py", "test_short.py", "test_software_fence.py",
+    "test_mixed_cluster.py",
 })
 
 
