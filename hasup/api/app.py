@@ -47,6 +47,13 @@ AUTH_CHECKED = {
     ("POST", "switchover"), ("POST", "failover"), ("DELETE", "switchover"), ("POST", "reinitialize"),
     ("POST", "failsafe"), ("POST", "sigterm"), ("POST", "citus"),
 }
+# Paths whose GET, HEAD and OPTIONS answer from the snapshot alone, spelled exactly (no
+# percent-encoding, no sub-path): the gunicorn worker answers them in its loop, without a thread
+# (hasup/api/gworker.py, inline_request).  Anything else, however it decodes, goes to a thread.
+INLINE_PATHS = frozenset(p.encode() for p in (
+    *HEALTH_PATHS, "/patroni", "/liveness", "/readiness", "/metrics", "/sync", "/synchronous", "/async",
+    "/asynchronous", "/quorum", "/read-only-sync", "/read-only-synchronous", "/read-only-quorum"))
+INLINE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS"))
 DEFAULT_ADMIN_SLOTS = 6  # gunicorn runs 8 threads: 2 always stay free for health checks
 
 
@@ -59,6 +66,11 @@ class ApiSettings:
     https_extra_headers: dict[str, str] = field(default_factory=dict)
     tls: bool = False
     admin_slots: int = DEFAULT_ADMIN_SLOTS
+
+
+def answers_inline(method: bytes, path: bytes) -> bool:
+    """The request never waits for etcd, election or a lock: it may be answered without a thread."""
+    return method in INLINE_METHODS and path in INLINE_PATHS
 
 
 def _json(resp: falcon.Response, code: int, body: Any) -> None:

@@ -151,8 +151,41 @@ class _Conn:
         self.continue_sent = False
 
 
+class _Capture:
+    """Stands in for a socket while the app answers in the loop: what gunicorn writes is kept for one send."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def send(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+    def gettimeout(self) -> float:
+        return 0.0  # gunicorn's error answer then writes without touching the blocking mode
+
+    def close(self) -> None:
+        pass  # gunicorn's error path closes the socket; the loop closes the connection itself
+
+
+class _Writing:
+    """A connection as handle_request sees it during an inline answer: its writes go to a _Capture."""
+
+    def __init__(self, conn: _Conn, out: _Capture) -> None:
+        self.sock = out
+        self.client = conn.client
+        self.server = conn.server
+
+
 class HasupWorker(ThreadWorker):
     """gthread's thread pool behind a loop that reads whole requests first (see the module docstring)."""
+
+    # (method, path) -> whether the app answers this request without blocking (from memory, in
+    # microseconds): the loop then answers it itself, with no thread hand-off.  None: never.
+    inline_request: Callable[[bytes, bytes], bool] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -165,6 +198,7 @@ class HasupWorker(ThreadWorker):
         self._accepting = False  # the listeners are in the poller
         self._resume_accepting_at = 0.0
         self._next_sweep = 0.0
+        self._inline_depth = 0  # an inline answer's pipelined successor goes to a thread: no recursion
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -464,17 +498,24 @@ class HasupWorker(ThreadWorker):
     # -- serving it in a thread -------------------------------------------------------------------
 
     def _submit(self, conn: _Conn) -> None:
+        inline = self._inline_depth == 0 and conn.body_complete and self._answers_inline(conn)
         request = self._release(conn)
         if conn.parser is None:
             conn.parser = http.RequestParser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(request)
+        if inline:
+            self._serve_inline(conn)
+            return
         # Blocking with a bound: the thread writes the answer to a client that may not read it.
         conn.sock.settimeout(IO_TIMEOUT)
         future = self.tpool.submit(self._serve, conn)
         future.add_done_callback(lambda done: self.method_queue.defer(self._served, conn, done))
 
-    def _serve(self, conn: _Conn) -> bool:
-        """In a request thread: answer the buffered request; True to keep the connection."""
+    def _serve(self, conn: _Conn, out: _Capture | None = None) -> bool:
+        """Answer the buffered request (into out when given, else to the socket); True to keep the connection.
+
+        Runs in a request thread, or in the loop for an inline answer.
+        """
         req = None
         try:
             req = next(conn.parser)
@@ -482,7 +523,7 @@ class HasupWorker(ThreadWorker):
                 req.must_close = True  # the body was never read: answer, then close rather than drain it
             if conn.continue_sent:
                 req._expected_100_continue = False
-            keep = self.handle_request(req, conn)
+            keep = self.handle_request(req, conn if out is None else _Writing(conn, out))
             # A body the app left unread is in the parser's buffer: draining it reads no socket.
             return bool(keep) and conn.body_complete and bool(conn.parser.finish_body())
         except (StopIteration, http.errors.NoMoreData):
@@ -491,8 +532,61 @@ class HasupWorker(ThreadWorker):
             self.log.debug("connection from %s failed while answering: %s", conn.client, exc)
             return False
         except Exception as exc:
-            self.handle_error(req, conn.sock, conn.client, exc)
+            self.handle_error(req, conn.sock if out is None else out, conn.client, exc)
             return False
+
+    def _answers_inline(self, conn: _Conn) -> bool:
+        """The request is one inline_request accepts and it carries no body."""
+        predicate = self.inline_request
+        if predicate is None or conn.need != conn.head_end:
+            return False
+        line_end = conn.buf.find(b"\n", 0, conn.head_end)
+        method, _, rest = bytes(conn.buf[:line_end]).partition(b" ")
+        target = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        return predicate(method, target)
+
+    def _serve_inline(self, conn: _Conn) -> None:
+        """Answer in the loop: the app runs here and its answer goes out in one non-blocking send.
+
+        Only what the write cannot take at once goes to a request thread, so a
+        client that does not read never holds the loop.
+        """
+        out = _Capture()
+        self._inline_depth += 1
+        try:
+            keep = self._serve(conn, out)
+            if conn.closed:
+                return
+            sent = 0
+            if out.data:
+                try:
+                    sent = conn.sock.send(out.data)
+                except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    sent = 0
+                except OSError as exc:
+                    self.log.debug("connection from %s failed while answering: %s", conn.client, exc)
+                    self._close(conn)
+                    return
+            if sent < len(out.data):
+                conn.sock.settimeout(IO_TIMEOUT)
+                future = self.tpool.submit(self._finish_write, conn, bytes(out.data[sent:]), keep)
+                future.add_done_callback(lambda done: self.method_queue.defer(self._served, conn, done))
+                return
+            self._resume(conn, keep)
+        except Exception:  # as in _on_ready: this connection goes, the worker stays
+            self.log.exception("error answering %s in the loop, closing the connection", conn.client)
+            self._close(conn)
+        finally:
+            self._inline_depth -= 1
+
+    def _finish_write(self, conn: _Conn, rest: bytes, keep: bool) -> bool:
+        """In a request thread: the part of an inline answer the socket could not take at once."""
+        try:
+            conn.sock.sendall(rest)
+        except OSError as exc:
+            self.log.debug("connection from %s failed while answering: %s", conn.client, exc)
+            return False
+        return keep
 
     def _served(self, conn: _Conn, future: Future[bool]) -> None:
         """Back in the loop: wait for the connection's next request, or close it."""

@@ -34,7 +34,7 @@ from hasup import ipc
 from hasup.api import tls
 from hasup.api.access import AccessControl
 from hasup.api.admin import Admin, EtcdAdmin, LazyAdmin
-from hasup.api.app import ApiSettings, create_app
+from hasup.api.app import ApiSettings, answers_inline, create_app
 from hasup.api.gworker import HasupWorker
 from hasup.api.relay import RelayClient, RelayServer
 from hasup.api.snapshot import Identity, SnapshotBuffer, SnapshotCache, encode_snapshot, make_snapshot
@@ -52,6 +52,12 @@ HEALTH_RESERVE = 2  # threads admin endpoints may never take (see ApiSettings.ad
 # NOTIFY_SOCKET would let it tell systemd "READY" for the whole service.
 _FOREIGN_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "GUNICORN_PID",
                 "GUNICORN_FD", "GUNICORN_CMD_ARGS")
+
+
+class ApiWorker(HasupWorker):
+    """The request worker, answering the health checks in its loop (hasup/api/app.py INLINE_PATHS)."""
+
+    inline_request = staticmethod(answers_inline)
 
 
 def worker_title(ctx: WorkerContext) -> str:
@@ -268,7 +274,7 @@ def gunicorn_options(ctx: WorkerContext, on_ready: Callable[[Any], None],
     options: dict[str, Any] = {
         "bind": [ctx.config.restapi.listen],
         "workers": 1,
-        "worker_class": HasupWorker,  # a class, not a dotted name: imported before any fork
+        "worker_class": ApiWorker,  # a class, not a dotted name: imported before any fork
         "threads": THREADS,
         "worker_connections": MAX_CONNECTIONS,
         # gunicorn's own limits on what its parser accepts, spelled out: the request line bounds
