@@ -198,6 +198,7 @@ class HasupWorker(ThreadWorker):
         self._accepting = False  # the listeners are in the poller
         self._resume_accepting_at = 0.0
         self._next_sweep = 0.0
+        self._addresses: dict[int, Any] = {}
         self._inline_depth = 0  # an inline answer's pipelined successor goes to a thread: no recursion
 
     # -- the loop ---------------------------------------------------------------------------
@@ -280,7 +281,14 @@ class HasupWorker(ThreadWorker):
                 return
             if len(self._conns) >= self._limit:
                 self._evict_oldest()
-            self._adopt(sock, client, listener.getsockname())
+            self._adopt(sock, client, self._address_of(listener))
+
+    def _address_of(self, listener: Any) -> Any:
+        """The listener's own address, asked once (a system call per connection otherwise)."""
+        address = self._addresses.get(listener.fileno())
+        if address is None:
+            address = self._addresses[listener.fileno()] = listener.getsockname()
+        return address
 
     def _adopt(self, sock: socket.socket, client: Any, server: Any) -> None:
         sock.setblocking(False)
@@ -306,9 +314,12 @@ class HasupWorker(ThreadWorker):
             self.poller.register(conn.sock, events, partial(self._on_ready, conn))
         conn.events = events
 
-    def _release(self, conn: _Conn) -> bytes:
-        """Take conn off the loop (out of the poller, the waiting list, the budget); its buffered bytes."""
-        if conn.events:
+    def _release(self, conn: _Conn, polled: bool = False) -> bytes:
+        """Take conn off the loop (out of the poller unless polled, the waiting list, the budget); its buffered bytes.
+
+        polled keeps it in the poller, for a connection the loop goes on owning.
+        """
+        if conn.events and not polled:
             self.poller.unregister(conn.sock)
             conn.events = 0
         self._waiting.pop(conn.fd, None)
@@ -334,10 +345,11 @@ class HasupWorker(ThreadWorker):
         An unread request byte at close() makes the kernel send a reset, which can destroy our
         answer before the client reads it (RFC 9112 §9.6).
         """
-        self._release(conn)
+        self._release(conn, polled=conn.events == selectors.EVENT_READ)
         try:
             conn.sock.shutdown(socket.SHUT_WR)  # on a TLS socket this also leaves TLS: the drain reads raw bytes
-            conn.sock.setblocking(False)
+            if conn.sock.gettimeout() != 0.0:
+                conn.sock.setblocking(False)
         except OSError:
             self._close(conn)
             return
@@ -499,7 +511,7 @@ class HasupWorker(ThreadWorker):
 
     def _submit(self, conn: _Conn) -> None:
         inline = self._inline_depth == 0 and conn.body_complete and self._answers_inline(conn)
-        request = self._release(conn)
+        request = self._release(conn, polled=inline)
         if conn.parser is None:
             conn.parser = http.RequestParser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(request)
@@ -568,6 +580,7 @@ class HasupWorker(ThreadWorker):
                     self._close(conn)
                     return
             if sent < len(out.data):
+                self._release(conn)  # the thread owns it now: out of the poller
                 conn.sock.settimeout(IO_TIMEOUT)
                 future = self.tpool.submit(self._finish_write, conn, bytes(out.data[sent:]), keep)
                 future.add_done_callback(lambda done: self.method_queue.defer(self._served, conn, done))
@@ -609,7 +622,8 @@ class HasupWorker(ThreadWorker):
         conn.served += 1
         conn.next_request(time.monotonic())
         try:
-            conn.sock.setblocking(False)
+            if conn.sock.gettimeout() != 0.0:
+                conn.sock.setblocking(False)
         except OSError:
             self._close(conn)
             return
