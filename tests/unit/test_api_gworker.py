@@ -29,6 +29,7 @@ from tests.unit.test_api_worker import alive, children, free_port
 
 THREADS = 2
 ANSWER_WITHIN = 0.5
+LARGE = 8 * 1024 * 1024  # bytes of /large's answer: far more than a socket takes without the client reading
 
 
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -38,6 +39,8 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         status, body = "413 Payload Too Large", b'{"error": "too large"}'
     elif environ.get("HTTP_TRANSFER_ENCODING"):
         status, body = "411 Length Required", b'{"error": "Content-Length required"}'
+    elif environ["PATH_INFO"] == "/large":
+        status, body = "200 OK", b"L" * LARGE
     else:
         data = environ["wsgi.input"].read(length) if length else b""
         status = "200 OK"
@@ -46,11 +49,18 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body]
 
 
+class InlineWorker(gworker.HasupWorker):
+    """Answers every GET in its loop, as the api's worker answers health checks (hasup/workers/api.py)."""
+
+    inline_request = staticmethod(lambda method, path: method == b"GET")
+
+
 @dataclass
 class Server:
     port: int
     pid: int
     context: ssl.SSLContext | None = None
+    inline: bool = False  # GETs are answered in the loop
 
     def connect(self, tls: bool | None = None, timeout: float = 5.0) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
@@ -162,9 +172,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
-@pytest.fixture(scope="module", params=["http", "https"])
+@pytest.fixture(scope="module", params=["http", "https", "http, GET inline", "https, GET inline"])
 def server(request: pytest.FixtureRequest, pki: Pki) -> Iterator[Server]:
-    with serving(pki if request.param == "https" else None) as s:
+    options = {"worker_class": InlineWorker} if "inline" in request.param else {}
+    with serving(pki if request.param.startswith("https") else None, options=options) as s:
+        s.inline = bool(options)
         yield s
 
 
@@ -256,6 +268,25 @@ def test_a_body_over_the_cap_is_answered_without_being_read_then_the_connection_
         sock.sendall(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
         code, headers, _ = read_response(f)
         assert code == 411 and headers["connection"] == "close"
+
+
+def test_an_answer_the_client_does_not_read_holds_neither_the_loop_nor_its_bytes(server: Server) -> None:
+    """Answered inline, what the socket cannot take at once is finished by a thread, intact and in order.
+
+    (Answered by threads, each such client holds one for up to IO_TIMEOUT: two of them hold them all.)
+    """
+    if not server.inline:
+        pytest.skip("answers written in the loop only")
+    with server.connect() as stuck, server.connect() as greedy, stuck.makefile("rb") as f:
+        stuck.sendall(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n")  # and reads nothing for now
+        greedy.sendall(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n" * 4)  # pipelined, and never read
+        took = [timed_get(server) for _ in range(10)]
+        assert max(took) < ANSWER_WITHIN, took
+        code, headers, body = read_response(f)
+        assert code == 200 and headers["connection"] == "keep-alive" and body == b"L" * LARGE
+        stuck.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        code, _, body = read_response(f)
+        assert code == 200 and json.loads(body)["path"] == "/after"
 
 
 # -- deadlines and limits, with short timeouts ------------------------------------------------------------
