@@ -18,7 +18,11 @@ worker's main thread, never blocks on a client:
   for the whole request (then answering 408), and answers 431 to an
   oversized header block itself;
 - it hands a complete request to the thread pool, where gunicorn's parser
-  reads it from that buffer without touching the socket;
+  reads it from that buffer without touching the socket; or, for a request
+  the subclass's inline_request accepts (a health check the app answers from
+  memory), runs gunicorn's request handling and the app itself and sends the
+  answer in one non-blocking write, leaving only what the socket does not
+  take at once to a thread;
 - it takes a kept-alive connection back to wait for its next request, and
   closes connections by half-closing and draining them in the loop.
 
