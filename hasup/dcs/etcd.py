@@ -15,15 +15,18 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import etcd
 import urllib3
 import urllib3.exceptions
 
 from hasup.config import EtcdConfig
+from hasup.dcs.dnsless import without_dnspython
 from hasup.dcs.endpoints import DISCOVERY_INTERVAL, Endpoints, Exhausted, configured, within_budget
 from hasup.dcs.model import Cluster, build_cluster
 from hasup.dcs.store import DCSError, base_path, compact, sync_value
 from hasup.dcs.tls import pool_manager, reason_of
+
+with without_dnspython():  # its SRV discovery is the one use python-etcd has for dnspython
+    import etcd
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -362,7 +362,12 @@ def _as_leader(cluster: Cluster, local: Local, me: Node, settings: Settings) -> 
     assert pg is not None
     if settings.standby_cluster:
         asked = _manual_failover(cluster, local, me, settings) if cluster.failover is not None else None
-        return standby.as_leader(pg, me.name, asked)
+        decision = standby.as_leader(pg, me.name, asked)
+        if config_missing(cluster):
+            # The standby_cluster section in force (the last one read) goes back too: without it the
+            # next node to start would bootstrap or lead a second primary of the remote's database.
+            decision = replace(decision, actions=(*decision.actions, RepublishConfig()))
+        return decision
     if pg.role != "primary":
         if isinstance(local.phase, SittingOut) and local.phase.why:
             # The veto's release did not get through (etcd): promoting now would overrule it.

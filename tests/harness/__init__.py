@@ -69,10 +69,20 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float =
         time.sleep(interval)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on now and that this process has not handed out before: two calls in a row
+    can get the same port from the kernel once the first socket is closed (an etcd member once got it
+    as both its client and its peer port, and could not start)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def run_as() -> tuple[int, int] | None:

@@ -62,7 +62,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     assert result.returncode == 0 and ours == [], result.stdout + result.stderr
 
 
-def test_unit_settings_as_the_issue_describes():
+def test_the_unit_runs_hasup_as_postgres_notified_with_the_vip_cleaned_up_and_no_restart_loop():
     s = unit_settings()
     one = {k: v[-1] for k, v in s.items()}
     assert one["Type"] == "notify" and one["NotifyAccess"] == "main"

@@ -127,3 +127,11 @@ def test_a_standby_cluster_runs_without_synchronous_mode():
     # A leftover sync key naming others does not keep this member out of the race.
     c = replace(standby_cluster(), sync={"leader": "n2", "sync_standby": "n3"})
     assert ha.decide(c, local(pg()), ME, both).actions == (ha.AcquireLock(), ha.RunFollow(REMOTE))
+
+
+def test_the_standby_leader_writes_back_a_wiped_config_key():
+    wiped = replace(standby_cluster("n1"), config={})
+    d = ha.decide(wiped, local(pg(upstream=REMOTE)), ME, STANDBY)
+    assert ha.RepublishConfig() in d.actions and ha.RunPromote() not in d.actions
+    assert ha.RepublishConfig() not in ha.decide(standby_cluster("n1"), local(pg(upstream=REMOTE)), ME,
+                                                 STANDBY).actions
