@@ -25,7 +25,7 @@ from hasup.api import gworker, limits
 from hasup.workers.api import ApiServer
 from tests.harness import wait_for
 from tests.harness.pki import Pki, make_pki
-from tests.unit.test_api_worker import alive, children, free_port
+from tests.unit.test_api_worker import alive, free_port
 
 THREADS = 2
 ANSWER_WITHIN = 0.5
@@ -71,9 +71,9 @@ class Server:
 
 @contextlib.contextmanager
 def serving(pki: Pki | None = None, **patch: Any) -> Iterator[Server]:
-    """A gunicorn master with one HasupWorker in a child process; module constants patched there."""
+    """gunicorn's worker (a HasupWorker, no arbiter) in a child process; module constants patched there."""
     port = free_port()
-    options: dict[str, Any] = {"bind": [f"127.0.0.1:{port}"], "workers": 1, "worker_class": gworker.HasupWorker,
+    options: dict[str, Any] = {"bind": [f"127.0.0.1:{port}"], "worker_class": gworker.HasupWorker,
                                "threads": THREADS, "graceful_timeout": 2, "loglevel": "warning",
                                "accesslog": None, "control_socket_disable": True}
     options.update(patch.pop("options", {}))
@@ -81,7 +81,7 @@ def serving(pki: Pki | None = None, **patch: Any) -> Iterator[Server]:
         options.update({"certfile": pki.server_cert, "keyfile": pki.server_key,
                         "ssl_context": lambda conf, _factory: server_context(pki)})
     pid = os.fork()
-    if pid == 0:  # the gunicorn master: never return into pytest
+    if pid == 0:  # the server: never return into pytest
         code = 1
         try:
             for name, value in patch.items():
@@ -100,18 +100,13 @@ def serving(pki: Pki | None = None, **patch: Any) -> Iterator[Server]:
         wait_for(lambda: request(server, "GET /ready HTTP/1.0\r\n\r\n")[0] == 200, 20, "gunicorn to answer")
         yield server
     finally:
-        workers = children(pid)
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
             time.sleep(0.05)  # polling the exit, not synchronising
         if alive(pid):
-            for p in (*workers, pid):
-                os.kill(p, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        for p in workers:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
 
 
 def server_context(pki: Pki) -> ssl.SSLContext:
@@ -343,11 +338,10 @@ def test_past_the_connection_limit_the_longest_waiting_connection_goes(tight: Se
 def test_sigterm_ends_the_worker_promptly_with_slow_clients_connected() -> None:
     with serving() as s:
         slow = Trickle(s, 20, idle=5)
-        workers = children(s.pid)
         try:
             os.kill(s.pid, signal.SIGTERM)
             started = time.monotonic()
-            wait_for(lambda: not any(alive(p) for p in workers), 5, "the worker to stop")
+            wait_for(lambda: not alive(s.pid), 5, "the worker to stop")
             assert time.monotonic() - started < 4
         finally:
             slow.close()
