@@ -28,7 +28,14 @@ worker's main thread, never blocks on a client:
   answer in one non-blocking write, leaving only what the socket does not
   take at once to a thread;
 - it takes a kept-alive connection back to wait for its next request, and
-  closes connections by half-closing and draining them in the loop.
+  closes connections by half-closing and draining them in the loop (a
+  fast-answered client that asked to close and sent nothing more is closed
+  at once: nothing unread, so no reset can destroy the answer).
+
+A new connection is read at once, before it enters the poller: a health
+checker's request usually arrives with its connection, and is then answered
+without a poller round trip.  The worker runs without gunicorn's arbiter
+(hasup/workers/api.py): its heartbeat is the in-memory time of the last turn.
 
 A request announcing a larger body, or a chunked one, goes to a thread with
 its headers only: the app answers 413 or 411 without reading the body

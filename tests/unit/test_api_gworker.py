@@ -55,12 +55,33 @@ class InlineWorker(gworker.HasupWorker):
     inline_request = staticmethod(lambda method, path: method == b"GET")
 
 
+class FastWorker(InlineWorker):
+    """Also answers plain GETs and HEADs without gunicorn's parser or the app, as the api's worker answers
+    health checks (hasup/api/app.py InlineAnswers); the answers are the app's."""
+
+    scheme = "http"
+
+    def fast_answer(self, method: bytes, path: bytes, query: bytes) -> gworker.FastAnswer | None:
+        if method not in (b"GET", b"HEAD"):
+            return None
+        if path == b"/large":
+            body = b"L" * LARGE
+        else:
+            body = json.dumps({"path": path.decode(), "got": 0, "tls": self.scheme, "fast": True}).encode()
+        return 200, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body
+
+
+class FastTlsWorker(FastWorker):
+    scheme = "https"
+
+
 @dataclass
 class Server:
     port: int
     pid: int
     context: ssl.SSLContext | None = None
     inline: bool = False  # GETs are answered in the loop
+    kind: str = ""  # the fixture's parameter
 
     def connect(self, tls: bool | None = None, timeout: float = 5.0) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
@@ -167,11 +188,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
-@pytest.fixture(scope="module", params=["http", "https", "http, GET inline", "https, GET inline"])
+@pytest.fixture(scope="module", params=["http", "https", "http, GET inline", "https, GET inline",
+                                        "http, GET fast", "https, GET fast"])
 def server(request: pytest.FixtureRequest, pki: Pki) -> Iterator[Server]:
-    options = {"worker_class": InlineWorker} if "inline" in request.param else {}
-    with serving(pki if request.param.startswith("https") else None, options=options) as s:
-        s.inline = bool(options)
+    https = request.param.startswith("https")
+    options: dict[str, Any] = {}
+    if "inline" in request.param:
+        options["worker_class"] = InlineWorker
+    elif "fast" in request.param:
+        options["worker_class"] = FastTlsWorker if https else FastWorker
+    with serving(pki if https else None, options=options) as s:
+        s.inline, s.kind = bool(options), request.param
         yield s
 
 
@@ -231,7 +258,7 @@ def test_keep_alive_and_pipelined_requests(server: Server) -> None:
         assert all(h["connection"] == "keep-alive" for _, h, _ in answers)
         sock.sendall(b"ee HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
         code, _, body = read_response(f)
-        assert code == 200 and json.loads(body) == {"path": "/three", "got": 3,
+        assert code == 200 and json.loads(body) == {"path": "/three", "got": 3,  # a body: never the fast path
                                                     "tls": "https" if server.context else "http"}
         sock.sendall(b"GET /last HTTP/1.0\r\n\r\n")  # HTTP/1.0 without keep-alive: answered, then closed
         code, headers, body = read_response(f)
@@ -368,3 +395,59 @@ def test_threads_serve_in_parallel_with_the_loop_reading() -> None:
         for t in callers:
             t.join(20)
         assert answers == [200] * 20
+
+
+# -- the fast path's parser --------------------------------------------------------------------------------
+
+
+def plain(raw: bytes) -> gworker.Plain | None:
+    return gworker.parse_plain(raw, 4094, 100, 8190)
+
+
+def test_parse_plain_takes_what_load_balancers_send() -> None:
+    assert plain(b"GET /primary HTTP/1.0\r\n\r\n") == gworker.Plain(b"GET", b"/primary", b"", b"1.0", False)
+    assert plain(b"GET /replica?lag=1MB&tag_zone=a%20b HTTP/1.1\r\nHost: 10.0.0.1:8008\r\n"
+                 b"User-Agent: HAProxy\r\nConnection: close\r\n\r\n") == \
+        gworker.Plain(b"GET", b"/replica", b"lag=1MB&tag_zone=a%20b", b"1.1", False)
+    assert plain(b"OPTIONS / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n") == \
+        gworker.Plain(b"OPTIONS", b"/", b"", b"1.1", True)
+    assert plain(b"HEAD /health HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n") == \
+        gworker.Plain(b"HEAD", b"/health", b"", b"1.0", True)
+    # The first Connection header decides, as in gunicorn.
+    assert plain(b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n").keep is False  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /primary HTTP/1.1\n\n",  # bare LF
+    b"GET /primary HTTP/1.1\r\nHost: x\n\r\n",
+    b"get /primary HTTP/1.1\r\n\r\n",
+    b"GET http://x/primary HTTP/1.1\r\n\r\n",  # absolute form
+    b"GET /%70rimary HTTP/1.1\r\n\r\n",  # an escaped path
+    b"GET /primary#x HTTP/1.1\r\n\r\n",
+    b"GET  /primary HTTP/1.1\r\n\r\n",
+    b"GET /primary HTTP/2.0\r\n\r\n",
+    b"GET /primary\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nX_Under: 1\r\n\r\n",  # gunicorn's own rules for these names
+    b"GET /primary HTTP/1.1\r\nHost : x\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nHost: \x00\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",  # past limit_request_fields
+    b"GET /primary HTTP/1.1\r\nX-A: " + b"a" * 8200 + b"\r\n\r\n",  # past limit_request_field_size
+    b"GET /" + b"a" * 4100 + b" HTTP/1.1\r\n\r\n",  # past limit_request_line
+])
+def test_parse_plain_leaves_anything_unusual_to_gunicorn(raw: bytes) -> None:
+    assert plain(raw) is None
+
+
+def test_the_fast_path_declines_and_gunicorn_answers(server: Server) -> None:
+    """A request the fast path does not take is still answered, by the app."""
+    code, _, body = request(server, b"GET /odd HTTP/1.1\r\nHost: x\r\nX_Under: 1\r\nConnection: close\r\n\r\n")
+    assert code == 200 and json.loads(body)["path"] == "/odd" and "fast" not in json.loads(body)
+    code, headers, body = request(server, b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert code == 200 and headers["connection"] == "close"
+    assert json.loads(body).get("fast", False) == ("fast" in server.kind)
