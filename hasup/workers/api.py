@@ -32,7 +32,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
 from hasup import ipc
-from hasup.api import tls
+from hasup.api import sched, tls
 from hasup.api.access import AccessControl
 from hasup.api.admin import Admin, EtcdAdmin, LazyAdmin
 from hasup.api.app import ApiSettings, InlineAnswers, answers_inline, create_app
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 POLL = 0.5  # reader thread wake-up: bounds how late it notices an orphaned api or a stuck loop
 GRACEFUL_TIMEOUT = 5  # SIGTERM to the api process must end it promptly
 LOOP_TIMEOUT = 30  # the request loop not turning for this long ends the process (gunicorn's worker timeout)
+LOOP_SLICE_NS = 300_000  # the request loop's scheduler slice (hasup/api/sched.py); Linux's default is a few ms
 THREADS = 8  # request threads in the gunicorn worker
 MAX_CONNECTIONS = 1000  # open client connections per worker; past it the longest-waiting idle one is closed
 HEALTH_RESERVE = 2  # threads admin endpoints may never take (see ApiSettings.admin_slots)
@@ -61,6 +62,12 @@ class ApiWorker(HasupWorker):
 
     inline_request = staticmethod(answers_inline)
     stack_fd: int | None = None  # the supervisor's stack file (WorkerContext.stack_fd)
+
+    def run(self) -> None:
+        # Latency, not CPU: a woken loop gets a core sooner while pgbench or others keep both busy.
+        if not sched.short_slice(LOOP_SLICE_NS):
+            log.debug("no short scheduler slice for the request loop (kernel before 6.12?)")
+        super().run()
 
     def init_signals(self) -> None:
         super().init_signals()
