@@ -10,7 +10,7 @@ configuration, logger, listeners and worker class run here, in the process the
 supervisor forked, and the node has one process fewer.  The reader thread
 receives PgState/ClusterView/WatchdogState, renders a snapshot and writes it
 into a SnapshotBuffer the request loop reads without any I/O; it answers the
-supervisor's heartbeat only while the request loop keeps turning.  The loop
+supervisor's heartbeat, and ends the process if the request loop stops turning.  The loop
 reads whole requests before a thread sees them, so slow or idle clients cannot
 take the threads health checks need.
 """
@@ -70,12 +70,18 @@ class ApiWorker(HasupWorker):
         super().run()
 
     def init_signals(self) -> None:
+        usr2 = signal.getsignal(signal.SIGUSR2)
         super().init_signals()
         # gunicorn's SIGABRT handler would exit quietly; the supervisor's heartbeat escalation
         # wants this process's stacks (hasup/worker.py enable_stack_dumps): re-arm faulthandler.
         faulthandler.disable()
         signal.signal(signal.SIGABRT, signal.SIG_DFL)
         enable_stack_dumps(self.stack_fd)
+        # gunicorn's worker leaves these to their default action, which ends the process.  SIGUSR2 is
+        # the supervisor's death signal, a wake-up only (hasup/supervisor.py child_hygiene): the loop's
+        # parent check ends the process gracefully.  SIGHUP was the arbiter's "reload": nothing to do.
+        signal.signal(signal.SIGUSR2, usr2 if callable(usr2) else signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 class SnapshotRenderer:
@@ -123,11 +129,11 @@ class LoopStuck(Exception):
 
 
 class ChannelReader(threading.Thread):
-    """The master's thread that owns the supervisor pipe's receiving side.
+    """The thread that owns the supervisor pipe's receiving side.
 
-    Sending is shared with the logging handler (gunicorn logs from the
-    master's main thread), so every send and flush holds that handler's lock:
-    two threads flushing one Channel could write a frame twice.
+    Sending is shared with the logging handler (every thread logs), so every
+    send and flush holds that handler's lock: two threads flushing one Channel
+    could write a frame twice.
     """
 
     def __init__(self, ctx: WorkerContext, renderer: SnapshotRenderer, relay: RelayServer,

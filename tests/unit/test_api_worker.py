@@ -320,6 +320,18 @@ def test_api_worker_serves_snapshots_and_exits_with_the_supervisor(api_process: 
     assert time.monotonic() - start < 10
 
 
+def test_sighup_and_sigusr2_leave_the_api_serving(api_process: ApiProcess) -> None:
+    """gunicorn's worker resets both to their default action (death); the arbiter used to take them.
+
+    SIGUSR2 is the supervisor's death signal to its workers, a wake-up only."""
+    pid, port, sup = api_process.pid, api_process.port, api_process.sup
+    wait_until("the api to listen", lambda: get(port, "/health"), sup.pump)
+    for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGHUP, signal.SIGUSR2):
+        os.kill(pid, sig)
+        assert get(port, "/health") is not None  # answered after the signal: the process took it
+    assert not api_process.reaped()
+
+
 def test_sigterm_stops_the_api_promptly(api_process: ApiProcess) -> None:
     pid, port, sup = api_process.pid, api_process.port, api_process.sup
     wait_until("the api to listen", lambda: get(port, "/health"), sup.pump)
