@@ -660,11 +660,11 @@ class HasupWorker(ThreadWorker):
         code, headers, body = answer
         keep = plain.keep and self.alive and cfg.keepalive > 0
         self.nr += 1
-        data = b"".join((b"HTTP/%s %d %s\r\nServer: %s\r\nDate: %s\r\nConnection: %s\r\n" % (
-            plain.version, code, _REASONS.get(code, b"Unknown"), _SERVER, self._http_date(),
-            b"keep-alive" if keep else b"close"), *(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1"))
-                                                   for n, v in headers), b"\r\n",
-                         b"" if plain.method == b"HEAD" else body))
+        # gunicorn's own status line and first headers (gunicorn/http/wsgi.py default_headers), then the app's.
+        lines = [b"HTTP/%s %d %s" % (plain.version, code, _REASONS.get(code, b"Unknown")), b"Server: " + _SERVER,
+                 b"Date: " + self._http_date(), b"Connection: keep-alive" if keep else b"Connection: close",
+                 *(f"{name}: {value}".encode("latin-1") for name, value in headers), b"", b""]
+        data = b"\r\n".join(lines) + (b"" if plain.method == b"HEAD" else body)
         rest = bytes(conn.buf[conn.head_end:])
         self._release(conn, polled=True)
         try:
