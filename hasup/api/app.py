@@ -47,6 +47,13 @@ AUTH_CHECKED = {
     ("POST", "switchover"), ("POST", "failover"), ("DELETE", "switchover"), ("POST", "reinitialize"),
     ("POST", "failsafe"), ("POST", "sigterm"), ("POST", "citus"),
 }
+# Paths whose GET, HEAD and OPTIONS answer from the snapshot alone, spelled exactly (no
+# percent-encoding, no sub-path): the gunicorn worker answers them in its loop, without a thread
+# (hasup/api/gworker.py, inline_request).  Anything else, however it decodes, goes to a thread.
+INLINE_PATHS = frozenset(p.encode() for p in (
+    *HEALTH_PATHS, "/patroni", "/liveness", "/readiness", "/metrics", "/sync", "/synchronous", "/async",
+    "/asynchronous", "/quorum", "/read-only-sync", "/read-only-synchronous", "/read-only-quorum"))
+INLINE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS"))
 DEFAULT_ADMIN_SLOTS = 6  # gunicorn runs 8 threads: 2 always stay free for health checks
 
 
@@ -59,6 +66,11 @@ class ApiSettings:
     https_extra_headers: dict[str, str] = field(default_factory=dict)
     tls: bool = False
     admin_slots: int = DEFAULT_ADMIN_SLOTS
+
+
+def answers_inline(method: bytes, path: bytes) -> bool:
+    """The request never waits for etcd, election or a lock: it may be answered without a thread."""
+    return method in INLINE_METHODS and path in INLINE_PATHS
 
 
 def _json(resp: falcon.Response, code: int, body: Any) -> None:
@@ -535,6 +547,50 @@ def _internal_error(req: falcon.Request, resp: falcon.Response, ex: Exception,
 def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
     resp.content_type = falcon.MEDIA_JSON
     resp.text = json.dumps({"error": ex.description or ex.title})
+
+
+class InlineAnswers:
+    """The answers to GET, HEAD and OPTIONS on INLINE_PATHS, made without falcon.
+
+    The gunicorn worker calls it from its loop for plain requests
+    (hasup/api/gworker.py, fast_answer): the same functions the resources
+    above call, on the same snapshot, with the same extra headers, for a
+    fraction of the cost of building a falcon request and response.
+    tests/unit/test_api_app.py holds every answer equal to the app's.
+    """
+
+    def __init__(self, read_snapshot: SnapshotReader, identity: Identity, clock: Clock = time.monotonic,
+                 settings: ApiSettings | None = None) -> None:
+        self.ctx = _Context(read_snapshot, identity, clock, None, settings or ApiSettings())
+        self.extra = [(name.lower(), value) for name, value in _Guard(self.ctx).headers.items()]  # as falcon sends them
+
+    def __call__(self, method: bytes, path: bytes, query: bytes) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """(status, headers, body) for method on path with the raw query string; None for other requests."""
+        if not answers_inline(method, path):
+            return None
+        try:
+            code, content_type, text = self._answer(method.decode(), path.decode(), query.decode("latin-1"))
+        except Exception:  # the app's error handling (a logged 500) is falcon's: let it answer
+            log.exception("answering %r %r in the loop failed", method, path)
+            return None
+        body = text.encode() if text is not None else b""
+        return code, [("content-type", content_type), ("content-length", str(len(body))), *self.extra], body
+
+    def _answer(self, method: str, path: str, query_string: str) -> tuple[int, str, str | None]:
+        ctx = self.ctx
+        query = parse_qs(query_string)
+        snap, now = ctx.snapshot(), ctx.now()
+        if method != "GET":
+            return health.health_code(path, query, snap, now), falcon.MEDIA_JSON, None
+        if path == "/liveness":
+            return health.liveness_code(snap, now), falcon.MEDIA_JSON, None
+        if path == "/readiness":
+            return health.readiness_code(query, snap, now), falcon.MEDIA_JSON, None
+        if path == "/metrics":
+            return 200, metrics.CONTENT_TYPE, metrics.render(snap, now)
+        status = st.build_status(snap, now)
+        code = 200 if path == "/patroni" else health.code_for(path, query, snap, status, now)
+        return code, falcon.MEDIA_JSON, json.dumps(status, default=str)
 
 
 def create_app(read_snapshot: SnapshotReader, identity: Identity,

@@ -17,10 +17,25 @@ worker's main thread, never blocks on a client:
   into a buffer, within HEADER_TIMEOUT for the headers and REQUEST_TIMEOUT
   for the whole request (then answering 408), and answers 431 to an
   oversized header block itself;
+- it answers a plain health check (parse_plain: GET, HEAD or OPTIONS, CRLF
+  lines, no body, nothing unusual in its headers) for which the subclass's
+  fast_answer has an answer made from memory, without gunicorn's parser or
+  the app: that is most of what a load balancer sends;
 - it hands a complete request to the thread pool, where gunicorn's parser
-  reads it from that buffer without touching the socket;
+  reads it from that buffer without touching the socket; or, for a request
+  the subclass's inline_request accepts (a health check the app answers from
+  memory), runs gunicorn's request handling and the app itself and sends the
+  answer in one non-blocking write, leaving only what the socket does not
+  take at once to a thread;
 - it takes a kept-alive connection back to wait for its next request, and
-  closes connections by half-closing and draining them in the loop.
+  closes connections by half-closing and draining them in the loop (a
+  fast-answered client that asked to close and sent nothing more is closed
+  at once: nothing unread, so no reset can destroy the answer).
+
+A new connection is read at once, before it enters the poller: a health
+checker's request usually arrives with its connection, and is then answered
+without a poller round trip.  The worker runs without gunicorn's arbiter
+(hasup/workers/api.py): its heartbeat is the in-memory time of the last turn.
 
 A request announcing a larger body, or a chunked one, goes to a thread with
 its headers only: the app answers 413 or 411 without reading the body
@@ -30,8 +45,10 @@ being drained.
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import json
+import re
 import resource
 import selectors
 import socket
@@ -41,14 +58,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
-from typing import Any
+from http import HTTPStatus
+from typing import Any, NamedTuple
 
+import gunicorn
 from gunicorn import http
 from gunicorn import sock as gsock
 from gunicorn.workers.gthread import ThreadWorker
 
 from hasup.api import limits
 from hasup.api.tls import ContextCache
+
+# What fast_answer gives for (method, path, query): status code, header (name, value) pairs, body;
+# None leaves the request to gunicorn and the app.
+FastAnswer = tuple[int, list[tuple[str, str]], bytes]
 
 HEADER_TIMEOUT = 10.0  # accept (or a kept-alive request's first byte) to the end of its header block
 REQUEST_TIMEOUT = 30.0  # the same to the end of its body: 1 MiB in 30 s is 35 KiB/s
@@ -66,6 +89,58 @@ SWEEP_EVERY = 0.25  # how late a deadline may be noticed
 WAKE_AT_LEAST = 1.0  # loop turns (and gunicorn heartbeats) at least this often
 
 _WAIT, _READY, _TOO_BIG = range(3)
+
+# A request line parse_plain takes: a method of letters, an origin-form target of unreserved and
+# sub-delimiter characters (a percent sign only in the query), HTTP/1.0 or 1.1.  Anything else
+# (an absolute-form target, an escaped path, a stray space) is for gunicorn's parser to judge.
+_PLAIN_LINE = re.compile(rb"([A-Z]{1,16}) (/[-A-Za-z0-9._~!$&'()*+,;=:@/]*)(?:\?([-A-Za-z0-9._~!$&'()*+,;=:@/?%]*))?"
+                         rb" HTTP/1\.([01])")
+_PLAIN_NAME = re.compile(rb"[A-Za-z0-9-]{1,64}")
+_PLAIN_VALUE = re.compile(rb"[\x20-\x7e\t]*")
+# Headers that change how a request is framed or answered: their requests go to gunicorn.
+_NOT_PLAIN = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"trailer", b"te"))
+_SERVER = gunicorn.SERVER.encode()
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class Plain(NamedTuple):
+    method: bytes
+    path: bytes
+    query: bytes
+    version: bytes  # b"1.0" or b"1.1"
+    keep: bool  # the client asks to keep the connection (its version's default, or its Connection header)
+
+
+def parse_plain(head: bytes, max_line: int, max_fields: int, max_field: int) -> Plain | None:
+    """A plain request without a body, parsed; None for anything else.
+
+    Deliberately narrower than HTTP: CRLF line ends, header names of letters,
+    digits and dashes, printable values, no folding, no body, within the
+    limits gunicorn's parser is configured with.  A request it declines is
+    not refused: gunicorn's parser and the app see it as before.
+    """
+    lines = head.split(b"\r\n")
+    if len(lines) < 3 or lines[-1] or lines[-2] or len(lines) - 3 > max_fields or len(lines[0]) > max_line:
+        return None
+    first = _PLAIN_LINE.fullmatch(lines[0])
+    if first is None:
+        return None
+    method, path, query, minor = first.groups()
+    keep: bool | None = None
+    for line in lines[1:-2]:
+        name, sep, value = line.partition(b":")
+        if not sep or len(line) > max_field or not _PLAIN_NAME.fullmatch(name):
+            return None
+        value = value.strip(b" \t")
+        if not _PLAIN_VALUE.fullmatch(value):
+            return None
+        name = name.lower()
+        if name in _NOT_PLAIN or (name == b"content-length" and value != b"0"):
+            return None
+        if name == b"connection" and keep is None:  # the first one decides, as in gunicorn
+            token = value.lower()
+            keep = False if token == b"close" else True if token == b"keep-alive" else None
+    return Plain(method, path, query or b"", b"1." + minor, minor == b"1" if keep is None else keep)
 
 
 def head_end(buf: bytes | bytearray, start: int = 0) -> int:
@@ -131,6 +206,7 @@ class _Conn:
         self.server = server
         self.handshaking = tls
         self.parser: Any = None  # gunicorn's, made for the first request, kept for the next ones
+        self.carry = b""  # what followed a fast-answered request (pipelined), for the next one
         self.buf = bytearray()
         self.served = 0
         self.events = 0
@@ -151,8 +227,44 @@ class _Conn:
         self.continue_sent = False
 
 
+class _Capture:
+    """Stands in for a socket while the app answers in the loop: what gunicorn writes is kept for one send."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def send(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+    def gettimeout(self) -> float:
+        return 0.0  # gunicorn's error answer then writes without touching the blocking mode
+
+    def close(self) -> None:
+        pass  # gunicorn's error path closes the socket; the loop closes the connection itself
+
+
+class _Writing:
+    """A connection as handle_request sees it during an inline answer: its writes go to a _Capture."""
+
+    def __init__(self, conn: _Conn, out: _Capture) -> None:
+        self.sock = out
+        self.client = conn.client
+        self.server = conn.server
+
+
 class HasupWorker(ThreadWorker):
     """gthread's thread pool behind a loop that reads whole requests first (see the module docstring)."""
+
+    # (method, path) -> whether the app answers this request without blocking (from memory, in
+    # microseconds): the loop then answers it itself, with no thread hand-off.  None: never.
+    inline_request: Callable[[bytes, bytes], bool] | None = None
+    # (method, path, query) of a plain request (parse_plain) -> the answer, made from memory without
+    # blocking, or None to leave the request to gunicorn and the app.  None: never.
+    fast_answer: Callable[[bytes, bytes, bytes], FastAnswer | None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -165,8 +277,21 @@ class HasupWorker(ThreadWorker):
         self._accepting = False  # the listeners are in the poller
         self._resume_accepting_at = 0.0
         self._next_sweep = 0.0
+        self._addresses: dict[int, Any] = {}
+        self._inline_depth = 0  # an inline answer's pipelined successor goes to a thread: no recursion
+        self._date = (0, b"")  # the Date header of fast answers, made once a second
+        self._last_turn = time.monotonic()
 
     # -- the loop ---------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        # Run without gunicorn's arbiter (hasup/workers/api.py), nobody reads gunicorn's heartbeat
+        # file: the loop's last turn is kept in memory instead, a system call per turn saved.
+        self._last_turn = time.monotonic()
+
+    def loop_age(self) -> float:
+        """Seconds since the loop last turned (any thread may ask)."""
+        return time.monotonic() - self._last_turn
 
     def run(self) -> None:
         if self.cfg.is_ssl:
@@ -246,7 +371,14 @@ class HasupWorker(ThreadWorker):
                 return
             if len(self._conns) >= self._limit:
                 self._evict_oldest()
-            self._adopt(sock, client, listener.getsockname())
+            self._adopt(sock, client, self._address_of(listener))
+
+    def _address_of(self, listener: Any) -> Any:
+        """The listener's own address, asked once (a system call per connection otherwise)."""
+        address = self._addresses.get(listener.fileno())
+        if address is None:
+            address = self._addresses[listener.fileno()] = listener.getsockname()
+        return address
 
     def _adopt(self, sock: socket.socket, client: Any, server: Any) -> None:
         sock.setblocking(False)
@@ -261,7 +393,12 @@ class HasupWorker(ThreadWorker):
         self._conns[conn.fd] = conn
         self._waiting[conn.fd] = conn
         self.nr_conns += 1
-        self._want(conn, selectors.EVENT_READ)
+        if conn.handshaking:
+            self._want(conn, selectors.EVENT_READ)
+        else:
+            # A client's request usually arrives with its connection: read it now, and enter the
+            # poller only if it has not (saves two epoll calls and a wake-up per connection).
+            self._on_ready(conn, 0)
 
     def _want(self, conn: _Conn, events: int) -> None:
         if conn.events == events:
@@ -272,9 +409,12 @@ class HasupWorker(ThreadWorker):
             self.poller.register(conn.sock, events, partial(self._on_ready, conn))
         conn.events = events
 
-    def _release(self, conn: _Conn) -> bytes:
-        """Take conn off the loop (out of the poller, the waiting list, the budget); its buffered bytes."""
-        if conn.events:
+    def _release(self, conn: _Conn, polled: bool = False) -> bytes:
+        """Take conn off the loop (out of the poller unless polled, the waiting list, the budget); its buffered bytes.
+
+        polled keeps it in the poller, for a connection the loop goes on owning.
+        """
+        if conn.events and not polled:
             self.poller.unregister(conn.sock)
             conn.events = 0
         self._waiting.pop(conn.fd, None)
@@ -300,10 +440,11 @@ class HasupWorker(ThreadWorker):
         An unread request byte at close() makes the kernel send a reset, which can destroy our
         answer before the client reads it (RFC 9112 §9.6).
         """
-        self._release(conn)
+        self._release(conn, polled=conn.events == selectors.EVENT_READ)
         try:
             conn.sock.shutdown(socket.SHUT_WR)  # on a TLS socket this also leaves TLS: the drain reads raw bytes
-            conn.sock.setblocking(False)
+            if conn.sock.gettimeout() != 0.0:
+                conn.sock.setblocking(False)
         except OSError:
             self._close(conn)
             return
@@ -464,17 +605,26 @@ class HasupWorker(ThreadWorker):
     # -- serving it in a thread -------------------------------------------------------------------
 
     def _submit(self, conn: _Conn) -> None:
-        request = self._release(conn)
+        if self._inline_depth == 0 and conn.need == conn.head_end and self._answer_fast(conn):
+            return
+        inline = self._inline_depth == 0 and conn.body_complete and self._answers_inline(conn)
+        request = self._release(conn, polled=inline)
         if conn.parser is None:
             conn.parser = http.RequestParser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(request)
+        if inline:
+            self._serve_inline(conn)
+            return
         # Blocking with a bound: the thread writes the answer to a client that may not read it.
         conn.sock.settimeout(IO_TIMEOUT)
         future = self.tpool.submit(self._serve, conn)
         future.add_done_callback(lambda done: self.method_queue.defer(self._served, conn, done))
 
-    def _serve(self, conn: _Conn) -> bool:
-        """In a request thread: answer the buffered request; True to keep the connection."""
+    def _serve(self, conn: _Conn, out: _Capture | None = None) -> bool:
+        """Answer the buffered request (into out when given, else to the socket); True to keep the connection.
+
+        Runs in a request thread, or in the loop for an inline answer.
+        """
         req = None
         try:
             req = next(conn.parser)
@@ -482,7 +632,7 @@ class HasupWorker(ThreadWorker):
                 req.must_close = True  # the body was never read: answer, then close rather than drain it
             if conn.continue_sent:
                 req._expected_100_continue = False
-            keep = self.handle_request(req, conn)
+            keep = self.handle_request(req, conn if out is None else _Writing(conn, out))
             # A body the app left unread is in the parser's buffer: draining it reads no socket.
             return bool(keep) and conn.body_complete and bool(conn.parser.finish_body())
         except (StopIteration, http.errors.NoMoreData):
@@ -491,8 +641,113 @@ class HasupWorker(ThreadWorker):
             self.log.debug("connection from %s failed while answering: %s", conn.client, exc)
             return False
         except Exception as exc:
-            self.handle_error(req, conn.sock, conn.client, exc)
+            self.handle_error(req, conn.sock if out is None else out, conn.client, exc)
             return False
+
+    def _answer_fast(self, conn: _Conn) -> bool:
+        """Answer a plain request fast_answer knows, in one send from the loop; False to leave it to _submit."""
+        fast = self.fast_answer
+        if fast is None or self.cfg.accesslog:  # an access log is gunicorn's to write
+            return False
+        cfg = self.cfg
+        plain = parse_plain(bytes(conn.buf[:conn.head_end]), cfg.limit_request_line, cfg.limit_request_fields,
+                            cfg.limit_request_field_size)
+        if plain is None:
+            return False
+        answer = fast(plain.method, plain.path, plain.query)
+        if answer is None:
+            return False
+        code, headers, body = answer
+        keep = plain.keep and self.alive and cfg.keepalive > 0
+        self.nr += 1
+        # gunicorn's own status line and first headers (gunicorn/http/wsgi.py default_headers), then the app's.
+        lines = [b"HTTP/%s %d %s" % (plain.version, code, _REASONS.get(code, b"Unknown")), b"Server: " + _SERVER,
+                 b"Date: " + self._http_date(), b"Connection: keep-alive" if keep else b"Connection: close",
+                 *(f"{name}: {value}".encode("latin-1") for name, value in headers), b"", b""]
+        data = b"\r\n".join(lines) + (b"" if plain.method == b"HEAD" else body)
+        rest = bytes(conn.buf[conn.head_end:])
+        self._release(conn, polled=True)
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            sent = 0
+        except OSError as exc:
+            self.log.debug("connection from %s failed while answering: %s", conn.client, exc)
+            self._close(conn)
+            return True
+        conn.carry = rest
+        if sent < len(data):
+            self._release(conn)  # the thread owns it now: out of the poller
+            conn.sock.settimeout(IO_TIMEOUT)
+            future = self.tpool.submit(self._finish_write, conn, data[sent:], keep)
+            future.add_done_callback(lambda done: self.method_queue.defer(self._served, conn, done))
+        elif not keep and not plain.keep and not rest and not conn.handshaking and self._tls is None:
+            # The client asked to close and sent nothing past its request: close at once (nothing
+            # unread, so no reset), without the half-close and drain a refused request needs.
+            self._close(conn)
+        else:
+            self._resume(conn, keep)
+        return True
+
+    def _http_date(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+    def _answers_inline(self, conn: _Conn) -> bool:
+        """The request is one inline_request accepts and it carries no body."""
+        predicate = self.inline_request
+        if predicate is None or conn.need != conn.head_end:
+            return False
+        line_end = conn.buf.find(b"\n", 0, conn.head_end)
+        method, _, rest = bytes(conn.buf[:line_end]).partition(b" ")
+        target = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        return predicate(method, target)
+
+    def _serve_inline(self, conn: _Conn) -> None:
+        """Answer in the loop: the app runs here and its answer goes out in one non-blocking send.
+
+        Only what the write cannot take at once goes to a request thread, so a
+        client that does not read never holds the loop.
+        """
+        out = _Capture()
+        self._inline_depth += 1
+        try:
+            keep = self._serve(conn, out)
+            if conn.closed:
+                return
+            sent = 0
+            if out.data:
+                try:
+                    sent = conn.sock.send(out.data)
+                except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    sent = 0
+                except OSError as exc:
+                    self.log.debug("connection from %s failed while answering: %s", conn.client, exc)
+                    self._close(conn)
+                    return
+            if sent < len(out.data):
+                self._release(conn)  # the thread owns it now: out of the poller
+                conn.sock.settimeout(IO_TIMEOUT)
+                future = self.tpool.submit(self._finish_write, conn, bytes(out.data[sent:]), keep)
+                future.add_done_callback(lambda done: self.method_queue.defer(self._served, conn, done))
+                return
+            self._resume(conn, keep)
+        except Exception:  # as in _on_ready: this connection goes, the worker stays
+            self.log.exception("error answering %s in the loop, closing the connection", conn.client)
+            self._close(conn)
+        finally:
+            self._inline_depth -= 1
+
+    def _finish_write(self, conn: _Conn, rest: bytes, keep: bool) -> bool:
+        """In a request thread: the part of an inline answer the socket could not take at once."""
+        try:
+            conn.sock.sendall(rest)
+        except OSError as exc:
+            self.log.debug("connection from %s failed while answering: %s", conn.client, exc)
+            return False
+        return keep
 
     def _served(self, conn: _Conn, future: Future[bool]) -> None:
         """Back in the loop: wait for the connection's next request, or close it."""
@@ -515,11 +770,13 @@ class HasupWorker(ThreadWorker):
         conn.served += 1
         conn.next_request(time.monotonic())
         try:
-            conn.sock.setblocking(False)
+            if conn.sock.gettimeout() != 0.0:
+                conn.sock.setblocking(False)
         except OSError:
             self._close(conn)
             return
-        pipelined = conn.parser.unreader.take_buffered()
+        pipelined = conn.carry or (conn.parser.unreader.take_buffered() if conn.parser is not None else b"")
+        conn.carry = b""
         conn.buf = bytearray(pipelined)
         self._buffered += len(pipelined)
         self._waiting[conn.fd] = conn

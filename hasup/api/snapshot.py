@@ -1,10 +1,10 @@
-"""The api's view of the node: a snapshot dict, and a seqlock to share it between processes.
+"""The api's view of the node: a snapshot dict, and a seqlock to share it between threads or processes.
 
-The gunicorn master receives PgState, ClusterView and WatchdogState from the
-supervisor, renders them into one JSON snapshot and writes it into an
-anonymous shared memory map created before gunicorn forks its workers.  The
-workers' request threads read it without any lock, so a health check never
-waits for the master, etcd or PostgreSQL.
+The api's reader thread receives PgState, ClusterView and WatchdogState from
+the supervisor, renders them into one JSON snapshot and writes it into an
+anonymous memory map (shared too with any process forked after it).  The
+request loop and threads read it without any lock, so a health check never
+waits for the reader, etcd or PostgreSQL.
 """
 
 from __future__ import annotations

@@ -1,61 +1,87 @@
-"""The api worker: a gunicorn master (plus one request worker) serving the falcon app.
+"""The api worker: one process serving the falcon app with gunicorn's worker, without gunicorn's arbiter.
 
 Process layout (docs/design.md §1):
-    hasup: api <scope>/<name>          gunicorn master; a reader thread owns the supervisor pipe
-      hasup: api worker <scope>/<name> request threads; read the shared snapshot, nothing else
+    hasup: api <scope>/<name>   main thread: the request loop (hasup/api/gworker.py) and request threads;
+                                a reader thread owns the supervisor pipe
 
-The master's reader thread receives PgState/ClusterView/WatchdogState, renders
-a snapshot and writes it into a SnapshotBuffer mapped before gunicorn forks,
-so the worker's request threads read it without any I/O.  Only the master
-ever writes on the supervisor pipe.  The request worker is hasup's own
-(hasup/api/gworker.py): its loop reads whole requests before a thread sees
-them, so slow or idle clients cannot take the threads health checks need.
+hasup's supervisor already does what gunicorn's arbiter would (start, watch,
+restart, stop this process), so gunicorn is used as a library: its
+configuration, logger, listeners and worker class run here, in the process the
+supervisor forked, and the node has one process fewer.  The reader thread
+receives PgState/ClusterView/WatchdogState, renders a snapshot and writes it
+into a SnapshotBuffer the request loop reads without any I/O; it answers the
+supervisor's heartbeat, and ends the process if the request loop stops turning.  The loop
+reads whole requests before a thread sees them, so slow or idle clients cannot
+take the threads health checks need.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import selectors
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import gunicorn.util
+from gunicorn import sock as gsock
 from gunicorn.app.base import BaseApplication
-from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger as GunicornLogger
-from setproctitle import setproctitle
 
 from hasup import ipc
-from hasup.api import tls
+from hasup.api import sched, tls
 from hasup.api.access import AccessControl
 from hasup.api.admin import Admin, EtcdAdmin, LazyAdmin
-from hasup.api.app import ApiSettings, create_app
+from hasup.api.app import ApiSettings, InlineAnswers, answers_inline, create_app
 from hasup.api.gworker import HasupWorker
 from hasup.api.relay import RelayClient, RelayServer
 from hasup.api.snapshot import Identity, SnapshotBuffer, SnapshotCache, encode_snapshot, make_snapshot
 from hasup.timing import RERENDER
-from hasup.worker import PipeLogHandler, WorkerContext, answer_ping, setup_worker
+from hasup.worker import PipeLogHandler, WorkerContext, answer_ping, enable_stack_dumps, setup_worker
 
 log = logging.getLogger(__name__)
 
-POLL = 0.5  # reader thread wake-up: bounds how late it notices an orphaned master
+POLL = 0.5  # reader thread wake-up: bounds how late it notices an orphaned api or a stuck loop
 GRACEFUL_TIMEOUT = 5  # SIGTERM to the api process must end it promptly
+LOOP_TIMEOUT = 30  # the request loop not turning for this long ends the process (gunicorn's worker timeout)
+LOOP_SLICE_NS = 300_000  # the request loop's scheduler slice (hasup/api/sched.py); Linux's default is a few ms
 THREADS = 8  # request threads in the gunicorn worker
 MAX_CONNECTIONS = 1000  # open client connections per worker; past it the longest-waiting idle one is closed
 HEALTH_RESERVE = 2  # threads admin endpoints may never take (see ApiSettings.admin_slots)
-# Environment a gunicorn master would act on but that belongs to the supervisor:
+# Environment gunicorn would act on but that belongs to the supervisor:
 # NOTIFY_SOCKET would let it tell systemd "READY" for the whole service.
 _FOREIGN_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "GUNICORN_PID",
                 "GUNICORN_FD", "GUNICORN_CMD_ARGS")
 
 
-def worker_title(ctx: WorkerContext) -> str:
-    return f"hasup: api worker {ctx.config.scope}/{ctx.config.name}"
+class ApiWorker(HasupWorker):
+    """The request worker, answering the health checks in its loop (hasup/api/app.py INLINE_PATHS)."""
+
+    inline_request = staticmethod(answers_inline)
+    stack_fd: int | None = None  # the supervisor's stack file (WorkerContext.stack_fd)
+
+    def run(self) -> None:
+        # Latency, not CPU: a woken loop gets a core sooner while pgbench or others keep both busy.
+        if not sched.short_slice(LOOP_SLICE_NS):
+            log.debug("no short scheduler slice for the request loop (kernel before 6.12?)")
+        super().run()
+
+    def init_signals(self) -> None:
+        usr2 = signal.getsignal(signal.SIGUSR2)
+        super().init_signals()
+        # gunicorn's SIGABRT handler would exit quietly; the supervisor's heartbeat escalation
+        # wants this process's stacks (hasup/worker.py enable_stack_dumps): re-arm faulthandler.
+        faulthandler.disable()
+        signal.signal(signal.SIGABRT, signal.SIG_DFL)
+        enable_stack_dumps(self.stack_fd)
+        # gunicorn's worker leaves these to their default action, which ends the process.  SIGUSR2 is
+        # the supervisor's death signal, a wake-up only (hasup/supervisor.py child_hygiene): the loop's
+        # parent check ends the process gracefully.  SIGHUP was the arbiter's "reload": nothing to do.
+        signal.signal(signal.SIGUSR2, usr2 if callable(usr2) else signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 class SnapshotRenderer:
@@ -98,25 +124,30 @@ class SnapshotRenderer:
         self.rendered_at = time.monotonic()
 
 
-class ChannelReader(threading.Thread):
-    """The master's thread that owns the supervisor pipe's receiving side.
+class LoopStuck(Exception):
+    pass
 
-    Sending is shared with the logging handler (gunicorn logs from the
-    master's main thread), so every send and flush holds that handler's lock:
-    two threads flushing one Channel could write a frame twice.
+
+class ChannelReader(threading.Thread):
+    """The thread that owns the supervisor pipe's receiving side.
+
+    Sending is shared with the logging handler (every thread logs), so every
+    send and flush holds that handler's lock: two threads flushing one Channel
+    could write a frame twice.
     """
 
     def __init__(self, ctx: WorkerContext, renderer: SnapshotRenderer, relay: RelayServer,
-                 stop: Callable[[], None], send_lock: Any) -> None:
+                 stop: Callable[[], None], send_lock: Any, loop_age: Callable[[], float] = lambda: 0.0) -> None:
         super().__init__(name="hasup-api-reader", daemon=True)
         self.ctx = ctx
+        self.loop_age = loop_age  # seconds since the request loop last turned
         self.renderer = renderer
         self.relay = relay
         self.stop_server = stop
         self.send_lock = send_lock
 
     def catch_up(self) -> None:
-        """Take in what already waits on the pipe and publish it, before gunicorn forks the request worker.
+        """Take in what already waits on the pipe and publish it, before the request loop starts.
 
         A restarted api finds the supervisor's replay of the latest snapshots there (hasup.supervision.routing):
         served from its first request, /primary answers from them instead of 503 until election's next cycle.
@@ -137,6 +168,11 @@ class ChannelReader(threading.Thread):
     def run(self) -> None:
         try:
             self._loop()
+        except LoopStuck as exc:
+            # Nothing here can unstick the main thread: end the process, the supervisor starts a new one
+            # (gunicorn's arbiter would have killed its worker the same way).
+            log.error("%s; ending the api process", exc)
+            os._exit(70)
         except ipc.PeerClosed:
             log.warning("supervisor pipe closed, stopping the api")
         except Exception:
@@ -169,6 +205,9 @@ class ChannelReader(threading.Thread):
                         else:
                             changed |= self.renderer.absorb(env.message)
                 self.relay.expire(time.monotonic())
+                age = self.loop_age()
+                if age > LOOP_TIMEOUT:
+                    raise LoopStuck(f"the request loop has not turned for {age:.0f} s")
                 with self.send_lock:
                     channel.flush()
                 if changed or time.monotonic() - self.renderer.rendered_at >= RERENDER:
@@ -179,8 +218,7 @@ class ChannelReader(threading.Thread):
 class _RootLogger(GunicornLogger):
     """gunicorn's logger, minus its own stderr handler: records go to the root logger.
 
-    In the master the root logger is the supervisor pipe (setup_worker); in a
-    request worker it is stderr (see _detach_child).
+    The root logger is the supervisor pipe (setup_worker).
     """
 
     def setup(self, cfg: Any) -> None:
@@ -189,12 +227,6 @@ class _RootLogger(GunicornLogger):
             if getattr(handler, "_gunicorn", False):
                 self.error_log.removeHandler(handler)
         self.error_log.propagate = True
-
-
-class _Arbiter(Arbiter):
-    def handle_usr2(self) -> None:
-        # USR2 would re-exec sys.argv: a second hasup supervisor, not a new gunicorn.
-        self.log.warning("SIGUSR2 ignored: the api cannot re-exec itself")
 
 
 class ApiServer(BaseApplication):
@@ -212,40 +244,25 @@ class ApiServer(BaseApplication):
     def load(self) -> Any:
         return self.application
 
-    def run(self) -> None:
-        _Arbiter(self).run()
+    def run(self, ready: Callable[[Any], None] | None = None) -> None:
+        """Serve in this process until SIGTERM (or SIGINT, SIGQUIT): gunicorn's worker, without its arbiter.
 
-
-def _install_titles(master: str, worker: str) -> None:
-    """Make gunicorn's own title changes land on ours.
-
-    gunicorn calls gunicorn.util._setproctitle("master [...]") in the master
-    (start, reload) and ("worker [...]") in each freshly forked worker, by
-    module attribute lookup, so replacing the attribute covers every call.
-    """
-    def set_title(title: str) -> None:
-        setproctitle(worker if title.startswith("worker") else master)
-
-    gunicorn.util._setproctitle = set_title
-
-
-def _detach_child(ctx: WorkerContext, title: str) -> None:
-    """First thing in any process the api master forks (gunicorn's request workers).
-
-    Runs inside os.fork(), before gunicorn's first log line in the child:
-    that line would otherwise go down the master's pipe, and a second writer
-    (or a half-sent frame copied from the master's outbox) corrupts the stream.
-    """
-    ctx.channel.close()
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setLevel(logging.WARNING)
-    stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(name)s: %(message)s"))
-    root.addHandler(stderr)
-    root.setLevel(logging.WARNING)
-    setproctitle(title)
+        ready(worker) runs once the listeners are bound, before the loop starts.
+        A listener that cannot be bound ends the process as gunicorn does (exit 1).
+        """
+        cfg = self.cfg
+        logger = cfg.logger_class(cfg)
+        listeners = gsock.create_sockets(cfg, logger)
+        logger.info("gunicorn listening at %s", ", ".join(str(listener) for listener in listeners))
+        worker = cfg.worker_class(0, os.getppid(), listeners, self, cfg.timeout, cfg, logger)
+        try:
+            if ready is not None:
+                ready(worker)
+            worker.init_process()  # gunicorn's boot (signals, the app), then the loop until stopped
+        finally:
+            for listener in listeners:
+                listener.close()
+            worker.tmp.close()
 
 
 def _send_lock(root: logging.Logger) -> Any:
@@ -263,12 +280,10 @@ def _gunicorn_level(level: str) -> str:
     return name if name in ("debug", "info", "warning", "error", "critical") else "info"
 
 
-def gunicorn_options(ctx: WorkerContext, on_ready: Callable[[Any], None],
-                     post_fork: Callable[[Any, Any], None]) -> dict[str, Any]:
+def gunicorn_options(ctx: WorkerContext) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bind": [ctx.config.restapi.listen],
-        "workers": 1,
-        "worker_class": HasupWorker,  # a class, not a dotted name: imported before any fork
+        "worker_class": ApiWorker,
         "threads": THREADS,
         "worker_connections": MAX_CONNECTIONS,
         # gunicorn's own limits on what its parser accepts, spelled out: the request line bounds
@@ -276,21 +291,17 @@ def gunicorn_options(ctx: WorkerContext, on_ready: Callable[[Any], None],
         "limit_request_line": 4094,
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
-        "timeout": 30,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": _gunicorn_level(ctx.config.log.level),
         "logger_class": _RootLogger,
         "proc_name": ctx.title,
-        "control_socket_disable": True,  # no extra unix socket and thread in the master
-        "preload_app": False,
         "reuse_port": False,
-        "when_ready": on_ready,
-        "post_fork": post_fork,
     }
     if os.path.isdir("/dev/shm"):
-        # gunicorn's worker heartbeat file: keep it off a disk that may stall.
+        # gunicorn's worker makes a heartbeat file (unused here, see HasupWorker.notify): keep it off a disk
+        # that may stall.
         options["worker_tmp_dir"] = "/dev/shm"
     options.update(tls.gunicorn_options(ctx.config.restapi))
     return options
@@ -306,7 +317,7 @@ def api_settings(ctx: WorkerContext) -> ApiSettings:
 
 
 def make_admin(ctx: WorkerContext, snapshots: SnapshotCache, relay_address: str) -> LazyAdmin:
-    """An Admin built in each gunicorn worker process on first use (never shared across a fork)."""
+    """An Admin built on first use."""
     def retry_timeout() -> float:
         return float(snapshots().get("retry_timeout") or 10)
 
@@ -317,60 +328,31 @@ def make_admin(ctx: WorkerContext, snapshots: SnapshotCache, relay_address: str)
 
 
 def run(ctx: WorkerContext) -> None:
-    """The api worker's body; returns when gunicorn has stopped."""
+    """The api worker's body; returns when the server has stopped."""
     setup_worker(ctx)
     for name in _FOREIGN_ENV:
         os.environ.pop(name, None)
-    master_pid = os.getpid()
-    master_title, child_title = ctx.title, worker_title(ctx)
-    _install_titles(master_title, child_title)
 
-    # Mapped before gunicorn forks, so the request worker shares it.
     buffer = SnapshotBuffer()
     renderer = SnapshotRenderer(Identity.from_config(ctx.config), buffer)
     renderer.render()  # a valid (all unknown) snapshot from the first request on
     snapshots = SnapshotCache(buffer)
-    relay = RelayServer()  # bound before gunicorn forks, so its workers know the address
+    relay = RelayServer()  # request threads reach the supervisor pipe through the reader thread
     admin = make_admin(ctx, snapshots, relay.address)
-    app = create_app(snapshots, renderer.identity, admin=admin, settings=api_settings(ctx))
+    settings = api_settings(ctx)
+    app = create_app(snapshots, renderer.identity, admin=admin, settings=settings)
+    me = os.getpid()
 
     def stop_server() -> None:
-        # gunicorn's SIGTERM path: close listeners, stop workers within graceful_timeout, exit.
-        os.kill(master_pid, signal.SIGTERM)
+        # The worker's SIGTERM path: close the listeners, finish requests within graceful_timeout, return.
+        os.kill(me, signal.SIGTERM)
 
-    started: list[bool] = []
-
-    def on_ready(arbiter: Any) -> None:
-        if started:  # gunicorn calls when_ready once per master; be sure of it
-            return
-        started.append(True)
-        os.register_at_fork(after_in_child=lambda: _detach_child(ctx, child_title))
+    def ready(worker: ApiWorker) -> None:
+        worker.fast_answer = InlineAnswers(snapshots, renderer.identity, settings=settings)
+        worker.stack_fd = ctx.stack_fd
         ctx.channel.send_now(ipc.ApiListening())  # the listeners are bound: systemd may hear READY=1
-        reader = ChannelReader(ctx, renderer, relay, stop_server, _send_lock(logging.getLogger()))
+        reader = ChannelReader(ctx, renderer, relay, stop_server, _send_lock(logging.getLogger()), worker.loop_age)
         reader.catch_up()
         reader.start()
 
-    def post_fork(arbiter: Any, worker: Any) -> None:
-        # The at-fork hook has already detached this process from the pipe; a
-        # worker forked some other way must still never write on it.
-        if not ctx.channel.closed:
-            _detach_child(ctx, child_title)
-        relay.sock.close()  # the master's listener; a worker only connects to it
-        admin.reset()  # this process makes its own etcd client on first use
-
-    server = ApiServer(app, gunicorn_options(ctx, on_ready, post_fork))
-    code: Any = 1
-    try:
-        server.run()
-        code = 0
-    except SystemExit as exc:  # gunicorn ends both its master and its workers with sys.exit
-        code = exc.code
-    finally:
-        if os.getpid() != master_pid:
-            # A gunicorn worker unwinding: never return into the supervisor's
-            # frames that forked the api process.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code if isinstance(code, int) else (0 if code is None else 1))
-    if code not in (0, None):
-        raise SystemExit(code)
+    ApiServer(app, gunicorn_options(ctx)).run(ready)

@@ -61,8 +61,8 @@ def test_an_api_crash_loop_leaves_the_primary_alone(cluster):
     log = node.log_text()
     assert "api worker keeps crashing" in log and "giving up" not in log
 
-    # A killed gunicorn master's own workers leave too: none lingers, re-parented to the supervisor.
-    def orphans() -> list[int]:
-        return [p for p in node.processes() if cmdline(p).startswith("hasup: api worker")
+    # Nothing of the killed ones lingers: the api is one process, the current one.
+    def api_processes() -> list[int]:
+        return [p for p in node.processes() if cmdline(p).startswith("hasup: api ")
                 and (st := proc_stat(p)) is not None and st[1] == supervisor]
-    wait_for(lambda: not orphans(), 15, "orphaned api workers to exit")
+    wait_for(lambda: api_processes() == [node.worker_pid("api")], 15, "a single api process")

@@ -131,7 +131,7 @@ def test_health_checks_stay_fast_while_postgres_is_frozen(tc):
 def test_config_values_that_cannot_be_applied_never_reach_etcd(tc):
     """ttl 1e400, a 600-deep object, a 2 MB value; 4xx with a JSON reason each."""
     leader = tc.wait_leader(30)
-    workers = {(n.name, role): n.worker_pid(role) for n in tc.nodes for role in ("api", "api worker", "election")}
+    workers = {(n.name, role): n.worker_pid(role) for n in tc.nodes for role in ("api", "election")}
     before = tc.etcd.value(tc.key("config"))
     deep: object = 1
     for _ in range(600):
@@ -151,6 +151,6 @@ def test_config_values_that_cannot_be_applied_never_reach_etcd(tc):
         for node in tc.nodes:
             assert call(node, "GET", "/patroni")[0] == 200
         time.sleep(0.5)  # pacing of the checks, not synchronisation
-    assert {(n.name, role): n.worker_pid(role) for n in tc.nodes for role in ("api", "api worker", "election")} \
+    assert {(n.name, role): n.worker_pid(role) for n in tc.nodes for role in ("api", "election")} \
         == workers
     assert tc.etcd.value(tc.key("config")) == before

@@ -276,7 +276,7 @@ def test_health_checks_answer_within_a_second_under_100_slow_clients(live: Live)
     scheme = "https" if live.tls else "http"
     quiet = [probe(live) for _ in range(20)]
     print(f"\n{report(f'{scheme} GET /primary, no slow clients', quiet)}")
-    api_worker = live.node.worker_pid("api worker")
+    api_worker = live.node.worker_pid("api")
     with Tricklers(live.node.api_port, live.tls) as slow:
         # Every slow connection is open and the first bytes are out before the clock starts.
         wait_for(lambda: slow.connected() >= len(slow.slots) and slow.ticks * TICK >= 2 * TRICKLE_EVERY,
@@ -295,6 +295,6 @@ def test_health_checks_answer_within_a_second_under_100_slow_clients(live: Live)
     assert max(t for _, t in spaced) < ANSWER_WITHIN, spaced
     assert all(code == 200 for code, _ in burst), burst
     # Nothing was restarted to get there.
-    assert live.node.worker_pid("api worker") == api_worker
+    assert live.node.worker_pid("api") == api_worker
     code, _ = live.node.api("/primary")
     assert code == 200

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import falcon
 import falcon.testing
@@ -11,7 +11,7 @@ import pytest
 
 from hasup import PATRONI_COMPAT_VERSION, ipc
 from hasup.api import status as st
-from hasup.api.app import create_app
+from hasup.api.app import INLINE_METHODS, INLINE_PATHS, ApiSettings, InlineAnswers, answers_inline, create_app
 from hasup.api.snapshot import Identity, make_snapshot
 
 NOW = 500.0
@@ -323,3 +323,73 @@ def test_no_secret_reaches_a_response() -> None:
 def test_get_on_an_action_path_is_the_generic_health_check(path: str) -> None:
     result = client(LEADER).simulate_get(path)
     assert result.status_code == 503 and result.json["role"] == "primary"
+
+
+# -- what the gunicorn worker may answer in its loop ---------------------------------------------
+
+
+class _Untouchable:
+    """An admin interface whose every use fails the request (the app answers 500 then)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"admin.{name} used")
+
+
+@pytest.mark.parametrize("path", sorted(p.decode() for p in INLINE_PATHS))
+def test_inline_paths_answer_from_the_snapshot_alone(path: str) -> None:
+    app = create_app(lambda: snap(pg_primary(), view()), IDENT, clock=lambda: NOW, admin=cast(Any, _Untouchable()))
+    c = falcon.testing.TestClient(app)
+    for method in sorted(INLINE_METHODS):
+        assert c.simulate_request(method.decode(), path, query_string="lag=1MB").status_code in (200, 503)
+
+
+def test_only_exact_snapshot_paths_with_safe_methods_are_inline() -> None:
+    assert answers_inline(b"GET", b"/primary") and answers_inline(b"HEAD", b"/replica")
+    assert answers_inline(b"OPTIONS", b"/") and answers_inline(b"GET", b"/metrics")
+    for method, path in ((b"POST", b"/primary"), (b"get", b"/primary"), (b"GET", b"/cluster"), (b"GET", b"/config"),
+                         (b"GET", b"/history"), (b"GET", b"/failsafe"), (b"GET", b"/%63luster"),
+                         (b"GET", b"/primary/x"), (b"GET", b"//cluster"), (b"DELETE", b"/restart")):
+        assert not answers_inline(method, path), (method, path)
+
+
+# -- answers made without falcon (the gunicorn worker's fast path) ---------------------------------
+
+QUERIES = ["", "lag=10", "lag=1MB", "tag_zone=a", "tag_zone=b", "replication_state=streaming", "lag=%31MB&x"]
+SNAPSHOTS = {"leader": LEADER, "replica": REPLICA, "nothing": snap(None, None)}
+
+
+@pytest.mark.parametrize("which", sorted(SNAPSHOTS))
+@pytest.mark.parametrize("tls", [False, True])
+def test_inline_answers_are_the_apps_answers(which: str, tls: bool) -> None:
+    """Every path and method the loop may answer without falcon: the same status, headers and body."""
+    snapshot = SNAPSHOTS[which]
+    settings = ApiSettings(http_extra_headers={"X-Http": "1"}, https_extra_headers={"X-Https": "2"}, tls=tls)
+    c = falcon.testing.TestClient(create_app(lambda: snapshot, IDENT, clock=lambda: NOW, settings=settings))
+    inline = InlineAnswers(lambda: snapshot, IDENT, clock=lambda: NOW, settings=settings)
+    compared = 0
+    for path in sorted(INLINE_PATHS):
+        for method in sorted(INLINE_METHODS):
+            for query in QUERIES:
+                want = c.simulate_request(method.decode(), path.decode(), query_string=query)
+                got = inline(method, path, query.encode())
+                assert got is not None, (method, path, query)
+                code, headers, body = got
+                where = (which, method, path, query)
+                assert code == want.status_code, where
+                assert body == want.content, where
+                assert dict(headers) == {k: v for k, v in want.headers.items()}, where
+                compared += 1
+    assert compared == len(INLINE_PATHS) * len(INLINE_METHODS) * len(QUERIES)
+
+
+@pytest.mark.parametrize("method, path", [(b"GET", b"/cluster"), (b"POST", b"/primary"), (b"GET", b"/primary/x"),
+                                          (b"PATCH", b"/config"), (b"GET", b"/%70rimary")])
+def test_inline_answers_leave_everything_else_to_the_app(method: bytes, path: bytes) -> None:
+    assert InlineAnswers(lambda: LEADER, IDENT, clock=lambda: NOW)(method, path, b"") is None
+
+
+def test_inline_answers_leave_a_failure_to_the_apps_error_handling() -> None:
+    def broken_clock() -> float:
+        raise RuntimeError("boom")
+
+    assert InlineAnswers(lambda: LEADER, IDENT, clock=broken_clock)(b"GET", b"/primary", b"") is None

@@ -25,10 +25,11 @@ from hasup.api import gworker, limits
 from hasup.workers.api import ApiServer
 from tests.harness import wait_for
 from tests.harness.pki import Pki, make_pki
-from tests.unit.test_api_worker import alive, children, free_port
+from tests.unit.test_api_worker import alive, free_port
 
 THREADS = 2
 ANSWER_WITHIN = 0.5
+LARGE = 8 * 1024 * 1024  # bytes of /large's answer: far more than a socket takes without the client reading
 
 
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -38,6 +39,8 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         status, body = "413 Payload Too Large", b'{"error": "too large"}'
     elif environ.get("HTTP_TRANSFER_ENCODING"):
         status, body = "411 Length Required", b'{"error": "Content-Length required"}'
+    elif environ["PATH_INFO"] == "/large":
+        status, body = "200 OK", b"L" * LARGE
     else:
         data = environ["wsgi.input"].read(length) if length else b""
         status = "200 OK"
@@ -46,11 +49,39 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body]
 
 
+class InlineWorker(gworker.HasupWorker):
+    """Answers every GET in its loop, as the api's worker answers health checks (hasup/workers/api.py)."""
+
+    inline_request = staticmethod(lambda method, path: method == b"GET")
+
+
+class FastWorker(InlineWorker):
+    """Also answers plain GETs and HEADs without gunicorn's parser or the app, as the api's worker answers
+    health checks (hasup/api/app.py InlineAnswers); the answers are the app's."""
+
+    scheme = "http"
+
+    def fast_answer(self, method: bytes, path: bytes, query: bytes) -> gworker.FastAnswer | None:
+        if method not in (b"GET", b"HEAD"):
+            return None
+        if path == b"/large":
+            body = b"L" * LARGE
+        else:
+            body = json.dumps({"path": path.decode(), "got": 0, "tls": self.scheme, "fast": True}).encode()
+        return 200, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body
+
+
+class FastTlsWorker(FastWorker):
+    scheme = "https"
+
+
 @dataclass
 class Server:
     port: int
     pid: int
     context: ssl.SSLContext | None = None
+    inline: bool = False  # GETs are answered in the loop
+    kind: str = ""  # the fixture's parameter
 
     def connect(self, tls: bool | None = None, timeout: float = 5.0) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
@@ -61,9 +92,9 @@ class Server:
 
 @contextlib.contextmanager
 def serving(pki: Pki | None = None, **patch: Any) -> Iterator[Server]:
-    """A gunicorn master with one HasupWorker in a child process; module constants patched there."""
+    """gunicorn's worker (a HasupWorker, no arbiter) in a child process; module constants patched there."""
     port = free_port()
-    options: dict[str, Any] = {"bind": [f"127.0.0.1:{port}"], "workers": 1, "worker_class": gworker.HasupWorker,
+    options: dict[str, Any] = {"bind": [f"127.0.0.1:{port}"], "worker_class": gworker.HasupWorker,
                                "threads": THREADS, "graceful_timeout": 2, "loglevel": "warning",
                                "accesslog": None, "control_socket_disable": True}
     options.update(patch.pop("options", {}))
@@ -71,7 +102,7 @@ def serving(pki: Pki | None = None, **patch: Any) -> Iterator[Server]:
         options.update({"certfile": pki.server_cert, "keyfile": pki.server_key,
                         "ssl_context": lambda conf, _factory: server_context(pki)})
     pid = os.fork()
-    if pid == 0:  # the gunicorn master: never return into pytest
+    if pid == 0:  # the server: never return into pytest
         code = 1
         try:
             for name, value in patch.items():
@@ -90,18 +121,13 @@ def serving(pki: Pki | None = None, **patch: Any) -> Iterator[Server]:
         wait_for(lambda: request(server, "GET /ready HTTP/1.0\r\n\r\n")[0] == 200, 20, "gunicorn to answer")
         yield server
     finally:
-        workers = children(pid)
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
             time.sleep(0.05)  # polling the exit, not synchronising
         if alive(pid):
-            for p in (*workers, pid):
-                os.kill(p, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        for p in workers:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
 
 
 def server_context(pki: Pki) -> ssl.SSLContext:
@@ -162,9 +188,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
-@pytest.fixture(scope="module", params=["http", "https"])
+@pytest.fixture(scope="module", params=["http", "https", "http, GET inline", "https, GET inline",
+                                        "http, GET fast", "https, GET fast"])
 def server(request: pytest.FixtureRequest, pki: Pki) -> Iterator[Server]:
-    with serving(pki if request.param == "https" else None) as s:
+    https = request.param.startswith("https")
+    options: dict[str, Any] = {}
+    if "inline" in request.param:
+        options["worker_class"] = InlineWorker
+    elif "fast" in request.param:
+        options["worker_class"] = FastTlsWorker if https else FastWorker
+    with serving(pki if https else None, options=options) as s:
+        s.inline, s.kind = bool(options), request.param
         yield s
 
 
@@ -224,7 +258,7 @@ def test_keep_alive_and_pipelined_requests(server: Server) -> None:
         assert all(h["connection"] == "keep-alive" for _, h, _ in answers)
         sock.sendall(b"ee HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
         code, _, body = read_response(f)
-        assert code == 200 and json.loads(body) == {"path": "/three", "got": 3,
+        assert code == 200 and json.loads(body) == {"path": "/three", "got": 3,  # a body: never the fast path
                                                     "tls": "https" if server.context else "http"}
         sock.sendall(b"GET /last HTTP/1.0\r\n\r\n")  # HTTP/1.0 without keep-alive: answered, then closed
         code, headers, body = read_response(f)
@@ -256,6 +290,25 @@ def test_a_body_over_the_cap_is_answered_without_being_read_then_the_connection_
         sock.sendall(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
         code, headers, _ = read_response(f)
         assert code == 411 and headers["connection"] == "close"
+
+
+def test_an_answer_the_client_does_not_read_holds_neither_the_loop_nor_its_bytes(server: Server) -> None:
+    """Answered inline, what the socket cannot take at once is finished by a thread, intact and in order.
+
+    (Answered by threads, each such client holds one for up to IO_TIMEOUT: two of them hold them all.)
+    """
+    if not server.inline:
+        pytest.skip("answers written in the loop only")
+    with server.connect() as stuck, server.connect() as greedy, stuck.makefile("rb") as f:
+        stuck.sendall(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n")  # and reads nothing for now
+        greedy.sendall(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n" * 4)  # pipelined, and never read
+        took = [timed_get(server) for _ in range(10)]
+        assert max(took) < ANSWER_WITHIN, took
+        code, headers, body = read_response(f)
+        assert code == 200 and headers["connection"] == "keep-alive" and body == b"L" * LARGE
+        stuck.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        code, _, body = read_response(f)
+        assert code == 200 and json.loads(body)["path"] == "/after"
 
 
 # -- deadlines and limits, with short timeouts ------------------------------------------------------------
@@ -312,11 +365,10 @@ def test_past_the_connection_limit_the_longest_waiting_connection_goes(tight: Se
 def test_sigterm_ends_the_worker_promptly_with_slow_clients_connected() -> None:
     with serving() as s:
         slow = Trickle(s, 20, idle=5)
-        workers = children(s.pid)
         try:
             os.kill(s.pid, signal.SIGTERM)
             started = time.monotonic()
-            wait_for(lambda: not any(alive(p) for p in workers), 5, "the worker to stop")
+            wait_for(lambda: not alive(s.pid), 5, "the worker to stop")
             assert time.monotonic() - started < 4
         finally:
             slow.close()
@@ -343,3 +395,59 @@ def test_threads_serve_in_parallel_with_the_loop_reading() -> None:
         for t in callers:
             t.join(20)
         assert answers == [200] * 20
+
+
+# -- the fast path's parser --------------------------------------------------------------------------------
+
+
+def plain(raw: bytes) -> gworker.Plain | None:
+    return gworker.parse_plain(raw, 4094, 100, 8190)
+
+
+def test_parse_plain_takes_what_load_balancers_send() -> None:
+    assert plain(b"GET /primary HTTP/1.0\r\n\r\n") == gworker.Plain(b"GET", b"/primary", b"", b"1.0", False)
+    assert plain(b"GET /replica?lag=1MB&tag_zone=a%20b HTTP/1.1\r\nHost: 10.0.0.1:8008\r\n"
+                 b"User-Agent: HAProxy\r\nConnection: close\r\n\r\n") == \
+        gworker.Plain(b"GET", b"/replica", b"lag=1MB&tag_zone=a%20b", b"1.1", False)
+    assert plain(b"OPTIONS / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n") == \
+        gworker.Plain(b"OPTIONS", b"/", b"", b"1.1", True)
+    assert plain(b"HEAD /health HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n") == \
+        gworker.Plain(b"HEAD", b"/health", b"", b"1.0", True)
+    # The first Connection header decides, as in gunicorn.
+    assert plain(b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n").keep is False  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /primary HTTP/1.1\n\n",  # bare LF
+    b"GET /primary HTTP/1.1\r\nHost: x\n\r\n",
+    b"get /primary HTTP/1.1\r\n\r\n",
+    b"GET http://x/primary HTTP/1.1\r\n\r\n",  # absolute form
+    b"GET /%70rimary HTTP/1.1\r\n\r\n",  # an escaped path
+    b"GET /primary#x HTTP/1.1\r\n\r\n",
+    b"GET  /primary HTTP/1.1\r\n\r\n",
+    b"GET /primary HTTP/2.0\r\n\r\n",
+    b"GET /primary\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nX_Under: 1\r\n\r\n",  # gunicorn's own rules for these names
+    b"GET /primary HTTP/1.1\r\nHost : x\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nHost: \x00\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",  # past limit_request_fields
+    b"GET /primary HTTP/1.1\r\nX-A: " + b"a" * 8200 + b"\r\n\r\n",  # past limit_request_field_size
+    b"GET /" + b"a" * 4100 + b" HTTP/1.1\r\n\r\n",  # past limit_request_line
+])
+def test_parse_plain_leaves_anything_unusual_to_gunicorn(raw: bytes) -> None:
+    assert plain(raw) is None
+
+
+def test_the_fast_path_declines_and_gunicorn_answers(server: Server) -> None:
+    """A request the fast path does not take is still answered, by the app."""
+    code, _, body = request(server, b"GET /odd HTTP/1.1\r\nHost: x\r\nX_Under: 1\r\nConnection: close\r\n\r\n")
+    assert code == 200 and json.loads(body)["path"] == "/odd" and "fast" not in json.loads(body)
+    code, headers, body = request(server, b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert code == 200 and headers["connection"] == "close"
+    assert json.loads(body).get("fast", False) == ("fast" in server.kind)

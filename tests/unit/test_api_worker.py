@@ -1,4 +1,5 @@
-"""A real api worker (gunicorn master + worker) on a real socketpair, as the supervisor would fork it."""
+"""A real api worker (one process: gunicorn's worker without its arbiter) on a real socketpair, as the supervisor
+would fork it."""
 
 from __future__ import annotations
 
@@ -148,6 +149,67 @@ class ApiProcess:
         return self.exit_code is not None
 
 
+def fork_api(stack_fd: int | None = None, **patch: Any) -> ApiProcess:
+    """The api process forked as the supervisor forks it; module constants of hasup.workers.api patched there."""
+    from hasup.workers import api
+
+    port = free_port()
+    sup_end, worker_end = ipc.channel_pair()
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the api process: never return into pytest
+        code = 1
+        try:
+            sup_end.close()
+            for name, value in patch.items():
+                setattr(api, name, value)
+            api.run(WorkerContext("api", make_config(port), ipc.Channel(worker_end, "supervisor"),
+                                  supervisor_pid=me, stack_fd=stack_fd))
+            code = 0
+        finally:
+            os._exit(code)
+    worker_end.close()
+    return ApiProcess(pid, port, Supervisor(sup_end))
+
+
+def cleanup(proc: ApiProcess) -> None:
+    if not proc.reaped():
+        os.kill(proc.pid, signal.SIGKILL)
+        os.waitpid(proc.pid, 0)
+    if not proc.sup.channel.closed:
+        proc.sup.channel.close()
+
+
+def test_a_request_loop_that_stops_turning_ends_the_process() -> None:
+    """gunicorn's arbiter would kill a worker that stopped notifying; without it the reader thread ends the process."""
+    proc = fork_api(LOOP_TIMEOUT=-1.0)  # any age is too old: the first check fires
+    try:
+        wait_until("the api process to end itself", proc.reaped, proc.sup.pump, timeout=10)
+        assert proc.exit_code == 70
+        proc.sup.pump()
+        assert any(isinstance(m, ipc.LogRecord) and "request loop has not turned" in m.message
+                   for m in proc.sup.received), proc.sup.received
+    finally:
+        cleanup(proc)
+
+
+def test_sigabrt_leaves_the_api_stacks_for_the_supervisor(tmp_path: Any) -> None:
+    """gunicorn's worker installs a SIGABRT handler of its own; the heartbeat escalation still gets the stacks."""
+    with open(tmp_path / "stack", "w+b") as stack:
+        proc = fork_api(stack_fd=stack.fileno())
+        try:
+            wait_until("the api to listen", lambda: get(proc.port, "/health"), proc.sup.pump)
+            os.kill(proc.pid, signal.SIGABRT)
+            wait_until("the api process to die", proc.reaped, timeout=10)
+            assert proc.exit_code == -signal.SIGABRT
+            stack.seek(0)
+            text = stack.read().decode(errors="replace")
+            # faulthandler's dump of every thread, the request loop's among them.
+            assert "Current thread" in text and "gworker.py" in text, text
+        finally:
+            cleanup(proc)
+
+
 @pytest.fixture
 def api_process() -> Iterator[ApiProcess]:
     from hasup.workers import api
@@ -171,8 +233,6 @@ def api_process() -> Iterator[ApiProcess]:
         yield proc
     finally:
         if not proc.reaped():
-            for child in children(pid):  # its gunicorn worker, then itself
-                os.kill(child, signal.SIGKILL)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         if not proc.sup.channel.closed:
@@ -210,7 +270,7 @@ def test_api_worker_serves_snapshots_and_exits_with_the_supervisor(api_process: 
     unsupported = get(port, "/reinitialize", "DELETE")
     assert unsupported is not None and unsupported[0] == 501 and json.loads(unsupported[1])["error"]
 
-    # An operator request travels request thread -> api master -> (supervisor pipe) -> election, and back.
+    # An operator request travels request thread -> reader thread -> (supervisor pipe) -> election, and back.
     answer: list[tuple[int, bytes] | None] = []
     caller = threading.Thread(target=lambda: answer.append(get(port, "/restart", "POST", b'{"role": "primary"}')))
     caller.start()
@@ -224,13 +284,11 @@ def test_api_worker_serves_snapshots_and_exits_with_the_supervisor(api_process: 
     caller.join(5)
     assert answer == [(200, b"restarted successfully")]
 
-    # Process titles: the gunicorn master and its one worker.
+    # One process, titled with the role; gunicorn forked nothing.
     assert cmdline(pid) == "hasup: api demo/node1"
-    workers = wait_until("the gunicorn worker", lambda: children(pid))
-    assert len(workers) == 1
-    assert cmdline(workers[0]) == "hasup: api worker demo/node1"
+    assert children(pid) == []
 
-    # Heartbeat: a Ping is answered by the master's reader thread.
+    # Heartbeat: a Ping is answered by the reader thread.
     sup.send(ipc.Ping(42))
     wait_until("Pong(42)", lambda: ipc.Pong(42) in sup.received, sup.pump)
     # gunicorn's own log lines reach the supervisor through the pipe, intact.
@@ -254,19 +312,29 @@ def test_api_worker_serves_snapshots_and_exits_with_the_supervisor(api_process: 
     primary = get(port, "/primary")
     assert primary is not None and primary[0] == 503
 
-    # The supervisor goes away: the api process and its worker follow within seconds.
+    # The supervisor goes away: the api process follows within seconds.
     sup.channel.close()
     start = time.monotonic()
 
     wait_until("the api process to exit", api_process.reaped, timeout=10)
-    wait_until("the gunicorn worker to exit", lambda: not alive(workers[0]), timeout=10)
     assert time.monotonic() - start < 10
+
+
+def test_sighup_and_sigusr2_leave_the_api_serving(api_process: ApiProcess) -> None:
+    """gunicorn's worker resets both to their default action (death); the arbiter used to take them.
+
+    SIGUSR2 is the supervisor's death signal to its workers, a wake-up only."""
+    pid, port, sup = api_process.pid, api_process.port, api_process.sup
+    wait_until("the api to listen", lambda: get(port, "/health"), sup.pump)
+    for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGHUP, signal.SIGUSR2):
+        os.kill(pid, sig)
+        assert get(port, "/health") is not None  # answered after the signal: the process took it
+    assert not api_process.reaped()
 
 
 def test_sigterm_stops_the_api_promptly(api_process: ApiProcess) -> None:
     pid, port, sup = api_process.pid, api_process.port, api_process.sup
     wait_until("the api to listen", lambda: get(port, "/health"), sup.pump)
-    workers = wait_until("the gunicorn worker", lambda: children(pid))
     os.kill(pid, signal.SIGTERM)
     start = time.monotonic()
 
@@ -277,7 +345,6 @@ def test_sigterm_stops_the_api_promptly(api_process: ApiProcess) -> None:
     wait_until("the api process to exit on SIGTERM", exited, timeout=10)
     assert api_process.exit_code == 0
     assert time.monotonic() - start < 7  # graceful_timeout is 5 s
-    wait_until("the gunicorn worker to exit", lambda: not alive(workers[0]), timeout=5)
 
 
 def test_orphaned_api_exits_even_while_its_pipe_stays_open() -> None:
@@ -310,19 +377,16 @@ def test_orphaned_api_exits_even_while_its_pipe_stays_open() -> None:
     worker_end.close()
     sup = Supervisor(sup_end)  # kept open: no EOF will tell the api anything
     api_pid = 0
-    workers: list[int] = []
     try:
         with os.fdopen(rfd, "rb") as f:
             api_pid = int(f.read())
         wait_until("the api to listen", lambda: get(port, "/health"), sup.pump)
-        workers = wait_until("the gunicorn worker", lambda: children(api_pid))
         os.kill(middle, signal.SIGKILL)
         os.waitpid(middle, 0)
         middle = 0
         wait_until("the orphaned api to exit", lambda: not alive(api_pid), sup.pump, timeout=10)
-        wait_until("its gunicorn worker to exit", lambda: not alive(workers[0]), timeout=10)
     finally:
-        for p in (*workers, api_pid, middle):
+        for p in (api_pid, middle):
             if p and alive(p):
                 os.kill(p, signal.SIGKILL)
         if middle:
