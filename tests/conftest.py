@@ -13,10 +13,9 @@ from tests.harness import alive, become_subreaper, cmdline, descendants, kill_pi
 # second), which a second cluster on the same two cores would slow, or they use host-wide resources
 # (network namespaces, addresses on interfaces).
 SERIAL_FILES = frozenset({
-    "test_callbacks.py", "test_cluster.py", "test_cluster_etcd3.py", "test_etcd.py", "test_failsafe.py",
-    "test_haproxy.py", "test_quorum.py", "test_rest_slow_clients.py", "test_switchover.py", "test_sync.py",
-    "test_vip.py", "test_watchdog.py", "test_worker_restart.py", "test_short.py", "test_software_fence.py",
-    "test_mixed_cluster.py",
+    "test_cluster.py", "test_cluster_etcd3.py", "test_etcd.py", "test_haproxy.py", "test_rest_slow_clients.py",
+    "test_switchover.py", "test_vip.py", "test_watchdog.py", "test_worker_restart.py", "test_short.py",
+    "test_software_fence.py", "test_mixed_cluster.py",
 })
 
 

@@ -8,7 +8,7 @@ from hasup.ctl import output
 from hasup.ctl.base import Ctl, CtlError, cli, echo_lines, format_option, pass_ctl
 from hasup.ctl.readiness import readiness
 
-COLUMNS = ["Member", "Runs", "Role", "Ready"]
+COLUMNS = ["Member", "Runs", "Role", "Lease protection", "Ready"]
 
 
 @cli.command()
@@ -20,10 +20,11 @@ COLUMNS = ["Member", "Runs", "Role", "Ready"]
 @format_option
 @pass_ctl
 def check(ctl: Ctl, cluster_name: str | None, expected: int | None, max_lag: float, fmt: str | None) -> None:
-    """Exit 0 when every member runs and streams, caught up, before the next migration step."""
+    """Exit 0 when every member runs and streams, caught up, before the next migration step; shows what
+    each member runs and which protection holds a hasup node's lease (device, software fence, none)."""
     scope = ctl.scope(cluster_name)
     checks, problems = readiness(ctl.cluster(scope), expected, max_lag)
-    rows = [[c.name, c.kind, c.role, c.problem or "yes"] for c in checks]
+    rows = [[c.name, c.kind, c.role, c.protection, c.problem or "yes"] for c in checks]
     echo_lines(output.render(COLUMNS, rows, ctl.format(fmt)))
     problems += [f"{c.name}: {c.problem}" for c in checks if c.problem]
     if problems:

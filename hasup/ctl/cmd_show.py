@@ -27,7 +27,7 @@ from hasup.dcs.model import Cluster, Member
 @cli.command(name="list")
 @click.argument("cluster_names", nargs=-1)
 @click.option("-e", "--extended", is_flag=True,
-              help="always show pending restarts, scheduled restarts and tags, and each node's lease protection")
+              help="always show pending restarts, scheduled restarts and tags")
 @click.option("-t", "--timestamp", "ts", is_flag=True, help="print a timestamp first")
 @format_option
 @watch_options

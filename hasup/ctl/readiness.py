@@ -23,6 +23,7 @@ class MemberCheck:
     kind: str  # "hasup <version>" or "Patroni <version>", from the member key
     role: str
     problem: str = ""  # empty: ready
+    protection: str = ""  # what enforces a hasup node's lease, and its last fence; empty for Patroni
 
 
 def kind_of(member: Member) -> str:
@@ -32,6 +33,16 @@ def kind_of(member: Member) -> str:
         return f"hasup {own[:40]}"
     version = member.data.get("version")
     return f"Patroni {str(version)[:40]}" if version is not None else "unknown"
+
+
+def protection_of(member: Member) -> str:
+    """hasup publishes which protection holds its lease (device, software fence, none) and when it last fenced."""
+    protection = member.data.get("lease_protection")
+    if not isinstance(protection, str) or not protection:
+        return ""
+    last_fence = member.data.get("last_fence")
+    fenced = f", fenced {str(last_fence)[:40]}" if last_fence else ""
+    return protection[:40] + fenced
 
 
 def _streams(member: Member) -> bool:
@@ -72,5 +83,5 @@ def readiness(cluster: Cluster, expected: int | None, max_lag_mb: float) -> tupl
         if not problem and use_slots and kept and not member.tags.get("nostream") \
                 and slot_name(member.name) not in kept:
             problem = f"the leader's status key does not retain slot {slot_name(member.name)}"
-        checks.append(MemberCheck(member.name, kind_of(member), role, problem))
+        checks.append(MemberCheck(member.name, kind_of(member), role, problem, protection_of(member)))
     return checks, problems

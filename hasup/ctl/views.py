@@ -127,10 +127,7 @@ def member_row(cluster: Cluster, member: Member, with_port: bool, fmt: str = "js
         "TL": "" if member.timeline is None else member.timeline,
     }
     row.update(dict.fromkeys(LIST_COLUMNS[5:], "") if leading else wal_columns(cluster, member))
-    protection = member.data.get("lease_protection")
-    last_fence = member.data.get("last_fence")
     row.update({
-        "Protection": (str(protection) + (f", fenced {last_fence}" if last_fence else ""))[:80] if protection else "",
         "Pending restart": "*" if member.data.get("pending_restart") else "",
         "Pending restart reason": _restart_reason(member, fmt in ("pretty", "topology")),
         "Scheduled restart": _scheduled(member),
@@ -183,8 +180,6 @@ def member_table(cluster: Cluster, scope: str, fmt: str, extended: bool = False,
             row["Member"] = "  " * (level - 1) + "+ " + m.name
         rows.append(row)
     columns = LIST_COLUMNS + [c for c in OPTIONAL_COLUMNS if extended or any(r[c] for r in rows)]
-    if extended and any(r["Protection"] for r in rows):
-        columns.append("Protection")  # hasup's own, only asked for: patronictl's columns stay as they are
     if fmt not in ("pretty", "topology"):
         columns = ["Cluster"] + columns
         for row in rows:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from hasup.ctl import editing, output, views
+from hasup.ctl.readiness import readiness
 from hasup.ctl.settings import SettingsError, parse_dcs_url, settings_from_raw
 from hasup.dcs.model import Cluster
 from tests.unit.ctl_fakes import SCOPE, FakeStore, member_value, three_nodes
@@ -244,19 +245,19 @@ def test_settings_take_ctl_auth_and_tls_with_restapi_fallbacks() -> None:
     assert settings_from_raw({}).etcd.hosts == (("127.0.0.1", 2379),)
 
 
-def test_the_extended_list_shows_each_nodes_lease_protection_and_last_fence() -> None:
+def test_check_shows_each_nodes_lease_protection_and_last_fence_and_list_keeps_patronictls_columns() -> None:
     store = FakeStore()
     three_nodes(store)
-    for name, protection in (("node1", "software fence"), ("node2", "device"), ("node3", "none")):
+    for name, protection in (("node1", "software fence"), ("node2", "device"), ("node3", "")):
         data = store.value(f"members/{name}")
-        data["lease_protection"] = protection
+        if protection:
+            data["lease_protection"] = protection
         if name == "node1":
             data["last_fence"] = "2026-12-05T03:15:00+00:00"
         store.put(f"members/{name}", data)
-    assert "Protection" not in table(store.get_cluster())[0]  # patronictl's columns unless asked for
-    rows = table(store.get_cluster(), extended=True)
-    assert [r["Protection"] for r in rows] == ["software fence, fenced 2026-12-05T03:15:00+00:00", "device", "none"]
-    assert "Protection" not in table(cluster(), extended=True)[0]  # nobody publishes it: no empty column
+    assert "Protection" not in table(store.get_cluster(), extended=True)[0]
+    checks, _ = readiness(store.get_cluster(), None, 1.0)
+    assert [c.protection for c in checks] == ["software fence, fenced 2026-12-05T03:15:00+00:00", "device", ""]
 
 
 def test_the_member_key_carries_the_protection_from_the_watchdog_state() -> None:
