@@ -13,10 +13,13 @@ the same faults on a cluster of its own, one after the other:
 
     python bench/failover.py [--runs 3] [--faults sigterm,sigkill_tree,switchover_api] [--supervisor all]
     python bench/failover.py --footprint-only
+    python bench/failover.py --footprint-only --ttl 20 --loop-wait 2
 
 Each mode writes its own result file: bench/results/footprint-<supervisor>.json
 and failover-<fault>-<supervisor>.json.  Settings: ttl 30,
-loop_wait 10, retry_timeout 10 (Patroni's defaults).
+loop_wait 10, retry_timeout 10 (Patroni's defaults); --ttl, --loop-wait and
+--retry-timeout change them, and the footprint's file name then says so
+(footprint-<supervisor>-ttl20-lw2.json).
 """
 
 from __future__ import annotations
@@ -90,6 +93,30 @@ def cpu_seconds(pids: set[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_role(pid: int) -> str:
+    """A PostgreSQL process by what it does ("checkpointer", "walreceiver", "backend postgres", "postmaster");
+    a client backend's title is "postgres: <cluster>: <user> <database> <client> <state>"."""
+    words = cmdline(pid).split(" ")
+    if len(words) < 3 or words[0] != "postgres:":
+        return "postmaster"
+    rest = words[2:] if words[1].endswith(":") else words[1:]  # with cluster_name set, it comes first
+    aux = ("checkpointer", "background", "walwriter", "autovacuum", "logical", "startup", "walreceiver",
+           "walsender", "archiver", "stats")
+    return rest[0] if rest[0] in aux else f"backend {rest[0]}"
+
+
+def cpu_by(pids_before: dict[int, str], pids_after: dict[int, str], before: dict[int, float],
+           per_minute: float) -> dict[str, float]:
+    """CPU seconds per idle minute by role; a process that came or went counts for what /proc still showed."""
+    out: dict[str, float] = {}
+    for pid, name in pids_after.items():
+        out[name] = out.get(name, 0.0) + cpu_seconds({pid}) - before.get(pid, 0.0)
+    for pid, name in pids_before.items():
+        if pid not in pids_after:
+            out.setdefault(name, 0.0)
+    return {k: round(v * per_minute, 3) for k, v in sorted(out.items())}
+
+
 def role(pid: int) -> str:
     """hasup names each process by role ("hasup: election main/node1"); Patroni is one `python patroni`."""
     line = cmdline(pid)
@@ -104,6 +131,9 @@ def role(pid: int) -> str:
 def footprint(c: TestCluster) -> dict[str, Any]:
     sup_before = {n.name: cpu_seconds(supervisor_pids(n)) for n in c.nodes}
     pg_before = {n.name: cpu_seconds(postgres_pids(n)) for n in c.nodes}
+    roles_before = {n.name: {pid: role(pid) for pid in supervisor_pids(n)} for n in c.nodes}
+    pg_roles_before = {n.name: {pid: postgres_role(pid) for pid in postgres_pids(n)} for n in c.nodes}
+    each_before = {pid: cpu_seconds({pid}) for r in (*roles_before.values(), *pg_roles_before.values()) for pid in r}
     started = time.monotonic()
     time.sleep(IDLE_WINDOW)  # an idle minute, measured as it passes
     per_minute = 60.0 / (time.monotonic() - started)
@@ -120,6 +150,11 @@ def footprint(c: TestCluster) -> dict[str, Any]:
             "cpu_s_per_idle_min": round((cpu_seconds(supervisor_pids(n)) - sup_before[n.name]) * per_minute, 3),
             "postgres_cpu_s_per_idle_min": round((cpu_seconds(postgres_pids(n)) - pg_before[n.name]) * per_minute,
                                                  3),
+            "cpu_s_per_idle_min_by_role": cpu_by(roles_before[n.name], {pid: role(pid) for pid in pids},
+                                                 each_before, per_minute),
+            "postgres_cpu_s_per_idle_min_by_process": cpu_by(
+                pg_roles_before[n.name], {pid: postgres_role(pid) for pid in postgres_pids(n)}, each_before,
+                per_minute),
         }
     return out
 
@@ -193,24 +228,39 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # -- one supervisor ------------------------------------------------------------------
 
 
-def settings(runs: int) -> dict[str, Any]:
-    return {"dcs": DCS, "nodes": 3, "etcd": "one member, v2 API", "replication": "asynchronous",
+def dcs_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {**DCS, "ttl": args.ttl, "loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout}
+
+
+def timing_suffix(args: argparse.Namespace) -> str:
+    """"" at Patroni's defaults (the committed file names), else "-ttl20-lw2" (and "-rt5" for retry_timeout)."""
+    out = ""
+    if (args.ttl, args.loop_wait) != (DCS["ttl"], DCS["loop_wait"]) or args.retry_timeout != DCS["retry_timeout"]:
+        out = f"-ttl{args.ttl}-lw{args.loop_wait}"
+    if args.retry_timeout != DCS["retry_timeout"]:
+        out += f"-rt{args.retry_timeout}"
+    return out
+
+
+def settings(runs: int, dcs: dict[str, Any] = DCS) -> dict[str, Any]:
+    return {"dcs": dcs, "nodes": 3, "etcd": "one member, v2 API", "replication": "asynchronous",
             "prober_interval_s": INTERVAL, "runs": runs, "idle_window_s": IDLE_WINDOW,
             "after_switch_s": AFTER_SWITCH}
 
 
 def bench(kind: str, faults: list[str], args: argparse.Namespace) -> None:
     who = supervisors.describe(kind)
-    head = record.header("footprint", "idle", who, settings(args.runs))
-    with supervisors.running(kind), TestCluster(3, dcs=DCS) as c:
+    dcs = dcs_of(args)
+    head = record.header("footprint", "idle", who, settings(args.runs, dcs))
+    with supervisors.running(kind), TestCluster(3, dcs=dcs) as c:
         leader = c.start_all(180)
         leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
         if not args.skip_footprint:
             nodes = footprint(c)
             print(json.dumps(nodes, indent=1), flush=True)
-            record.save(f"footprint-{kind}.json", head, {"nodes": nodes}, args.out)
+            record.save(f"footprint-{kind}{timing_suffix(args)}.json", head, {"nodes": nodes}, args.out)
         for fault in faults:
-            head = record.header("failover", fault, who, settings(args.runs))
+            head = record.header("failover", fault, who, settings(args.runs, dcs))
             runs: list[dict[str, Any]] = []
             for _ in range(args.runs):
                 r = one_fault(c, fault, run=len(runs) + 1 + 100 * faults.index(fault))
@@ -229,7 +279,14 @@ def main() -> int:
     ap.add_argument("--skip-footprint", action="store_true")
     ap.add_argument("--footprint-only", action="store_true", help="measure memory and idle CPU, no faults")
     ap.add_argument("--out", default=record.RESULTS)
+    ap.add_argument("--ttl", type=int, default=DCS["ttl"], help="the cluster's ttl (default: Patroni's, 30)")
+    ap.add_argument("--loop-wait", type=int, default=DCS["loop_wait"], help="loop_wait (default: Patroni's, 10)")
+    ap.add_argument("--retry-timeout", type=int, default=DCS["retry_timeout"],
+                    help="retry_timeout (default: Patroni's, 10)")
     args = ap.parse_args()
+    if timing_suffix(args) and not args.footprint_only:
+        ap.error("--ttl, --loop-wait and --retry-timeout go with --footprint-only: the failover results compare "
+                 "at Patroni's defaults")
     faults = [] if args.footprint_only else args.faults.split(",")
     unknown = sorted(set(faults) - set(FAULTS))
     if unknown:

@@ -61,8 +61,14 @@ REPORT_SLACK = 1.0  # what a failing worker's report may take beyond its probe, 
 
 # -- the supervisor's watch over its workers --------------------------------------------------------
 RESPAWN = 0.5  # fork a worker, read etcd once, renew: what a replacement election worker needs
-FAST_PING_INTERVAL = 0.5  # the election and watchdog heartbeats are short: ping them often enough to measure
-PING_INTERVAL = 2.0
+# A frozen worker is noticed its heartbeat after its last answer, however often it is pinged: how often
+# decides only how much of the heartbeat a healthy worker has left to answer in, and what an idle node
+# spends on pings (each costs the supervisor and the worker a wake-up).  A worker is pinged a third of
+# its heartbeat apart, never more often than FAST_PING_INTERVAL, and, where a budget bounds heartbeat and
+# ping together (election, watchdog), within what the heartbeat leaves of it.
+FAST_PING_INTERVAL = 0.5
+PINGS_PER_HEARTBEAT = 3
+PING_INTERVAL = 2.0  # the postgres worker's: its heartbeat must cover one ping interval and one blocked probe
 MAX_ELECTION_HEARTBEAT = 5.0
 POSTGRES_HEARTBEAT = 5.0  # its loop blocks on one probe (1 s) or one pg_controldata at most
 OTHER_HEARTBEAT = 15.0
@@ -246,6 +252,12 @@ class Deadlines:
         return self.ttl - self.safety_margin - EPSILON - MIN_TIMEOUT
 
     @property
+    def election_room(self) -> float:
+        """Seconds from a frozen election worker's last answer until it must have been noticed (heartbeat plus
+        ping interval, as the tests model it) for a replacement to renew before the earliest reset."""
+        return self.earliest_reset - self.loop_wait - RESPAWN
+
+    @property
     def election_budget(self) -> float:
         """Seconds from a frozen election worker's last answer until a replacement must have renewed."""
         return self.earliest_reset - self.loop_wait - RESPAWN - FAST_PING_INTERVAL
@@ -274,13 +286,39 @@ class Deadlines:
         w = self.watchdog_timeout
         if w is None or not self.watchdog_on:
             return OTHER_HEARTBEAT
-        fits = w - MAX_PET_INTERVAL - FAST_PING_INTERVAL - RESPAWN - EPSILON
+        room = self.watchdog_room
+        assert room is not None
+        fits = room - self.watchdog_ping_share
         # Under a second no replacement beats the device anyway: a frozen worker costs a reset either way,
         # and a hair-trigger heartbeat would only restart a busy one.
         return min(OTHER_HEARTBEAT, fits) if fits >= 1.0 else OTHER_HEARTBEAT
 
+    @property
+    def watchdog_room(self) -> float | None:
+        """Seconds from a frozen watchdog worker's last answer until it must have been noticed (heartbeat plus
+        ping interval) for a replacement to pet before the device fires; None without a device in use."""
+        w = self.watchdog_timeout
+        if w is None or not self.watchdog_on:
+            return None
+        return w - MAX_PET_INTERVAL - RESPAWN - EPSILON
+
+    @property
+    def watchdog_ping_share(self) -> float:
+        """The part of watchdog_room its pings take: a quarter, leaving the heartbeat three pings long."""
+        room = self.watchdog_room or 0.0
+        return max(FAST_PING_INTERVAL, room / (PINGS_PER_HEARTBEAT + 1))
+
     def ping_interval(self, role: str) -> float:
-        return FAST_PING_INTERVAL if role in ("election", "watchdog") else self.figures.ping_interval
+        """How often the supervisor pings a worker (see FAST_PING_INTERVAL)."""
+        if role == "postgres":
+            return self.figures.ping_interval
+        heartbeat = self.heartbeat(role)
+        spare = float("inf")
+        if role == "election":
+            spare = self.election_room - heartbeat
+        elif role == "watchdog" and self.watchdog_room is not None and heartbeat < OTHER_HEARTBEAT:
+            spare = self.watchdog_room - heartbeat
+        return max(FAST_PING_INTERVAL, min(heartbeat / PINGS_PER_HEARTBEAT, spare))
 
     @property
     def pg_report_max_age(self) -> float:
