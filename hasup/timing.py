@@ -40,6 +40,11 @@ RENEWAL_LATENCY = 0.5  # how late a healthy renewal may land after it starts, fo
 # -- PostgreSQL's health ------------------------------------------------------------------------
 PROBE_INTERVAL = 1.0  # a healthy PostgreSQL is probed this often
 PROBE_TIMEOUT = 1.0  # a trivial read-only query that takes longer counts as a failed probe
+# The probe's costly facts that no quick column hints at (pending_restart after a reload from outside, say)
+# are re-read this often; what election acts on at once (role, timeline, replication rows) is hinted at.
+FULL_PROBE_INTERVAL = 10.0
+# hasup's own reload: PostgreSQL takes its SIGHUP within milliseconds; read pending_restart this much later.
+RELOAD_SETTLE = 1.0
 FAILED_PROBES_TO_FENCE = 2  # one slow probe is a blip, never a reason to kill a primary
 FENCE_TIMEOUT = 1.0  # the supervisor's bound for killing and confirming a hung PostgreSQL
 DEFAULT_HEALTH_DEADLINE = 3.0

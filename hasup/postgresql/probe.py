@@ -37,8 +37,8 @@ SELECT pg_catalog.pg_is_in_recovery(),
 QUICK_FIELDS = 10
 CHANGE_FIELDS = (0, 6, 7, 8, 9)  # in recovery, synchronous_standby_names, the walreceiver, the walsenders
 # The rest: a catalog scan (pg_settings), two reads of pg_control, a join over every backend.  Read on
-# the first probe of a connection, whenever a column of CHANGE_FIELDS changes, and at least every
-# `full_every` seconds (the postgres worker: loop_wait, the rhythm election reads them at).
+# the first probe of a connection, whenever a column of CHANGE_FIELDS changes, when refresh() asks, and
+# at least every `full_every` seconds (the postgres worker: hasup.timing.FULL_PROBE_INTERVAL).
 FULL_COLUMNS = QUICK_COLUMNS + """,
        CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
             ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))
@@ -130,6 +130,7 @@ class Prober:
         self.full_every = full_every
         self._conn: psycopg2.extensions.connection | None = None
         self._full: _Full | None = None
+        self._refresh_at: float | None = None  # read everything at the first probe from then on
         self.full_reads = 0  # how many probes read everything (tests count them)
 
     def close(self) -> None:
@@ -141,9 +142,10 @@ class Prober:
                 pass
             self._conn = None
 
-    def refresh(self) -> None:
-        """Have the next probe read everything (after an action or a reload, say)."""
-        self._full = None
+    def refresh(self, delay: float = 0.0) -> None:
+        """Have the first probe `delay` seconds from now read everything (after an action or a reload)."""
+        at = time.monotonic() + delay
+        self._refresh_at = at if self._refresh_at is None else min(self._refresh_at, at)
 
     def _run(self, sql: str, deadline: float) -> tuple[Any, ...]:
         assert self._conn is not None
@@ -168,13 +170,16 @@ class Prober:
             full = self._full
             now = time.monotonic()
             row: tuple[Any, ...] | None = None
-            if full is not None and now - full.at < self.full_every:
+            due = self._refresh_at is not None and now >= self._refresh_at
+            if full is not None and now - full.at < self.full_every and not due:
                 row = self._run("EXECUTE hasup_quick", deadline)
                 if changes(row) != full.changes:
                     row = None  # something the full probe reads may have moved: read it now
             if row is None:
                 row = self._run("EXECUTE hasup_full", deadline)
                 self.full_reads += 1
+                if due:
+                    self._refresh_at = None  # one asked for later (a reload settling) still stands
                 (primary_tl, start_time, version, sysid, checkpoint_tl, replication, pending) = row[QUICK_FIELDS:]
                 full = self._full = _Full(
                     changes=changes(row), primary_tl=primary_tl, start_time=start_time,

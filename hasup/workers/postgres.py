@@ -26,7 +26,7 @@ from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult, ProbeTimedOut
 from hasup.postgresql.slot_keeper import SlotJob, SlotKeeper
 from hasup.postgresql.state import ACTION_STATES, PgStatus
-from hasup.timing import KEEPALIVE, PROBE_INTERVAL, PROBE_TIMEOUT
+from hasup.timing import FULL_PROBE_INTERVAL, KEEPALIVE, PROBE_INTERVAL, PROBE_TIMEOUT, RELOAD_SETTLE
 from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.postgres")
@@ -51,8 +51,8 @@ class PostgresWorker:
         self.postmaster = Postmaster(Binaries(cfg.postgresql.bin_dir), cfg.postgresql.data_dir,
                                      os.path.join(cfg.postgresql.config_dir, "postgresql.conf"))
         self.lifecycle = Lifecycle(cfg, self.dynamic, self.postmaster, self._set_action_state)
-        # The costly facts are read at election's rhythm, and whenever the quick probe hints at a change.
-        self.prober = Prober(self.lifecycle.local_dsn(), PROBE_TIMEOUT, full_every=self.dynamic.loop_wait)
+        # The costly facts are read now and then, and whenever the quick probe hints at a change.
+        self.prober = Prober(self.lifecycle.local_dsn(), PROBE_TIMEOUT, full_every=FULL_PROBE_INTERVAL)
         self.action: str = ""  # the request being carried out, by name ("promote", "follow", ...)
         self.action_state: PgStatus | None = None  # what that action says PostgreSQL is going through
         self.done: queue.SimpleQueue[ipc.Reply] = queue.SimpleQueue()
@@ -326,7 +326,6 @@ class PostgresWorker:
                         self.lifecycle.sync_setting = None
                     self.dynamic = dynamic
                     self.lifecycle.dynamic = dynamic
-                    self.prober.full_every = dynamic.loop_wait
                     if changed and not self.action:
                         self.apply_parameters()
             if msg.config and self.view_usable_for_slots(msg):
@@ -340,7 +339,7 @@ class PostgresWorker:
 
     def apply_parameters(self) -> None:
         self.lifecycle.apply_parameters()
-        self.prober.refresh()  # pending_restart may change with the reload
+        self.prober.refresh(RELOAD_SETTLE)  # pending_restart may change once PostgreSQL has reloaded
         self.callbacks.reloaded(self.last_sent)  # on_reload, if PostgreSQL ran and got SIGHUP
 
     def keep_slots(self, view: ipc.ClusterView) -> None:

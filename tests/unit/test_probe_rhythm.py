@@ -144,3 +144,21 @@ def test_without_full_every_each_probe_reads_everything(server: FakeServer, cloc
     for _ in range(3):
         prober.probe()
     assert prober.full_reads == 3 and "EXECUTE hasup_quick" not in server.statements
+
+
+def test_a_refresh_asked_for_later_waits_for_its_moment_and_survives_an_earlier_full_read(
+        server: FakeServer, clock: list[float]) -> None:
+    prober = Prober("dsn", 1.0, full_every=10.0)
+    prober.probe()
+    prober.refresh(1.0)  # a reload: PostgreSQL has not taken its SIGHUP yet
+    server.pending = True
+    assert prober.probe().pending_restart is False and prober.full_reads == 1  # not yet
+    server.quick[9] = "another walsender"
+    clock[0] += 0.5
+    prober.probe()  # a full read for another reason, before the refresh is due
+    clock[0] += 0.5
+    prober.probe()
+    assert prober.full_reads == 3  # the refresh still came
+    clock[0] += 1.0
+    prober.probe()
+    assert prober.full_reads == 3
