@@ -110,15 +110,16 @@ def quick_probe_since(node, since, seconds: float) -> bool:
 
 def test_probes_are_one_quick_prepared_query_on_a_kept_session(tc):
     """An idle node costs its PostgreSQL one cheap round trip a second: no new backend per probe, and the
-    costly part of the probe (pg_settings, pg_control, pg_stat_replication) only at loop_wait rhythm."""
+    costly part of the probe (pg_settings, pg_control, pg_stat_replication) only now and then."""
     leader, replicas = all_streaming(tc)
-    for node in (leader, replicas[0]):
-        started = node.sql("SELECT now()")[0][0]
-        before = hasup_sessions(node)
-        # Two loop_waits of probes later: the same sessions, and the probe's latest statement the quick one.
-        wait_for(lambda: quick_probe_since(node, started, 2 * LOOP_WAIT), 30,  # noqa: B023 (called at once)
-                 f"a quick probe on {node.name} two loop_waits on")
-        assert hasup_sessions(node) == before and before, node.name
+    nodes = (leader, replicas[0])
+    started = {n.name: n.sql("SELECT now()")[0][0] for n in nodes}
+    before = {n.name: hasup_sessions(n) for n in nodes}
+    # Two loop_waits of probes later: the same sessions, and the probe's latest statement the quick one.
+    wait_for(lambda: all(quick_probe_since(n, started[n.name], 2 * LOOP_WAIT) for n in nodes), 30,
+             "a quick probe two loop_waits on")
+    for n in nodes:
+        assert hasup_sessions(n) == before[n.name] and before[n.name], n.name
 
 
 def test_etcd_layout(tc):
