@@ -402,10 +402,14 @@ class Supervisor:
 
     def heartbeats(self, now: float) -> None:
         """Ping whoever is due; abort, then kill, a worker silent past its deadline (supervision.heartbeat)."""
-        for w in self.workers.values():
-            if w.channel is not None:
-                n = w.heartbeat.ping(now, self.deadlines.ping_interval(w.role))
-                if n is not None:
+        pinged = [w for w in self.workers.values() if w.channel is not None]
+        if any(now >= w.heartbeat.next_ping for w in pinged):
+            # One wake-up for several pings: whoever is due within half its interval goes now too, so the
+            # pings (and their answers) come together instead of each on a timer of its own.
+            for w in pinged:
+                interval = self.deadlines.ping_interval(w.role)
+                n = w.heartbeat.ping(now, interval, early=interval / 2)
+                if n is not None and w.channel is not None:
                     w.channel.send(ipc.Ping(n))
         if self.shutdown_started is not None:
             return  # busy stopping PostgreSQL is no hang; the shutdown order kills stragglers itself

@@ -40,6 +40,11 @@ RENEWAL_LATENCY = 0.5  # how late a healthy renewal may land after it starts, fo
 # -- PostgreSQL's health ------------------------------------------------------------------------
 PROBE_INTERVAL = 1.0  # a healthy PostgreSQL is probed this often
 PROBE_TIMEOUT = 1.0  # a trivial read-only query that takes longer counts as a failed probe
+# The probe's costly facts that no quick column hints at (pending_restart after a reload from outside, say)
+# are re-read this often; what election acts on at once (role, timeline, replication rows) is hinted at.
+FULL_PROBE_INTERVAL = 10.0
+# hasup's own reload: PostgreSQL takes its SIGHUP within milliseconds; read pending_restart this much later.
+RELOAD_SETTLE = 1.0
 FAILED_PROBES_TO_FENCE = 2  # one slow probe is a blip, never a reason to kill a primary
 FENCE_TIMEOUT = 1.0  # the supervisor's bound for killing and confirming a hung PostgreSQL
 DEFAULT_HEALTH_DEADLINE = 3.0
@@ -61,8 +66,14 @@ REPORT_SLACK = 1.0  # what a failing worker's report may take beyond its probe, 
 
 # -- the supervisor's watch over its workers --------------------------------------------------------
 RESPAWN = 0.5  # fork a worker, read etcd once, renew: what a replacement election worker needs
-FAST_PING_INTERVAL = 0.5  # the election and watchdog heartbeats are short: ping them often enough to measure
-PING_INTERVAL = 2.0
+# A frozen worker is noticed its heartbeat after its last answer, however often it is pinged: how often
+# decides only how much of the heartbeat a healthy worker has left to answer in, and what an idle node
+# spends on pings (each costs the supervisor and the worker a wake-up).  A worker is pinged a third of
+# its heartbeat apart, never more often than FAST_PING_INTERVAL, and, where a budget bounds heartbeat and
+# ping together (election, watchdog), within what the heartbeat leaves of it.
+FAST_PING_INTERVAL = 0.5
+PINGS_PER_HEARTBEAT = 3
+PING_INTERVAL = 2.0  # the postgres worker's: its heartbeat must cover one ping interval and one blocked probe
 MAX_ELECTION_HEARTBEAT = 5.0
 POSTGRES_HEARTBEAT = 5.0  # its loop blocks on one probe (1 s) or one pg_controldata at most
 OTHER_HEARTBEAT = 15.0
@@ -248,6 +259,12 @@ class Deadlines:
         return self.ttl - self.safety_margin - EPSILON - MIN_TIMEOUT
 
     @property
+    def election_room(self) -> float:
+        """Seconds from a frozen election worker's last answer until it must have been noticed (heartbeat plus
+        ping interval, as the tests model it) for a replacement to renew before the earliest reset."""
+        return self.earliest_reset - self.loop_wait - RESPAWN
+
+    @property
     def election_budget(self) -> float:
         """Seconds from a frozen election worker's last answer until a replacement must have renewed."""
         return self.earliest_reset - self.loop_wait - RESPAWN - FAST_PING_INTERVAL
@@ -275,26 +292,52 @@ class Deadlines:
         With the software fence it also owes a fence at `earliest_reset` after the last lease it saw
         (fence_budget).  Its loop makes no I/O beyond the device, /proc and the lease pipe, so a short
         heartbeat is safe."""
-        budgets = []
-        w = self.watchdog_timeout
-        if w is not None and self.watchdog_on:
-            budgets.append(w - MAX_PET_INTERVAL - FAST_PING_INTERVAL - RESPAWN - EPSILON)
-        if self.fence_on:
-            budgets.append(self.fence_budget)
+        room = self.watchdog_room
+        if room is None:
+            return OTHER_HEARTBEAT
+        fits = room - self.watchdog_ping_share
         # Under a second no replacement is in time anyway: a frozen worker costs a reset (or a fence not
         # made) either way, and a hair-trigger heartbeat would only restart a busy one.
-        fits = [b for b in budgets if b >= 1.0]
-        return min(OTHER_HEARTBEAT, *fits) if fits else OTHER_HEARTBEAT
+        return min(OTHER_HEARTBEAT, fits) if fits >= 1.0 else OTHER_HEARTBEAT
 
     @property
     def fence_budget(self) -> float:
-        """Seconds from a frozen watchdog worker's last answer until a replacement must run, for the software
-        fence: the last lease it saw may be loop_wait + RENEWAL_LATENCY old, and the fence it owes falls due
-        `earliest_reset` after that lease's renewal began (hasup.watchdog.fence)."""
-        return self.earliest_reset - self.loop_wait - RENEWAL_LATENCY - RESPAWN - FAST_PING_INTERVAL
+        """Seconds from a frozen watchdog worker's last answer until it must have been noticed for a
+        replacement to make the software fence in time: the last lease it saw may be loop_wait +
+        RENEWAL_LATENCY old, and the fence it owes falls due `earliest_reset` after that lease's renewal
+        began (hasup.watchdog.fence)."""
+        return self.earliest_reset - self.loop_wait - RENEWAL_LATENCY - RESPAWN
+
+    @property
+    def watchdog_room(self) -> float | None:
+        """Seconds from a frozen watchdog worker's last answer until it must have been noticed (heartbeat plus
+        ping interval) for a replacement to pet before the device fires and to make the fence the worker
+        owes; None when it owes neither."""
+        rooms = []
+        w = self.watchdog_timeout
+        if w is not None and self.watchdog_on:
+            rooms.append(w - MAX_PET_INTERVAL - RESPAWN - EPSILON)
+        if self.fence_on:
+            rooms.append(self.fence_budget)
+        return min(rooms) if rooms else None
+
+    @property
+    def watchdog_ping_share(self) -> float:
+        """The part of watchdog_room its pings take: a quarter, leaving the heartbeat three pings long."""
+        room = self.watchdog_room or 0.0
+        return max(FAST_PING_INTERVAL, room / (PINGS_PER_HEARTBEAT + 1))
 
     def ping_interval(self, role: str) -> float:
-        return FAST_PING_INTERVAL if role in ("election", "watchdog") else self.figures.ping_interval
+        """How often the supervisor pings a worker (see FAST_PING_INTERVAL)."""
+        if role == "postgres":
+            return self.figures.ping_interval
+        heartbeat = self.heartbeat(role)
+        spare = float("inf")
+        if role == "election":
+            spare = self.election_room - heartbeat
+        elif role == "watchdog" and self.watchdog_room is not None and heartbeat < OTHER_HEARTBEAT:
+            spare = self.watchdog_room - heartbeat
+        return max(FAST_PING_INTERVAL, min(heartbeat / PINGS_PER_HEARTBEAT, spare))
 
     @property
     def pg_report_max_age(self) -> float:

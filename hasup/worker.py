@@ -7,9 +7,8 @@ import logging
 import os
 import selectors
 import socket
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from setproctitle import setproctitle
 
@@ -29,6 +28,7 @@ class WorkerContext:
     # fatal signal; the supervisor logs it when the worker is gone (hasup.supervision.system.StackFile).
     stack_fd: int | None = None
     log_handler: PipeLogHandler | None = None  # set by setup_worker; its count of lost records rides on Pong
+    waiter: Waiter = field(default_factory=lambda: Waiter())
 
     @property
     def title(self) -> str:
@@ -124,34 +124,63 @@ def answer_ping(ctx: WorkerContext, env: ipc.Envelope) -> bool:
     return False
 
 
+class Waiter:
+    """The selector pump() waits on, kept from one call to the next: an idle worker wakes a few times a
+    second, and a fresh epoll set each time cost four system calls a wake.  Made again after a fork, since
+    the epoll set itself would be shared with the parent."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.sel: selectors.BaseSelector | None = None
+        self.extra: set[socket.socket | int] = set()
+
+    def ready(self, channel: ipc.Channel, extra: Iterable[socket.socket | int]) -> selectors.BaseSelector:
+        if self.sel is None or self.pid != os.getpid():
+            if self.sel is not None:
+                self.sel.close()  # closes our copy of the parent's epoll descriptor and unregisters nothing
+            self.sel, self.pid, self.extra = selectors.DefaultSelector(), os.getpid(), set()
+            self.sel.register(channel, selectors.EVENT_READ)
+        sel = self.sel
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.wants_write() else 0)
+        if sel.get_key(channel).events != events:
+            sel.modify(channel, events)
+        wanted = set(extra)
+        for fd in self.extra - wanted:
+            sel.unregister(fd)
+        for fd in wanted - self.extra:
+            sel.register(fd, selectors.EVENT_READ)
+        self.extra = wanted
+        return sel
+
+    def close(self) -> None:
+        if self.sel is not None:
+            self.sel.close()
+        self.sel, self.extra = None, set()
+
+
 def pump(ctx: WorkerContext, timeout: float, extra: Iterable[socket.socket | int] = (),
          on_ready: Callable[[object], None] | None = None) -> list[ipc.Envelope]:
     """Wait up to timeout for supervisor messages (and extra fds); flush our outbox.
 
     Returns the envelopes received; heartbeats are answered here.  Raises
-    ipc.PeerClosed when the supervisor is gone.
+    ipc.PeerClosed when the supervisor is gone.  Called from the worker's main thread only.
     """
-    sel = selectors.DefaultSelector()
     try:
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if ctx.channel.wants_write() else 0)
-        sel.register(ctx.channel, events)
-        for fd in extra:
-            sel.register(fd, selectors.EVENT_READ)
-        deadline = time.monotonic() + max(0.0, timeout)
-        received: list[ipc.Envelope] = []
-        ready = sel.select(max(0.0, deadline - time.monotonic()))
-        for key, mask in ready:
-            if key.fileobj is ctx.channel:
-                if mask & selectors.EVENT_WRITE:
-                    ctx.channel.flush()
-                if mask & selectors.EVENT_READ:
-                    for env in ctx.channel.receive():
-                        if not answer_ping(ctx, env):
-                            received.append(env)
-            elif on_ready is not None:
-                on_ready(key.fileobj)
-        if ctx.channel.wants_write():
-            ctx.channel.flush()
-        return received
-    finally:
-        sel.close()
+        sel = ctx.waiter.ready(ctx.channel, extra)
+    except (KeyError, ValueError, OSError):  # a closed or reused descriptor: start from a fresh set
+        ctx.waiter.close()
+        sel = ctx.waiter.ready(ctx.channel, extra)
+    received: list[ipc.Envelope] = []
+    for key, mask in sel.select(max(0.0, timeout)):
+        if key.fileobj is ctx.channel:
+            if mask & selectors.EVENT_WRITE:
+                ctx.channel.flush()
+            if mask & selectors.EVENT_READ:
+                for env in ctx.channel.receive():
+                    if not answer_ping(ctx, env):
+                        received.append(env)
+        elif on_ready is not None:
+            on_ready(key.fileobj)
+    if ctx.channel.wants_write():
+        ctx.channel.flush()
+    return received

@@ -123,10 +123,25 @@ class Postmaster:
         self.data_dir = data_dir
         self.config_file = config_file
         self._child: subprocess.Popen[bytes] | None = None
+        # The last postmaster /proc vouched for, by pid and start time: while that very process lives on,
+        # it is still the postmaster of data_dir, and the once-a-second look needs no more than its stat.
+        self._known: tuple[int, int] | None = None
 
     def pid(self) -> int | None:
         self.reap()
-        pid = postmaster_pid(self.data_dir)
+        known = self._known
+        if known is not None:
+            st = read_stat(known[0])
+            if st is not None and not is_dead(st) and st.starttime == known[1]:
+                return known[0]
+            self._known = None
+        pid, doubt = find_postmaster(None, self.data_dir)
+        if pid is not None:
+            st = read_stat(pid)
+            if st is not None:
+                self._known = (pid, st.starttime)
+        else:
+            pid = doubt
         if pid is None and self._child is not None:
             # Our own child before it wrote postmaster.pid (or after someone removed it).
             return self._child.pid

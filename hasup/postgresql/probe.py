@@ -16,29 +16,44 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-PROBE_SQL = """
+# What a probe reads every second: cheap reads of shared memory, no catalog scan, no file read.  Some
+# columns (CHANGE_FIELDS) tell when the costly facts below may have changed: a promotion, a new
+# synchronous_standby_names, a walreceiver that (re)connects or moves to a new timeline, a walsender
+# that comes, goes or changes state.
+QUICK_COLUMNS = """
 SELECT pg_catalog.pg_is_in_recovery(),
        CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
             ELSE pg_catalog.pg_current_wal_flush_lsn() - '0/0' END,
-       CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
-            ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))
-                 ::bit(32)::int END,
        pg_catalog.pg_last_wal_receive_lsn() - '0/0',
        pg_catalog.pg_last_wal_replay_lsn() - '0/0',
        pg_catalog.to_char(pg_catalog.pg_last_xact_replay_timestamp(), 'YYYY-MM-DD HH24:MI:SS.USOF'),
        CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_is_wal_replay_paused() END,
+       pg_catalog.current_setting('synchronous_standby_names'),
+       (SELECT received_tli FROM pg_catalog.pg_stat_get_wal_receiver()),
+       (SELECT status FROM pg_catalog.pg_stat_get_wal_receiver()),
+       (SELECT pg_catalog.string_agg(pid::text || ' ' || state || ' ' || sync_state || ' ' || sync_priority, ','
+                                     ORDER BY pid)
+          FROM pg_catalog.pg_stat_get_wal_senders())"""
+QUICK_FIELDS = 10
+CHANGE_FIELDS = (0, 6, 7, 8, 9)  # in recovery, synchronous_standby_names, the walreceiver, the walsenders
+# The rest: a catalog scan (pg_settings), two reads of pg_control, a join over every backend.  Read on
+# the first probe of a connection, whenever a column of CHANGE_FIELDS changes, when refresh() asks, and
+# at least every `full_every` seconds (the postgres worker: hasup.timing.FULL_PROBE_INTERVAL).
+FULL_COLUMNS = QUICK_COLUMNS + """,
+       CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+            ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))
+                 ::bit(32)::int END,
        pg_catalog.to_char(pg_catalog.pg_postmaster_start_time(), 'YYYY-MM-DD HH24:MI:SS.USOF'),
        pg_catalog.current_setting('server_version_num')::int,
        (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
-       (SELECT received_tli FROM pg_catalog.pg_stat_get_wal_receiver()),
-       (SELECT status FROM pg_catalog.pg_stat_get_wal_receiver()),
        (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),
        (SELECT pg_catalog.json_agg(r) FROM (
             SELECT usename, application_name, client_addr::text, state, sync_state, sync_priority
               FROM pg_catalog.pg_stat_replication ORDER BY application_name) r),
-       (SELECT pg_catalog.bool_or(pending_restart) FROM pg_catalog.pg_settings),
-       pg_catalog.current_setting('synchronous_standby_names')
-"""
+       (SELECT pg_catalog.bool_or(pending_restart) FROM pg_catalog.pg_settings)"""
+# Prepared once per connection: a probe then costs PostgreSQL no parsing or planning.
+PREPARE_SQL = f"PREPARE hasup_quick AS {QUICK_COLUMNS};\nPREPARE hasup_full AS {FULL_COLUMNS}"
+PROBE_SQL = FULL_COLUMNS  # the whole probe, as one plain statement
 
 
 @dataclass(frozen=True)
@@ -87,15 +102,41 @@ def wait_async(conn: psycopg2.extensions.connection, deadline: float) -> None:
             raise ProbeFailed(f"unexpected poll state {state}")
 
 
-class Prober:
-    """Keeps one probe connection open and re-opens it after any failure."""
+@dataclass(frozen=True)
+class _Full:
+    """What the last full probe read that the quick one does not."""
 
-    def __init__(self, dsn: str, timeout: float) -> None:
+    changes: tuple[Any, ...]  # the quick columns that say these may have changed, as they were then
+    primary_tl: int | None
+    start_time: str | None
+    version: int
+    sysid: str
+    checkpoint_tl: int | None
+    replication: tuple[dict[str, Any], ...]
+    pending: bool
+    at: float
+    checkpointing: bool  # a primary whose last checkpoint is still on the old timeline (just promoted)
+
+
+class Prober:
+    """Keeps one probe connection open and re-opens it after any failure.
+
+    full_every: the longest the costly facts (ProbeResult's timeline on a primary, replication rows,
+    pending_restart, sysid, start time) may go unread while nothing hints at a change; 0 reads them
+    every probe.
+    """
+
+    def __init__(self, dsn: str, timeout: float, full_every: float = 0.0) -> None:
         self.dsn = dsn
         self.timeout = timeout
+        self.full_every = full_every
         self._conn: psycopg2.extensions.connection | None = None
+        self._full: _Full | None = None
+        self._refresh_at: float | None = None  # read everything at the first probe from then on
+        self.full_reads = 0  # how many probes read everything (tests count them)
 
     def close(self) -> None:
+        self._full = None
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -103,50 +144,95 @@ class Prober:
                 pass
             self._conn = None
 
+    def refresh(self, delay: float = 0.0) -> None:
+        """Have the first probe `delay` seconds from now read everything (after an action or a reload)."""
+        at = time.monotonic() + delay
+        self._refresh_at = at if self._refresh_at is None else min(self._refresh_at, at)
+
+    def _run(self, sql: str, deadline: float) -> tuple[Any, ...]:
+        assert self._conn is not None
+        cur = self._conn.cursor()
+        cur.execute(sql)
+        wait_async(self._conn, deadline)
+        row = cur.fetchone()
+        if row is None:
+            raise ProbeFailed("probe returned no row")
+        return tuple(row)
+
     def probe(self) -> ProbeResult:
         deadline = time.monotonic() + self.timeout
         try:
             if self._conn is None or self._conn.closed:
+                self._full = None
                 self._conn = psycopg2.connect(self.dsn, async_=1)
                 wait_async(self._conn, deadline)
-            cur = self._conn.cursor()
-            cur.execute(PROBE_SQL)
-            wait_async(self._conn, deadline)
-            row = cur.fetchone()
+                cur = self._conn.cursor()
+                cur.execute(PREPARE_SQL)
+                wait_async(self._conn, deadline)
+            full = self._full
+            now = time.monotonic()
+            row: tuple[Any, ...] | None = None
+            due = self._refresh_at is not None and now >= self._refresh_at
+            # A fresh primary is read in full until its first checkpoint on the new timeline: Patroni
+            # replicas wait for the member key to say so before they rewind (checkpoint_after_promote).
+            if full is not None and now - full.at < self.full_every and not due and not full.checkpointing:
+                row = self._run("EXECUTE hasup_quick", deadline)
+                if changes(row) != full.changes:
+                    row = None  # something the full probe reads may have moved: read it now
+            if row is None:
+                row = self._run("EXECUTE hasup_full", deadline)
+                self.full_reads += 1
+                if due:
+                    self._refresh_at = None  # one asked for later (a reload settling) still stands
+                (primary_tl, start_time, version, sysid, checkpoint_tl, replication, pending) = row[QUICK_FIELDS:]
+                full = self._full = _Full(
+                    changes=changes(row), primary_tl=primary_tl, start_time=start_time,
+                    version=int(version), sysid=str(sysid), checkpoint_tl=checkpoint_tl,
+                    replication=tuple(replication or ()), pending=bool(pending), at=time.monotonic(),
+                    checkpointing=not row[0] and checkpoint_tl is not None and primary_tl is not None
+                    and checkpoint_tl != primary_tl)
         except ProbeTimedOut:
             self.close()
             raise
         except (psycopg2.Error, OSError, ProbeFailed) as exc:
             self.close()
             raise ProbeFailed(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc
-        assert row is not None
-        (in_recovery, flush, primary_tl, received, replayed, replay_ts, paused, start_time, version, sysid,
-         received_tli, wr_status, checkpoint_tl, replication, pending, sync_names) = row
-        if in_recovery:
-            timeline = received_tli or checkpoint_tl
-            positions = [p for p in (received, replayed) if p is not None]
-            wal = int(max(positions)) if positions else None
-        else:
-            timeline = primary_tl
-            wal = int(flush) if flush is not None else None
-        return ProbeResult(
-            in_recovery=bool(in_recovery),
-            timeline=int(timeline) if timeline is not None else None,
-            wal_position=wal,
-            flush_lsn=int(flush) if flush is not None else None,
-            received_lsn=int(received) if received is not None else None,
-            replayed_lsn=int(replayed) if replayed is not None else None,
-            replayed_timestamp=replay_ts,
-            replay_paused=paused,
-            postmaster_start_time=start_time,
-            checkpoint_timeline=int(checkpoint_tl) if checkpoint_tl is not None else None,
-            server_version=int(version),
-            sysid=str(sysid),
-            streaming=wr_status == "streaming",
-            replication=tuple(replication or ()),
-            pending_restart=bool(pending),
-            sync_standby_names=sync_names,
-        )
+        assert full is not None
+        return result_of(row[:QUICK_FIELDS], full)
+
+
+def changes(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(row[i] for i in CHANGE_FIELDS)
+
+
+def result_of(quick: tuple[Any, ...], full: _Full) -> ProbeResult:
+    """One ProbeResult from this probe's quick columns and the last full read."""
+    in_recovery, flush, received, replayed, replay_ts, paused, sync_names, received_tli, wr_status, _senders = quick
+    if in_recovery:
+        timeline = received_tli or full.checkpoint_tl
+        positions = [p for p in (received, replayed) if p is not None]
+        wal = int(max(positions)) if positions else None
+    else:
+        timeline = full.primary_tl
+        wal = int(flush) if flush is not None else None
+    return ProbeResult(
+        in_recovery=bool(in_recovery),
+        timeline=int(timeline) if timeline is not None else None,
+        wal_position=wal,
+        flush_lsn=int(flush) if flush is not None else None,
+        received_lsn=int(received) if received is not None else None,
+        replayed_lsn=int(replayed) if replayed is not None else None,
+        replayed_timestamp=replay_ts,
+        replay_paused=paused,
+        postmaster_start_time=full.start_time,
+        checkpoint_timeline=int(full.checkpoint_tl) if full.checkpoint_tl is not None else None,
+        server_version=full.version,
+        sysid=full.sysid,
+        streaming=wr_status == "streaming",
+        replication=full.replication,
+        pending_restart=full.pending,
+        sync_standby_names=sync_names,
+    )
 
 
 def run_sql(dsn: str, statements: list[str], timeout: float = 30.0) -> None:

@@ -64,6 +64,7 @@ class SlotKeeper:
         self._logged: set[str] = set()  # problems reported by the previous run
         self._said: set[str] = set()  # problems reported by this run
         self._idle_until = 0.0  # with use_slots off, the next check is due then
+        self._conn: Any = None  # the session kept from one run to the next (used by one run at a time)
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -96,51 +97,84 @@ class SlotKeeper:
 
     # -- one run ---------------------------------------------------------------------------------
 
+    def _connection(self) -> tuple[Any, bool]:
+        """The kept session, or a new one; and whether it is new.  A new backend each loop_wait would cost
+        PostgreSQL more (a fork, authentication, catalog caches) than the slot work itself."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn, False
+        conn = psycopg2.connect(self.dsn(None), connect_timeout=CONNECT_TIMEOUT)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        except psycopg2.Error:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn, True
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
+
     def run_once(self, job: SlotJob) -> None:
         self._said = set()
         for note in job.notes:
             self._say(logging.WARNING, note)
         try:
-            conn = psycopg2.connect(self.dsn(None), connect_timeout=CONNECT_TIMEOUT)
-        except psycopg2.Error as exc:
-            self._say(logging.WARNING, f"replication slots: cannot connect: {_first_line(exc)}")
-            self._logged = self._said
-            return
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-                in_recovery, wal_level, rows = self._read(cur)
-                primary = not in_recovery
-                if primary and not job.holds_lock:
-                    self.published = (None, ())  # a primary about to be demoted: leave its slots be
+            for _ in range(2):
+                try:
+                    conn, new = self._connection()
+                except psycopg2.Error as exc:
+                    self._say(logging.WARNING, f"replication slots: cannot connect: {_first_line(exc)}")
                     return
-                names = self._member_slot_names(job, primary)
-                status = job.status or {}
-                optime = status.get("optime")
-                downstream, cascaded = slots.cascades(job.members, job.me, job.leader)
-                result = slots.plan(
-                    me=job.me, primary=primary, settings=job.settings, rows=rows, member_slot_names=names,
-                    paused=job.paused, nofailover=job.nofailover, logical_ok=wal_level == "logical",
-                    leader=job.leader, status_slots=status.get("slots") if isinstance(status.get("slots"), dict)
-                    else {}, leader_optime=optime if isinstance(optime, int) else None, downstream=downstream,
-                    cascaded=cascaded)
-                for note in result.notes:
-                    self._say(logging.WARNING, note)
-                changed = self._execute(cur, result)
-                if changed:
-                    _, _, rows = self._read(cur)
-                if primary:
-                    positions = {r.name: r.position for r in rows if r.name in result.managed and not r.temporary}
-                    self.published = ({k: v for k, v in positions.items() if v is not None},
-                                      tuple(sorted(self.last_seen)))
-                else:
-                    self.published = (None, ())
-        except psycopg2.Error as exc:
-            self._say(logging.WARNING, f"replication slots: {_first_line(exc)}")
+                try:
+                    self._run_on(conn, job)
+                    return
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    self.close()
+                    if new:
+                        self._say(logging.WARNING, f"replication slots: {_first_line(exc)}")
+                        return
+                    # The kept session died with the server it was on (a restart, a demotion): once more, anew.
+                except psycopg2.Error as exc:
+                    self._say(logging.WARNING, f"replication slots: {_first_line(exc)}")
+                    return
         finally:
-            conn.close()
             self._logged = self._said
+
+    def _run_on(self, conn: Any, job: SlotJob) -> None:
+        with conn.cursor() as cur:
+            in_recovery, wal_level, rows = self._read(cur)
+            primary = not in_recovery
+            if primary and not job.holds_lock:
+                self.published = (None, ())  # a primary about to be demoted: leave its slots be
+                return
+            names = self._member_slot_names(job, primary)
+            status = job.status or {}
+            optime = status.get("optime")
+            downstream, cascaded = slots.cascades(job.members, job.me, job.leader)
+            result = slots.plan(
+                me=job.me, primary=primary, settings=job.settings, rows=rows, member_slot_names=names,
+                paused=job.paused, nofailover=job.nofailover, logical_ok=wal_level == "logical",
+                leader=job.leader, status_slots=status.get("slots") if isinstance(status.get("slots"), dict)
+                else {}, leader_optime=optime if isinstance(optime, int) else None, downstream=downstream,
+                cascaded=cascaded)
+            for note in result.notes:
+                self._say(logging.WARNING, note)
+            changed = self._execute(cur, result)
+            if changed:
+                _, _, rows = self._read(cur)
+            if primary:
+                positions = {r.name: r.position for r in rows if r.name in result.managed and not r.temporary}
+                self.published = ({k: v for k, v in positions.items() if v is not None},
+                                  tuple(sorted(self.last_seen)))
+            else:
+                self.published = (None, ())
 
     def _read(self, cur: Any) -> tuple[bool, str, list[slots.SlotRow]]:
         cur.execute(READ_SQL)

@@ -43,9 +43,9 @@ class Heartbeat:
     killed_at: float | None = None
     kills: int = 0  # SIGKILLs asked for so far
 
-    def ping(self, now: float, interval: float) -> int | None:
-        """The number of the ping to send now, or None when none is due."""
-        if now < self.next_ping:
+    def ping(self, now: float, interval: float, early: float = 0.0) -> int | None:
+        """The number of the ping to send now, or None when none is due (or due within `early`)."""
+        if now + early < self.next_ping:
             return None
         self.next_ping = now + interval
         self.n += 1

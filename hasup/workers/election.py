@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 
 from hasup import ipc
+from hasup.config import DynamicConfig
 from hasup.dcs.model import Cluster
 from hasup.election import phases as ph
 from hasup.election import policy as ha
@@ -29,6 +30,7 @@ from hasup.election.postgres_link import PostgresLink
 from hasup.election.reader import ClusterReader
 from hasup.election.stopwatches import Stopwatches
 from hasup.peers import client_context, fetch_all
+from hasup.timing import view_max_age
 from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.election")
@@ -60,6 +62,8 @@ class ElectionWorker:
         self.recheck_in: float | None = None
         self.failed_in_a_row = 0  # cycles in a row whose actions stopped at a failure
         self.last_reason, self.reason_logged_at = "", 0.0
+        self.published: ipc.ClusterView | None = None  # the last view sent, and when
+        self.published_at = 0.0
 
     # -- decisions ------------------------------------------------------------------------------
 
@@ -154,7 +158,13 @@ class ElectionWorker:
     def publish_view(self, reason: str) -> None:
         view = self.reader.view(self.holds_lock(), self.leases.valid_until, reason, self.desk.scheduled,
                                 self.errors.count)
-        self.ctx.channel.send_now(replace(view, failsafe_until=self.failsafe.active_until()))
+        view = replace(view, failsafe_until=self.failsafe.active_until())
+        now = time.monotonic()
+        if self.published is not None and unchanged_view(view, self.published) \
+                and now - self.published_at < view_keepalive(self.reader.dynamic):
+            return
+        self.published, self.published_at = view, now
+        self.ctx.channel.send_now(view)
 
     # -- when things go wrong ------------------------------------------------------------------------
 
@@ -264,6 +274,22 @@ class ElectionWorker:
         elif isinstance(msg, ipc.ConfigChanged) and apply_reload(self.ctx, msg):
             self.me = node_of(self.ctx.config)
             self.run_now = True  # publish the new tags at once
+
+
+def unchanged_view(view: ipc.ClusterView, last: ipc.ClusterView) -> bool:
+    """Nothing in view the last one sent did not say, but the time of its etcd read.  A leader's lease
+    moves every cycle and is news each time (the api's /primary, the vip worker and the supervisor's lease
+    guard all count on it); a replica's lock_valid_until means nothing."""
+    if view.holds_lock or last.holds_lock:
+        return False
+    return replace(view, read_at=0.0, read_at_wall=0.0, lock_valid_until=0.0) == \
+        replace(last, read_at=0.0, read_at_wall=0.0, lock_valid_until=0.0)
+
+
+def view_keepalive(dynamic: DynamicConfig) -> float:
+    """An unchanged view is sent again after this long (at the next cycle): the api takes a view received
+    more than timing.view_max_age ago for stale, and with a cycle's wait on top this stays within half of it."""
+    return max(0.0, view_max_age(dynamic.ttl, dynamic.loop_wait, dynamic.retry_timeout) / 2 - dynamic.loop_wait)
 
 
 def run(ctx: WorkerContext) -> None:

@@ -26,7 +26,7 @@ from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import ProbeFailed, Prober, ProbeResult, ProbeTimedOut
 from hasup.postgresql.slot_keeper import SlotJob, SlotKeeper
 from hasup.postgresql.state import ACTION_STATES, PgStatus
-from hasup.timing import KEEPALIVE, PROBE_INTERVAL, PROBE_TIMEOUT
+from hasup.timing import FULL_PROBE_INTERVAL, KEEPALIVE, PROBE_INTERVAL, PROBE_TIMEOUT, RELOAD_SETTLE
 from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.postgres")
@@ -51,7 +51,8 @@ class PostgresWorker:
         self.postmaster = Postmaster(Binaries(cfg.postgresql.bin_dir), cfg.postgresql.data_dir,
                                      os.path.join(cfg.postgresql.config_dir, "postgresql.conf"))
         self.lifecycle = Lifecycle(cfg, self.dynamic, self.postmaster, self._set_action_state)
-        self.prober = Prober(self.lifecycle.local_dsn(), PROBE_TIMEOUT)
+        # The costly facts are read now and then, and whenever the quick probe hints at a change.
+        self.prober = Prober(self.lifecycle.local_dsn(), PROBE_TIMEOUT, full_every=FULL_PROBE_INTERVAL)
         self.action: str = ""  # the request being carried out, by name ("promote", "follow", ...)
         self.action_state: PgStatus | None = None  # what that action says PostgreSQL is going through
         self.done: queue.SimpleQueue[ipc.Reply] = queue.SimpleQueue()
@@ -152,6 +153,7 @@ class PostgresWorker:
             pass
         while not self.done.empty():
             reply = self.done.get()
+            self.prober.refresh()  # what the action did (a promotion, a restart) shows in the next report
             self.action = ""
             self.action_state = None
             self.ctx.channel.send_now(reply)
@@ -183,7 +185,6 @@ class PostgresWorker:
             self.failed_probes = 0  # nothing to probe: failures of a server that is gone mean nothing now
             self.unanswered_since = 0.0
         self.last_probe = probe if probe is not None else (self.last_probe if pid is not None else None)
-        empty = data_dir_empty(cfg.postgresql.data_dir)
         now = time.monotonic()
         if probe is None and pid is not None and self.last_good is not None and not self.action:
             # Alive but not answering (hung, frozen, overloaded): report the last facts we
@@ -215,6 +216,7 @@ class PostgresWorker:
                 self.lifecycle.sync_setting = probe.sync_standby_names
             return self.last_good
         self.last_good = None
+        empty = data_dir_empty(cfg.postgresql.data_dir)
         cd = controldata(self.postmaster.bins, cfg.postgresql.data_dir) if not empty and not self.action else {}
         cluster_state = cd.get("Database cluster state")
         if self.action_state is not None:
@@ -338,6 +340,7 @@ class PostgresWorker:
 
     def apply_parameters(self) -> None:
         self.lifecycle.apply_parameters()
+        self.prober.refresh(RELOAD_SETTLE)  # pending_restart may change once PostgreSQL has reloaded
         self.callbacks.reloaded(self.last_sent)  # on_reload, if PostgreSQL ran and got SIGHUP
 
     def keep_slots(self, view: ipc.ClusterView) -> None:

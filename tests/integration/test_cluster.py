@@ -99,6 +99,30 @@ def test_process_titles(tc):
                 assert int(f.read().rsplit(")", 1)[1].split()[1]) == sup, role
 
 
+def hasup_sessions(node) -> set:
+    return set(node.sql("SELECT pid, backend_start FROM pg_stat_activity WHERE application_name = 'hasup'"))
+
+
+def quick_probe_since(node, since, seconds: float) -> bool:
+    return node.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hasup'"
+                    " AND query = 'EXECUTE hasup_quick' AND query_start > %s + %s * interval '1 s'",
+                    since, seconds)[0][0] == 1
+
+
+def test_probes_are_one_quick_prepared_query_on_a_kept_session(tc):
+    """An idle node costs its PostgreSQL one cheap round trip a second: no new backend per probe, and the
+    costly part of the probe (pg_settings, pg_control, pg_stat_replication) only now and then."""
+    leader, replicas = all_streaming(tc)
+    nodes = (leader, replicas[0])
+    started = {n.name: n.sql("SELECT now()")[0][0] for n in nodes}
+    before = {n.name: hasup_sessions(n) for n in nodes}
+    # Two loop_waits of probes later: the same sessions, and the probe's latest statement the quick one.
+    wait_for(lambda: all(quick_probe_since(n, started[n.name], 2 * LOOP_WAIT) for n in nodes), 30,
+             "a quick probe two loop_waits on")
+    for n in nodes:
+        assert hasup_sessions(n) == before[n.name] and before[n.name], n.name
+
+
 def test_etcd_layout(tc):
     leader = tc.wait_leader(30)
     assert tc.etcd.value(tc.key("leader")) == leader.name

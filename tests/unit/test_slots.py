@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import psycopg2
 import pytest
 
 from hasup.config.slot_settings import IgnoreRule, SlotSettings, SlotSpec
-from hasup.postgresql import slots
+from hasup.postgresql import slot_keeper, slots
 from hasup.postgresql.slot_keeper import SlotJob, SlotKeeper
 from hasup.postgresql.slots import Plan, SlotRow
 
@@ -289,3 +291,63 @@ def test_cascades() -> None:
                "n4": member(replicatefrom="n2", nostream=True)}
     assert slots.cascades(members, "n1", "n1") == ({"n2"}, {"n3": 7})
     assert slots.cascades(members, "n2", "n1") == ({"n3"}, {})
+
+
+class _Session:
+    """A fake psycopg2 session for the keeper: answers its read, and dies on demand like a restarted server's."""
+
+    def __init__(self, sessions: list[_Session]) -> None:
+        self.closed = 0
+        self.dead = False
+        self.statements: list[str] = []
+        sessions.append(self)
+
+    def cursor(self) -> _Session:
+        return self
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute(self, sql: str, args: object = None) -> None:
+        if self.dead:
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+        self.statements.append(sql)
+
+    def fetchone(self) -> tuple[object, ...]:
+        return (True, "replica", None)
+
+    def close(self) -> None:
+        self.closed = 1
+
+
+def test_keeper_keeps_one_session_and_replaces_a_dead_one_quietly(monkeypatch, caplog) -> None:
+    sessions: list[_Session] = []
+    monkeypatch.setattr(slot_keeper.psycopg2, "connect", lambda dsn, connect_timeout: _Session(sessions))
+    keeper = SlotKeeper(lambda db: "")
+    job = SlotJob(me="n1", nofailover=False, holds_lock=False, leader="n2", paused=False, members={},
+                  settings=SlotSettings(use_slots=True))
+    for _ in range(3):
+        keeper.run_once(job)
+    assert len(sessions) == 1  # one backend for every loop_wait, not a new one each time
+    assert sum("statement_timeout" in s for s in sessions[0].statements) == 1
+    sessions[0].dead = True  # PostgreSQL restarted under it
+    with caplog.at_level(logging.WARNING, logger="hasup.slots"):
+        keeper.run_once(job)
+    assert len(sessions) == 2 and sessions[0].closed and not sessions[1].closed
+    assert not caplog.records  # a kept session that died is no problem worth a line
+    sessions[1].dead = True
+    monkeypatch.setattr(slot_keeper.psycopg2, "connect", lambda dsn, connect_timeout: _dead(sessions))
+    with caplog.at_level(logging.WARNING, logger="hasup.slots"):
+        keeper.run_once(job)
+    # A new session that fails at once is a problem: said once.
+    assert [r.getMessage() for r in caplog.records] == [
+        "replication slots: cannot connect: server closed the connection unexpectedly"]
+
+
+def _dead(sessions: list[_Session]) -> _Session:
+    s = _Session(sessions)
+    s.dead = True
+    return s

@@ -25,6 +25,16 @@ def test_the_tightest_profile_holds_and_its_figures() -> None:
     assert DEFAULTS.problems(watchdog=True) == [] and DEFAULTS.election_heartbeat == timing.MAX_ELECTION_HEARTBEAT
 
 
+def test_pings_come_a_third_of_a_heartbeat_apart_but_never_faster_than_the_fast_interval() -> None:
+    # Where the budget leaves no more (the tightest profile), as often as ever: the budgets are unchanged.
+    assert TIGHT.ping_interval("election") == TIGHT.ping_interval("watchdog") == timing.FAST_PING_INTERVAL
+    # An idle node at Patroni's defaults: each worker two or three times a heartbeat.
+    for role in ("election", "watchdog", "api", "vip"):
+        assert DEFAULTS.ping_interval(role) == pytest.approx(DEFAULTS.heartbeat(role) / timing.PINGS_PER_HEARTBEAT)
+    unarmed = Deadlines.of(30, 10, 10, 5, watchdog_on=False)
+    assert unarmed.ping_interval("watchdog") == timing.OTHER_HEARTBEAT / 3
+
+
 def test_safety_margin_minus_one_is_half_of_ttl() -> None:
     assert Deadlines.of(30, 10, 10, -1).safety_margin == 15
 
@@ -44,8 +54,12 @@ def test_safety_margin_minus_one_is_half_of_ttl() -> None:
     (DEFAULTS.earliest_reset, 30 - 5 - timing.EPSILON - timing.MIN_TIMEOUT, 23.5),
     (DEFAULTS.election_budget, DEFAULTS.earliest_reset - 10 - timing.RESPAWN - timing.FAST_PING_INTERVAL, 12.5),
     (DEFAULTS.watchdog_timeout, 30 - 5 - timing.EPSILON - 10 - timing.RENEWAL_LATENCY, 14),
-    (DEFAULTS.watchdog_heartbeat,
-     14 - MAX_PET_INTERVAL - timing.FAST_PING_INTERVAL - timing.RESPAWN - timing.EPSILON, 11.5),
+    (DEFAULTS.watchdog_room, 14 - MAX_PET_INTERVAL - timing.RESPAWN - timing.EPSILON, 12.0),
+    (DEFAULTS.watchdog_heartbeat, DEFAULTS.watchdog_room * 3 / 4, 9.0),  # a quarter of the room is the ping's
+    (DEFAULTS.ping_interval("watchdog"), DEFAULTS.watchdog_room / 4, 3.0),
+    (DEFAULTS.ping_interval("election"), timing.MAX_ELECTION_HEARTBEAT / 3, 5 / 3),
+    (DEFAULTS.ping_interval("postgres"), timing.PING_INTERVAL, 2.0),
+    (DEFAULTS.ping_interval("api"), timing.OTHER_HEARTBEAT / 3, 5.0),
     (DEFAULTS.heartbeat("postgres"), timing.POSTGRES_HEARTBEAT, 5.0),
 ])
 def test_each_derived_bound_at_the_defaults(value: float, formula: float, expected: float) -> None:
@@ -183,7 +197,7 @@ def test_a_frozen_watchdog_worker_is_replaced_before_its_device_fires(
 
 
 def test_the_watchdog_heartbeat_at_known_profiles() -> None:
-    assert DEFAULTS.heartbeat("watchdog") == 11.5  # W = 14 s at Patroni's defaults
+    assert DEFAULTS.heartbeat("watchdog") == 9.0  # W = 14 s at Patroni's defaults
     assert TIGHT.heartbeat("watchdog") == 1.5  # W = 4 s
     # No device in use, or too small a W for any replacement to beat it: no hair trigger.
     assert Deadlines.of(30, 10, 10, 5, watchdog_on=False).heartbeat("watchdog") == timing.OTHER_HEARTBEAT

@@ -69,7 +69,7 @@ def test_a_slow_healthy_renewal_lands_before_the_fence_and_the_fence_before_the_
 def test_a_frozen_watchdog_worker_is_replaced_before_the_fence_it_owes(
         ttl: int, loop_wait: int, retry: int, margin: int) -> None:
     d = Deadlines.of(ttl, loop_wait, retry, margin, watchdog_on=False, fence_on=True)
-    if timing.settings_problem(ttl, loop_wait, retry, margin) or d.fence_budget < 1.0:
+    if timing.settings_problem(ttl, loop_wait, retry, margin) or d.fence_budget < 1.5:  # no heartbeat fits
         return
     # The last lease it saw began renewing at 0 and reached it RENEWAL_LATENCY after the next renewal was due;
     # it froze then, having just answered a ping.
@@ -80,10 +80,11 @@ def test_a_frozen_watchdog_worker_is_replaced_before_the_fence_it_owes(
 
 
 def test_the_watchdog_heartbeat_with_the_fence_at_known_profiles():
-    # ttl 10, loop_wait 2, safety_margin 3: the fence is due 5.5 s after a renewal began.
-    assert Deadlines.of(10, 2, 3, 3, watchdog_on=False, fence_on=True).heartbeat("watchdog") == 2.0
+    # ttl 10, loop_wait 2, safety_margin 3: the fence is due 5.5 s after a renewal began, so a replacement
+    # has 2.5 s from the worker's last answer; three quarters of it is the heartbeat, the rest the ping.
+    assert Deadlines.of(10, 2, 3, 3, watchdog_on=False, fence_on=True).heartbeat("watchdog") == 1.875
     assert Deadlines.of(10, 2, 3, 3, fence_on=True).heartbeat("watchdog") == 1.5  # the device's is shorter
-    assert Deadlines.of(30, 10, 10, 5, watchdog_on=False, fence_on=True).heartbeat("watchdog") == 12.0
+    assert Deadlines.of(30, 10, 10, 5, watchdog_on=False, fence_on=True).heartbeat("watchdog") == 9.375
     # No fence in time for any replacement: no hair trigger.
     assert Deadlines.of(10, 2, 4, 5, watchdog_on=False, fence_on=True).heartbeat("watchdog") == timing.OTHER_HEARTBEAT
 
