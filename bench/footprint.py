@@ -182,6 +182,7 @@ def idle_window(c: TestCluster, window: float) -> dict[str, Any]:
     for the cluster: etcd's requests and writes per node per minute."""
     etcd_url = f"http://127.0.0.1:{c.etcd.port}"
     sup_before = {n.name: cpu_seconds(supervisor_pids(n)) for n in c.nodes}
+    by_pid_before = {pid: cpu_seconds({pid}) for n in c.nodes for pid in supervisor_pids(n)}
     pg_before = {n.name: cpu_seconds(postgres_pids(n)) for n in c.nodes}
     etcd_before, started = metrics(etcd_url), time.monotonic()
     pause(window, "the idle window")
@@ -200,6 +201,8 @@ def idle_window(c: TestCluster, window: float) -> dict[str, Any]:
             "pss_mib_by_role": {role(pid): round(s[1] / 1024, 1) for pid, s in sorted(sizes.items())},
             "uss_mib_by_role": {role(pid): round(s[2] / 1024, 1) for pid, s in sorted(sizes.items())},
             "cpu_s_per_idle_min": round((cpu_seconds(supervisor_pids(n)) - sup_before[n.name]) * per_minute, 3),
+            "cpu_s_per_idle_min_by_role": {role(pid): round((cpu_seconds({pid}) - by_pid_before[pid]) * per_minute, 3)
+                                           for pid in sorted(pids) if pid in by_pid_before},
             "postgres_cpu_s_per_idle_min": round((cpu_seconds(postgres_pids(n)) - pg_before[n.name]) * per_minute,
                                                  3),
         }

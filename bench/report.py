@@ -242,14 +242,16 @@ def footprint(res: Results) -> list[str]:
                   "one the project set itself."),
             *footprint_table.table(results).splitlines(), ""]
     for r in results:
-        for what, key in (("PSS", "pss_mib_by_role"), ("USS", "uss_mib_by_role")):
+        for what, key in (("PSS", "pss_mib_by_role"), ("USS", "uss_mib_by_role"),
+                          ("CPU per idle minute", "cpu_s_per_idle_min_by_role")):
             roles: dict[str, list[float]] = {}
             for n in r["timings"]["defaults"]["nodes"].values():
-                for name, size in n[key].items():
+                for name, size in n.get(key, {}).items():
                     roles.setdefault(name, []).append(size)
+            unit = cpu if key.startswith("cpu") else mib
             if len(roles) > 1:
                 out += bullet(f"**{who(r)}, {what} by process:** "
-                              + ", ".join(f"{name} {span(v, mib)}" for name, v in roles.items()) + ".")
+                              + ", ".join(f"{name} {span(v, unit)}" for name, v in roles.items()) + ".")
     out += bullet("RSS counts the pages processes share copy-on-write (the interpreter's heap after imports) once "
                   "per process; PSS divides them among the processes sharing them; USS counts only the pages a "
                   "process holds alone. CPU is user and system time, including that of the children a process "
