@@ -12,7 +12,11 @@ expiry minus safety_margin the emulated watchdog fired.
     python bench/hangs.py --profile defaults --faults freeze_pg --runs 3 --sync
     python bench/hangs.py --profile defaults --pgbench-minutes 10   # a busy primary is never fenced
 
-hasup's nodes each have an emulated watchdog.  Patroni runs only freeze_pg at
+hasup's nodes each have an emulated watchdog, and run with the software fence off
+(`watchdog.software_fence: false`): with it on, the fence would stop PostgreSQL
+before the device could fire, and the device's margin, which this benchmark
+measures, would never show (the fence's own timing is
+tests/integration/test_software_fence.py's).  Patroni runs only freeze_pg at
 the defaults, without a watchdog (it cannot use hasup's emulator, and ttl 10
 is below its minimum): the figure it gives is how long its loop waits on a
 hung database.  Each mode writes its own result file:
@@ -161,6 +165,7 @@ def settings(args: argparse.Namespace, kind: str) -> dict[str, Any]:
            "postgresql": {"use_pg_rewind": True, "use_slots": False}}
     return {"profile": args.profile, "dcs": dcs, "nodes": 3, "etcd": "one member, v2 API",
             "watchdog": "emulated" if kind == "hasup" else "off",
+            "software_fence": False if kind == "hasup" else None,
             "safety_margin": margin if kind == "hasup" else None, "prober_interval_s": INTERVAL, "runs": args.runs,
             **({"pgbench": {**PGBENCH, "minutes": args.pgbench_minutes}} if args.pgbench_minutes else {})}
 
@@ -174,6 +179,9 @@ def bench(kind: str, faults: list[str], args: argparse.Namespace) -> None:
     with supervisors.running(kind):
         c.etcd.start()
         emu = Emulators(c, conf["safety_margin"]) if kind == "hasup" else None
+        if kind == "hasup":
+            for node in c.nodes:
+                node.extra["watchdog.software_fence"] = False  # the device is what this measures
         try:
             leader = c.start_all()
             leader.sql("CREATE TABLE bench_writes (v bigint PRIMARY KEY)")
