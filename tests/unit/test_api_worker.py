@@ -212,31 +212,11 @@ def test_sigabrt_leaves_the_api_stacks_for_the_supervisor(tmp_path: Any) -> None
 
 @pytest.fixture
 def api_process() -> Iterator[ApiProcess]:
-    from hasup.workers import api
-
-    port = free_port()
-    sup_end, worker_end = ipc.channel_pair()
-    me = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the api process: never return into pytest
-        code = 1
-        try:
-            sup_end.close()
-            api.run(WorkerContext("api", make_config(port), ipc.Channel(worker_end, "supervisor"),
-                                  supervisor_pid=me))
-            code = 0
-        finally:
-            os._exit(code)
-    worker_end.close()
-    proc = ApiProcess(pid, port, Supervisor(sup_end))
+    proc = fork_api()
     try:
         yield proc
     finally:
-        if not proc.reaped():
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        if not proc.sup.channel.closed:
-            proc.sup.channel.close()
+        cleanup(proc)
 
 
 def test_api_worker_serves_snapshots_and_exits_with_the_supervisor(api_process: ApiProcess) -> None:
