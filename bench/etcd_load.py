@@ -209,15 +209,7 @@ def result_name(kind: str) -> str:
 
 
 def load_results(out: str) -> list[dict[str, Any]]:
-    found = [os.path.join(out, result_name(k)) for k in supervisors.KINDS]
-    results = []
-    for path in found:
-        if os.path.exists(path):
-            with open(path) as f:
-                result = json.load(f)
-            result["_path"] = os.path.relpath(os.path.abspath(path), ROOT)  # named by the render
-            results.append(result)
-    return results
+    return record.load_existing((result_name(k) for k in supervisors.KINDS), out)
 
 
 def render(results: list[dict[str, Any]]) -> None:

@@ -296,15 +296,7 @@ def result_name(kind: str) -> str:
 
 
 def load_results(out: str) -> list[dict[str, Any]]:
-    paths = [os.path.join(out, result_name(k)) for k in supervisors.KINDS]
-    results = []
-    for path in paths:
-        if os.path.exists(path):
-            with open(path) as f:
-                r = json.load(f)
-            if "timings" in r:
-                results.append(r)
-    return results
+    return record.load_existing((result_name(k) for k in supervisors.KINDS), out)
 
 
 def main() -> int:

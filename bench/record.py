@@ -23,6 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Iterable
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,6 +131,20 @@ def save(name: str, head: dict[str, Any], payload: dict[str, Any], out: str = RE
         f.write("\n")
     print(f"written to {os.path.relpath(path, ROOT)}", flush=True)
     return path
+
+
+def load_existing(names: Iterable[str], out: str = RESULTS) -> list[dict[str, Any]]:
+    """The results among names that out holds, in order; each knows its file's path from the repository root
+    as "_path", so a rendered table can name its sources."""
+    results = []
+    for name in names:
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                result = dict(json.load(f))
+            result["_path"] = os.path.relpath(os.path.abspath(path), ROOT)
+            results.append(result)
+    return results
 
 
 def load(name: str, out: str = RESULTS) -> dict[str, Any]:
