@@ -47,10 +47,11 @@ lint: venv
 unit: install
 	$(PY) -m pytest -q tests/unit
 
-# Two at a time, then alone what measures timings or uses host-wide resources (tests/conftest.py SERIAL_FILES).
+# Two at a time, then one after another what measures timings or uses host-wide resources, with the
+# soak tests beside them on a second worker (tests/conftest.py SERIAL_FILES, SOAK_FILES).
 test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not serial" tests
-	$(PY) -m pytest -q -p no:cacheprovider -m serial tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup -m serial tests
 
 demo: install
 	$(PY) tools/demo.py
@@ -85,13 +86,15 @@ bench-docs: venv
 	$(PY) bench/etcd_load.py --render
 	$(PY) bench/chaos.py --report
 
-# The long chaos runs docs/chaos.md shows (about 45 minutes): one v2 etcd, 50 faults per replication
-# mode, and the 3-member TLS etcd3, 20 per mode. Every run is made and the report rendered even when
-# one fails; the exit status says whether all passed.
+# The long chaos runs docs/chaos.md shows (about 55 minutes): one v2 etcd, 50 faults per replication
+# mode; the 3-member TLS etcd3, 20 per mode; a cluster mid-migration (node1 Patroni), 20 in synchronous
+# mode. Every run is made and the report rendered even when one fails; the exit status says whether all
+# passed.
 chaos: install
 	@status=0; \
 	$(PY) bench/chaos.py --mode both --faults 50 --seed 2026 || status=1; \
 	$(PY) bench/chaos.py --etcd3 --mode both --faults 20 --seed 2026 || status=1; \
+	$(PY) bench/chaos.py --mixed --mode sync --faults 20 --seed 2026 || status=1; \
 	$(PY) bench/chaos.py --report; \
 	exit $$status
 

@@ -8,37 +8,40 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests import harness  # noqa: E402
 from tests.harness import alive, become_subreaper, cmdline, descendants, kill_pids, reap_zombies  # noqa: E402
 
-# `make test` runs every other test two at a time (pytest-xdist), then these files alone: their tests
-# measure how fast something happens (a write gap, a fence before a key expires, an answer within a
+# `make test` runs every other test two at a time (pytest-xdist), then these files one after another: their
+# tests measure how fast something happens (a write gap, a fence before a key expires, an answer within a
 # second), which a second cluster on the same two cores would slow, or they use host-wide resources
 # (network namespaces, addresses on interfaces).
 SERIAL_FILES = frozenset({
     "test_cluster.py", "test_cluster_etcd3.py", "test_etcd.py", "test_haproxy.py", "test_rest_slow_clients.py",
-    "test_switchover.py", "test_vip.py", "test_watchdog.py", "test_worker_restart.py", "test_short.py",
-    "test_software_fence.py", "test_mixed_cluster.py",
+    "test_switchover.py", "test_vip.py", "test_watchdog.py", "test_worker_restart.py", "test_software_fence.py",
+    "test_mixed_cluster.py",
 })
+# Soak tests run beside the serial files, on the second xdist worker: minutes of waiting that would
+# otherwise add their whole length to the run.  Their load is niced, so the serial files keep the CPU.
+SOAK_FILES = frozenset({"test_fence_soak.py"})
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "serial: run alone, not beside another test process (tests/conftest.py)")
-    config.addinivalue_line("markers", "long: a soak test of minutes; runs only with -m long or HASUP_LONG_TESTS=1")
+    config.addinivalue_line("markers", "serial: the second part of `make test` (tests/conftest.py)")
 
 
 def pytest_collection_modifyitems(config, items):
-    run_long = os.environ.get("HASUP_LONG_TESTS") or "long" in (config.getoption("markexpr") or "")
-    skip = pytest.mark.skip(reason="a long soak test: run it with -m long or HASUP_LONG_TESTS=1")
     for item in items:
-        if item.path.name in SERIAL_FILES:
+        if item.path.name in SERIAL_FILES | SOAK_FILES:
             item.add_marker(pytest.mark.serial)
-        if "long" in item.keywords and not run_long:
-            item.add_marker(skip)
+            group = "soak" if item.path.name in SOAK_FILES else "serial"
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    if outcome.get_result().failed:
-        harness.FAILURES.append(item.nodeid)
+    report = outcome.get_result()
+    if report.failed:
+        # The clusters explain the failure in its own report, which CI shows (their files go at teardown).
+        for cluster in harness.LIVE_CLUSTERS:
+            report.sections.append((f"node logs at {call.when}", cluster.log_tails(80)))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -44,6 +44,12 @@ KINDS = ("partition-leader", "partition-leader-etcd", "partition-replica-etcd", 
          *(f"sigstop-{role}-worker" for role in WORKERS), *ETCD_MEMBER_KINDS, "sigstop-leader-election-no-device")
 
 
+# What applies to a cluster with Patroni nodes: faults of the network, of etcd, of the whole node and of the
+# operator.  The others freeze hasup's own processes, or wait for hasup to fence a frozen PostgreSQL.
+MIXED_KINDS = ("partition-leader", "partition-leader-etcd", "partition-replica-etcd", "sigkill-leader-tree",
+               "etcd-down", "etcd-down-failsafe", "switchover", *ETCD_MEMBER_KINDS)
+
+
 def kinds_for(etcd3: bool) -> tuple[str, ...]:
     """The nemeses that apply to a run on the 3-member v3 cluster (all) or on the single v2 etcd."""
     return KINDS if etcd3 else tuple(k for k in KINDS if k not in ETCD_MEMBER_KINDS)

@@ -6,6 +6,11 @@ etcd is a single v2 member on host "etcd" (the default), or with Plan(etcd3=True
 a 3-member etcd with v2 off and client-certificate TLS, one member per host
 "etcd1".."etcd3", which the nodes reach through their `etcd3:` section.
 
+Plan(nodes=...) runs some nodes with Patroni instead (a cluster in the middle of a migration,
+docs/migration.md): the first node starts alone so that it leads first, and only the nemeses that
+do not need hasup's own processes apply (MIXED_KINDS).  The Patroni nodes get the emulated device
+too, which Patroni cannot open: they run unprotected, as Patroni does without a device.
+
 After each fault is healed the cluster must be whole again within the heal
 bound: a writable leader, every replica streaming (in synchronous mode also
 a synchronous standby that PostgreSQL waits on), and writes acknowledged
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 
 from tests.chaos.history import History, LagSample, Nemesis, Rewind, Verdict, check
 from tests.chaos.lag import LagSampler
-from tests.chaos.nemesis import Fault, Nemeses, kinds_for
+from tests.chaos.nemesis import MIXED_KINDS, Fault, Nemeses, kinds_for
 from tests.chaos.workload import Workload, create_table, final_values
 from tests.harness import Node, TestCluster, become_subreaper, wait_for
 from tests.harness.emulators import Emulators
@@ -57,6 +62,15 @@ class Plan:
     timing: Timing = FAST
     heal_bound: float = 60.0
     etcd3: bool = False  # the 3-member v3 TLS etcd (hosts etcd1..etcd3) instead of the single v2 etcd
+    nodes: tuple[str, ...] = ("hasup", "hasup", "hasup")  # what runs each node: "hasup" or "patroni"
+
+    @property
+    def mixed(self) -> bool:
+        return any(kind != "hasup" for kind in self.nodes)
+
+    def catalogue(self) -> tuple[str, ...]:
+        """The nemeses that apply to this plan's etcd and nodes."""
+        return tuple(k for k in kinds_for(self.etcd3) if not self.mixed or k in MIXED_KINDS)
 
     def etcd_hosts(self) -> list[str]:
         return [f"etcd{i + 1}" for i in range(ETCD3_MEMBERS)] if self.etcd3 else ["etcd"]
@@ -186,10 +200,11 @@ def one_fault(nemeses: Nemeses, workload: Workload, name: str, inject: Callable[
 
 
 def run(plan: Plan, say: Callable[[str], None] = print) -> Result:
-    unknown = sorted(set(plan.faults) - set(kinds_for(plan.etcd3)))
+    unknown = sorted(set(plan.faults) - set(plan.catalogue()))
     if unknown:
         raise ValueError(f"nemeses {', '.join(unknown)} do not apply to "
-                         + ("the etcd3 cluster" if plan.etcd3 else "a single etcd: they need Plan(etcd3=True)"))
+                         + ("a cluster with Patroni nodes: they need hasup's own processes" if plan.mixed else
+                            "the etcd3 cluster" if plan.etcd3 else "a single etcd: they need Plan(etcd3=True)"))
     become_subreaper()
     rng = random.Random(plan.seed)
     net = Network(f"c{os.getpid() % 100000}")
@@ -202,11 +217,15 @@ def run(plan: Plan, say: Callable[[str], None] = print) -> Result:
     try:
         if plan.etcd3:
             base = tempfile.mkdtemp(prefix="hasup-test-")
-            tc = TestCluster(3, dcs=plan.dcs(), base=base, network=net, etcd=Etcd3Cluster(base, network=net))
+            tc = TestCluster(3, dcs=plan.dcs(), base=base, network=net, etcd=Etcd3Cluster(base, network=net),
+                             kinds=plan.nodes)
         else:
-            tc = TestCluster(3, dcs=plan.dcs(), network=net)
+            tc = TestCluster(3, dcs=plan.dcs(), network=net, kinds=plan.nodes)
         emulators = Emulators(tc, plan.timing.safety_margin)
         tc.etcd.start()
+        if plan.mixed:
+            tc.nodes[0].start()
+            tc.wait_leader(plan.heal_bound)
         create_table(tc.start_all())
         whole(tc, plan.heal_bound, plan.synchronous)
         nemeses = Nemeses(tc, net, rng, plan.synchronous, emulators)

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.nemesis import ETCD_MEMBER_KINDS, KINDS, Nemeses, kinds_for
+from tests.chaos.nemesis import ETCD_MEMBER_KINDS, KINDS, MIXED_KINDS, Nemeses, kinds_for
+from tests.chaos.run import Plan, run
 
 
 @dataclass
@@ -88,3 +89,12 @@ def test_member_nemeses_only_on_the_etcd3_cluster() -> None:
     assert set(kinds_for(False)) == set(KINDS) - set(ETCD_MEMBER_KINDS)
     with pytest.raises(AssertionError, match="etcd3"):
         nemeses(FakeEtcd([None]))._members()
+
+
+def test_a_cluster_with_patroni_nodes_draws_only_from_the_nemeses_that_apply_to_both() -> None:
+    mixed = Plan(synchronous=True, faults=["sigstop-leader-hasup"], seed=1, nodes=("patroni", "hasup", "hasup"))
+    assert set(mixed.catalogue()) == set(MIXED_KINDS) - set(ETCD_MEMBER_KINDS)
+    assert "sigstop-leader-postgres" not in Plan(True, [], 1, etcd3=True, nodes=mixed.nodes).catalogue()
+    assert Plan(True, [], 1).catalogue() == kinds_for(False)
+    with pytest.raises(ValueError, match="Patroni nodes"):
+        run(mixed)  # refused before anything starts

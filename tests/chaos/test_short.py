@@ -4,7 +4,8 @@ First a single v2 etcd and three nodes, each on a network-namespace host
 (tests/chaos/run.py); then the same on the production-like etcd (3 members, v3 only, client-certificate
 TLS, each member on a host of its own) with the etcd member nemeses: one
 member killed, one cut from the leader's node, a raft leader change; hasup
-must ride each out with the same leader.  After each fault the cluster must
+must ride each out with the same leader; then a cluster mid-migration, node1
+running Patroni, with the faults that apply to both kinds.  After each fault the cluster must
 be whole again within the heal bound; the checker then finds 0 acknowledged
 writes lost and 0 dual-primary windows.  The long runs are bench/chaos.py.
 """
@@ -34,6 +35,10 @@ FAULTS = ["partition-leader", "partition-leader-etcd", "sigkill-leader-tree", "s
 # leader from every member.
 FAULTS_ETCD3 = ["etcd-member-down", "partition-leader-etcd-member", "etcd-leader-change", "sigkill-leader-tree",
                 "partition-leader-etcd", "switchover"]
+# A cluster in the middle of a migration: what applies to Patroni and hasup nodes alike (MIXED_KINDS), in
+# this order: the Patroni node leads through etcd's outage (failsafe: it pings the hasup nodes, they answer)
+# and is then killed, so that a hasup node takes over from it.
+FAULTS_MIXED = ["etcd-down-failsafe", "sigkill-leader-tree", "partition-leader", "switchover", "partition-leader-etcd"]
 
 
 def assert_sound(result: Result, faults: list[str]) -> None:
@@ -73,3 +78,15 @@ def test_short_chaos_run_on_a_3_member_tls_etcd3_rides_out_etcd_member_faults():
     # Losing one etcd member of three costs nothing: the member faults' holds saw the same leader (reacted),
     # and no node needed its watchdog.
     assert [n for r in result.faults for n in r.notes if n.startswith("watchdog reset")] == []
+
+
+def test_short_chaos_run_on_a_mixed_cluster_of_patroni_and_hasup_loses_nothing_and_heals():
+    """Mid-migration (docs/migration.md): node1 runs Patroni and leads first, node2 and node3 run hasup."""
+    faults = list(FAULTS_MIXED)
+    result = run(Plan(synchronous=True, faults=faults, seed=SEED, nodes=("patroni", "hasup", "hasup")))
+    print(f"\nchaos short run, 1 Patroni + 2 hasup, synchronous mode, seed {SEED} ({result.seconds:.0f} s):\n"
+          f"{result.verdict.summary()}")
+    for r in result.faults:
+        print(f"  {r.name}@{r.target}: {'; '.join(r.notes) or 'no notes'}")
+    assert_sound(result, faults)
+    assert [r.target for r in result.faults[:2]] == ["node1", "node1"]  # both hit the Patroni leader

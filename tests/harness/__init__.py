@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from tests.harness.etcd3 import Etcd3Cluster
 
 T = TypeVar("T")
-FAILURES: list[str] = []  # node ids of failed tests, filled by tests/conftest.py
+LIVE_CLUSTERS: list[TestCluster] = []  # clusters not destroyed yet: a failing test's report shows their logs
 TEST_USER = "hasup-test"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SUPERUSER_PASSWORD = "su-secret-7f3a"
@@ -72,6 +72,7 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float =
 
 
 _handed_out: set[int] = set()
+_cursor: list[int] = []  # where this process's scan for a free port goes on from
 
 
 def _port_share() -> tuple[int, int]:
@@ -84,21 +85,41 @@ def _port_share() -> tuple[int, int]:
     return 0, 1
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def listen_ports() -> range:
+    """Where servers of a test listen: outside the kernel's ephemeral range.  A port in it can be taken,
+    between the check and the server's bind, as the local end of any outgoing connection (an API worker
+    once found its port held by a client's connection and could not listen)."""
+    low, high = _ephemeral_range()
+    if low - 10000 >= 4096:
+        return range(10000, low)
+    return range(high + 1, 65536)
+
+
 def free_port() -> int:
     """A port nobody listens on now and that this process has not handed out before: two calls in a row
     can get the same port from the kernel once the first socket is closed (an etcd member once got it
     as both its client and its peer port, and could not start)."""
     index, count = _port_share()
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        # Linux hands out only even ports to bind(0), so a worker moves to its own residue and checks it.
-        port += index - port % count
-        if port in _handed_out or not _bindable(port):
+    ports = listen_ports()
+    if not _cursor:  # each process starts its scan elsewhere, so runs after one another rarely meet
+        _cursor.append(ports.start + (os.getpid() * 7919) % len(ports))
+    for _ in range(len(ports)):
+        port = _cursor[0]
+        _cursor[0] = port + 1 if port + 1 < ports.stop else ports.start
+        if port % count != index or port in _handed_out or not _bindable(port):
             continue
         _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free port left in {ports.start}-{ports.stop - 1}")
 
 
 def _bindable(port: int) -> bool:
@@ -647,11 +668,17 @@ class TestCluster:
             place = where[node.name]
             node.netns, node.host, node.etcd_host = place.ns, place.address, self.etcd.host
             node.hba_net = f"{SUBNET}.0/{PREFIX}"
+        LIVE_CLUSTERS.append(self)
+
+    def log_tails(self, lines: int) -> str:
+        return "\n".join(f"===== {self.scope}/{node.name} (last {lines} lines) =====\n"
+                         + "\n".join(node.log_text().splitlines()[-lines:]) for node in self.nodes)
 
     def start_all(self, timeout: float = 180) -> Node:
-        """Start every node (etcd must run) and wait for a leader with every replica streaming."""
+        """Start every node not running yet (etcd must run) and wait for a leader with every replica streaming."""
         for node in self.nodes:
-            node.start()
+            if node.pid is None:
+                node.start()
         leader = self.wait_leader(timeout)
         self.wait_streaming(leader, [n for n in self.nodes if n is not leader], timeout)
         return leader
@@ -660,16 +687,17 @@ class TestCluster:
         self.etcd.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:  # the test's captured output is all that will be left of the logs
+            print(self.log_tails(80), file=sys.stderr)
         self.destroy()
 
     def destroy(self, keep_etcd: bool = False) -> None:
         """Stop every node, then etcd unless keep_etcd (another cluster sharing it stops it)."""
-        if os.environ.get("HASUP_SHOW_LOGS") or FAILURES:
-            # A failed test's cluster explains itself in the output (its files are deleted below).
-            for node in self.nodes:
-                tail = "\n".join(node.log_text().splitlines()[-150:])
-                print(f"===== {self.scope}/{node.name} (last 150 lines) =====\n{tail}", file=sys.stderr)
+        if self in LIVE_CLUSTERS:
+            LIVE_CLUSTERS.remove(self)
+        if os.environ.get("HASUP_SHOW_LOGS"):
+            print(self.log_tails(150), file=sys.stderr)
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.stop(timeout=20)

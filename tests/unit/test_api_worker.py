@@ -28,14 +28,9 @@ from hasup.config import (
     WatchdogConfig,
 )
 from hasup.worker import WorkerContext
+from tests.harness import free_port
 
 DEADLINE = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_config(port: int) -> Config:
