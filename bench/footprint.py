@@ -152,6 +152,25 @@ def cpu_seconds(pids: set[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def wakeups(pid: int) -> int:
+    """Times the process's threads went to sleep and were woken (voluntary context switches): what an idle
+    process costs is mostly what each of its wake-ups does."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 def role(pid: int) -> str:
     """hasup names each process by role ("hasup: election main/node1"); Patroni is one `python patroni`."""
     line = cmdline(pid)
@@ -183,6 +202,7 @@ def idle_window(c: TestCluster, window: float) -> dict[str, Any]:
     etcd_url = f"http://127.0.0.1:{c.etcd.port}"
     sup_before = {n.name: cpu_seconds(supervisor_pids(n)) for n in c.nodes}
     by_pid_before = {pid: cpu_seconds({pid}) for n in c.nodes for pid in supervisor_pids(n)}
+    woken_before = {pid: wakeups(pid) for n in c.nodes for pid in supervisor_pids(n)}
     pg_before = {n.name: cpu_seconds(postgres_pids(n)) for n in c.nodes}
     etcd_before, started = metrics(etcd_url), time.monotonic()
     pause(window, "the idle window")
@@ -203,6 +223,8 @@ def idle_window(c: TestCluster, window: float) -> dict[str, Any]:
             "cpu_s_per_idle_min": round((cpu_seconds(supervisor_pids(n)) - sup_before[n.name]) * per_minute, 3),
             "cpu_s_per_idle_min_by_role": {role(pid): round((cpu_seconds({pid}) - by_pid_before[pid]) * per_minute, 3)
                                            for pid in sorted(pids) if pid in by_pid_before},
+            "wakeups_per_s_by_role": {role(pid): round((wakeups(pid) - woken_before[pid]) / elapsed, 2)
+                                      for pid in sorted(pids) if pid in woken_before},
             "postgres_cpu_s_per_idle_min": round((cpu_seconds(postgres_pids(n)) - pg_before[n.name]) * per_minute,
                                                  3),
         }

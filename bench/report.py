@@ -243,19 +243,21 @@ def footprint(res: Results) -> list[str]:
             *footprint_table.table(results).splitlines(), ""]
     for r in results:
         for what, key in (("PSS", "pss_mib_by_role"), ("USS", "uss_mib_by_role"),
-                          ("CPU per idle minute", "cpu_s_per_idle_min_by_role")):
+                          ("CPU per idle minute", "cpu_s_per_idle_min_by_role"),
+                          ("wake-ups per idle second", "wakeups_per_s_by_role")):
             roles: dict[str, list[float]] = {}
             for n in r["timings"]["defaults"]["nodes"].values():
                 for name, size in n.get(key, {}).items():
                     roles.setdefault(name, []).append(size)
-            unit = cpu if key.startswith("cpu") else mib
+            unit = cpu if key.startswith("cpu") else plain if key.startswith("wakeups") else mib
             if len(roles) > 1:
                 out += bullet(f"**{who(r)}, {what} by process:** "
                               + ", ".join(f"{name} {span(v, unit)}" for name, v in roles.items()) + ".")
     out += bullet("RSS counts the pages processes share copy-on-write (the interpreter's heap after imports) once "
                   "per process; PSS divides them among the processes sharing them; USS counts only the pages a "
                   "process holds alone. CPU is user and system time, including that of the children a process "
-                  "reaped. etcd's requests and writes are counted from its own metrics as in "
+                  "reaped. Wake-ups are the voluntary context switches of all of a process's threads. "
+                  "etcd's requests and writes are counted from its own metrics as in "
                   "[etcd.md](etcd.md).")
     return [*out, ""]
 

@@ -22,6 +22,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -52,7 +53,11 @@ EXIT_GIVE_UP = 1
 SHUTDOWN_STOP_ID = 0  # our own Stop to the postgres worker; election numbers its requests from 1
 FORK_RETRY = 1.0  # seconds before another try when fork itself fails (EAGAIN, ENOMEM)
 IDLE_WAIT = 0.05  # the loop's shortest wait when something is due now: never a busy loop
-MAX_WAIT = 1.0  # its longest: turning once a second costs nothing, and no due time can stall it
+# Its longest: every due time is in tick's answer, so this only bounds what one overlooked would cost.
+MAX_WAIT = 5.0
+# The answers to a batch of pings come within a millisecond or two of each other: waiting this long
+# after sending it reads them in one wake-up instead of one each.
+PONG_GATHER = 0.005
 
 TARGETS = {"election": election.run, "postgres": postgres.run, "watchdog": watchdog.run, "api": api.run,
            "vip": vip.run}
@@ -85,6 +90,7 @@ class Worker:
     crash_looping: bool = False
     held_vip_at_death: bool = False  # vip only: the address may still be on the interface
     logs_lost: int = 0  # log records the running worker reported dropping (Pong)
+    selecting: int = 0  # the events its channel is registered for in the selector
 
 
 class Supervisor:
@@ -116,6 +122,7 @@ class Supervisor:
         self.next_watchdog = 0.0
         self.snapshots = Snapshots()
         self.views_received = 0
+        self.pinged = False  # tick sent pings this turn (PONG_GATHER)
         self.giving_up: GiveUp | None = None
         self.views_at_release = 0  # views_received when election was told PostgreSQL had stopped
         self.guarded_lease = 0.0  # the lease (lock_valid_until) the lease guard already acted on
@@ -163,6 +170,7 @@ class Supervisor:
         w.restart_at = None
         w.logs_lost = 0
         self.sel.register(w.channel, selectors.EVENT_READ, role)
+        w.selecting = selectors.EVENT_READ
         log.info("started %s worker (pid %d)", role, pid)
         w.starts += 1
         if w.starts > 1 and role != "election":  # a restart, not the first start
@@ -411,6 +419,7 @@ class Supervisor:
                 n = w.heartbeat.ping(now, interval, early=interval / 2)
                 if n is not None and w.channel is not None:
                     w.channel.send(ipc.Ping(n))
+                    self.pinged = True
         if self.shutdown_started is not None:
             return  # busy stopping PostgreSQL is no hang; the shutdown order kills stragglers itself
         for w in self.workers.values():
@@ -714,10 +723,19 @@ class Supervisor:
         return min(self.next_heartbeat(), self.next_notify(), self.next_deadline(now))
 
     def poll(self, timeout: float) -> None:
+        # What tick queued (pings, replays) goes out now: a socketpair nearly always takes it whole, and
+        # waiting for the selector to say so would cost a wake-up per message.  Only a full pipe is left
+        # for the selector, and its registration changes only when that changes.
+        self.flush_all()
+        if self.pinged:
+            self.pinged = False
+            time.sleep(PONG_GATHER)
         for w in self.workers.values():
             if w.channel is not None:
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.channel.wants_write() else 0)
-                self.sel.modify(w.channel, events, w.role)
+                if events != w.selecting:
+                    self.sel.modify(w.channel, events, w.role)
+                    w.selecting = events
         for key, mask in self.sel.select(timeout):
             if key.data == "signals":
                 self.handle_signals()
@@ -725,24 +743,37 @@ class Supervisor:
             w = self.workers[key.data]
             if w.channel is None:
                 continue
-            try:
-                # Read before writing: a worker that died with our ping unread fails the write, and what it
-                # wrote first (a fence's report, its last log lines) must not be dropped with the pipe.
-                if mask & selectors.EVENT_READ:
-                    for env in w.channel.receive():
-                        self.route(w.role, env)
-                if mask & selectors.EVENT_WRITE and w.channel is not None:
-                    w.channel.flush()
-            except (ipc.PeerClosed, ipc.ProtocolError) as exc:
-                # The worker is dying; waitpid will tell us how.  Stop selecting on it.
-                if isinstance(exc, ipc.ProtocolError):
-                    log.error("bad message from %s worker: %s", w.role, exc)
-                    self.kill(w.pid, signal.SIGKILL)
-                if w.channel is not None:
-                    self.sel.unregister(w.channel)
-                    w.channel.close()
-                    w.channel = None
+            # Read before writing: a worker that died with our ping unread fails the write, and what it
+            # wrote first (a fence's report, its last log lines) must not be dropped with the pipe.
+            if mask & selectors.EVENT_READ:
+                self.service(w, reading=True)
+        self.flush_all()  # what the messages read made for others (relayed snapshots, replies)
         self.reap()
+
+    def flush_all(self) -> None:
+        for w in self.workers.values():
+            if w.channel is not None and w.channel.wants_write():
+                self.service(w, reading=False)
+
+    def service(self, w: Worker, reading: bool) -> None:
+        """Read from (and route) or write to a worker's channel; a closed or garbled one is dropped (the
+        worker is dying: waitpid will tell us how)."""
+        if w.channel is None:
+            return
+        try:
+            if reading:
+                for env in w.channel.receive():
+                    self.route(w.role, env)
+            else:
+                w.channel.flush()
+        except (ipc.PeerClosed, ipc.ProtocolError) as exc:
+            if isinstance(exc, ipc.ProtocolError):
+                log.error("bad message from %s worker: %s", w.role, exc)
+                self.kill(w.pid, signal.SIGKILL)
+            if w.channel is not None:
+                self.sel.unregister(w.channel)
+                w.channel.close()
+                w.channel = None
 
 
 def log_stack(role: str, stack: StackFile, code: int) -> None:

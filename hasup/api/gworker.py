@@ -48,6 +48,7 @@ from __future__ import annotations
 import email.utils
 import errno
 import json
+import os
 import re
 import resource
 import selectors
@@ -86,7 +87,10 @@ BUFFER_BUDGET = 16 * 1024 * 1024  # bytes of unfinished requests held by one wor
 ACCEPT_BATCH = 64  # connections accepted per wake-up, so one listener cannot starve the loop
 FD_RESERVE = 64  # descriptors kept for the listeners, the poller, pipes, logging and etcd clients
 SWEEP_EVERY = 0.25  # how late a deadline may be noticed
-WAKE_AT_LEAST = 1.0  # loop turns (and gunicorn heartbeats) at least this often
+WAKE_AT_LEAST = 1.0  # the loop turns at least this often while it holds connections
+# ... and this often with none: nothing is due, signals and the thread pool's hand-backs wake it, and the
+# api's reader thread takes a loop that has not turned for LOOP_TIMEOUT (30 s) for a stuck one.
+IDLE_WAKE = 10.0
 
 _WAIT, _READY, _TOO_BIG = range(3)
 
@@ -302,13 +306,19 @@ class HasupWorker(ThreadWorker):
         self._limit = connection_limit(self.worker_connections)
         self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ,
                              lambda _mask: self.method_queue.run_callbacks(None))
+        # gunicorn's signal wake-up pipe: SIGTERM (graceful stop) and the supervisor's death signal end
+        # the wait at once, so an idle loop need not turn to notice them.
+        self.poller.register(self.PIPE[0], selectors.EVENT_READ, self._drain_signal_pipe)
         for listener in self.sockets:
             listener.setblocking(False)
         self._set_accepting(True)
         while self.alive:
             self.notify()
             now = time.monotonic()
-            self._poll(max(0.0, min(WAKE_AT_LEAST, self._next_sweep - now)))
+            if self._waiting or not self._accepting:
+                self._poll(max(0.0, min(WAKE_AT_LEAST, self._next_sweep - now)))
+            else:
+                self._poll(IDLE_WAKE)
             if not self.is_parent_alive():
                 break
             now = time.monotonic()
@@ -316,6 +326,12 @@ class HasupWorker(ThreadWorker):
                 self._sweep(now)
                 self._next_sweep = now + SWEEP_EVERY
         self._stop()
+
+    def _drain_signal_pipe(self, _mask: int) -> None:
+        try:
+            os.read(self.PIPE[0], 4096)
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def _poll(self, timeout: float) -> None:
         for key, mask in self.poller.select(timeout):

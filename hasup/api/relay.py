@@ -129,6 +129,10 @@ class RelayServer:
                 del self.waiting[rid]
                 self._drop(conn)
 
+    def next_expiry(self) -> float | None:
+        """When expire() next has something to drop (monotonic), None while nothing waits."""
+        return min((deadline + GRACE for _conn, deadline in self.waiting.values()), default=None)
+
     def _accept(self) -> None:
         while True:
             try:

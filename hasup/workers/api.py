@@ -44,7 +44,10 @@ from hasup.worker import PipeLogHandler, WorkerContext, answer_ping, enable_stac
 
 log = logging.getLogger(__name__)
 
-POLL = 0.5  # reader thread wake-up: bounds how late it notices an orphaned api or a stuck loop
+# The reader thread wakes for a message, a render or a relayed request's deadline, else this often: it
+# bounds how late it notices a request loop that no longer turns.  An orphaned api hears it sooner: the
+# supervisor's end of the channel closes, and its death signal wakes the request loop.
+POLL = 5.0
 GRACEFUL_TIMEOUT = 5  # SIGTERM to the api process must end it promptly
 LOOP_TIMEOUT = 30  # the request loop not turning for this long ends the process (gunicorn's worker timeout)
 LOOP_SLICE_NS = 300_000  # the request loop's scheduler slice (hasup/api/sched.py); Linux's default is a few ms
@@ -179,6 +182,15 @@ class ChannelReader(threading.Thread):
             log.exception("api reader thread failed, stopping the api")
         self.stop_server()
 
+    def _wait(self) -> float:
+        """Seconds until the next render or relay deadline, at most POLL."""
+        now = time.monotonic()
+        due = self.renderer.rendered_at + RERENDER
+        expiry = self.relay.next_expiry()
+        if expiry is not None:
+            due = min(due, expiry)
+        return max(0.0, min(POLL, due - now))
+
     def _loop(self) -> None:
         channel = self.ctx.channel
         with selectors.DefaultSelector() as sel:
@@ -189,7 +201,7 @@ class ChannelReader(threading.Thread):
                     wants_write = channel.wants_write()
                 sel.modify(channel, selectors.EVENT_READ | (selectors.EVENT_WRITE if wants_write else 0))
                 changed = False
-                for key, _events in sel.select(POLL):
+                for key, _events in sel.select(self._wait()):
                     if key.data is self.relay:
                         for request in self.relay.handle(key.fileobj):
                             with self.send_lock:
