@@ -59,8 +59,8 @@ DEFAULT_CALLBACK_TIMEOUT = 60.0
 KEEPALIVE = 3.0
 DELIVERY = 0.5  # a message's trip through the supervisor's outbox to its reader, and what the reader does with it
 RERENDER = 5.0  # the api re-renders at least this often, so produced_at proves its reader thread turns
-# The reader thread looks at RERENDER each time its select returns, at least every 0.5 s
-# (hasup.workers.api.POLL); then it renders and writes the snapshot.
+# The reader thread's wait ends when the next render is due (hasup.workers.api ChannelReader._wait); then it
+# renders and writes the snapshot.  The slack is for a busy machine's scheduling.
 RENDER_SLACK = 1.0
 REPORT_SLACK = 1.0  # what a failing worker's report may take beyond its probe, generously (pg_report_max_age)
 
