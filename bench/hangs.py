@@ -73,16 +73,32 @@ def fences(node: Any) -> int:
     return int(node.log_text().count(FENCE_LOGGED))
 
 
-def watchdog_margin(c: TestCluster, emu: Emulators, leader: Any, key_before: dict[str, Any] | None,
-                    fault_wall: float, margin: int) -> float:
+def lease_after_freeze(c: TestCluster, leader: Any) -> float | None:
+    """The leader key's expiry once no renewal can land any more: one the frozen election worker had in
+    flight may reach etcd just after the freeze, so read until two reads 0.2 s apart agree."""
+    def read() -> float | None:
+        key = c.etcd.key(c.key("leader"))
+        return expiry(key) if key and key.get("value") == leader.name else None
+    last = (read(), time.monotonic())
+
+    def settled() -> bool:
+        nonlocal last
+        if time.monotonic() - last[1] < 0.2:
+            return False
+        now = (read(), time.monotonic())
+        same, last = now[0] == last[0], now
+        return same
+    wait_for(settled, 10, "the leader key to stop changing", 0.05)
+    return last[0]
+
+
+def watchdog_margin(emu: Emulators, leader: Any, expiries: list[float | None], fault_wall: float,
+                    margin: int) -> float:
     """How long before the leader key's expiry minus safety_margin the emulated watchdog fired (>= 0)."""
     fired = wait_for(lambda: next((e for e in emu.events(leader) if e["event"] == "fired"
                                    and e["wall"] > fault_wall), None), 30, "the emulated watchdog to fire")
     assert fired is not None
-    key_after = c.etcd.key(c.key("leader"))
-    expiries = [e for e in (expiry(key_before), expiry(key_after) if key_after and key_after.get("value") ==
-                            leader.name else None) if e is not None]
-    return round(max(expiries) - margin - fired["wall"], 3)
+    return round(max(e for e in expiries if e is not None) - margin - fired["wall"], 3)
 
 
 def one_fault(c: TestCluster, emu: Emulators | None, kind: str, run: int, margin: int) -> dict[str, Any]:
@@ -105,6 +121,7 @@ def one_fault(c: TestCluster, emu: Emulators | None, kind: str, run: int, margin
         frozen = [p for p in (leader.pid, leader.worker_pid("election")) if p]
     kill_pids(frozen, signal.SIGSTOP)
     fault_at, fault_wall = time.monotonic(), time.time()
+    lease_frozen = lease_after_freeze(c, leader) if kind == "freeze_tree" else None
     new = c.wait_leader(120, exclude=leader.name)
     out: dict[str, Any] = {"fault": kind, "old_leader": leader.name, "new_leader": new.name,
                            "fault_to_leader_s": round(time.monotonic() - fault_at, 3), "fault_to_writable_s": None}
@@ -117,8 +134,8 @@ def one_fault(c: TestCluster, emu: Emulators | None, kind: str, run: int, margin
     prober.stop.set()
     thread.join(10)
     if kind == "freeze_tree" and emu is not None:
-        out["watchdog_fired_before_expiry_minus_margin_s"] = watchdog_margin(c, emu, leader, key_before,
-                                                                             fault_wall, margin)
+        out["watchdog_fired_before_expiry_minus_margin_s"] = watchdog_margin(
+            emu, leader, [expiry(key_before), lease_frozen], fault_wall, margin)
     kill_pids(frozen, signal.SIGCONT)
     thread.join(30)  # a write stuck on the frozen server completes (or fails) once it resumes
     runs = writer_runs(prober.acked)
