@@ -47,10 +47,11 @@ lint: venv
 unit: install
 	$(PY) -m pytest -q tests/unit
 
-# Two at a time, then one after another what measures timings or uses host-wide resources, with the
-# soak tests beside them on a second worker (tests/conftest.py SERIAL_FILES, SOAK_FILES).
+# Three at a time (they spend most of their time waiting out timeouts), then one after another what
+# measures timings or uses host-wide resources, with the soak tests beside them on a second worker
+# (tests/conftest.py SERIAL_FILES, SOAK_FILES).
 test: install lint
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not serial" tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile -m "not serial" tests
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup -m serial tests
 
 demo: install

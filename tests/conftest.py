@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests import harness  # noqa: E402
 from tests.harness import alive, become_subreaper, cmdline, descendants, kill_pids, reap_zombies  # noqa: E402
 
-# `make test` runs every other test two at a time (pytest-xdist), then these files one after another: their
+# `make test` runs every other test three at a time (pytest-xdist), then these files one after another: their
 # tests measure how fast something happens (a write gap, a fence before a key expires, an answer within a
 # second), which a second cluster on the same two cores would slow, or they use host-wide resources
 # (network namespaces, addresses on interfaces).

@@ -156,8 +156,10 @@ class PostgresWorker:
             self.prober.refresh()  # what the action did (a promotion, a restart) shows in the next report
             self.action = ""
             self.action_state = None
-            self.ctx.channel.send_now(reply)
+            # The callbacks start before the reply goes: a Stop's reply may end the node's shutdown, and
+            # the supervisor's SIGTERM would then come before an on_stop started after it.
             self.callbacks.finished(reply, self.lifecycle.following, self.postmaster.pid() is not None)
+            self.ctx.channel.send_now(reply)
             self.report(force=True)
         if self.queued is not None and not self.action:
             req, self.queued = self.queued, None
