@@ -743,8 +743,6 @@ class Supervisor:
             w = self.workers[key.data]
             if w.channel is None:
                 continue
-            # Read before writing: a worker that died with our ping unread fails the write, and what it
-            # wrote first (a fence's report, its last log lines) must not be dropped with the pipe.
             if mask & selectors.EVENT_READ:
                 self.service(w, reading=True)
         self.flush_all()  # what the messages read made for others (relayed snapshots, replies)
@@ -770,6 +768,10 @@ class Supervisor:
             if isinstance(exc, ipc.ProtocolError):
                 log.error("bad message from %s worker: %s", w.role, exc)
                 self.kill(w.pid, signal.SIGKILL)
+            else:
+                # A write can find the worker gone first (a ping to one just aborted for a missed
+                # heartbeat): what it wrote before dying (a fence's report, its last log lines) still counts.
+                self.drain(w)
             if w.channel is not None:
                 self.sel.unregister(w.channel)
                 w.channel.close()

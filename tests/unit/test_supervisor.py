@@ -594,6 +594,19 @@ def test_log_records_go_to_the_writer_with_their_worker(node):
     assert n.writer.records == [("api", "hello")]
 
 
+def test_what_a_worker_wrote_before_dying_is_read_though_a_write_finds_it_gone_first(node):
+    n = node()
+    pid = n.pid("watchdog")
+    ch = n.end(pid)
+    ch.send(ipc.LogRecord(logging.WARNING, "hasup.watchdog", "software fence: killed PostgreSQL", 1.0, "watchdog"))
+    ch.flush()
+    ch.close()  # the worker dies with its report unread by the supervisor
+    n.sup.workers["watchdog"].channel.send(ipc.Ping(99))  # queued by a tick: the write fails first
+    n.sup.poll(0)
+    assert ("watchdog", "software fence: killed PostgreSQL") in n.writer.records
+    assert n.sup.workers["watchdog"].channel is None
+
+
 # -- lost log records ------------------------------------------------------------------------------------------------
 
 
