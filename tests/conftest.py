@@ -38,6 +38,7 @@ def part_two_group(nodeid: str) -> str:
     return name if name in SOAK_FILES else "serial" if name in SERIAL_FILES else nodeid
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: a run without xdist knows no such hook
 def pytest_xdist_make_scheduler(config, log):
     # `--dist loadgroup` by our lists rather than by xdist_group marks: pytest-xdist 3.8 tags a marked
     # test by setting item._nodeid, which pytest 9 no longer reads, so the marks group nothing.
