@@ -90,7 +90,6 @@ class Worker:
     crash_looping: bool = False
     held_vip_at_death: bool = False  # vip only: the address may still be on the interface
     logs_lost: int = 0  # log records the running worker reported dropping (Pong)
-    selecting: int = 0  # the events its channel is registered for in the selector
 
 
 class Supervisor:
@@ -170,7 +169,6 @@ class Supervisor:
         w.restart_at = None
         w.logs_lost = 0
         self.sel.register(w.channel, selectors.EVENT_READ, role)
-        w.selecting = selectors.EVENT_READ
         log.info("started %s worker (pid %d)", role, pid)
         w.starts += 1
         if w.starts > 1 and role != "election":  # a restart, not the first start
@@ -733,9 +731,8 @@ class Supervisor:
         for w in self.workers.values():
             if w.channel is not None:
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.channel.wants_write() else 0)
-                if events != w.selecting:
+                if events != self.sel.get_key(w.channel).events:
                     self.sel.modify(w.channel, events, w.role)
-                    w.selecting = events
         for key, mask in self.sel.select(timeout):
             if key.data == "signals":
                 self.handle_signals()
