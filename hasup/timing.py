@@ -48,6 +48,10 @@ RELOAD_SETTLE = 1.0
 FAILED_PROBES_TO_FENCE = 2  # one slow probe is a blip, never a reason to kill a primary
 FENCE_TIMEOUT = 1.0  # the supervisor's bound for killing and confirming a hung PostgreSQL
 DEFAULT_HEALTH_DEADLINE = 3.0
+# A PostgreSQL action that failed (a follow that waits for the leader's checkpoint, a start that exits)
+# is decided again this much later, not at once: what made it fail rarely ends within milliseconds, and
+# an immediate retry loops, hammering the leader and the log.
+FAILED_ACTION_RETRY = 1.0
 # postgresql.callback_timeout: a callback (on_start, on_role_change, ...) still running after this is
 # killed with its process group. Hooks move a VIP, update DNS or pgbouncer: seconds. A minute, like
 # pg_ctl_timeout's default, leaves room for a slow retry yet ends a hung script; nothing waits for it.

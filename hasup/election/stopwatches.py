@@ -20,6 +20,7 @@ class Stopwatches:
         self.down_since: float | None = None
         self.stuck_since: float | None = None
         self.failover_seen: tuple[int, float] = (0, 0.0)  # (failover key index, when first seen)
+        self.received: int | None = None  # the replica's received position at the last look
 
     def down_for(self, pg: ipc.PgState | None, holds_lock: bool) -> float:
         """Seconds our PostgreSQL has not been running while we hold the lock (primary_start_timeout).
@@ -40,13 +41,31 @@ class Stopwatches:
         return self.clock() - self.failover_seen[1] if index else 0.0
 
     def not_streaming_for(self, pg: ipc.PgState | None, cluster: Cluster | None) -> float:
-        """Seconds this running replica, following the leader, has not been streaming from it."""
+        """Seconds this running replica, following the leader, has not been streaming from it.
+
+        Streaming on a timeline older than the leader's without receiving anything new counts as not
+        streaming: a replica whose WAL went past the leader's fork point reconnects every few seconds, is
+        sent what it already has and is cut off again, and a probe may catch it in between."""
         now = self.clock()
         following = cluster is not None and cluster.leader is not None and pg is not None \
             and pg.state == "running" and pg.role == "replica" and pg.upstream == cluster.leader.name
-        if not following or (pg is not None and pg.replication_state == "streaming"):
+        received_before = self.received
+        self.received = pg.received_location if following and pg is not None else None
+        if not following or (pg is not None and cluster is not None and streams(pg, cluster, received_before)):
             self.stuck_since = None
             return 0.0
         if self.stuck_since is None:
             self.stuck_since = now
         return now - self.stuck_since
+
+
+def streams(pg: ipc.PgState, cluster: Cluster, received_before: int | None) -> bool:
+    """The replica streams from the leader: on the leader's timeline, or catching up to it (what it has
+    received grows: a lagging replica reaches the switch to the new timeline only at the fork point)."""
+    if pg.replication_state != "streaming":
+        return False
+    leader = cluster.leader_member()
+    leader_tl = leader.timeline if leader is not None else None
+    if pg.timeline is None or leader_tl is None or pg.timeline >= leader_tl:
+        return True
+    return pg.received_location is not None and (received_before is None or pg.received_location > received_before)

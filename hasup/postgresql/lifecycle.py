@@ -26,7 +26,7 @@ from hasup.postgresql.control import Binaries, CommandFailed, Postmaster, contro
 from hasup.postgresql.failure import ActionFailed
 from hasup.postgresql.group_run import GroupRunner
 from hasup.postgresql.hooks import run_hook
-from hasup.postgresql.probe import ProbeFailed, Prober, run_sql
+from hasup.postgresql.probe import LeaderTimelines, ProbeFailed, Prober, leader_timelines, run_sql
 from hasup.postgresql.replica_methods import ReplicaBuilder
 from hasup.postgresql.restore import remove_contents
 from hasup.postgresql.roles import Role, create_roles, ident
@@ -549,23 +549,37 @@ class Lifecycle:
             local_tl = int(cd.get("Latest checkpoint's TimeLineID", "0"))
         except ValueError:
             local_tl = 0
+        pg = self.cfg.postgresql
+        host, port = conf.parse_conn_url(leader_conn_url)
+        conf.write_pgpass(self.cfg)
+        source = conf.dsn(host, port, pg.rewind, pg.database, application_name=f"{self.cfg.name} rewind")
+        # etcd's word (the leader's member key, /history) can lag a promotion by a cycle or more, Patroni's
+        # always: an old primary that trusted it would start on its own diverged history, and stream nothing
+        # until the stuck-replica rule rewound it, tens of seconds later.  So the leader is asked too.
+        live = ask_leader(leader, f"{source} passfile={conf.libpq_quote(pg.pgpass)}")
+        running = live.running if live is not None else None
+        if running is not None and running > max(local_tl, leader_timeline or 0):
+            log.info("%s writes on timeline %s, past ours (%s) and the %s etcd shows", leader, running, local_tl,
+                     leader_timeline or "none")
+        leader_timeline = max(leader_timeline or 0, running or 0) or None
         if not leader_timeline or local_tl >= leader_timeline:
             return
-        use_rewind = self.cfg.postgresql.use_pg_rewind
+        use_rewind = pg.use_pg_rewind
         if use_rewind is None:
             use_rewind = self.dynamic.use_pg_rewind
         if not use_rewind:
-            if self.cfg.postgresql.remove_data_directory_on_diverged_timelines:
+            if pg.remove_data_directory_on_diverged_timelines:
                 self.discard_data(f"timeline {local_tl} is behind the leader's {leader_timeline} and "
                                   "use_pg_rewind is off")
             log.warning("timeline %s is behind the leader's %s and use_pg_rewind is off; starting anyway",
                         local_tl, leader_timeline)
             return
+        if live is not None and live.checkpoint_pending:
+            # pg_rewind reads the source's pg_control: before the checkpoint it takes the old timeline for
+            # the source's, rewinds to the wrong point, and leaves a data directory that cannot start.
+            raise ActionFailed(f"waiting for a checkpoint on {leader} before rewind: it writes on timeline "
+                               f"{live.running}, its pg_control still shows {live.checkpointed}")
         self.on_state(PgStatus.REWINDING)
-        pg = self.cfg.postgresql
-        host, port = conf.parse_conn_url(leader_conn_url)
-        conf.write_pgpass(self.cfg)
-        source = conf.dsn(host, port, pg.rewind, pg.database, application_name=f"{self.cfg.name} rewind")
         env = self.env()
         env["PGOPTIONS"] = "-c statement_timeout=0"
         try:
@@ -573,14 +587,23 @@ class Lifecycle:
                            timeout=None, env=env)
         except CommandFailed as exc:
             log.error("pg_rewind from %s failed: %s", leader, exc)
-            if self.cfg.postgresql.remove_data_directory_on_rewind_failure:
+            if pg.remove_data_directory_on_rewind_failure:
                 self.discard_data(f"pg_rewind from {leader} failed")
             return
         log.info("pg_rewind from %s: %s", leader, " | ".join(out.strip().splitlines()[-2:]))
         if "same timeline" in out:
-            # The leader's pg_control does not show its new timeline yet (no
-            # checkpoint since promotion): starting now would fork our history.
+            # The leader could not be asked above, and its pg_control does not show its new timeline yet
+            # (no checkpoint since promotion): starting now would fork our history.
             raise ActionFailed(f"waiting for a checkpoint on {leader} before rewind")
+
+
+def ask_leader(leader: str, source: str) -> LeaderTimelines | None:
+    """The leader's timelines as it reports them; None when it cannot be asked (etcd's word is all there is)."""
+    try:
+        return leader_timelines(source, timeout=3.0)
+    except Exception as exc:  # unreachable, or not answering yet
+        log.info("could not ask %s for its timeline: %s", leader, (str(exc).strip().splitlines() or [""])[0])
+        return None
 
 
 def options_of(spec: UserSpec) -> tuple[str, ...]:

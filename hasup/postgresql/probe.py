@@ -246,3 +246,42 @@ def run_sql(dsn: str, statements: list[str], timeout: float = 30.0) -> None:
                 cur.execute(sql)
     finally:
         conn.close()
+
+
+# What a node that may rewind against this server needs to know: the timeline it writes on now (from its
+# current WAL file's name; NULL in recovery), and the one its pg_control records, which is all pg_rewind
+# reads: it lags the first until the first checkpoint after a promotion.
+LEADER_TIMELINES_SQL = """
+SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+            ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))
+                 ::bit(32)::int END,
+       (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())"""
+
+
+@dataclass(frozen=True)
+class LeaderTimelines:
+    running: int | None  # None: the server runs in recovery (a standby leader)
+    checkpointed: int | None
+
+    @property
+    def checkpoint_pending(self) -> bool:
+        """Promoted, and no checkpoint since: pg_rewind against it would take the old timeline for its own."""
+        return self.running is not None and self.checkpointed is not None and self.checkpointed < self.running
+
+
+def leader_timelines(dsn: str, timeout: float = 5.0) -> LeaderTimelines:
+    conn = psycopg2.connect(dsn, connect_timeout=max(1, int(timeout)))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+            cur.execute(LEADER_TIMELINES_SQL)
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    running, checkpointed = (*(row or ()), None, None)[:2]
+    return LeaderTimelines(bounded_timeline(running), bounded_timeline(checkpointed))
+
+
+def bounded_timeline(value: Any) -> int | None:
+    """A timeline a peer reported, or None: parsed at the boundary, not trusted."""
+    return value if isinstance(value, int) and 0 < value < 2**32 else None

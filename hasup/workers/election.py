@@ -9,6 +9,7 @@ hasup.election.policy.decide(), and the Executor carries out what comes back.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 
@@ -30,7 +31,7 @@ from hasup.election.postgres_link import PostgresLink
 from hasup.election.reader import ClusterReader
 from hasup.election.stopwatches import Stopwatches
 from hasup.peers import client_context, fetch_all
-from hasup.timing import view_max_age
+from hasup.timing import FAILED_ACTION_RETRY, view_max_age
 from hasup.worker import WorkerContext, apply_reload, pump, setup_worker
 
 log = logging.getLogger("hasup.election")
@@ -59,6 +60,7 @@ class ElectionWorker:
         self.watchdog: ipc.WatchdogState | None = None if cfg.watchdog.mode != "required" else \
             ipc.WatchdogState("required", False, None, None, None, True, "not reported yet")
         self.run_now = True
+        self.retry_at: float | None = None  # a failed action's next cycle (timing.FAILED_ACTION_RETRY)
         self.recheck_in: float | None = None
         self.failed_in_a_row = 0  # cycles in a row whose actions stopped at a failure
         self.last_reason, self.reason_logged_at = "", 0.0
@@ -205,15 +207,16 @@ class ElectionWorker:
                 if self.ctx.orphaned():
                     raise ipc.PeerClosed("supervisor")
                 deferred = self.offload.take_deferred()  # arrived while an etcd call ran
-                timeout = 0.0 if self.run_now or deferred else max(0.0, next_cycle - time.monotonic())
+                due = min(next_cycle, self.cycle_wanted_at())
+                timeout = 0.0 if deferred else max(0.0, due - time.monotonic())
                 woke: list[object] = []
                 for env in deferred + pump(self.ctx, timeout, extra=[self.reader.wake_r], on_ready=woke.append):
                     self.on_message(env.message)
                 if woke:
                     self.reader.woken()
-                    self.run_now = True
-                if self.run_now or time.monotonic() >= next_cycle:
-                    self.run_now, started = False, time.monotonic()
+                    self.run_now, self.retry_at = True, None  # news from etcd: decide now, failure or not
+                if time.monotonic() >= min(next_cycle, self.cycle_wanted_at()):
+                    self.run_now, self.retry_at, started = False, None, time.monotonic()
                     self.guarded_cycle()
                     loop_wait = self.reader.dynamic.loop_wait
                     next_cycle = started + min(loop_wait, self.recheck_in or loop_wait)
@@ -221,6 +224,12 @@ class ElectionWorker:
             except ipc.PeerClosed:
                 self.orphaned()
                 return
+
+    def cycle_wanted_at(self) -> float:
+        """When a cycle asked for by what arrived should run: now, or once a failed action's pause is over."""
+        if not self.run_now:
+            return math.inf
+        return self.retry_at if self.retry_at is not None else 0.0
 
     def urgent(self, env: ipc.Envelope) -> bool:
         """What cannot wait for an etcd call to end (Offloader); True when the message was consumed."""
@@ -256,6 +265,9 @@ class ElectionWorker:
             waited, action = self.link.on_reply(msg)
             self.desk.on_reply(msg)
             self.run_now |= waited
+            if waited and not msg.ok:
+                # Its PgState (no longer busy) asks for a cycle at once too: both wait.
+                self.retry_at = time.monotonic() + min(FAILED_ACTION_RETRY, self.reader.dynamic.loop_wait)
             if action is not None:
                 self.answer(ph.Replied(action, msg.ok, msg.message, msg.result))
         elif isinstance(msg, ipc.StoppedForGiveUp):  # before FenceDone, its base class

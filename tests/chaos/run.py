@@ -25,6 +25,7 @@ import json
 import os
 import random
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -255,6 +256,11 @@ def run(plan: Plan, say: Callable[[str], None] = print) -> Result:
                           tuple(Nemesis(f"{r.name}@{r.target}", r.start, r.heal, r.healed_at) for r in records), end,
                           tuple(lag.samples))
         return Result(plan, check(history, plan.heal_bound), records, time.monotonic() - began, history.lag)
+    except BaseException:
+        # The nodes' logs are the only account of why the cluster did not heal, and destroy() deletes them.
+        if tc is not None:
+            print(tc.log_tails(120), file=sys.stderr)
+        raise
     finally:
         if nemeses is not None:
             nemeses.resume_all()

@@ -87,6 +87,30 @@ def test_stopwatches_start_when_the_condition_is_seen_and_reset_when_it_ends() -
     assert watches.failover_age(c) == 0.0  # no failover key
 
 
+def test_a_replica_sent_only_what_it_has_on_an_older_timeline_is_not_streaming() -> None:
+    """Found by the mixed chaos run: a replica whose WAL went past the fork of the leader's timeline 2
+    reconnects every few seconds, is sent the timeline-1 WAL it already has and is cut off; a probe that
+    caught it "streaming" in between restarted the clock, so the rewind never came."""
+    now = [1000.0]
+    watches = Stopwatches(clock=lambda: now[0])
+    c = replace(cluster(leader="n2"), members={"n2": member("n2", role="primary", tl=2)})
+    flapping = replace(pg(upstream="n2", tl=1), replication_state="streaming", received_location=5000)
+    assert watches.not_streaming_for(flapping, c) == 0.0  # the first look: what it received may be news
+    for _ in range(4):
+        now[0] += 10
+        watches.not_streaming_for(replace(flapping, replication_state=None), c)
+        watches.not_streaming_for(flapping, c)
+    assert watches.not_streaming_for(flapping, c) == 30.0
+    # Catching up on timeline 1 towards the switch point, what it received grows: that is streaming.
+    assert watches.not_streaming_for(replace(flapping, received_location=6000), c) == 0.0
+    # On the leader's timeline, streaming is streaming, new WAL or not.
+    now[0] += 10
+    on_tl2 = replace(flapping, timeline=2)
+    assert watches.not_streaming_for(on_tl2, c) == 0.0
+    now[0] += 10
+    assert watches.not_streaming_for(on_tl2, c) == 0.0
+
+
 def test_a_failsafe_promise_ends_once_its_leader_says_it_no_longer_runs_a_primary() -> None:
     """Found by the chaos run: a leader fenced right after an etcd outage kept the others from racing."""
     failsafe = Failsafe(make_config(1))
@@ -164,6 +188,25 @@ def test_failing_cycles_stop_a_primary_before_its_lease_runs_out(worker) -> None
     election.link.pending.clear()
     election.stop_if_lease_lapses(time.monotonic())
     assert not [m for m in sent(sup) if isinstance(m, ipc.Stop)]
+
+
+def test_a_failed_action_is_decided_again_a_moment_later_not_at_once(worker) -> None:
+    """Found by a chaos run: a follow that failed (the leader had not checkpointed its new timeline yet)
+    was decided again at once, and again, 70 times a second, each a connection to the leader."""
+    election, sup = worker
+    election.link.pg = pg()
+    election.run_now = False
+    rid = election.link.request(ipc.Follow, leader="n2", leader_conn_url="postgres://127.0.0.1:52/postgres")
+    before = time.monotonic()
+    election.on_message(ipc.Reply(rid, "Follow", ok=False, message="waiting for a checkpoint on n2"))
+    election.on_message(replace(pg(), busy="x"))  # its PgState, no longer busy, asks for a cycle too
+    election.on_message(pg())
+    assert election.run_now and election.cycle_wanted_at() >= before + 1.0
+    rid = election.link.request(ipc.Follow, leader="n2", leader_conn_url="postgres://127.0.0.1:52/postgres")
+    election.retry_at = None
+    election.on_message(ipc.Reply(rid, "Follow", ok=True))
+    assert election.cycle_wanted_at() == 0.0  # a success is looked at at once
+    sent(sup)
 
 
 def test_a_corrupt_config_read_keeps_the_last_good_one_in_force(worker) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hasup.config import DynamicConfig
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
+from hasup.postgresql.probe import LeaderTimelines
 from hasup.proc import KillResult
 from tests.unit.test_api_worker import make_config
 
@@ -201,3 +203,78 @@ def test_a_new_standby_cluster_is_built_by_its_own_methods_and_without_a_host_on
     lc.dynamic = DynamicConfig(standby_cluster={"restore_command": "cp /a/%f %p"})
     with pytest.raises(ActionFailed, match="no host or port to clone from"):
         lc.bootstrap()
+
+
+class RewindSpy:
+    """Lifecycle.run standing in for pg_rewind: records the command lines, answers as pg_rewind does."""
+
+    def __init__(self, output: str = "pg_rewind: Done!\n") -> None:
+        self.output = output
+        self.commands: list[list[str]] = []
+
+    def __call__(self, cmd: list[str], timeout: float | None, env: dict[str, str] | None = None) -> str:
+        self.commands.append(cmd)
+        return self.output
+
+
+@pytest.fixture
+def rejoining(tmp_path, monkeypatch):
+    """A stopped old primary on timeline 1, its pg_rewind recorded; the leader answers `answers["leader"]`."""
+    from hasup.postgresql import lifecycle as lifecycle_module
+    answers: dict[str, Any] = {}
+
+    def leader_timelines(dsn: str, timeout: float = 5.0) -> LeaderTimelines:
+        answers["dsn"] = dsn
+        if isinstance(answers["leader"], Exception):
+            raise answers["leader"]
+        return answers["leader"]
+    monkeypatch.setattr(lifecycle_module, "controldata", lambda bins, data_dir: {"Latest checkpoint's TimeLineID": "1"})
+    monkeypatch.setattr(lifecycle_module, "leader_timelines", leader_timelines)
+    lc = lifecycle(tmp_path, DynamicConfig(use_pg_rewind=True), FakePostmaster(stops=True))
+    lc.cfg = replace(lc.cfg, postgresql=replace(lc.cfg.postgresql, pgpass=str(tmp_path / "pgpass")))
+    spy = RewindSpy()
+    lc.run = spy  # type: ignore[method-assign]
+    return lc, spy, answers
+
+
+def test_an_old_primary_asks_the_leader_its_timeline_when_etcd_still_shows_ours_and_rewinds(rejoining):
+    """Found by the mixed chaos run: Patroni's new leader shows its new timeline in etcd a loop or more
+    after promoting; an old hasup leader that rejoined in between started on its diverged history and
+    streamed nothing until the stuck-replica rule rewound it 30 s later."""
+    lc, spy, answers = rejoining
+    answers["leader"] = LeaderTimelines(running=2, checkpointed=2)
+    lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", 1)
+    assert [c[0].endswith("pg_rewind") for c in spy.commands] == [True]
+    source = spy.commands[0][-1].removeprefix("--source-server=")
+    assert "host=10.0.0.2 port=5432" in source and answers["dsn"].startswith(source + " passfile=")  # the same user
+
+
+def test_no_rewind_when_the_leader_runs_on_our_timeline_or_cannot_be_asked(rejoining):
+    lc, spy, answers = rejoining
+    answers["leader"] = LeaderTimelines(running=1, checkpointed=1)
+    lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", 1)
+    answers["leader"] = LeaderTimelines(running=None, checkpointed=1)  # a standby leader: etcd's word stands
+    lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", None)
+    answers["leader"] = OSError("could not connect to server: timed out")
+    lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", 1)
+    assert spy.commands == []
+    lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", 2)  # etcd already knows: no need to ask
+    assert len(spy.commands) == 1
+
+
+def test_no_pg_rewind_against_a_leader_whose_pg_control_still_shows_its_old_timeline(rejoining):
+    """Found by a chaos run of this fix: asked right after its promotion, a Patroni leader wrote on timeline 4
+    while its pg_control (all pg_rewind reads) still said 1; pg_rewind rewound to the wrong point and left
+    a data directory that could not start again ("requested timeline 4 does not contain minimum recovery
+    point ... on timeline 1"), for good."""
+    lc, spy, answers = rejoining
+    answers["leader"] = LeaderTimelines(running=2, checkpointed=1)
+    with pytest.raises(ActionFailed, match="waiting for a checkpoint on node2 before rewind: it writes on "
+                                           "timeline 2, its pg_control still shows 1"):
+        lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", 2)
+    assert spy.commands == []
+    # A leader that cannot be asked: pg_rewind's own "same timeline" still stops a rejoin on the old history.
+    answers["leader"] = OSError("timed out")
+    spy.output = "pg_rewind: source and target cluster are on the same timeline\npg_rewind: no rewind required\n"
+    with pytest.raises(ActionFailed, match="waiting for a checkpoint on node2"):
+        lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", 2)
