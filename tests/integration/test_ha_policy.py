@@ -236,16 +236,18 @@ def test_a_diverged_old_leader_rejoins_through_pg_rewind(tc):
     leader.kill_tree()
     new = tc.wait_leader(60, exclude=leader.name)
     assert new.sql("SELECT count(*) FROM filler WHERE v = 'only on the old leader'") == [(0,)]
-    # What a rejoining node asks the leader when etcd shows no newer timeline (hasup.postgresql.probe).
+    # What a node asks the leader before it starts as a replica (hasup.postgresql.lifecycle.maybe_rewind).
     new.sql("CHECKPOINT")
     [(running, checkpointed)] = new.sql(LEADER_TIMELINES_SQL)
     assert running == checkpointed == current_timeline(new) > 1
     bystander = next(n for n in tc.nodes if n not in (leader, new))
     assert bystander.sql(LEADER_TIMELINES_SQL)[0][0] is None  # in recovery
+    logged_before = len(leader.log_text())  # the log holds this node's earlier lives in this module too
     leader.start()
     wait_for(lambda: leader.name in streaming_from(new) or leader.name in streaming_from(tc.node("node2")),
              120, "the old leader streaming again")
-    assert "pg_rewind from" in leader.log_text() and "pg_rewind from " + new.name in leader.log_text()
-    assert "could not ask" not in leader.log_text()  # it asked the new leader its timelines before the rewind
+    rejoin = leader.log_text()[logged_before:]
+    assert "pg_rewind from " + new.name in rejoin
+    assert "could not ask" not in rejoin  # it asked the new leader its timelines before the rewind
     assert leader.sql("SELECT count(*) FROM filler WHERE v = 'only on the old leader'") == [(0,)]
     heal(tc)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from hasup.config import DynamicConfig
+from hasup.config.standby import REMOTE
 from hasup.postgresql.lifecycle import ActionFailed, Lifecycle
 from hasup.postgresql.probe import LeaderTimelines
 from hasup.proc import KillResult
@@ -258,7 +259,12 @@ def test_no_rewind_when_the_leader_runs_on_our_timeline_or_cannot_be_asked(rejoi
     answers["leader"] = OSError("could not connect to server: timed out")
     lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", 1)
     assert spy.commands == []
-    lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", 2)  # etcd already knows: no need to ask
+    answers["leader"] = LeaderTimelines(running=5, checkpointed=5)
+    answers.pop("dsn")
+    lc.maybe_rewind(REMOTE, "postgres://10.0.0.9:5432/postgres", None)  # a standby leader's remote primary
+    assert spy.commands == [] and "dsn" not in answers  # not asked, as before: another cluster's history
+    answers["leader"] = OSError("could not connect to server: timed out")
+    lc.maybe_rewind("node2", "postgres://10.0.0.2:5432/postgres", 2)  # etcd knows: rewinds though it cannot ask
     assert len(spy.commands) == 1
 
 
