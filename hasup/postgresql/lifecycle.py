@@ -557,7 +557,9 @@ class Lifecycle:
         # always: an old primary that trusted it would start on its own diverged history, and stream nothing
         # until the stuck-replica rule rewound it, tens of seconds later.  So the leader is asked too; not a
         # standby leader's remote primary, which another cluster runs (its history is not ours to rewind to).
-        live = ask_leader(leader, f"{source} passfile={conf.libpq_quote(pg.pgpass)}") if leader != REMOTE else None
+        asking = conf.dsn(host, port, pg.rewind, pg.database, application_name=f"{self.cfg.name} rewind",
+                          passfile=pg.pgpass)
+        live = ask_leader(leader, asking) if leader != REMOTE else None
         running = live.running if live is not None else None
         if running is not None and running > max(local_tl, leader_timeline or 0):
             log.info("%s writes on timeline %s, past ours (%s) and the %s etcd shows", leader, running, local_tl,

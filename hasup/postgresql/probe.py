@@ -8,13 +8,17 @@ replication cannot block it.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+
+from hasup.dcs import parse
 
 # What a probe reads every second: cheap reads of shared memory, no catalog scan, no file read.  Some
 # columns (CHANGE_FIELDS) tell when the costly facts below may have changed: a promotion, a new
@@ -235,17 +239,24 @@ def result_of(quick: tuple[Any, ...], full: _Full) -> ProbeResult:
     )
 
 
-def run_sql(dsn: str, statements: list[str], timeout: float = 30.0) -> None:
-    """Run admin statements (bootstrap users, slots) on a plain connection with autocommit."""
+@contextlib.contextmanager
+def admin_cursor(dsn: str, timeout: float) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor on a plain connection of its own, with autocommit, bounded by `timeout` to connect and per statement."""
     conn = psycopg2.connect(dsn, connect_timeout=max(1, int(timeout)))
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f"SET statement_timeout = {int(timeout * 1000)}")
-            for sql in statements:
-                cur.execute(sql)
+            yield cur
     finally:
         conn.close()
+
+
+def run_sql(dsn: str, statements: list[str], timeout: float = 30.0) -> None:
+    """Run admin statements (bootstrap users, slots) on a plain connection with autocommit."""
+    with admin_cursor(dsn, timeout) as cur:
+        for sql in statements:
+            cur.execute(sql)
 
 
 # What a node that may rewind against this server needs to know: the timeline it writes on now (from its
@@ -270,18 +281,10 @@ class LeaderTimelines:
 
 
 def leader_timelines(dsn: str, timeout: float = 5.0) -> LeaderTimelines:
-    conn = psycopg2.connect(dsn, connect_timeout=max(1, int(timeout)))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"SET statement_timeout = {int(timeout * 1000)}")
-            cur.execute(LEADER_TIMELINES_SQL)
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    running, checkpointed = (*(row or ()), None, None)[:2]
-    return LeaderTimelines(bounded_timeline(running), bounded_timeline(checkpointed))
-
-
-def bounded_timeline(value: Any) -> int | None:
-    """A timeline a peer reported, or None: parsed at the boundary, not trusted."""
-    return value if isinstance(value, int) and 0 < value < 2**32 else None
+    with admin_cursor(dsn, timeout) as cur:
+        cur.execute(LEADER_TIMELINES_SQL)
+        row = cur.fetchone()
+    # A peer's answer, parsed at the boundary: a timeline in range, or None.
+    running, checkpointed = (v if parse.is_int(v, 1, parse.MAX_TIMELINE + 1) else None
+                             for v in (*(row or ()), None, None)[:2])
+    return LeaderTimelines(running, checkpointed)
